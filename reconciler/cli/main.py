@@ -1,0 +1,290 @@
+"""The ``reconciler`` command line: parse, call the engine, render, exit with a meaningful code.
+
+Design decisions:
+- Nothing but parsing, rendering and exit codes lives here; every decision is in the layers below.
+- Heavy imports (pydantic models, database drivers, rich) happen inside the commands, so that
+  ``reconciler --help`` and a no-op ``plan`` stay fast.
+- Every ``ReconcilerError`` becomes one clear line on stderr and the exit code of its class;
+  a traceback means a bug, and is only shown with ``-v``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from reconciler.cli import exit_codes
+
+if TYPE_CHECKING:
+    from reconciler.cli.output import Output
+    from reconciler.engine.context import StackContext
+    from reconciler.spec.model import StateSpec
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_FORMAT = click.option(
+    "-o", "--output", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    help="Output format on stdout.",
+)
+
+
+class _State:
+    def __init__(self, state_file: str, color: bool, verbose: bool) -> None:
+        from reconciler.cli.output import Output
+
+        self.state_file = state_file
+        self.out: Output = Output(color=color, verbose=verbose)
+        self.out.setup_logging()
+
+
+def _load(state: _State) -> StateSpec:
+    from reconciler.errors import InvalidInput
+    from reconciler.spec.loader import parse_state
+
+    path = state.state_file
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        raise InvalidInput(f"state file {path} not found (use -f/--file to point at another)") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{path} is not valid UTF-8 text (byte {exc.start})") from None
+    return parse_state(text, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def _context(state: _State) -> StackContext:
+    from reconciler.engine.context import StackContext
+
+    return StackContext.build(_load(state), state.state_file)
+
+
+def _guard(func: F) -> F:
+    """Map errors to exit codes and clear messages."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from reconciler.errors import InvalidInput, ReconcilerError, SpecInvalid
+
+        state: _State = click.get_current_context().obj
+        try:
+            return func(*args, **kwargs)
+        except SpecInvalid as exc:
+            for problem in exc.problems:
+                sys.stderr.write(f"{problem}\n")
+            sys.stderr.write(f"{exc}; nothing was changed.\n")
+            sys.exit(exit_codes.INVALID_INPUT)
+        except InvalidInput as exc:
+            state.out.error(str(exc))
+            sys.exit(exit_codes.INVALID_INPUT)
+        except ReconcilerError as exc:
+            if state.out.verbose:
+                import traceback
+
+                traceback.print_exc()
+            state.out.error(str(exc))
+            sys.exit(exit_codes.ERROR)
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-f", "--file", "state_file", default="state.yaml", envvar="RECONCILER_STATE", show_default=True,
+    help="The desired-state file.",
+)
+@click.option("--no-color", is_flag=True, help="Plain output (also when NO_COLOR is set).")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging and tracebacks.")
+@click.version_option(package_name="reconciler")
+@click.pass_context
+def cli(ctx: click.Context, state_file: str, no_color: bool, verbose: bool) -> None:
+    """Keep a stack's PostgreSQL and Redis in RAM or disk mode, with safe backups."""
+    ctx.obj = _State(state_file, not no_color, verbose)
+
+
+@cli.command()
+@_FORMAT
+@click.pass_obj
+@_guard
+def validate(state: _State, output_format: str) -> None:
+    """Check state.yaml; report every problem with its line and column."""
+    spec = _load(state)
+    if output_format == "json":
+        state.out.json({"valid": True, "stack": spec.stack})
+    else:
+        state.out.out.print(f"{state.state_file} is valid (stack {spec.stack}, mode {spec.mode}).")
+
+
+def _show_plan(state: _State, ctx: StackContext, output_format: str) -> int:
+    from reconciler.cli.render import plan_text
+    from reconciler.engine.apply import compute_plan
+
+    the_plan = compute_plan(ctx)
+    spec = ctx.spec
+    if output_format == "json":
+        state.out.json({"stack": spec.stack, "mode": spec.mode, "runtime": spec.runtime, **the_plan.to_dict()})
+    else:
+        for line in plan_text(the_plan, spec.stack, spec.mode, spec.runtime):
+            state.out.out.print(line)
+    if the_plan.blockers:
+        return exit_codes.ERROR
+    return exit_codes.OK if the_plan.in_sync else exit_codes.CHANGES_PENDING
+
+
+@cli.command()
+@_FORMAT
+@click.pass_obj
+@_guard
+def plan(state: _State, output_format: str) -> None:
+    """Show what `apply` would change. Exit 0: in sync, 2: changes pending, 1: blocked or error."""
+    sys.exit(_show_plan(state, _context(state), output_format))
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Only show the plan (same as `reconciler plan`).")
+@_FORMAT
+@click.pass_obj
+@_guard
+def apply(state: _State, dry_run: bool, output_format: str) -> None:
+    """Converge the stack to state.yaml."""
+    ctx = _context(state)
+    if dry_run:
+        sys.exit(_show_plan(state, ctx, output_format))
+    result = _run_with_progress(state, ctx, "apply")
+    if output_format == "json":
+        state.out.json(
+            {"applied": [a.to_dict() for a in result.executed], "seconds": round(result.seconds, 3), "in_sync": True}
+        )
+    elif result.executed:
+        state.out.out.print(
+            f"[green]Applied {len(result.executed)} step{'s' if len(result.executed) != 1 else ''} "
+            f"in {result.seconds:.1f} s; stack {ctx.spec.stack} is in sync ({ctx.spec.mode} mode).[/]"
+        )
+    else:
+        state.out.out.print(f"[green]No changes: stack {ctx.spec.stack} is in sync ({ctx.spec.mode} mode).[/]")
+
+
+def _run_with_progress(state: _State, ctx: StackContext, verb: str) -> Any:
+    from reconciler.engine import apply as engine
+
+    run = engine.apply if verb == "apply" else engine.down
+    if not state.out.stderr_tty:
+        return run(ctx)
+    from rich.markup import escape
+
+    with state.out.err.status(f"{verb}: observing the stack...") as spinner:
+
+        def progress(index: int, total: int, action: Any) -> None:
+            if index > 1:
+                state.out.err.print(f"  [green]✓[/] {escape(previous[0])}")
+            previous[0] = action.describe()
+            spinner.update(f"[{index}/{total}] {escape(action.describe())}")
+
+        previous = [""]
+        result = run(ctx, progress)
+        if result.executed:
+            state.out.err.print(f"  [green]✓[/] {escape(previous[0])}")
+    return result
+
+
+@cli.command()
+@click.pass_obj
+@_guard
+def down(state: _State) -> None:
+    """Stop the stack's services. Data stays where it is (on tmpfs: until reboot)."""
+    ctx = _context(state)
+    result = _run_with_progress(state, ctx, "down")
+    for warning in result.plan.warnings:
+        state.out.err.print(f"[yellow]warning:[/] {warning}")
+    state.out.out.print(f"Stopped {len(result.executed)} service(s) of stack {ctx.spec.stack}.")
+
+
+@cli.command()
+@_FORMAT
+@click.pass_obj
+@_guard
+def status(state: _State, output_format: str) -> None:
+    """Show services, where their data lives, conditions and the last run."""
+    from datetime import UTC, datetime
+
+    from reconciler.cli.render import status_text
+    from reconciler.engine import status as status_file
+    from reconciler.plan.planner import plan as make_plan
+
+    ctx = _context(state)
+    observed = ctx.observe()
+    the_plan = make_plan(ctx.spec, observed, datetime.now(UTC))
+    recorded = status_file.load(ctx.status_path)
+    services = {}
+    for name, svc in observed.services.items():
+        location = svc.location(ctx.spec.mode)
+        current = svc.ram if svc.data_dir == svc.ram.path else (svc.disk if svc.data_dir else location)
+        services[name] = {
+            "running": svc.running,
+            "pid": svc.pid,
+            "port": svc.port,
+            "died": svc.died,
+            "data_dir": svc.data_dir,
+            "expected_data_dir": location.path,
+            "initialized": current.initialized,
+            "filesystem": asdict(current.filesystem) if current.filesystem else None,
+            "on_tmpfs": bool(current.filesystem and current.filesystem.is_tmpfs),
+            "size_bytes": svc.size_bytes,
+            "version": svc.version,
+        }
+    document = {
+        "stack": ctx.spec.stack,
+        "mode": ctx.spec.mode,
+        "runtime": ctx.spec.runtime,
+        "in_sync": the_plan.in_sync,
+        "pending": [a.describe() for a in the_plan.actions],
+        "blockers": list(the_plan.blockers),
+        "services": services,
+        "host": asdict(observed.host),
+        "conditions": recorded.get("conditions", []),
+        "lastAppliedRevision": recorded.get("lastAppliedRevision"),
+        "lastRun": recorded.get("lastRun"),
+    }
+    if output_format == "json":
+        state.out.json(document)
+    else:
+        for line in status_text(document):
+            state.out.out.print(line)
+
+
+@cli.command()
+@click.option("--check", is_flag=True, help="Exit 1 when the file differs from the model.")
+@click.argument("path", default="schemas/state.schema.json")
+@click.pass_obj
+@_guard
+def schema(state: _State, check: bool, path: str) -> None:
+    """Export the JSON Schema of state.yaml (from the pydantic model)."""
+    from reconciler.spec.schema import schema_text
+
+    text = schema_text()
+    if check:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                current = handle.read()
+        except FileNotFoundError:
+            current = ""
+        if current != text:
+            state.out.error(f"{path} is stale; run `reconciler schema {path}`")
+            sys.exit(exit_codes.ERROR)
+        return
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    state.out.out.print(f"wrote {path}")
+
+
+def main() -> None:
+    cli(prog_name="reconciler")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Text rendering of plans and status for people (JSON output bypasses this module)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reconciler.plan.planner import Plan
+from reconciler.spec.units import format_bytes
+
+_MARKER_STYLE = {"+": "green", "~": "yellow", "-": "red"}
+
+
+def plan_text(the_plan: Plan, stack: str, mode: str, runtime: str) -> list[str]:
+    """Rich markup lines: header, numbered steps with markers, warnings, blockers, summary."""
+    lines = [f"[bold]Stack {stack}[/] (runtime {runtime}, mode {mode})"]
+    for warning in the_plan.warnings:
+        lines.append(f"[yellow]warning:[/] {_escape(warning)}")
+    if the_plan.blockers:
+        for blocker in the_plan.blockers:
+            lines.append(f"[red]✗[/] {_escape(blocker)}")
+    elif the_plan.actions:
+        lines.append("")
+        width = len(str(len(the_plan.actions)))
+        for index, action in enumerate(the_plan.actions, start=1):
+            style = _MARKER_STYLE[action.marker]
+            lines.append(f"  {index:>{width}}. [{style}]{action.marker}[/] {_escape(action.describe())}")
+        lines.append("")
+    style = "red" if the_plan.blockers else ("green" if the_plan.in_sync else "bold")
+    lines.append(f"[{style}]{the_plan.summary()}[/]")
+    return lines
+
+
+def status_text(document: dict[str, Any]) -> list[str]:
+    lines = [
+        f"[bold]Stack {document['stack']}[/] (runtime {document['runtime']}, mode {document['mode']}): "
+        + ("[green]in sync[/]" if document["in_sync"] else "[yellow]out of sync[/] (run `reconciler plan`)")
+    ]
+    for name, svc in document["services"].items():
+        state = f"[green]running[/] (pid {svc['pid']}, port {svc['port']})" if svc["running"] else "[red]stopped[/]"
+        if svc.get("died"):
+            state += " [red](process died)[/]"
+        lines.append(f"  {name:<9} {state}")
+        location = svc.get("data_dir") or svc.get("expected_data_dir")
+        fs = svc.get("filesystem") or {}
+        fs_text = fs.get("fstype", "?")
+        if fs.get("size_bytes"):
+            fs_text += f", {format_bytes(fs.get('used_bytes') or 0)} used of {format_bytes(fs['size_bytes'])}"
+        lines.append(f"            data {_escape(str(location))} on {fs_text}")
+        if svc.get("size_bytes") is not None:
+            label = "database size" if name == "postgres" else "memory used"
+            lines.append(f"            {label} {format_bytes(svc['size_bytes'])}")
+    host = document["host"]
+    lines.append(
+        f"  host      {format_bytes(host['mem_available'])} available of {format_bytes(host['mem_total'])} RAM"
+    )
+    for condition in document.get("conditions", []):
+        mark = "[green]✓[/]" if (condition["status"] == "True") != (condition["type"] == "Stalled") else "[red]✗[/]"
+        lines.append(
+            f"  {mark} {condition['type']}={condition['status']} {condition['reason']}: "
+            f"{_escape(str(condition['message']))} (since {condition['lastTransitionTime']})"
+        )
+    if document.get("lastAppliedRevision"):
+        lines.append(f"  last applied revision {document['lastAppliedRevision']}")
+    return lines
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[")

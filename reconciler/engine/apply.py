@@ -1,0 +1,119 @@
+"""``apply``: observe → plan → execute → observe again, under the stack's lock.
+
+Design decisions:
+- The plan that is executed is computed under the lock from a fresh observation, never reused from
+  an earlier ``plan`` run: the world may have changed in between (level-triggered, like a controller).
+- After executing, the engine observes again and plans again. Success means that second plan is
+  empty; anything else is reported as "did not converge" with what remains, so a step that silently
+  failed to take effect cannot be mistaken for success.
+- Progress goes to the caller through a callback (the CLI renders it with rich on a terminal); the
+  engine never prints.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from reconciler.engine import status
+from reconciler.engine.context import StackContext
+from reconciler.engine.revision import state_revision
+from reconciler.engine.steps import execute
+from reconciler.errors import PermanentError, PlanBlocked, ReconcilerError
+from reconciler.plan.actions import Action
+from reconciler.plan.planner import Plan, plan, plan_down
+from reconciler.system import fs
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, Action], None]
+
+
+@dataclass
+class ApplyResult:
+    plan: Plan
+    executed: list[Action] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def compute_plan(ctx: StackContext) -> Plan:
+    return plan(ctx.spec, ctx.observe(), datetime.now(UTC))
+
+
+def _run_actions(ctx: StackContext, the_plan: Plan, progress: Progress | None) -> list[Action]:
+    done: list[Action] = []
+    total = len(the_plan.actions)
+    for index, action in enumerate(the_plan.actions, start=1):
+        if progress:
+            progress(index, total, action)
+        log.info("step %d/%d: %s", index, total, action.describe())
+        execute(action, ctx)
+        done.append(action)
+    return done
+
+
+def apply(ctx: StackContext, progress: Progress | None = None) -> ApplyResult:
+    started = time.monotonic()
+    started_at = status.now_iso()
+    with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
+        the_plan = compute_plan(ctx)
+        result = ApplyResult(the_plan)
+        try:
+            if the_plan.blockers:
+                raise PlanBlocked(list(the_plan.blockers))
+            result.executed = _run_actions(ctx, the_plan, progress)
+            after = compute_plan(ctx)
+            if not after.in_sync:
+                remaining = "; ".join(a.describe() for a in after.actions) or "; ".join(after.blockers)
+                raise PermanentError(f"apply did not converge; still to do: {remaining}")
+        except ReconcilerError as exc:
+            result.seconds = time.monotonic() - started
+            _record(ctx, started_at, result, error=exc)
+            raise
+        result.seconds = time.monotonic() - started
+        _record(ctx, started_at, result, error=None)
+        return result
+
+
+def down(ctx: StackContext, progress: Progress | None = None) -> ApplyResult:
+    with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
+        started = time.monotonic()
+        the_plan = plan_down(ctx.spec, ctx.observe())
+        result = ApplyResult(the_plan, _run_actions(ctx, the_plan, progress))
+        result.seconds = time.monotonic() - started
+        status.record_run(
+            ctx.status_path,
+            {"kind": "down", "finished": status.now_iso(), "actions": [a.describe() for a in result.executed]},
+            {"Ready": (False, "Stopped", "the stack was taken down with `reconciler down`")},
+        )
+        return result
+
+
+def _record(ctx: StackContext, started_at: str, result: ApplyResult, error: ReconcilerError | None) -> None:
+    run = {
+        "kind": "apply",
+        "started": started_at,
+        "finished": status.now_iso(),
+        "seconds": round(result.seconds, 3),
+        "actions": [a.describe() for a in result.executed],
+        "result": "error" if error else "success",
+        "error": str(error) if error else None,
+    }
+    if error is None:
+        conditions = {
+            "Ready": (True, "InSync", f"stack in {ctx.spec.mode} mode with every service running"),
+            "Stalled": (False, "Converged", "the last apply converged"),
+        }
+    else:
+        reason = "PlanBlocked" if isinstance(error, PlanBlocked) else "ApplyFailed"
+        conditions = {
+            "Ready": (False, reason, str(error)),
+            "Stalled": (True, reason, str(error)),
+        }
+    fields = {"stack": ctx.spec.stack, "mode": ctx.spec.mode, "runtime": ctx.spec.runtime}
+    if error is None:
+        fields["lastAppliedRevision"] = state_revision(ctx.state_file)
+    status.record_run(ctx.status_path, run, conditions, **fields)

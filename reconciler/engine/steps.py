@@ -1,0 +1,49 @@
+"""How each plan action is carried out.
+
+Design decision: every step is idempotent on its own (``initdb`` only into an empty directory, roles
+and databases created only when missing, start/stop tolerate the target state). The engine can
+therefore re-run a step after a crash without knowing whether it completed; the journal of the
+mode-switch work builds on that property.
+"""
+
+from __future__ import annotations
+
+from reconciler.databases import postgres as pg
+from reconciler.engine.context import StackContext
+from reconciler.engine.secrets import from_env_or_file
+from reconciler.plan.actions import (
+    Action,
+    EnsureDatabase,
+    InitService,
+    PrepareRamRoot,
+    ResizeRamRoot,
+    RestartService,
+    StartService,
+    StopService,
+)
+from reconciler.spec.model import PostgresSpec
+
+
+def execute(action: Action, ctx: StackContext) -> None:
+    runtime = ctx.runtime
+    match action:
+        case PrepareRamRoot(path=path, mount=mount, size_option=size):
+            runtime.prepare_ram_root(path, mount, size)
+        case ResizeRamRoot(path=path, size_option=size):
+            runtime.resize_ram_root(path, size)
+        case InitService(service_name=name, data_dir=data_dir):
+            runtime.init_service(name, data_dir)
+        case RestartService(service_name=name, data_dir=data_dir, port=port):
+            runtime.stop_service(name, data_dir)
+            runtime.start_service(name, data_dir, port)
+        case StartService(service_name=name, data_dir=data_dir, port=port):
+            runtime.start_service(name, data_dir, port)
+        case StopService(service_name=name, data_dir=data_dir):
+            runtime.stop_service(name, data_dir)
+        case EnsureDatabase(service_name=name, database=database, owner=owner):
+            spec = ctx.spec.services.postgres
+            assert isinstance(spec, PostgresSpec)
+            password = from_env_or_file(spec.password_env, spec.password_file, "services.postgres password")
+            pg.ensure_role_and_database(runtime.endpoint(name, spec.port), owner, database, password)
+        case _:
+            raise NotImplementedError(f"no step for {action.kind}")

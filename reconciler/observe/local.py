@@ -1,0 +1,124 @@
+"""Probes for the local runtime: build an ``ObservedState`` from /proc, the filesystem and the servers.
+
+Design decisions:
+- Read-only: nothing here creates, starts or fixes anything, so ``plan`` is always safe to run.
+- Cheap: /proc and a single query per server; no subprocesses. The budget is a few milliseconds,
+  because the daemon observes on every reconcile.
+- A server that is up but does not answer a query is reported with unknown facts (``None``) instead
+  of failing the whole observation: the planner then plans conservatively.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from reconciler.databases import postgres as pg
+from reconciler.databases import redis as rd
+from reconciler.errors import ReconcilerError
+from reconciler.plan.observed import DataDir, HostObservation, ObservedState, RamRoot, ServiceObservation
+from reconciler.runtimes.local import MARKER, LocalRuntime, read_marker, read_pid
+from reconciler.spec.model import PostgresSpec, StateSpec
+from reconciler.system import host
+
+log = logging.getLogger(__name__)
+
+
+def observe(spec: StateSpec, runtime: LocalRuntime) -> ObservedState:
+    mounts = host.read_mounts()
+    mem_total, mem_available = host.memory()
+    ram_path = spec.ram_root
+    ram_fs = host.filesystem_of(ram_path, mounts)
+    ram_root = RamRoot(
+        path=ram_path,
+        exists=os.path.isdir(ram_path),
+        filesystem=ram_fs,
+        dedicated_mount=ram_fs is not None and ram_fs.mount_point == os.path.normpath(ram_path) and ram_fs.is_tmpfs,
+    )
+    services = {
+        name: _observe_service(spec, runtime, name, svc_spec, mounts)
+        for name, svc_spec in spec.services.configured().items()
+    }
+    return ObservedState(services, ram_root, HostObservation(mem_total, mem_available, host.is_root()))
+
+
+def _data_dir(service: str, path: str, uid: int, gid: int, mounts: list[host.Mount]) -> DataDir:
+    exists = os.path.isdir(path)
+    initialized = False
+    foreign = False
+    if exists:
+        if service == "postgres":
+            initialized = os.path.exists(os.path.join(path, "PG_VERSION"))
+        else:
+            initialized = any(
+                os.path.exists(os.path.join(path, name)) for name in (MARKER, "dump.rdb", "appendonlydir")
+            )
+        if initialized:
+            marker = read_marker(path)
+            foreign = marker is not None and marker.get("service") != service
+        else:
+            foreign = any(entry != MARKER for entry in os.listdir(path))
+    return DataDir(
+        path=path,
+        exists=exists,
+        initialized=initialized and not foreign,
+        foreign=foreign,
+        reachable=host.reachable_by(path, uid, gid),
+        filesystem=host.filesystem_of(path, mounts),
+    )
+
+
+def _observe_service(
+    spec: StateSpec, runtime: LocalRuntime, name: str, svc_spec: object, mounts: list[host.Mount]
+) -> ServiceObservation:
+    _, uid, gid = runtime.account(name)
+    ram = _data_dir(name, spec.ram_dir(name), uid, gid, mounts)
+    disk = _data_dir(name, spec.disk_dir(name), uid, gid, mounts)
+    pid, data_dir, died = (_postgres_process if name == "postgres" else _redis_process)(runtime, ram, disk)
+    running = pid is not None
+    ports = host.listening_ports(pid) if pid is not None else set()
+    port = next(iter(sorted(ports)), None)
+    observation = ServiceObservation(
+        name=name, running=running, pid=pid, port=port, data_dir=data_dir, died=died, ram=ram, disk=disk
+    )
+    if not running or port is None:
+        return observation
+    try:
+        if isinstance(svc_spec, PostgresSpec):
+            facts = pg.facts(runtime.endpoint(name, port), svc_spec.database)
+            return _with(observation, databases=facts.databases, roles=facts.roles,
+                         size_bytes=facts.size_bytes, version=facts.version)
+        rfacts = rd.facts(runtime.endpoint(name, port))
+        return _with(observation, size_bytes=rfacts.used_memory, version=rfacts.version)
+    except ReconcilerError as exc:
+        log.warning("%s is running but did not answer: %s", name, exc)
+        return observation
+
+
+def _with(observation: ServiceObservation, **changes: object) -> ServiceObservation:
+    from dataclasses import replace
+
+    return replace(observation, **changes)  # type: ignore[arg-type]
+
+
+def _postgres_process(runtime: LocalRuntime, *dirs: DataDir) -> tuple[int | None, str | None, bool]:
+    died = False
+    for location in dirs:
+        pid = read_pid(os.path.join(location.path, "postmaster.pid"))
+        if pid is None:
+            continue
+        cmdline = host.process_cmdline(pid) if host.process_alive(pid) else []
+        if cmdline and "postgres" in os.path.basename(cmdline[0]):
+            return pid, location.path, False
+        died = True
+    return None, None, died
+
+
+def _redis_process(runtime: LocalRuntime, *dirs: DataDir) -> tuple[int | None, str | None, bool]:
+    pid = read_pid(runtime.redis_pidfile())
+    if pid is None:
+        return None, None, False
+    cmdline = host.process_cmdline(pid) if host.process_alive(pid) else []
+    if cmdline and "redis-server" in cmdline[0]:
+        return pid, host.process_cwd(pid), False
+    return None, None, True

@@ -1,0 +1,206 @@
+"""The actions a plan is made of.
+
+Design decisions:
+- An action is inert data: what to do, to what, and a sentence for humans. The engine owns the code
+  that performs it (``engine/steps.py``); the planner owns the decision to do it. Neither needs the
+  other's internals, and a plan can be printed, serialised to JSON or journaled as it is.
+- Each action also states its *expected effect* on the observed state (``simulate``). That makes the
+  planner's central promise testable without any server: planning again against the state that the
+  plan's own actions produce must yield an empty plan (convergence in one apply).
+- ``marker`` follows Terraform: ``+`` brings something into existence, ``~`` changes something that
+  exists, ``-`` takes something away. ``destroys_data`` flags the actions that may lose data; a
+  property test checks that every such action comes after a backup of that service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import ClassVar, Literal
+
+from reconciler.plan.observed import DataDir, Filesystem, ObservedState, RamRoot
+
+Marker = Literal["+", "~", "-"]
+
+
+@dataclass(frozen=True)
+class Action:
+    marker: ClassVar[Marker] = "~"
+    destroys_data: ClassVar[bool] = False
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+    @property
+    def service(self) -> str | None:
+        return getattr(self, "service_name", None)
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def simulate(self, observed: ObservedState) -> ObservedState:
+        """The observed state once this action has succeeded."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, object]:
+        return {"kind": self.kind, "marker": self.marker, "description": self.describe(), **asdict(self)}
+
+
+@dataclass(frozen=True)
+class PrepareRamRoot(Action):
+    """Create the RAM-mode root; mount a dedicated tmpfs there when asked to."""
+
+    marker: ClassVar[Marker] = "+"
+    path: str
+    mount: bool
+    size_option: str  # tmpfs ``size=`` value, e.g. "25%" or "4294967296"
+    size_bytes: int  # the same, resolved against the host's memory
+
+    def describe(self) -> str:
+        if self.mount:
+            return f"mount a tmpfs at {self.path} (size {self.size_option})"
+        return f"create RAM directory {self.path}"
+
+    def simulate(self, observed: ObservedState) -> ObservedState:
+        fs = observed.ram_root.filesystem
+        if self.mount:
+            fs = Filesystem(self.path, "tmpfs", self.size_bytes, 0, f"size={self.size_option}")
+        root = RamRoot(self.path, exists=True, filesystem=fs, dedicated_mount=self.mount)
+        return replace(observed, ram_root=root)
+
+
+@dataclass(frozen=True)
+class ResizeRamRoot(Action):
+    marker: ClassVar[Marker] = "~"
+    path: str
+    size_option: str
+    size_bytes: int
+    current_bytes: int
+
+    def describe(self) -> str:
+        from reconciler.spec.units import format_bytes
+
+        return (
+            f"resize the tmpfs at {self.path} from {format_bytes(self.current_bytes)} "
+            f"to {self.size_option} ({format_bytes(self.size_bytes)})"
+        )
+
+    def simulate(self, observed: ObservedState) -> ObservedState:
+        fs = observed.ram_root.filesystem
+        assert fs is not None
+        root = replace(observed.ram_root, filesystem=replace(fs, size_bytes=self.size_bytes))
+        return replace(observed, ram_root=root)
+
+
+@dataclass(frozen=True)
+class InitService(Action):
+    """Create an empty data directory (initdb for PostgreSQL)."""
+
+    marker: ClassVar[Marker] = "+"
+    service_name: str
+    data_dir: str
+    mode: str
+
+    def describe(self) -> str:
+        where = "on tmpfs" if self.mode == "ram" else "on disk"
+        return f"initialise an empty {self.service_name} data directory {self.data_dir} ({where})"
+
+    def simulate(self, observed: ObservedState) -> ObservedState:
+        service = observed.services[self.service_name]
+        location = replace(service.location(self.mode), exists=True, initialized=True, foreign=False)
+        changed = replace(service, **{self.mode: location})
+        return observed.with_service(changed)
+
+
+@dataclass(frozen=True)
+class StartService(Action):
+    marker: ClassVar[Marker] = "+"
+    service_name: str
+    data_dir: str
+    port: int
+    reason: str = ""
+
+    def describe(self) -> str:
+        why = f" ({self.reason})" if self.reason else ""
+        return f"start {self.service_name} on 127.0.0.1:{self.port} with data in {self.data_dir}{why}"
+
+    def simulate(self, observed: ObservedState) -> ObservedState:
+        service = observed.services[self.service_name]
+        started = replace(
+            service, running=True, died=False, pid=service.pid or -1, port=self.port, data_dir=self.data_dir
+        )
+        return observed.with_service(started)
+
+
+@dataclass(frozen=True)
+class RestartService(StartService):
+    marker: ClassVar[Marker] = "~"
+
+    def describe(self) -> str:
+        return f"restart {self.service_name} on 127.0.0.1:{self.port} ({self.reason})"
+
+
+@dataclass(frozen=True)
+class EnsureDatabase(Action):
+    """Create the application's role and database when missing (idempotent when executed)."""
+
+    marker: ClassVar[Marker] = "+"
+    service_name: str
+    database: str
+    owner: str
+    create_role: bool
+    create_database: bool
+    known_missing: bool = True  # False: the server is down, so what exists is not known yet
+
+    def describe(self) -> str:
+        if not self.known_missing:
+            return f"ensure role {self.owner} and database {self.database} exist in {self.service_name}"
+        parts = []
+        if self.create_role:
+            parts.append(f"role {self.owner}")
+        if self.create_database:
+            parts.append(f"database {self.database} owned by {self.owner}")
+        return f"create {' and '.join(parts)} in {self.service_name}"
+
+    def simulate(self, observed: ObservedState) -> ObservedState:
+        service = observed.services[self.service_name]
+        changed = replace(
+            service,
+            roles=(service.roles or frozenset()) | {self.owner},
+            databases=(service.databases or frozenset()) | {self.database},
+        )
+        return observed.with_service(changed)
+
+
+@dataclass(frozen=True)
+class StopService(Action):
+    marker: ClassVar[Marker] = "-"
+    service_name: str
+    data_dir: str
+
+    def describe(self) -> str:
+        return f"stop {self.service_name} (its data stays in {self.data_dir})"
+
+    def simulate(self, observed: ObservedState) -> ObservedState:
+        service = observed.services[self.service_name]
+        return observed.with_service(replace(service, running=False, pid=None, port=None, data_dir=None))
+
+
+def simulate_all(observed: ObservedState, actions: tuple[Action, ...]) -> ObservedState:
+    for action in actions:
+        observed = action.simulate(observed)
+    return observed
+
+
+__all__ = [
+    "Action",
+    "DataDir",
+    "EnsureDatabase",
+    "InitService",
+    "PrepareRamRoot",
+    "ResizeRamRoot",
+    "RestartService",
+    "StartService",
+    "StopService",
+    "simulate_all",
+]

@@ -1,0 +1,84 @@
+"""What the probes saw: plain, immutable data that the planner reads.
+
+Design decision: these types live in the pure ``plan`` layer, not in ``observe``, so that the planner
+depends on data only. ``observe`` (impure) fills them in from /proc, the filesystem and the servers;
+tests build them by hand or with hypothesis. Everything the planner decides on must be here: if a
+decision needs a fact, the fact gets a field, never a side channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class Filesystem:
+    """The filesystem a path lives on (from /proc/self/mountinfo and statvfs)."""
+
+    mount_point: str
+    fstype: str
+    size_bytes: int | None = None
+    used_bytes: int | None = None
+    options: str = ""
+
+    @property
+    def is_tmpfs(self) -> bool:
+        return self.fstype == "tmpfs"
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """One candidate data directory of a service (its RAM location or its disk location)."""
+
+    path: str
+    exists: bool = False
+    initialized: bool = False  # holds this service's data (PG_VERSION / our marker)
+    foreign: bool = False  # non-empty but not a data directory of this service: never touched
+    reachable: bool = True  # the unprivileged service user can traverse every parent directory
+    filesystem: Filesystem | None = None
+
+
+@dataclass(frozen=True)
+class ServiceObservation:
+    name: str
+    running: bool = False
+    pid: int | None = None
+    port: int | None = None  # the port the running process listens on
+    data_dir: str | None = None  # the directory the running process serves
+    died: bool = False  # a pid file names a process that no longer exists
+    ram: DataDir = field(default_factory=lambda: DataDir(path=""))
+    disk: DataDir = field(default_factory=lambda: DataDir(path=""))
+    databases: frozenset[str] | None = None  # None: unknown (the server is not running)
+    roles: frozenset[str] | None = None
+    size_bytes: int | None = None  # database size (postgres) or used memory (redis)
+    version: str | None = None
+
+    def location(self, mode: str) -> DataDir:
+        return self.ram if mode == "ram" else self.disk
+
+
+@dataclass(frozen=True)
+class RamRoot:
+    """The directory that holds RAM-mode data directories, and whether it is on the intended tmpfs."""
+
+    path: str
+    exists: bool = False
+    filesystem: Filesystem | None = None
+    dedicated_mount: bool = False  # a tmpfs mounted exactly at ``path``
+
+
+@dataclass(frozen=True)
+class HostObservation:
+    mem_total: int = 0
+    mem_available: int = 0
+    is_root: bool = False
+
+
+@dataclass(frozen=True)
+class ObservedState:
+    services: dict[str, ServiceObservation]
+    ram_root: RamRoot
+    host: HostObservation = field(default_factory=HostObservation)
+
+    def with_service(self, service: ServiceObservation) -> ObservedState:
+        return replace(self, services={**self.services, service.name: service})

@@ -1,0 +1,36 @@
+"""What every runtime (local processes, Docker containers) offers the engine.
+
+Design decision: the engine speaks to this small protocol only, so a mode switch or a restore is
+written once and works on both runtimes. A runtime knows how to run a service; it knows nothing
+about backups or plans.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How to reach a service: a unix socket directory or 127.0.0.1, a port, a superuser."""
+
+    host: str
+    port: int
+    user: str = "postgres"
+
+
+class Runtime(Protocol):
+    name: str
+
+    def prepare_ram_root(self, path: str, mount: bool, size_option: str) -> None: ...
+
+    def resize_ram_root(self, path: str, size_option: str) -> None: ...
+
+    def init_service(self, service: str, data_dir: str) -> None: ...
+
+    def start_service(self, service: str, data_dir: str, port: int) -> None: ...
+
+    def stop_service(self, service: str, data_dir: str) -> None: ...
+
+    def endpoint(self, service: str, port: int) -> Endpoint: ...

@@ -1,0 +1,241 @@
+"""The ``local`` runtime: PostgreSQL and Redis as processes started from the system's binaries.
+
+Design decisions:
+- The services outlive the reconciler (``pg_ctl start`` and ``redis-server --daemonize``): apply
+  converges and exits; the daemon is optional. The truth about a running service is therefore read
+  back from the world every time (postmaster.pid, the Redis pid file, /proc), never remembered.
+- PostgreSQL refuses to run as root, so as root both servers run as their Debian system users
+  (``postgres``, ``redis``) and their data directories are owned by them with mode 0700, on tmpfs and
+  on disk alike.
+- PostgreSQL listens on 127.0.0.1 (password auth, scram-sha-256) and on a unix socket in a 0700
+  directory owned by the service user, where the superuser connects without a password: only root and
+  the service user can reach that socket, which is what peer authentication would give us.
+- A marker file in each data directory names the stack and service that own it. A non-empty directory
+  without it (or without PG_VERSION) is "foreign" and never initialised over.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+
+from reconciler.errors import CommandFailed, PermanentError
+from reconciler.runtimes.base import Endpoint
+from reconciler.system import fs, host, proc
+
+log = logging.getLogger(__name__)
+
+MARKER = ".reconciler-service.json"
+SERVICE_USERS = {"postgres": "postgres", "redis": "redis"}
+_START_TIMEOUT = 60.0
+_MAX_SOCKET_DIR = 90  # unix socket paths are limited to 107 bytes, ".s.PGSQL.NNNNN" included
+
+
+def postgres_bindir() -> str:
+    """Directory of initdb/pg_ctl/postgres: $RECONCILER_PG_BINDIR, Debian's newest, or PATH."""
+    configured = os.environ.get("RECONCILER_PG_BINDIR")
+    if configured:
+        return configured
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(p.split("/")[4]), reverse=True
+    )
+    if candidates:
+        return os.path.dirname(candidates[0])
+    found = shutil.which("pg_ctl")
+    if found:
+        return os.path.dirname(found)
+    raise PermanentError(
+        "PostgreSQL server binaries not found: install them (apt-get install postgresql) "
+        "or set RECONCILER_PG_BINDIR to the directory holding pg_ctl"
+    )
+
+
+class LocalRuntime:
+    name = "local"
+
+    def __init__(self, stack: str, state_dir: str) -> None:
+        self.stack = stack
+        self.state_dir = state_dir
+
+    # -- layout ---------------------------------------------------------------------------------
+
+    def account(self, service: str) -> tuple[str | None, int, int]:
+        return host.service_account(SERVICE_USERS[service])
+
+    def run_dir(self, service: str) -> str:
+        return os.path.join(self.state_dir, "run", service)
+
+    def socket_dir(self, service: str) -> str:
+        preferred = self.run_dir(service)
+        if len(preferred) <= _MAX_SOCKET_DIR:
+            return preferred
+        digest = hashlib.sha256(preferred.encode()).hexdigest()[:12]
+        return f"/tmp/reconciler-{digest}"
+
+    def log_file(self, service: str) -> str:
+        return os.path.join(self.run_dir(service), f"{service}.log")
+
+    def redis_pidfile(self) -> str:
+        return os.path.join(self.run_dir("redis"), "redis.pid")
+
+    def endpoint(self, service: str, port: int) -> Endpoint:
+        if service == "postgres":
+            return Endpoint(self.socket_dir("postgres"), port, "postgres")
+        return Endpoint("127.0.0.1", port, "default")
+
+    def _ensure_run_dir(self, service: str) -> None:
+        _, uid, gid = self.account(service)
+        fs.ensure_dir(os.path.join(self.state_dir, "run"), 0o755)
+        fs.ensure_dir(self.run_dir(service), 0o700, (uid, gid))
+        if self.socket_dir(service) != self.run_dir(service):
+            fs.ensure_dir(self.socket_dir(service), 0o700, (uid, gid))
+
+    # -- RAM root -------------------------------------------------------------------------------
+
+    def prepare_ram_root(self, path: str, mount: bool, size_option: str) -> None:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        if mount:
+            if not fs.is_empty_dir(path):
+                raise PermanentError(f"refusing to mount a tmpfs over {path}: the directory is not empty")
+            proc.run(["mount", "-t", "tmpfs", "-o", f"size={size_option},mode=0755", f"reconciler-{self.stack}", path])
+            log.info("mounted tmpfs at %s (size %s)", path, size_option)
+
+    def resize_ram_root(self, path: str, size_option: str) -> None:
+        proc.run(["mount", "-o", f"remount,size={size_option}", path])
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def init_service(self, service: str, data_dir: str) -> None:
+        user, uid, gid = self.account(service)
+        parent = os.path.dirname(data_dir)
+        os.makedirs(parent, mode=0o755, exist_ok=True)
+        if not fs.is_empty_dir(data_dir):
+            raise PermanentError(f"refusing to initialise {data_dir}: it is not empty")
+        fs.ensure_dir(data_dir, 0o700, (uid, gid))
+        if service == "postgres":
+            proc.run(
+                [
+                    os.path.join(postgres_bindir(), "initdb"),
+                    "-D", data_dir, "-U", "postgres", "-E", "UTF8", "--locale=C.UTF-8",
+                    "--auth-local=trust", "--auth-host=scram-sha-256", "--no-instructions",
+                ],
+                user=user,
+                timeout=300,
+            )
+        marker = os.path.join(data_dir, MARKER)
+        fs.atomic_write_json(marker, {"stack": self.stack, "service": service}, 0o600)
+        os.chown(marker, uid, gid)
+        log.info("initialised %s data directory %s", service, data_dir)
+
+    def start_service(self, service: str, data_dir: str, port: int) -> None:
+        self._ensure_run_dir(service)
+        user, _, _ = self.account(service)
+        if service == "postgres":
+            self._start_postgres(user, data_dir, port)
+        else:
+            self._start_redis(user, data_dir, port)
+        log.info("started %s on port %d from %s", service, port, data_dir)
+
+    def _wait_for_dead_instance(self, data_dir: str) -> None:
+        """After a crash, wait until the killed postmaster is reaped and its orphaned backends are gone.
+
+        PostgreSQL refuses to start while the pid in postmaster.pid still exists (even as a zombie) or
+        while old backends hold the data directory, so starting right after a ``kill -9`` fails.
+        """
+        pid = read_pid(os.path.join(data_dir, "postmaster.pid"))
+        if pid is None or host.process_alive(pid):
+            return
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            if not os.path.exists(f"/proc/{pid}") and not host.processes_in(data_dir):
+                return
+            time.sleep(0.05)
+        raise PermanentError(
+            f"processes of a crashed postgres still hold {data_dir} after {_START_TIMEOUT:.0f} s: "
+            f"{sorted(host.processes_in(data_dir))}; stop them, then apply again"
+        )
+
+    def _start_postgres(self, user: str | None, data_dir: str, port: int) -> None:
+        self._wait_for_dead_instance(data_dir)
+        options = (
+            f"-c port={port} -c listen_addresses=127.0.0.1 "
+            f"-c unix_socket_directories={self.socket_dir('postgres')}"
+        )
+        try:
+            proc.run(
+                [
+                    os.path.join(postgres_bindir(), "pg_ctl"), "-D", data_dir, "-l", self.log_file("postgres"),
+                    "-w", "-t", str(int(_START_TIMEOUT)), "-o", options, "start",
+                ],
+                user=user,
+                timeout=_START_TIMEOUT + 10,
+            )
+        except CommandFailed as exc:
+            raise PermanentError(
+                f"postgres did not start from {data_dir}: {exc}. Its log: {self.log_file('postgres')}"
+            ) from None
+
+    def _start_redis(self, user: str | None, data_dir: str, port: int) -> None:
+        pidfile = self.redis_pidfile()
+        proc.run(
+            [
+                "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
+                "--dir", data_dir, "--daemonize", "yes", "--pidfile", pidfile,
+                "--logfile", self.log_file("redis"), "--save", "3600 1 300 100 60 10000",
+                "--appendonly", "no", "--dbfilename", "dump.rdb",
+            ],
+            user=user,
+        )
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            pid = read_pid(pidfile)
+            if pid and port in host.listening_ports(pid):
+                return
+            time.sleep(0.02)
+        raise PermanentError(f"redis did not start listening on {port}; its log: {self.log_file('redis')}")
+
+    def stop_service(self, service: str, data_dir: str) -> None:
+        user, _, _ = self.account(service)
+        if service == "postgres":
+            if not os.path.exists(os.path.join(data_dir, "postmaster.pid")):
+                return
+            proc.run(
+                [os.path.join(postgres_bindir(), "pg_ctl"), "-D", data_dir, "-m", "fast", "-w", "-t", "120", "stop"],
+                user=user,
+                timeout=130,
+                check=False,
+            )
+        else:
+            pid = read_pid(self.redis_pidfile())
+            if pid and host.process_alive(pid):
+                os.kill(pid, signal.SIGTERM)  # redis saves its RDB on SIGTERM, then exits
+                deadline = time.monotonic() + 120
+                while host.process_alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                if host.process_alive(pid):
+                    raise PermanentError(f"redis (pid {pid}) did not stop within 120 s")
+        log.info("stopped %s", service)
+
+
+def read_pid(path: str) -> int | None:
+    try:
+        with open(path) as handle:
+            first = handle.readline().strip()
+    except (FileNotFoundError, PermissionError):
+        return None
+    return int(first) if first.isdigit() else None
+
+
+def read_marker(data_dir: str) -> dict[str, str] | None:
+    try:
+        with open(os.path.join(data_dir, MARKER)) as handle:
+            data = json.load(handle)
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, PermissionError):
+        return None
+    return data if isinstance(data, dict) else None

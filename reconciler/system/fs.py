@@ -1,0 +1,97 @@
+"""Durable filesystem primitives: atomic writes and the lock.
+
+Design decisions:
+- Every file the reconciler writes for its own bookkeeping (status, journal, manifests) is written
+  atomically: a temporary name in the same directory, fsync, rename, fsync of the directory. A crash at
+  any instant leaves either the old file or the new one, never a torn one.
+- The lock is ``flock`` on a file in the state directory: the kernel drops it when the process dies
+  (even on SIGKILL), so a crashed reconciler never leaves a stale lock behind that a human must remove.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from reconciler.errors import LockHeld
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str, data: bytes, mode: int = 0o644) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
+
+
+def atomic_write_json(path: str, document: Any, mode: int = 0o644) -> None:
+    atomic_write_bytes(path, (json.dumps(document, indent=2, sort_keys=True, default=str) + "\n").encode(), mode)
+
+
+def read_json(path: str) -> Any | None:
+    try:
+        with open(path, "rb") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return None
+
+
+def ensure_dir(path: str, mode: int = 0o755, owner: tuple[int, int] | None = None) -> None:
+    os.makedirs(path, exist_ok=True)
+    os.chmod(path, mode)
+    if owner is not None:
+        os.chown(path, *owner)
+
+
+def is_empty_dir(path: str) -> bool:
+    try:
+        with os.scandir(path) as entries:
+            return next(entries, None) is None
+    except FileNotFoundError:
+        return True
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` or raise ``LockHeld`` naming the holder."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise LockHeld(
+                f"another reconciler (pid {holder}) is already working on {what}; "
+                "wait for it to finish or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,96 @@
+"""The one place where the reconciler starts external programs.
+
+Design decisions (borgmatic's "one subprocess choke point"):
+- Every external command goes through ``run`` (capture, wait) or ``spawn`` (streaming pipes). That
+  gives one place to log commands, drop privileges, enforce timeouts and turn failures into
+  ``CommandFailed`` with the tail of stderr, and one place to audit for secrets.
+- Secrets never travel in argv (visible to every user in /proc/*/cmdline); callers pass them in
+  ``env`` (e.g. PGPASSWORD), and ``env`` is never logged.
+- ``user``: PostgreSQL refuses to run as root, so commands for a service run as that service's
+  unprivileged system user when the reconciler itself runs as root.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from typing import IO
+
+from reconciler.errors import CommandFailed
+
+log = logging.getLogger(__name__)
+
+_STDERR_TAIL = 2000
+
+
+def _environment(env: Mapping[str, str] | None) -> dict[str, str]:
+    merged = dict(os.environ)
+    if env:
+        merged.update(env)
+    return merged
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    user: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    timeout: float | None = 120,
+    check: bool = True,
+    input_bytes: bytes | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a command to completion, capturing its output."""
+    argv = list(argv)
+    log.debug("run %s", " ".join(argv))
+    try:
+        result = subprocess.run(
+            argv,
+            input=input_bytes,
+            capture_output=True,
+            env=_environment(env),
+            cwd=cwd,
+            user=user,
+            timeout=timeout,
+            check=False,
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        raise CommandFailed(argv, 127, f"{argv[0]} is not installed or not on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise CommandFailed(argv, -1, f"timed out after {timeout} s") from None
+    if check and result.returncode != 0:
+        raise CommandFailed(argv, result.returncode, result.stderr.decode(errors="replace")[-_STDERR_TAIL:])
+    return result
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    user: str | None = None,
+    env: Mapping[str, str] | None = None,
+    stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+    stdout: int | IO[bytes] | None = subprocess.PIPE,
+    stderr: int | IO[bytes] | None = subprocess.PIPE,
+) -> subprocess.Popen[bytes]:
+    """Start a command with pipes for streaming; the caller must ``wait`` and check its exit code."""
+    argv = list(argv)
+    log.debug("spawn %s", " ".join(argv))
+    try:
+        return subprocess.Popen(
+            argv, stdin=stdin, stdout=stdout, stderr=stderr, env=_environment(env), user=user
+        )
+    except FileNotFoundError:
+        raise CommandFailed(argv, 127, f"{argv[0]} is not installed or not on PATH") from None
+
+
+def check_exit(process: subprocess.Popen[bytes], argv: Sequence[str], stderr: bytes = b"") -> None:
+    code = process.wait()
+    if code != 0:
+        raise CommandFailed(list(argv), code, stderr.decode(errors="replace")[-_STDERR_TAIL:])
+
+
+PIPE = subprocess.PIPE
+DEVNULL = subprocess.DEVNULL
