@@ -71,4 +71,6 @@ class CommandFailed(ReconcilerError):
         self.returncode = returncode
         self.stderr_tail = stderr_tail
         detail = f": {stderr_tail.strip()}" if stderr_tail.strip() else ""
-        super().__init__(f"`{' '.join(argv[:3])}{' ...' if len(argv) > 3 else ''}` exited {returncode}{detail}")
+        super().__init__(
+            f"`{' '.join(argv[:3])}{' ...' if len(argv) > 3 else ''}` exited {returncode}{detail}"
+        )

@@ -28,7 +28,12 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 _FORMAT = click.option(
-    "-o", "--output", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    "-o",
+    "--output",
+    "output_format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
     help="Output format on stdout.",
 )
 
@@ -95,7 +100,12 @@ def _guard(func: F) -> F:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "-f", "--file", "state_file", default="state.yaml", envvar="RECONCILER_STATE", show_default=True,
+    "-f",
+    "--file",
+    "state_file",
+    default="state.yaml",
+    envvar="RECONCILER_STATE",
+    show_default=True,
     help="The desired-state file.",
 )
 @click.option("--no-color", is_flag=True, help="Plain output (also when NO_COLOR is set).")
@@ -127,7 +137,9 @@ def _show_plan(state: _State, ctx: StackContext, output_format: str) -> int:
     the_plan = compute_plan(ctx)
     spec = ctx.spec
     if output_format == "json":
-        state.out.json({"stack": spec.stack, "mode": spec.mode, "runtime": spec.runtime, **the_plan.to_dict()})
+        state.out.json(
+            {"stack": spec.stack, "mode": spec.mode, "runtime": spec.runtime, **the_plan.to_dict()}
+        )
     else:
         for line in plan_text(the_plan, spec.stack, spec.mode, spec.runtime):
             state.out.out.print(line)
@@ -158,7 +170,11 @@ def apply(state: _State, dry_run: bool, output_format: str) -> None:
     result = _run_with_progress(state, ctx, "apply")
     if output_format == "json":
         state.out.json(
-            {"applied": [a.to_dict() for a in result.executed], "seconds": round(result.seconds, 3), "in_sync": True}
+            {
+                "applied": [a.to_dict() for a in result.executed],
+                "seconds": round(result.seconds, 3),
+                "in_sync": True,
+            }
         )
     elif result.executed:
         state.out.out.print(
@@ -166,7 +182,9 @@ def apply(state: _State, dry_run: bool, output_format: str) -> None:
             f"in {result.seconds:.1f} s; stack {ctx.spec.stack} is in sync ({ctx.spec.mode} mode).[/]"
         )
     else:
-        state.out.out.print(f"[green]No changes: stack {ctx.spec.stack} is in sync ({ctx.spec.mode} mode).[/]")
+        state.out.out.print(
+            f"[green]No changes: stack {ctx.spec.stack} is in sync ({ctx.spec.mode} mode).[/]"
+        )
 
 
 def _run_with_progress(state: _State, ctx: StackContext, verb: str) -> Any:

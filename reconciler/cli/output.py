@@ -75,7 +75,9 @@ class Output:
         root.addHandler(handler)
         root.setLevel(level)
         # Progress is shown by the CLI itself on a terminal; per-step INFO lines are for log files.
-        logging.getLogger("reconciler").setLevel(level if (self.verbose or not self.stderr_tty) else logging.WARNING)
+        logging.getLogger("reconciler").setLevel(
+            level if (self.verbose or not self.stderr_tty) else logging.WARNING
+        )
 
     def json(self, document: Any) -> None:
         sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")

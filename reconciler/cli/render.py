@@ -36,7 +36,11 @@ def status_text(document: dict[str, Any]) -> list[str]:
         + ("[green]in sync[/]" if document["in_sync"] else "[yellow]out of sync[/] (run `reconciler plan`)")
     ]
     for name, svc in document["services"].items():
-        state = f"[green]running[/] (pid {svc['pid']}, port {svc['port']})" if svc["running"] else "[red]stopped[/]"
+        state = (
+            f"[green]running[/] (pid {svc['pid']}, port {svc['port']})"
+            if svc["running"]
+            else "[red]stopped[/]"
+        )
         if svc.get("died"):
             state += " [red](process died)[/]"
         lines.append(f"  {name:<9} {state}")
@@ -54,7 +58,11 @@ def status_text(document: dict[str, Any]) -> list[str]:
         f"  host      {format_bytes(host['mem_available'])} available of {format_bytes(host['mem_total'])} RAM"
     )
     for condition in document.get("conditions", []):
-        mark = "[green]✓[/]" if (condition["status"] == "True") != (condition["type"] == "Stalled") else "[red]✗[/]"
+        mark = (
+            "[green]✓[/]"
+            if (condition["status"] == "True") != (condition["type"] == "Stalled")
+            else "[red]✗[/]"
+        )
         lines.append(
             f"  {mark} {condition['type']}={condition['status']} {condition['reason']}: "
             f"{_escape(str(condition['message']))} (since {condition['lastTransitionTime']})"

@@ -25,7 +25,9 @@ class PostgresFacts:
     version: str
 
 
-def connect(endpoint: Endpoint, dbname: str = "postgres", autocommit: bool = True) -> psycopg.Connection[tuple[object, ...]]:
+def connect(
+    endpoint: Endpoint, dbname: str = "postgres", autocommit: bool = True
+) -> psycopg.Connection[tuple[object, ...]]:
     try:
         return psycopg.connect(
             host=endpoint.host,
@@ -36,7 +38,9 @@ def connect(endpoint: Endpoint, dbname: str = "postgres", autocommit: bool = Tru
             autocommit=autocommit,
         )
     except psycopg.OperationalError as exc:
-        raise TransientError(f"cannot connect to postgres on port {endpoint.port}: {str(exc).strip()}") from None
+        raise TransientError(
+            f"cannot connect to postgres on port {endpoint.port}: {str(exc).strip()}"
+        ) from None
 
 
 def facts(endpoint: Endpoint, database: str) -> PostgresFacts:

@@ -86,7 +86,11 @@ def down(ctx: StackContext, progress: Progress | None = None) -> ApplyResult:
         result.seconds = time.monotonic() - started
         status.record_run(
             ctx.status_path,
-            {"kind": "down", "finished": status.now_iso(), "actions": [a.describe() for a in result.executed]},
+            {
+                "kind": "down",
+                "finished": status.now_iso(),
+                "actions": [a.describe() for a in result.executed],
+            },
             {"Ready": (False, "Stopped", "the stack was taken down with `reconciler down`")},
         )
         return result
@@ -113,7 +117,11 @@ def _record(ctx: StackContext, started_at: str, result: ApplyResult, error: Reco
             "Ready": (False, reason, str(error)),
             "Stalled": (True, reason, str(error)),
         }
-    fields = {"stack": ctx.spec.stack, "mode": ctx.spec.mode, "runtime": ctx.spec.runtime}
+    fields: dict[str, str | None] = {
+        "stack": ctx.spec.stack,
+        "mode": ctx.spec.mode,
+        "runtime": ctx.spec.runtime,
+    }
     if error is None:
         fields["lastAppliedRevision"] = state_revision(ctx.state_file)
     status.record_run(ctx.status_path, run, conditions, **fields)

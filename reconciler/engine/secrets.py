@@ -16,7 +16,9 @@ def from_env_or_file(env_name: str | None, file_path: str | None, what: str) -> 
     if env_name:
         value = os.environ.get(env_name)
         if value is None:
-            raise PermanentError(f"{what}: environment variable {env_name} is not set; export it before running")
+            raise PermanentError(
+                f"{what}: environment variable {env_name} is not set; export it before running"
+            )
         return value
     if file_path:
         try:

@@ -43,7 +43,9 @@ def load(path: str) -> dict[str, Any]:
     return document if isinstance(document, dict) else {}
 
 
-def record_run(path: str, run: dict[str, Any], conditions: dict[str, tuple[bool, str, str]], **fields: Any) -> None:
+def record_run(
+    path: str, run: dict[str, Any], conditions: dict[str, tuple[bool, str, str]], **fields: Any
+) -> None:
     document = load(path)
     current = list(document.get("conditions", []))
     for kind, (status, reason, message) in conditions.items():

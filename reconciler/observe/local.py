@@ -33,7 +33,9 @@ def observe(spec: StateSpec, runtime: LocalRuntime) -> ObservedState:
         path=ram_path,
         exists=os.path.isdir(ram_path),
         filesystem=ram_fs,
-        dedicated_mount=ram_fs is not None and ram_fs.mount_point == os.path.normpath(ram_path) and ram_fs.is_tmpfs,
+        dedicated_mount=ram_fs is not None
+        and ram_fs.mount_point == os.path.normpath(ram_path)
+        and ram_fs.is_tmpfs,
     )
     services = {
         name: _observe_service(spec, runtime, name, svc_spec, mounts)
@@ -86,8 +88,13 @@ def _observe_service(
     try:
         if isinstance(svc_spec, PostgresSpec):
             facts = pg.facts(runtime.endpoint(name, port), svc_spec.database)
-            return _with(observation, databases=facts.databases, roles=facts.roles,
-                         size_bytes=facts.size_bytes, version=facts.version)
+            return _with(
+                observation,
+                databases=facts.databases,
+                roles=facts.roles,
+                size_bytes=facts.size_bytes,
+                version=facts.version,
+            )
         rfacts = rd.facts(runtime.endpoint(name, port))
         return _with(observation, size_bytes=rfacts.used_memory, version=rfacts.version)
     except ReconcilerError as exc:

@@ -108,7 +108,7 @@ class InitService(Action):
     def simulate(self, observed: ObservedState) -> ObservedState:
         service = observed.services[self.service_name]
         location = replace(service.location(self.mode), exists=True, initialized=True, foreign=False)
-        changed = replace(service, **{self.mode: location})
+        changed = replace(service, ram=location) if self.mode == "ram" else replace(service, disk=location)
         return observed.with_service(changed)
 
 

@@ -72,7 +72,7 @@ def should_mount(desired: StateSpec, observed: ObservedState) -> bool:
     return desired.ram.mount == "always" or (desired.ram.mount == "auto" and observed.host.is_root)
 
 
-def plan(desired: StateSpec, observed: ObservedState, now: datetime) -> Plan:  # noqa: ARG001 (used by backups)
+def plan(desired: StateSpec, observed: ObservedState, now: datetime) -> Plan:
     actions: list[Action] = []
     blockers: list[str] = []
     warnings: list[str] = []
@@ -104,7 +104,9 @@ def plan_down(desired: StateSpec, observed: ObservedState) -> Plan:
     return Plan(actions=tuple(actions), warnings=tuple(warnings))
 
 
-def _plan_ram_root(desired: StateSpec, observed: ObservedState, actions: list[Action], blockers: list[str]) -> None:
+def _plan_ram_root(
+    desired: StateSpec, observed: ObservedState, actions: list[Action], blockers: list[str]
+) -> None:
     root = observed.ram_root
     mount = should_mount(desired, observed)
     size_bytes = desired.ram.tmpfs_size.resolve(observed.host.mem_total)
@@ -127,16 +129,16 @@ def _plan_ram_root(desired: StateSpec, observed: ObservedState, actions: list[Ac
 
     if root.dedicated_mount:
         fs = root.filesystem
-        if fs is not None and fs.size_bytes is not None and mount:
-            if abs(fs.size_bytes - size_bytes) > _SIZE_TOLERANCE:
-                used = fs.used_bytes or 0
-                if size_bytes < used:
-                    blockers.append(
-                        f"cannot shrink the tmpfs at {root.path} to {size_option} ({format_bytes(size_bytes)}): "
-                        f"it holds {format_bytes(used)}. Raise ram.tmpfs_size"
-                    )
-                else:
-                    actions.append(ResizeRamRoot(root.path, size_option, size_bytes, fs.size_bytes))
+        current = fs.size_bytes if fs is not None else None
+        if mount and current is not None and abs(current - size_bytes) > _SIZE_TOLERANCE:
+            used = (fs.used_bytes if fs is not None else 0) or 0
+            if size_bytes < used:
+                blockers.append(
+                    f"cannot shrink the tmpfs at {root.path} to {size_option} ({format_bytes(size_bytes)}): "
+                    f"it holds {format_bytes(used)}. Raise ram.tmpfs_size"
+                )
+            else:
+                actions.append(ResizeRamRoot(root.path, size_option, size_bytes, current))
         return
 
     # Not mounting: the directory must already sit on a tmpfs, or "RAM mode" would write to disk.
@@ -208,6 +210,8 @@ def _plan_service(
         create_database = databases is None or spec.database not in databases
         if create_role or create_database:
             known = roles is not None and databases is not None
-            actions.append(EnsureDatabase(name, spec.database, spec.user, create_role, create_database, known))
+            actions.append(
+                EnsureDatabase(name, spec.database, spec.user, create_role, create_database, known)
+            )
     if service.died:
         warnings.append(f"{name} was not running: its process had died")

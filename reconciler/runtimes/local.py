@@ -103,7 +103,17 @@ class LocalRuntime:
         if mount:
             if not fs.is_empty_dir(path):
                 raise PermanentError(f"refusing to mount a tmpfs over {path}: the directory is not empty")
-            proc.run(["mount", "-t", "tmpfs", "-o", f"size={size_option},mode=0755", f"reconciler-{self.stack}", path])
+            proc.run(
+                [
+                    "mount",
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    f"size={size_option},mode=0755",
+                    f"reconciler-{self.stack}",
+                    path,
+                ]
+            )
             log.info("mounted tmpfs at %s (size %s)", path, size_option)
 
     def resize_ram_root(self, path: str, size_option: str) -> None:
@@ -122,8 +132,16 @@ class LocalRuntime:
             proc.run(
                 [
                     os.path.join(postgres_bindir(), "initdb"),
-                    "-D", data_dir, "-U", "postgres", "-E", "UTF8", "--locale=C.UTF-8",
-                    "--auth-local=trust", "--auth-host=scram-sha-256", "--no-instructions",
+                    "-D",
+                    data_dir,
+                    "-U",
+                    "postgres",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "--no-instructions",
                 ],
                 user=user,
                 timeout=300,
@@ -170,8 +188,17 @@ class LocalRuntime:
         try:
             proc.run(
                 [
-                    os.path.join(postgres_bindir(), "pg_ctl"), "-D", data_dir, "-l", self.log_file("postgres"),
-                    "-w", "-t", str(int(_START_TIMEOUT)), "-o", options, "start",
+                    os.path.join(postgres_bindir(), "pg_ctl"),
+                    "-D",
+                    data_dir,
+                    "-l",
+                    self.log_file("postgres"),
+                    "-w",
+                    "-t",
+                    str(int(_START_TIMEOUT)),
+                    "-o",
+                    options,
+                    "start",
                 ],
                 user=user,
                 timeout=_START_TIMEOUT + 10,
@@ -185,10 +212,27 @@ class LocalRuntime:
         pidfile = self.redis_pidfile()
         proc.run(
             [
-                "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
-                "--dir", data_dir, "--daemonize", "yes", "--pidfile", pidfile,
-                "--logfile", self.log_file("redis"), "--save", "3600 1 300 100 60 10000",
-                "--appendonly", "no", "--dbfilename", "dump.rdb",
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--protected-mode",
+                "yes",
+                "--dir",
+                data_dir,
+                "--daemonize",
+                "yes",
+                "--pidfile",
+                pidfile,
+                "--logfile",
+                self.log_file("redis"),
+                "--save",
+                "3600 1 300 100 60 10000",
+                "--appendonly",
+                "no",
+                "--dbfilename",
+                "dump.rdb",
             ],
             user=user,
         )
@@ -206,7 +250,17 @@ class LocalRuntime:
             if not os.path.exists(os.path.join(data_dir, "postmaster.pid")):
                 return
             proc.run(
-                [os.path.join(postgres_bindir(), "pg_ctl"), "-D", data_dir, "-m", "fast", "-w", "-t", "120", "stop"],
+                [
+                    os.path.join(postgres_bindir(), "pg_ctl"),
+                    "-D",
+                    data_dir,
+                    "-m",
+                    "fast",
+                    "-w",
+                    "-t",
+                    "120",
+                    "stop",
+                ],
                 user=user,
                 timeout=130,
                 check=False,

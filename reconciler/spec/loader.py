@@ -104,10 +104,13 @@ def _find_inline_secrets(node: Any, path: Path) -> Iterator[tuple[Path, str]]:
         for index, item in enumerate(node):
             yield from _find_inline_secrets(item, (*path, index))
     elif isinstance(node, str) and any(marker in node for marker in _SECRET_VALUE_MARKERS):
-        yield path, (
-            "this value looks like a secret key; secrets never go in state.yaml. "
-            "Put it in a file outside the repository (mode 0600) and reference the file "
-            "(e.g. backup.encryption.identity_file)"
+        yield (
+            path,
+            (
+                "this value looks like a secret key; secrets never go in state.yaml. "
+                "Put it in a file outside the repository (mode 0600) and reference the file "
+                "(e.g. backup.encryption.identity_file)"
+            ),
         )
 
 
@@ -146,7 +149,11 @@ def _friendly(error: Any, path: Path) -> str:
         model = _model_at(path[:-1])
         known = sorted(model.model_fields) if model else []
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-        hint = f" (did you mean '{close[0]}'?)" if close else (f"; known keys: {', '.join(known)}" if known else "")
+        hint = (
+            f" (did you mean '{close[0]}'?)"
+            if close
+            else (f"; known keys: {', '.join(known)}" if known else "")
+        )
         return f"unknown key '{key}'{hint}"
     if kind == "missing":
         return "required key is missing"
@@ -157,9 +164,11 @@ def _friendly(error: Any, path: Path) -> str:
         return str(error["msg"]).removeprefix("Value error, ")
     if kind == "string_pattern_mismatch":
         return f"{error['input']!r} does not match the required pattern {error['ctx']['pattern']}"
-    return f"{error['msg']} (got {error['input']!r})" if "input" in error and not isinstance(
-        error["input"], dict | list
-    ) else str(error["msg"])
+    return (
+        f"{error['msg']} (got {error['input']!r})"
+        if "input" in error and not isinstance(error["input"], dict | list)
+        else str(error["msg"])
+    )
 
 
 def parse_state(text: str, source: str = "state.yaml", base_dir: str = "/") -> StateSpec:
@@ -172,7 +181,9 @@ def parse_state(text: str, source: str = "state.yaml", base_dir: str = "/") -> S
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = " ".join(filter(None, [exc.problem, exc.context])) or "invalid YAML"
-        raise SpecInvalid([SpecProblem(source, line, col, "(syntax)", f"YAML syntax error: {problem}")]) from None
+        raise SpecInvalid(
+            [SpecProblem(source, line, col, "(syntax)", f"YAML syntax error: {problem}")]
+        ) from None
     except YAMLError as exc:
         raise SpecInvalid([SpecProblem(source, 1, 1, "(syntax)", f"YAML error: {exc}")]) from None
 

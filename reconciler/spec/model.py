@@ -93,7 +93,9 @@ class ServicesSpec(_Strict):
         description="The PostgreSQL server.",
         example={"database": "loomio_production", "user": "loomio", "disk_dir": "./data/postgres"},
     )
-    redis: RedisSpec | None = _field(None, description="The Redis server.", example={"disk_dir": "./data/redis"})
+    redis: RedisSpec | None = _field(
+        None, description="The Redis server.", example={"disk_dir": "./data/redis"}
+    )
 
     @model_validator(mode="after")
     def _at_least_one(self) -> ServicesSpec:
@@ -157,9 +159,15 @@ class RetentionSpec(_Strict):
     """Which backup sets to keep (restic's semantics: a set is kept when any rule keeps it)."""
 
     keep_last: int = _field(24, description="Keep the newest N sets.", example=24, ge=0)
-    keep_hourly: int = _field(0, description="Keep the newest set of each of the last N hours.", example=48, ge=0)
-    keep_daily: int = _field(7, description="Keep the newest set of each of the last N days.", example=7, ge=0)
-    keep_weekly: int = _field(4, description="Keep the newest set of each of the last N weeks.", example=4, ge=0)
+    keep_hourly: int = _field(
+        0, description="Keep the newest set of each of the last N hours.", example=48, ge=0
+    )
+    keep_daily: int = _field(
+        7, description="Keep the newest set of each of the last N days.", example=7, ge=0
+    )
+    keep_weekly: int = _field(
+        4, description="Keep the newest set of each of the last N weeks.", example=4, ge=0
+    )
     keep_monthly: int = _field(
         0, description="Keep the newest set of each of the last N months.", example=12, ge=0
     )
@@ -258,7 +266,9 @@ class BackupSpec(_Strict):
         example={"recipients": ["age1..."], "identity_file": "/etc/reconciler/backup.key"},
     )
     stores: StoresSpec = _field(
-        default_factory=StoresSpec, description="Backup stores.", example={"local": {"path": "./data/backups"}}
+        default_factory=StoresSpec,
+        description="Backup stores.",
+        example={"local": {"path": "./data/backups"}},
     )
 
 
@@ -290,7 +300,9 @@ class StateSpec(_Strict):
     drain: DrainSpec = _field(
         default_factory=DrainSpec, description="Apps drained while data moves.", example={"containers": []}
     )
-    ram: RamSpec = _field(default_factory=RamSpec, description="RAM mode settings.", example={"tmpfs_size": "50%"})
+    ram: RamSpec = _field(
+        default_factory=RamSpec, description="RAM mode settings.", example={"tmpfs_size": "50%"}
+    )
     backup: BackupSpec = _field(
         default_factory=BackupSpec, description="Backup settings.", example={"cadence": "1h"}
     )

@@ -48,7 +48,9 @@ def atomic_write_bytes(path: str, data: bytes, mode: int = 0o644) -> None:
 
 
 def atomic_write_json(path: str, document: Any, mode: int = 0o644) -> None:
-    atomic_write_bytes(path, (json.dumps(document, indent=2, sort_keys=True, default=str) + "\n").encode(), mode)
+    atomic_write_bytes(
+        path, (json.dumps(document, indent=2, sort_keys=True, default=str) + "\n").encode(), mode
+    )
 
 
 def read_json(path: str) -> Any | None:

@@ -49,9 +49,9 @@ def mount_for(path: str, mounts: list[Mount]) -> Mount | None:
     best: Mount | None = None
     for mount in mounts:
         point = mount.mount_point
-        if path == point or path.startswith(point.rstrip("/") + "/"):
-            if best is None or len(point) >= len(best.mount_point):
-                best = mount
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best.mount_point)):
+            best = mount
     return best
 
 
@@ -71,12 +71,14 @@ def filesystem_of(path: str, mounts: list[Mount] | None = None) -> Filesystem | 
     mount = mount_for(existing, mounts)
     if mount is None:
         return None
+    size: int | None = None
+    used: int | None = None
     try:
         st = os.statvfs(existing)
         size = st.f_blocks * st.f_frsize
         used = (st.f_blocks - st.f_bfree) * st.f_frsize
     except OSError:
-        size = used = None
+        pass
     return Filesystem(mount.mount_point, mount.fstype, size, used, mount.options)
 
 
@@ -162,7 +164,7 @@ def listening_ports(pid: int) -> set[int]:
     inodes = _socket_inodes(pid)
     if not inodes:
         return set()
-    ports = set()
+    ports: set[int] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as handle:

@@ -1,0 +1,299 @@
+"""The planner: table-driven cases and hypothesis properties over generated worlds."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reconciler.plan.actions import (
+    EnsureDatabase,
+    InitService,
+    PrepareRamRoot,
+    ResizeRamRoot,
+    RestartService,
+    StartService,
+    simulate_all,
+)
+from reconciler.plan.observed import (
+    DataDir,
+    Filesystem,
+    HostObservation,
+    ObservedState,
+    RamRoot,
+    ServiceObservation,
+)
+from reconciler.plan.planner import plan, plan_down
+from reconciler.spec.loader import parse_state
+from reconciler.spec.model import StateSpec
+
+NOW = datetime(2026, 11, 21, 16, 0, tzinfo=UTC)
+GIB = 1024**3
+TMPFS = Filesystem("/dev/shm", "tmpfs", 12 * GIB, 0)
+EXT4 = Filesystem("/", "ext4", 200 * GIB, 10 * GIB)
+
+
+def spec(mode: str = "ram", mount: str = "never", services: str = "both", size: str = "25%") -> StateSpec:
+    text = f"""
+version: 1
+stack: demo
+mode: {mode}
+services:
+"""
+    if services in ("both", "postgres"):
+        text += "  postgres: {database: app, user: app, port: 5433, disk_dir: /srv/pg}\n"
+    if services in ("both", "redis"):
+        text += "  redis: {port: 6380, disk_dir: /srv/redis}\n"
+    text += f"ram: {{path: /dev/shm/rc/demo, mount: {mount}, tmpfs_size: '{size}'}}\n"
+    return parse_state(text, "state.yaml", "/srv")
+
+
+def fresh_world(desired: StateSpec, is_root: bool = False) -> ObservedState:
+    services = {
+        name: ServiceObservation(
+            name=name,
+            ram=DataDir(desired.ram_dir(name), filesystem=TMPFS),
+            disk=DataDir(desired.disk_dir(name), filesystem=EXT4),
+        )
+        for name in desired.services.configured()
+    }
+    return ObservedState(
+        services, RamRoot(desired.ram_root, filesystem=TMPFS), HostObservation(24 * GIB, 20 * GIB, is_root)
+    )
+
+
+def kinds(actions: tuple[object, ...]) -> list[str]:
+    return [type(a).__name__ for a in actions]
+
+
+# -- table-driven ---------------------------------------------------------------------------------
+
+
+def test_first_start_in_ram_mode() -> None:
+    desired = spec()
+    result = plan(desired, fresh_world(desired), NOW)
+    assert kinds(result.actions) == [
+        "PrepareRamRoot",
+        "InitService",
+        "StartService",
+        "EnsureDatabase",
+        "InitService",
+        "StartService",
+    ]
+    assert result.summary() == "Plan: 6 to add, 0 to change, 0 to remove."
+    assert result.actions[1] == InitService("postgres", "/dev/shm/rc/demo/postgres", "ram")
+
+
+def test_root_mounts_a_dedicated_tmpfs_with_the_size_limit() -> None:
+    desired = spec(mount="auto", size="4GiB")
+    first = plan(desired, fresh_world(desired, is_root=True), NOW).actions[0]
+    assert first == PrepareRamRoot("/dev/shm/rc/demo", True, str(4 * GIB), 4 * GIB)
+
+
+def test_disk_mode_needs_no_ram_root() -> None:
+    desired = spec(mode="disk")
+    result = plan(desired, fresh_world(desired), NOW)
+    assert "PrepareRamRoot" not in kinds(result.actions)
+    assert result.actions[0] == InitService("postgres", "/srv/pg", "disk")
+
+
+def test_converged_world_needs_nothing() -> None:
+    desired = spec()
+    world = simulate_all(fresh_world(desired), plan(desired, fresh_world(desired), NOW).actions)
+    assert plan(desired, world, NOW).in_sync
+    assert plan(desired, world, NOW).summary() == "No changes: the stack is in sync."
+
+
+def test_dead_process_is_restarted_and_says_so() -> None:
+    desired = spec()
+    world = simulate_all(fresh_world(desired), plan(desired, fresh_world(desired), NOW).actions)
+    pg = world.services["postgres"]
+    world = world.with_service(replace(pg, running=False, pid=4242, port=None, data_dir=None, died=True))
+    result = plan(desired, world, NOW)
+    assert result.actions[0] == StartService(
+        "postgres", desired.ram_dir("postgres"), 5433, "process 4242 died"
+    )
+    assert isinstance(result.actions[1], EnsureDatabase) and not result.actions[1].known_missing
+    assert result.warnings == ("postgres was not running: its process had died",)
+
+
+def test_port_change_restarts() -> None:
+    desired = spec()
+    world = simulate_all(fresh_world(desired), plan(desired, fresh_world(desired), NOW).actions)
+    world = world.with_service(replace(world.services["redis"], port=6379))
+    assert plan(desired, world, NOW).actions == (
+        RestartService("redis", desired.ram_dir("redis"), 6380, "listening on 6379, want 6380"),
+    )
+
+
+def test_mode_change_with_data_is_refused_and_changes_nothing() -> None:
+    ram = spec("ram")
+    world = simulate_all(fresh_world(ram), plan(ram, fresh_world(ram), NOW).actions)
+    result = plan(spec("disk"), world, NOW)
+    assert result.actions == ()
+    assert len(result.blockers) == 2
+    assert "not supported yet" in result.blockers[0] and "mode: ram" in result.blockers[0]
+
+
+def test_stopped_data_in_the_other_mode_blocks_an_empty_start() -> None:
+    desired = spec("ram", services="postgres")
+    world = fresh_world(desired)
+    pg = world.services["postgres"]
+    world = world.with_service(replace(pg, disk=replace(pg.disk, exists=True, initialized=True)))
+    result = plan(desired, world, NOW)
+    assert result.actions == () and "holds data in /srv/pg" in result.blockers[0]
+
+
+def test_foreign_directory_is_never_initialised() -> None:
+    desired = spec("disk", services="postgres")
+    world = fresh_world(desired)
+    pg = world.services["postgres"]
+    world = world.with_service(replace(pg, disk=replace(pg.disk, exists=True, foreign=True)))
+    result = plan(desired, world, NOW)
+    assert result.actions == () and "refusing to touch it" in result.blockers[0]
+
+
+def test_ram_path_not_on_tmpfs_is_refused() -> None:
+    desired = spec()
+    world = replace(fresh_world(desired), ram_root=RamRoot(desired.ram_root, filesystem=EXT4))
+    result = plan(desired, world, NOW)
+    assert result.actions == () and "not on a tmpfs" in result.blockers[0]
+
+
+def test_never_mount_over_existing_ram_data() -> None:
+    desired = spec(mount="always")
+    world = fresh_world(desired)
+    pg = world.services["postgres"]
+    world = world.with_service(replace(pg, ram=replace(pg.ram, exists=True, initialized=True)))
+    result = plan(desired, world, NOW)
+    assert result.actions == () and "would hide that data" in result.blockers[0]
+
+
+def test_tmpfs_resize_and_refusal_to_shrink_below_use() -> None:
+    desired = spec(mount="always", size="2GiB")
+    world = simulate_all(fresh_world(desired), plan(desired, fresh_world(desired), NOW).actions)
+    bigger = spec(mount="always", size="3GiB")
+    assert plan(bigger, world, NOW).actions == (
+        ResizeRamRoot("/dev/shm/rc/demo", str(3 * GIB), 3 * GIB, 2 * GIB),
+    )
+    fs = world.ram_root.filesystem
+    assert fs is not None
+    full = replace(world, ram_root=replace(world.ram_root, filesystem=replace(fs, used_bytes=int(1.5 * GIB))))
+    result = plan(spec(mount="always", size="1GiB"), full, NOW)
+    assert result.actions == () and "cannot shrink" in result.blockers[0]
+
+
+def test_unreachable_disk_dir_is_refused() -> None:
+    desired = spec("disk", services="redis")
+    world = fresh_world(desired)
+    rd = world.services["redis"]
+    world = world.with_service(replace(rd, disk=replace(rd.disk, reachable=False)))
+    assert "cannot reach" in plan(desired, world, NOW).blockers[0]
+
+
+def test_down_stops_running_services_in_reverse_order() -> None:
+    desired = spec()
+    world = simulate_all(fresh_world(desired), plan(desired, fresh_world(desired), NOW).actions)
+    result = plan_down(desired, world)
+    assert [a.service for a in result.actions] == ["redis", "postgres"]
+    assert all(a.marker == "-" and not a.destroys_data for a in result.actions)
+    assert "survives `down` but not a reboot" in result.warnings[0]
+
+
+# -- properties over generated worlds --------------------------------------------------------------
+
+filesystems = st.sampled_from([TMPFS, EXT4, None])
+
+
+@st.composite
+def data_dirs(draw: st.DrawFn, path: str) -> DataDir:
+    exists = draw(st.booleans())
+    initialized = exists and draw(st.booleans())
+    foreign = exists and not initialized and draw(st.booleans())
+    return DataDir(path, exists, initialized, foreign, draw(st.booleans()), draw(filesystems))
+
+
+@st.composite
+def worlds(draw: st.DrawFn) -> tuple[StateSpec, ObservedState]:
+    desired = spec(
+        mode=draw(st.sampled_from(["ram", "disk"])),
+        mount=draw(st.sampled_from(["auto", "always", "never"])),
+        services=draw(st.sampled_from(["both", "postgres", "redis"])),
+        size=draw(st.sampled_from(["25%", "1GiB", "8GiB"])),
+    )
+    services = {}
+    for name in desired.services.configured():
+        ram = draw(data_dirs(desired.ram_dir(name)))
+        disk = draw(data_dirs(desired.disk_dir(name)))
+        running = draw(st.booleans())
+        where = draw(st.sampled_from([ram, disk])) if running else None
+        services[name] = ServiceObservation(
+            name=name,
+            running=running,
+            pid=123 if running else draw(st.sampled_from([None, 99])),
+            port=draw(st.sampled_from([desired.port(name), 7000])) if running else None,
+            data_dir=where.path if where else None,
+            died=not running and draw(st.booleans()),
+            ram=replace(ram, initialized=True, exists=True, foreign=False) if where is ram else ram,
+            disk=replace(disk, initialized=True, exists=True, foreign=False) if where is disk else disk,
+            databases=draw(st.sampled_from([None, frozenset(), frozenset({"app"})])) if running else None,
+            roles=draw(st.sampled_from([None, frozenset(), frozenset({"app"})])) if running else None,
+        )
+    mounted = draw(st.booleans())
+    root_fs = (
+        replace(TMPFS, mount_point=desired.ram_root, size_bytes=draw(st.sampled_from([GIB, 6 * GIB])))
+        if mounted
+        else draw(filesystems)
+    )
+    root = RamRoot(
+        desired.ram_root, exists=mounted or draw(st.booleans()), filesystem=root_fs, dedicated_mount=mounted
+    )
+    host = HostObservation(24 * GIB, draw(st.integers(0, 24 * GIB)), draw(st.booleans()))
+    return desired, ObservedState(services, root, host)
+
+
+@settings(max_examples=400)
+@given(worlds())
+def test_the_plan_converges_in_one_apply(world: tuple[StateSpec, ObservedState]) -> None:
+    desired, observed = world
+    first = plan(desired, observed, NOW)
+    if first.blockers:
+        assert first.actions == (), "a blocked plan must change nothing"
+        return
+    after = simulate_all(observed, first.actions)
+    second = plan(desired, after, NOW)
+    assert second.in_sync, f"not converged: {[a.describe() for a in second.actions]} {second.blockers}"
+
+
+@settings(max_examples=400)
+@given(worlds())
+def test_no_action_destroys_data_without_a_backup_before_it(world: tuple[StateSpec, ObservedState]) -> None:
+    desired, observed = world
+    backed_up: set[str] = set()
+    for action in plan(desired, observed, NOW).actions + plan_down(desired, observed).actions:
+        if action.kind.startswith("Backup") and action.service:
+            backed_up.add(action.service)
+        if action.destroys_data:
+            assert action.service in backed_up, f"{action.describe()} without a backup first"
+
+
+@settings(max_examples=400)
+@given(worlds())
+def test_never_initialises_where_data_or_foreign_files_are(world: tuple[StateSpec, ObservedState]) -> None:
+    desired, observed = world
+    for action in plan(desired, observed, NOW).actions:
+        if isinstance(action, InitService):
+            service = observed.services[action.service_name]
+            assert not service.location(desired.mode).foreign
+            other = service.location("disk" if desired.mode == "ram" else "ram")
+            assert not other.initialized, "an empty start while the data sits in the other mode"
+        if isinstance(action, PrepareRamRoot) and action.mount:
+            assert not any(s.ram.initialized for s in observed.services.values())
+
+
+@given(worlds())
+def test_planning_is_deterministic(world: tuple[StateSpec, ObservedState]) -> None:
+    desired, observed = world
+    assert plan(desired, observed, NOW) == plan(desired, observed, NOW)
