@@ -47,7 +47,7 @@ class Output:
         if self._out is None:
             from rich.console import Console
 
-            self._out = Console(no_color=not self.color, highlight=False, soft_wrap=True)
+            self._out = Console(color_system="auto" if self.color else None, highlight=False, soft_wrap=True)
         return self._out
 
     @property
@@ -55,7 +55,9 @@ class Output:
         if self._err is None:
             from rich.console import Console
 
-            self._err = Console(stderr=True, no_color=not self.color, highlight=False, soft_wrap=True)
+            self._err = Console(
+                stderr=True, color_system="auto" if self.color else None, highlight=False, soft_wrap=True
+            )
         return self._err
 
     def setup_logging(self) -> None:

@@ -1,0 +1,105 @@
+"""Whole scenarios through the command line, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+from ruamel.yaml import YAML
+
+from tests.conftest import ROOT, Stack
+
+pytestmark = pytest.mark.e2e
+
+
+def _example_in(stack: Stack) -> None:
+    """The repository's own state.yaml, moved to private ports and a private RAM root."""
+    yaml = YAML()
+    document = yaml.load((ROOT / "state.yaml").read_text())
+    document["stack"] = "e2e" + stack.dir.name[:6]
+    document["ram"]["path"] = str(stack.ram_root)
+    document["services"]["postgres"]["port"] = stack.pg_port
+    document["services"]["redis"]["port"] = stack.redis_port
+    with stack.state_file.open("w") as handle:
+        yaml.dump(document, handle)
+
+
+def test_readme_flow_with_the_example_state_file(stack: Stack) -> None:
+    _example_in(stack)
+    stack.cli("validate")
+    stack.cli("apply")
+    status = stack.status()
+    assert all(s["running"] and s["on_tmpfs"] for s in status["services"].values())
+    ready = {c["type"]: c for c in status["conditions"]}["Ready"]
+    assert ready["status"] == "True" and ready["reason"] == "InSync"
+    text = stack.cli("status").stdout
+    assert "running" in text and "tmpfs" in text
+    assert "No changes" in stack.cli("plan", check=0).stdout
+
+    postmaster = stack.ram_root / "postgres" / "postmaster.pid"
+    os.kill(int(postmaster.read_text().split()[0]), signal.SIGKILL)
+    assert "start postgres" in stack.cli("plan", check=2).stdout
+    stack.cli("apply")
+    stack.cli("plan", check=0)
+
+
+def test_plan_json_is_machine_readable(stack: Stack) -> None:
+    _example_in(stack)
+    document = json.loads(stack.cli("plan", "-o", "json", check=2).stdout)
+    assert document["in_sync"] is False
+    assert [a["marker"] for a in document["actions"]] == ["+"] * 6
+    assert document["counts"] == {"+": 6, "~": 0, "-": 0}
+    assert json.loads(stack.cli("apply", "--dry-run", "-o", "json", check=2).stdout) == document
+
+
+BROKEN = {
+    "bad indentation": ("version: 1\nstack: x\n  mode: ram\n", [":3:7: (syntax)"]),
+    "unknown key": (
+        "version: 1\nstack: x\nmode: ram\nservices:\n  redis: {disk_dir: ./r, prot: 1}\n",
+        [":5:26: services.redis.prot: unknown key 'prot' (did you mean 'port'?)"],
+    ),
+    "wrong type": (
+        "version: 1\nstack: x\nmode: ram\nservices:\n  redis:\n    disk_dir: ./r\n    port: [1]\n",
+        [":7:11: services.redis.port: Input should be a valid integer"],
+    ),
+    "inline password and more": (
+        "version: 1\nstack: x\nmode: sideways\nservices:\n  postgres:\n    database: d\n    user: u\n"
+        "    disk_dir: ./p\n    password: correct-horse\nram:\n  tmpfs_size: lots\n",
+        [
+            ":3:7: mode: must be one of 'ram' or 'disk'",
+            ":9:5: services.postgres.password: inline secret 'password'",
+            ":11:15: ram.tmpfs_size:",
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_state_file_exits_64_reports_every_error_and_changes_nothing(stack: Stack, case: str) -> None:
+    text, expected = BROKEN[case]
+    stack.state_file.write_text(text)
+    for command in (["validate"], ["plan"], ["apply"]):
+        result = stack.cli(*command, check=64)
+        lines = [line for line in result.stderr.splitlines() if line.startswith(str(stack.state_file))]
+        assert len(lines) == len(expected), result.stderr
+        for line, fragment in zip(lines, expected, strict=True):
+            assert fragment in line
+        assert "nothing was changed" in result.stderr
+        assert "correct-horse" not in result.stdout + result.stderr
+    assert sorted(os.listdir(stack.dir)) == ["state.yaml"]
+    assert not stack.ram_root.exists()
+
+
+def test_missing_state_file_is_invalid_input(stack: Stack) -> None:
+    result = stack.cli("plan", check=64)
+    assert "not found" in result.stderr
+
+
+def test_colour_follows_no_color_and_the_flag(stack: Stack) -> None:
+    _example_in(stack)
+    forced = {"FORCE_COLOR": "1", "TERM": "xterm"}
+    assert "\x1b[" in stack.cli("plan", check=2, env=forced).stdout
+    assert "\x1b[" not in stack.cli("plan", check=2, env={**forced, "NO_COLOR": "1"}).stdout
+    assert "\x1b[" not in stack.cli("--no-color", "plan", check=2, env=forced).stdout
