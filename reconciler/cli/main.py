@@ -277,14 +277,16 @@ def status(state: _State, output_format: str) -> None:
 
 @cli.command()
 @click.option("--check", is_flag=True, help="Exit 1 when the file differs from the model.")
-@click.argument("path", default="schemas/state.schema.json")
+@click.option("--docs", is_flag=True, help="Write the Markdown option reference instead of the schema.")
+@click.argument("path", required=False)
 @click.pass_obj
 @_guard
-def schema(state: _State, check: bool, path: str) -> None:
-    """Export the JSON Schema of state.yaml (from the pydantic model)."""
-    from reconciler.spec.schema import schema_text
+def schema(state: _State, check: bool, docs: bool, path: str | None) -> None:
+    """Export the JSON Schema of state.yaml (or, with --docs, docs/OPTIONS.md) from the model."""
+    from reconciler.spec.schema import options_markdown, schema_text
 
-    text = schema_text()
+    text = options_markdown() if docs else schema_text()
+    path = path or ("docs/OPTIONS.md" if docs else "schemas/state.schema.json")
     if check:
         try:
             with open(path, encoding="utf-8") as handle:

@@ -1,18 +1,36 @@
 """PostgreSQL: the queries and commands the reconciler needs, whatever the runtime.
 
-Design decision: identifiers and literals are always composed with ``psycopg.sql`` (never string
-formatting), and a password travels as a bound literal inside one statement that is not logged.
+Design decisions:
+- Identifiers and literals are always composed with ``psycopg.sql`` (never string formatting), and
+  a password travels as a bound literal inside one statement that is not logged.
+- ``facts`` (run on every observation) asks ``psql`` instead of psycopg: importing psycopg costs
+  ~78 ms here, a psql round trip ~15 ms, and ``plan`` must stay well under 300 ms as a whole. psql
+  ships with the server binaries the local runtime needs anyway, and inside containers it is the
+  only client there is.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import psycopg
-from psycopg import sql
-
-from reconciler.errors import TransientError
+from reconciler.errors import CommandFailed, TransientError
 from reconciler.runtimes.base import Endpoint
+from reconciler.system import proc
+
+if TYPE_CHECKING:
+    import psycopg
+
+_FIELD = "\x1f"
+_ITEM = "\x1e"
+# psql interpolates :'db' as a quoted literal (scripts on stdin only, not -c).
+_FACTS_QUERY = (
+    "SELECT (SELECT string_agg(datname, E'\\x1e') FROM pg_database WHERE NOT datistemplate),"
+    " (SELECT string_agg(rolname, E'\\x1e') FROM pg_roles),"
+    " (SELECT pg_database_size(datname) FROM pg_database WHERE datname = :'db'),"
+    " current_setting('server_version')"
+)
 
 CONNECT_TIMEOUT = 5
 
@@ -28,6 +46,8 @@ class PostgresFacts:
 def connect(
     endpoint: Endpoint, dbname: str = "postgres", autocommit: bool = True
 ) -> psycopg.Connection[tuple[object, ...]]:
+    import psycopg
+
     try:
         return psycopg.connect(
             host=endpoint.host,
@@ -43,26 +63,46 @@ def connect(
         ) from None
 
 
-def facts(endpoint: Endpoint, database: str) -> PostgresFacts:
-    with connect(endpoint) as conn:
-        rows = conn.execute(
-            "SELECT (SELECT array_agg(datname::text) FROM pg_database WHERE NOT datistemplate),"
-            " (SELECT array_agg(rolname::text) FROM pg_roles),"
-            " (SELECT pg_database_size(datname) FROM pg_database WHERE datname = %s),"
-            " current_setting('server_version')",
-            (database,),
-        ).fetchone()
-    assert rows is not None
-    dbs, roles, size, version = rows
+def facts(endpoint: Endpoint, database: str, bindir: str) -> PostgresFacts:
+    argv = [
+        os.path.join(bindir, "psql"),
+        "-h",
+        endpoint.host,
+        "-p",
+        str(endpoint.port),
+        "-U",
+        endpoint.user,
+        "-d",
+        "postgres",
+        "-XAtq",
+        "-F",
+        _FIELD,
+        "-v",
+        f"db={database}",
+        "-v",
+        "ON_ERROR_STOP=1",
+    ]
+    try:
+        result = proc.run(argv, input_bytes=_FACTS_QUERY.encode(), timeout=10)
+    except CommandFailed as exc:
+        raise TransientError(
+            f"cannot query postgres on port {endpoint.port}: {exc.stderr_tail.strip()}"
+        ) from None
+    fields = result.stdout.decode().rstrip("\n").split(_FIELD)
+    if len(fields) != 4:
+        raise TransientError(f"unexpected answer from postgres on port {endpoint.port}")
+    dbs, roles, size, version = fields
     return PostgresFacts(
-        frozenset(dbs or ()),  # type: ignore[call-overload]
-        frozenset(roles or ()),  # type: ignore[call-overload]
-        int(size) if size is not None else None,  # type: ignore[call-overload]
-        str(version),
+        frozenset(filter(None, dbs.split(_ITEM))),
+        frozenset(filter(None, roles.split(_ITEM))),
+        int(size) if size else None,
+        version,
     )
 
 
 def ensure_role_and_database(endpoint: Endpoint, role: str, database: str, password: str | None) -> None:
+    from psycopg import sql
+
     with connect(endpoint) as conn:
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
         if not exists:

@@ -43,7 +43,8 @@ def execute(action: Action, ctx: StackContext) -> None:
         case EnsureDatabase(service_name=name, database=database, owner=owner):
             spec = ctx.spec.services.postgres
             assert isinstance(spec, PostgresSpec)
-            password = from_env_or_file(spec.password_env, spec.password_file, "services.postgres password")
+            password_file = ctx.spec.resolve(spec.password_file) if spec.password_file else None
+            password = from_env_or_file(spec.password_env, password_file, "services.postgres password")
             pg.ensure_role_and_database(runtime.endpoint(name, spec.port), owner, database, password)
         case _:
             raise NotImplementedError(f"no step for {action.kind}")

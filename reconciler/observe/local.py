@@ -17,7 +17,7 @@ from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
 from reconciler.errors import ReconcilerError
 from reconciler.plan.observed import DataDir, HostObservation, ObservedState, RamRoot, ServiceObservation
-from reconciler.runtimes.local import MARKER, LocalRuntime, read_marker, read_pid
+from reconciler.runtimes.local import MARKER, LocalRuntime, postgres_bindir, read_marker, read_pid
 from reconciler.spec.model import PostgresSpec, StateSpec
 from reconciler.system import host
 
@@ -37,8 +37,9 @@ def observe(spec: StateSpec, runtime: LocalRuntime) -> ObservedState:
         and ram_fs.mount_point == os.path.normpath(ram_path)
         and ram_fs.is_tmpfs,
     )
+    sockets = host.listening_sockets()
     services = {
-        name: _observe_service(spec, runtime, name, svc_spec, mounts)
+        name: _observe_service(spec, runtime, name, svc_spec, mounts, sockets)
         for name, svc_spec in spec.services.configured().items()
     }
     return ObservedState(services, ram_root, HostObservation(mem_total, mem_available, host.is_root()))
@@ -71,14 +72,19 @@ def _data_dir(service: str, path: str, uid: int, gid: int, mounts: list[host.Mou
 
 
 def _observe_service(
-    spec: StateSpec, runtime: LocalRuntime, name: str, svc_spec: object, mounts: list[host.Mount]
+    spec: StateSpec,
+    runtime: LocalRuntime,
+    name: str,
+    svc_spec: object,
+    mounts: list[host.Mount],
+    sockets: dict[str, int],
 ) -> ServiceObservation:
     _, uid, gid = runtime.account(name)
     ram = _data_dir(name, spec.ram_dir(name), uid, gid, mounts)
     disk = _data_dir(name, spec.disk_dir(name), uid, gid, mounts)
     pid, data_dir, died = (_postgres_process if name == "postgres" else _redis_process)(runtime, ram, disk)
     running = pid is not None
-    ports = host.listening_ports(pid) if pid is not None else set()
+    ports = host.listening_ports(pid, sockets) if pid is not None else set()
     port = next(iter(sorted(ports)), None)
     observation = ServiceObservation(
         name=name, running=running, pid=pid, port=port, data_dir=data_dir, died=died, ram=ram, disk=disk
@@ -87,7 +93,7 @@ def _observe_service(
         return observation
     try:
         if isinstance(svc_spec, PostgresSpec):
-            facts = pg.facts(runtime.endpoint(name, port), svc_spec.database)
+            facts = pg.facts(runtime.endpoint(name, port), svc_spec.database, postgres_bindir())
             return _with(
                 observation,
                 databases=facts.databases,
@@ -95,7 +101,7 @@ def _observe_service(
                 size_bytes=facts.size_bytes,
                 version=facts.version,
             )
-        rfacts = rd.facts(runtime.endpoint(name, port))
+        rfacts = rd.probe(runtime.endpoint(name, port))
         return _with(observation, size_bytes=rfacts.used_memory, version=rfacts.version)
     except ReconcilerError as exc:
         log.warning("%s is running but did not answer: %s", name, exc)

@@ -160,19 +160,24 @@ def parse_listening(text: str) -> dict[str, int]:
     return listening
 
 
-def listening_ports(pid: int) -> set[int]:
-    inodes = _socket_inodes(pid)
-    if not inodes:
-        return set()
-    ports: set[int] = set()
+def listening_sockets() -> dict[str, int]:
+    """Every listening TCP socket on the host: {inode: port}. Read once per observation."""
+    listening: dict[str, int] = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as handle:
-                listening = parse_listening(handle.read())
+                listening.update(parse_listening(handle.read()))
         except FileNotFoundError:
             continue
-        ports.update(port for inode, port in listening.items() if inode in inodes)
-    return ports
+    return listening
+
+
+def listening_ports(pid: int, sockets: dict[str, int] | None = None) -> set[int]:
+    inodes = _socket_inodes(pid)
+    if not inodes:
+        return set()
+    sockets = listening_sockets() if sockets is None else sockets
+    return {port for inode, port in sockets.items() if inode in inodes}
 
 
 def is_root() -> bool:

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from reconciler.errors import SpecInvalid
 from reconciler.spec.loader import parse_state
 from reconciler.spec.model import StateSpec
-from reconciler.spec.schema import schema_text
+from reconciler.spec.schema import options_markdown, schema_text
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -144,3 +144,9 @@ def test_exported_schema_is_up_to_date() -> None:
     document: dict[str, Any] = json.loads(committed)
     assert document["additionalProperties"] is False
     assert "description" in document["properties"]["mode"]
+
+
+def test_options_reference_is_up_to_date() -> None:
+    committed = (ROOT / "docs/OPTIONS.md").read_text()
+    assert committed == options_markdown(), "docs/OPTIONS.md is stale: run `reconciler schema --docs`"
+    assert "| `ram.tmpfs_size` |" in committed

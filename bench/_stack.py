@@ -1,0 +1,107 @@
+"""A throw-away stack for benchmarks: its own directory, RAM root and free ports; removed afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def bench_stack(mode: str = "ram", extra: dict[str, Any] | None = None) -> Iterator[Path]:
+    """Yield the path of a state.yaml for a running stack; take it down afterwards."""
+    name = "b" + uuid.uuid4().hex[:8]
+    directory = Path("/tmp/reconciler-bench") / name
+    directory.mkdir(parents=True, mode=0o755)
+    os.chmod(directory.parent, 0o755)
+    os.chmod(directory, 0o755)
+    ram = Path("/dev/shm/reconciler-bench") / name
+    document: dict[str, Any] = {
+        "version": 1,
+        "stack": name,
+        "mode": mode,
+        "services": {
+            "postgres": {
+                "database": "bench",
+                "user": "bench",
+                "port": free_port(),
+                "disk_dir": "./data/postgres",
+            },
+            "redis": {"port": free_port(), "disk_dir": "./data/redis"},
+        },
+        "ram": {"path": str(ram), "mount": "never", "tmpfs_size": "50%", "min_headroom": "256MiB"},
+        "backup": {"encryption": "none"},
+        **(extra or {}),
+    }
+    state = directory / "state.yaml"
+    with state.open("w") as handle:
+        YAML().dump(document, handle)
+    try:
+        cli(state, "apply")
+        yield state
+    finally:
+        cli(state, "down", check=False)
+        shutil.rmtree(ram, ignore_errors=True)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def cli(state: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler", "-f", str(state), *args],
+        capture_output=True,
+        text=True,
+        check=check,
+    )
+
+
+def machine() -> dict[str, Any]:
+    with open("/proc/meminfo") as handle:
+        mem_kib = int(handle.readline().split()[1])
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024**2, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def write_results(name: str, rows: list[dict[str, Any]], **extra: Any) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(
+        json.dumps({"benchmark": name, "machine": machine(), "rows": rows, **extra}, indent=2) + "\n"
+    )
+    return path
+
+
+def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="right" if column != columns[0] else "left")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
