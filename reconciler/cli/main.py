@@ -302,6 +302,228 @@ def schema(state: _State, check: bool, docs: bool, path: str | None) -> None:
     state.out.out.print(f"wrote {path}")
 
 
+@cli.command()
+@click.option(
+    "--out", "path", default=None, help="Identity file to create (default: backup.encryption.identity_file)."
+)
+@click.pass_obj
+@_guard
+def keygen(state: _State, path: str | None) -> None:
+    """Create an age identity (mode 0600) and print the recipient to put in state.yaml."""
+    from reconciler.backup import keys
+    from reconciler.errors import InvalidInput
+
+    if path is None:
+        spec = _load(state)
+        if not spec.backup.encryption.identity_file:
+            raise InvalidInput("give --out PATH or set backup.encryption.identity_file in state.yaml")
+        path = spec.resolve(spec.backup.encryption.identity_file)
+    recipient = keys.generate(path)
+    state.out.err.print(
+        f"wrote {path} (mode 0600). Keep a copy somewhere safe: without it no backup can be restored.\n"
+        "Add this recipient to backup.encryption.recipients in state.yaml:"
+    )
+    print(recipient)
+
+
+def _byte_progress(state: _State, title: str) -> Any:
+    """A rich progress display of bytes per member on a terminal; nothing otherwise."""
+    import contextlib
+
+    if not state.out.stderr_tty:
+        return contextlib.nullcontext(None)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    return Progress(
+        TextColumn(f"{title} [bold]{{task.description}}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=state.out.err,
+        transient=True,
+    )
+
+
+@cli.command()
+@click.option(
+    "--trigger", default="manual", show_default=True, help="Why this set is taken (part of its name)."
+)
+@_FORMAT
+@click.pass_obj
+@_guard
+def backup(state: _State, trigger: str, output_format: str) -> None:
+    """Take one consistent, encrypted backup set of every service now."""
+    from reconciler.engine import backups
+    from reconciler.spec.units import format_bytes
+
+    ctx = _context(state)
+    with _byte_progress(state, "backup") as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(member: str, done: int) -> None:
+            if bar is not None:
+                if member not in tasks:
+                    tasks[member] = bar.add_task(member, total=None)
+                bar.update(tasks[member], completed=done)
+
+        document = backups.take_backup(ctx, trigger, progress)
+    size = sum(int(m["size"]) for m in document["members"])
+    if output_format == "json":
+        state.out.json(
+            {
+                "set": document["set"],
+                "size": size,
+                "seconds": document["seconds"],
+                "members": document["members"],
+            }
+        )
+    else:
+        state.out.out.print(
+            f"backup set {document['set']}: {format_bytes(size)} in {document['seconds']:.1f} s"
+        )
+
+
+@cli.command(name="backups")
+@_FORMAT
+@click.pass_obj
+@_guard
+def list_backups(state: _State, output_format: str) -> None:
+    """List backup sets: name, age, size, store, complete, verified."""
+    from datetime import UTC, datetime
+
+    from reconciler.engine import backups
+    from reconciler.spec.units import format_bytes, format_duration
+
+    ctx = _context(state)
+    now = datetime.now(UTC)
+    listing = [entry.to_dict(now) for entry in backups.list_sets(ctx)]
+    if output_format == "json":
+        state.out.json({"stack": ctx.spec.stack, "sets": listing})
+        return
+    if not listing:
+        state.out.out.print(f"no backup sets in {backups.local_store(ctx).describe()}")
+        return
+    from datetime import timedelta
+
+    from rich.table import Table
+
+    table = Table(box=None)
+    for column in ("set", "age", "size", "stores", "complete", "verified"):
+        table.add_column(column)
+    for entry in listing:
+        verified = entry["verified"]
+        mark = (
+            "-"
+            if verified is None
+            else ("yes" if verified.get("ok") else f"FAILED: {verified.get('reason')}")
+        )
+        table.add_row(
+            entry["name"],
+            format_duration(timedelta(seconds=max(entry["age_seconds"], 0))),
+            format_bytes(entry["size"]),
+            ",".join(entry["stores"]),
+            "yes" if entry["complete"] else "NO",
+            mark,
+        )
+    state.out.out.print(table)
+
+
+@cli.command()
+@click.argument("set_name", required=False)
+@click.option("--latest", is_flag=True, help="Restore the newest complete set.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
+@click.option("--no-safety-backup", is_flag=True, help="Skip the pre-restore backup of the current data.")
+@click.option(
+    "--legacy", "legacy_file", default=None, help="Restore a legacy Loomio *.sql.enc backup instead."
+)
+@click.option("--password-env", default=None, help="With --legacy: variable holding the legacy password.")
+@click.pass_obj
+@_guard
+def restore(
+    state: _State,
+    set_name: str | None,
+    latest: bool,
+    yes: bool,
+    no_safety_backup: bool,
+    legacy_file: str | None,
+    password_env: str | None,
+) -> None:
+    """Restore a backup set into the running stack (replaces the current data)."""
+    from reconciler.engine import backups
+    from reconciler.errors import InvalidInput
+
+    ctx = _context(state)
+    if legacy_file:
+        if not password_env:
+            raise InvalidInput("--legacy needs --password-env VARIABLE (the legacy BACKUP_ENCRYPTION_KEY)")
+        from reconciler.engine.legacy import restore_legacy
+
+        if not yes and not click.confirm(
+            f"Replace database {ctx.spec.services.postgres.database if ctx.spec.services.postgres else '?'} with {legacy_file}?",
+            err=True,
+        ):
+            raise InvalidInput("restore cancelled; nothing was changed")
+        tables = restore_legacy(ctx, legacy_file, password_env, safety_backup=not no_safety_backup)
+        state.out.out.print(f"restored legacy backup {legacy_file}: {tables} tables in the database")
+        return
+    if not set_name and not latest:
+        raise InvalidInput("name a set (see `reconciler backups`) or pass --latest")
+    target = set_name or "the newest complete set"
+    if not yes and not click.confirm(
+        f"Replace the current data of stack {ctx.spec.stack} with {target}?", err=True
+    ):
+        raise InvalidInput("restore cancelled; nothing was changed")
+    result = backups.restore(ctx, set_name, safety_backup=not no_safety_backup)
+    safety = f"; the data before it is in {result.safety_backup}" if result.safety_backup else ""
+    state.out.out.print(
+        f"restored {result.set_name} ({result.tables} tables) in {result.seconds:.1f} s{safety}"
+    )
+
+
+@cli.command()
+@click.argument("set_name", required=False)
+@_FORMAT
+@click.pass_obj
+@_guard
+def verify(state: _State, set_name: str | None, output_format: str) -> None:
+    """Restore a set into scratch servers on tmpfs and check it against its manifest."""
+    from reconciler.engine import backups
+
+    ctx = _context(state)
+    result = backups.verify(ctx, set_name)
+    if output_format == "json":
+        state.out.json(result)
+    elif result["ok"]:
+        state.out.out.print(
+            f"{result['set']} verified: {result.get('tables', 0)} tables, {result.get('rows', 0)} rows, "
+            f"{result.get('redis_keys', 0)} redis keys match the manifest ({result['seconds']:.1f} s)"
+        )
+    else:
+        state.out.error(f"{result['set']} FAILED verification: {result['reason']}")
+    if not result["ok"]:
+        sys.exit(exit_codes.ERROR)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Only show which sets would be deleted.")
+@click.pass_obj
+@_guard
+def prune(state: _State, dry_run: bool) -> None:
+    """Delete backup sets that the retention policy no longer keeps."""
+    from reconciler.engine import backups
+
+    ctx = _context(state)
+    _, decision = backups.prune_decision(ctx)
+    if decision.held_back:
+        state.out.out.print(f"nothing pruned: {decision.held_back}")
+        return
+    deleted = decision.delete if dry_run else backups.prune(ctx)
+    verb = "would delete" if dry_run else "deleted"
+    for name in deleted:
+        state.out.out.print(f"- {verb} {name}")
+    state.out.out.print(f"{len(deleted)} set(s) {verb}, {len(decision.keep)} kept.")
+
+
 def main() -> None:
     cli(prog_name="reconciler")
 

@@ -118,3 +118,125 @@ def ensure_role_and_database(endpoint: Endpoint, role: str, database: str, passw
                     sql.Identifier(database), sql.Identifier(role)
                 )
             )
+
+
+# -- backup support ---------------------------------------------------------------------------------
+
+_TABLES_QUERY = """
+SELECT n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+ORDER BY 1, 2
+"""
+
+
+def table_stats(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, list[int | str]]:
+    """Per table: [row count, order-independent checksum of every row's text form].
+
+    The checksum is the sum of a 64-bit hash of each row, so it does not depend on physical order
+    (a restore or a VACUUM FULL reorders rows) but changes when any value of any row changes.
+    """
+    from psycopg import sql
+
+    stats: dict[str, list[int | str]] = {}
+    for schema, table in conn.execute(_TABLES_QUERY).fetchall():
+        query = sql.SQL(
+            "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM {}.{} t"
+        ).format(sql.Identifier(str(schema)), sql.Identifier(str(table)))
+        row = conn.execute(query).fetchone()
+        assert row is not None
+        stats[f"{schema}.{table}"] = [int(row[0]), str(row[1])]  # type: ignore[call-overload]
+    return stats
+
+
+def dump_argv(
+    bindir: str, endpoint: Endpoint, database: str, snapshot: str | None, options: list[str]
+) -> list[str]:
+    """pg_dump in custom format, uncompressed: zstd compresses better and faster downstream."""
+    argv = [
+        os.path.join(bindir, "pg_dump"),
+        "-h",
+        endpoint.host,
+        "-p",
+        str(endpoint.port),
+        "-U",
+        endpoint.user,
+        "-Fc",
+        "-Z0",
+        "-d",
+        database,
+    ]
+    if snapshot:
+        argv.append(f"--snapshot={snapshot}")
+    return argv + list(options)
+
+
+def restore_argv(bindir: str, endpoint: Endpoint, database: str, role: str) -> list[str]:
+    """pg_restore from stdin into an empty database, objects owned by the application role."""
+    return [
+        os.path.join(bindir, "pg_restore"),
+        "-h",
+        endpoint.host,
+        "-p",
+        str(endpoint.port),
+        "-U",
+        endpoint.user,
+        "-d",
+        database,
+        "--no-owner",
+        f"--role={role}",
+        "--exit-on-error",
+        "--single-transaction",
+    ]
+
+
+def terminate_connections(conn: psycopg.Connection[tuple[object, ...]], database: str) -> None:
+    conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+        (database,),
+    )
+
+
+def recreate_database(endpoint: Endpoint, database: str, owner: str) -> None:
+    from psycopg import sql
+
+    with connect(endpoint) as conn:
+        terminate_connections(conn, database)
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(database)))
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8'").format(
+                sql.Identifier(database), sql.Identifier(owner)
+            )
+        )
+
+
+def swap_databases(endpoint: Endpoint, live: str, replacement: str) -> None:
+    """Put ``replacement`` in place of ``live`` by renames; the old data is dropped only afterwards."""
+    from psycopg import sql
+
+    old = f"{live}__replaced"
+    with connect(endpoint) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(old)))
+        terminate_connections(conn, live)
+        terminate_connections(conn, replacement)
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (live,)).fetchone()
+        if exists:
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(live), sql.Identifier(old))
+            )
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                sql.Identifier(replacement), sql.Identifier(live)
+            )
+        )
+        if exists:
+            conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(old)))
+
+
+def drop_database(endpoint: Endpoint, database: str) -> None:
+    from psycopg import sql
+
+    with connect(endpoint) as conn:
+        terminate_connections(conn, database)
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(database)))

@@ -8,6 +8,7 @@ and importing redis-py costs ~48 ms here, more than the whole observation budget
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -74,3 +75,42 @@ def facts(endpoint: Endpoint) -> RedisFacts:
     except redis.RedisError as exc:
         raise TransientError(f"cannot query redis on port {endpoint.port}: {exc}") from None
     return RedisFacts(keys, int(info.get("used_memory", 0)), str(info.get("redis_version", "")))
+
+
+def snapshot(endpoint: Endpoint, timeout: float = 600) -> tuple[str, int]:
+    """BGSAVE and wait for *our* save; return (path of the fresh RDB file, keys when it started).
+
+    Done means ``rdb_bgsave_in_progress:0`` and ``rdb_last_bgsave_status:ok`` after the save counter
+    (``rdb_saves``, Redis >= 7) moved past its value before our BGSAVE, so an earlier save can never be
+    mistaken for ours. A save already running is waited for first (BGSAVE would refuse).
+    """
+    import time
+
+    import redis
+
+    deadline = time.monotonic() + timeout
+    with client(endpoint) as conn:
+        while conn.info("persistence")["rdb_bgsave_in_progress"]:
+            if time.monotonic() > deadline:
+                raise TransientError("a redis background save is stuck in progress")
+            time.sleep(0.02)
+        saves_before = int(conn.info("persistence")["rdb_saves"])
+        keys = sum(int(v["keys"]) for v in conn.info("keyspace").values())
+        try:
+            conn.bgsave()
+        except redis.ResponseError as exc:
+            raise TransientError(f"redis refused BGSAVE: {exc}") from None
+        while True:
+            info = conn.info("persistence")
+            if not info["rdb_bgsave_in_progress"] and int(info["rdb_saves"]) > saves_before:
+                break
+            if not info["rdb_bgsave_in_progress"] and info["rdb_last_bgsave_status"] != "ok":
+                raise TransientError("redis BGSAVE failed (rdb_last_bgsave_status:err); see the redis log")
+            if time.monotonic() > deadline:
+                raise TransientError(f"redis BGSAVE did not finish within {timeout:.0f} s")
+            time.sleep(0.01)
+        if info["rdb_last_bgsave_status"] != "ok":
+            raise TransientError("redis BGSAVE failed (rdb_last_bgsave_status:err); see the redis log")
+        directory = str(conn.config_get("dir")["dir"])
+        filename = str(conn.config_get("dbfilename")["dbfilename"])
+    return os.path.join(directory, filename), keys

@@ -1,0 +1,254 @@
+"""Take one backup set of every service of a stack.
+
+Design decisions:
+- One point in time: Redis forks its snapshot (BGSAVE) first, then PostgreSQL exports a snapshot in a
+  REPEATABLE READ transaction; table statistics (row counts, checksums) and ``pg_dump --snapshot``
+  both read that same snapshot, so what the manifest says about the data is exactly what the dump
+  holds, even while the application keeps writing.
+- ``pg_dump -Fc -Z0`` streams through zstd and age straight into the store: nothing is buffered, no
+  temporary dump file is written (on a RAM-mode host that file would sit in RAM).
+- Fail closed: with ``method: age`` and no recipients, nothing is written.
+- The manifest is put last. Any failure before it leaves only member files without a manifest (an
+  incomplete set, cleaned up by retention after a grace period); it never leaves a set that looks
+  complete, and it never touches older sets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, BinaryIO
+
+from pyrage import x25519
+
+from reconciler import __version__
+from reconciler.backup import keys, manifest, pipeline
+from reconciler.databases import postgres as pg
+from reconciler.databases import redis as rd
+from reconciler.errors import CommandFailed, PermanentError, ReconcilerError
+from reconciler.plan.backupsets import MANIFEST_SUFFIX, set_name
+from reconciler.runtimes.base import Endpoint
+from reconciler.spec.model import PostgresSpec, StateSpec
+from reconciler.stores.local import LocalStore
+from reconciler.system import proc
+
+log = logging.getLogger(__name__)
+
+MEMBER_SUFFIX = {"postgres": "postgres.pgdump.zst", "redis": "redis.rdb.zst"}
+Progress = Callable[[str, int], None]  # (member, bytes so far)
+
+
+@dataclass(frozen=True)
+class Sealing:
+    """How members are encrypted and the manifest authenticated."""
+
+    recipients: list[x25519.Recipient] | None
+    recipient_texts: list[str]
+    mac_key: bytes | None
+
+    @property
+    def suffix(self) -> str:
+        return ".age" if self.recipients else ""
+
+
+def sealing_for(spec: StateSpec) -> Sealing:
+    encryption = spec.backup.encryption
+    if encryption.method == "none":
+        return Sealing(None, [], None)
+    if not encryption.recipients:
+        raise PermanentError(
+            "no backup was written: backup.encryption.recipients is empty and backups are never stored "
+            "unencrypted by accident. Run `reconciler keygen` and add the recipient it prints, or set "
+            "`backup.encryption: none` to store backups unencrypted on purpose"
+        )
+    if not encryption.identity_file:
+        raise PermanentError(
+            "backup.encryption.identity_file is not set: it is needed to sign backup manifests (and to restore)"
+        )
+    identity = keys.load(spec.resolve(encryption.identity_file))
+    return Sealing(
+        keys.parse_recipients(encryption.recipients), list(encryption.recipients), keys.mac_key(identity)
+    )
+
+
+class _ProgressReader:
+    def __init__(self, raw: pipeline.Readable, member: str, progress: Progress | None) -> None:
+        self.raw = raw
+        self.member = member
+        self.progress = progress
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.count += len(data)
+        if self.progress:
+            self.progress(self.member, self.count)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+
+def _store_member(
+    store: LocalStore,
+    file_name: str,
+    source: pipeline.Readable,
+    sealing: Sealing,
+    progress: Progress | None,
+    member: str,
+) -> dict[str, Any]:
+    raw_size = 0
+
+    def produce(out: BinaryIO) -> None:
+        nonlocal raw_size
+        raw_size = pipeline.compress_encrypt(
+            _ProgressReader(source, member, progress), out, sealing.recipients
+        )
+
+    result = store.put_with(file_name, produce)
+    return {"file": file_name, "size": result.size, "sha256": result.sha256, "raw_size": raw_size}
+
+
+def _backup_redis(
+    endpoint: Endpoint, store: LocalStore, base: str, sealing: Sealing, progress: Progress | None
+) -> dict[str, Any]:
+    rdb_path, keys_at_snapshot = rd.snapshot(endpoint)
+    facts = rd.probe(endpoint)
+    with open(rdb_path, "rb") as rdb:  # a later save renames a new file in; this handle keeps ours
+        member = _store_member(
+            store, f"{base}.{MEMBER_SUFFIX['redis']}{sealing.suffix}", rdb, sealing, progress, "redis"
+        )
+    return {
+        "service": "redis",
+        "content": "redis-rdb",
+        "server_version": facts.version,
+        **member,
+        "check": {"keys": keys_at_snapshot},
+    }
+
+
+def _backup_postgres(
+    spec: PostgresSpec,
+    endpoint: Endpoint,
+    bindir: str,
+    store: LocalStore,
+    base: str,
+    sealing: Sealing,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    with pg.connect(endpoint, spec.database, autocommit=False) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        row = conn.execute("SELECT pg_export_snapshot(), current_setting('server_version')").fetchone()
+        assert row is not None
+        snapshot, version = str(row[0]), str(row[1])
+        stats = pg.table_stats(conn)
+        argv = pg.dump_argv(bindir, endpoint, spec.database, snapshot, spec.dump_options)
+        file_name = f"{base}.{MEMBER_SUFFIX['postgres']}{sealing.suffix}"
+        dump = proc.spawn(argv, stdout=proc.PIPE, stderr=proc.PIPE)
+        stderr_chunks: list[bytes] = []
+        drain = threading.Thread(
+            target=lambda: stderr_chunks.append(dump.stderr.read() if dump.stderr else b"")
+        )
+        drain.start()
+        try:
+            assert dump.stdout is not None
+            member = _store_member(store, file_name, dump.stdout, sealing, progress, "postgres")
+        except BaseException:
+            dump.kill()
+            raise
+        finally:
+            code = dump.wait()
+            drain.join()
+        if code != 0:
+            store.delete(file_name)  # the dump stopped early: what was stored is truncated
+            raise CommandFailed(argv, code, b"".join(stderr_chunks).decode(errors="replace")[-2000:])
+        conn.rollback()
+    return {
+        "service": "postgres",
+        "content": "pg_dump-custom",
+        "database": spec.database,
+        "owner": spec.user,
+        "server_version": version,
+        **member,
+        "check": {"tables": stats},
+    }
+
+
+def create_set(
+    spec: StateSpec,
+    endpoints: dict[str, Endpoint],
+    bindir: str,
+    store: LocalStore,
+    trigger: str,
+    now: datetime,
+    revision: str | None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Write a complete set into ``store`` and return its manifest. Raises on any failure."""
+    sealing = sealing_for(spec)
+    base = set_name(spec.stack, now, trigger)
+    started = time.monotonic()
+    members: list[dict[str, Any]] = []
+    written: list[str] = []
+    try:
+        if spec.services.redis is not None:
+            members.append(_backup_redis(endpoints["redis"], store, base, sealing, progress))
+            written.append(members[-1]["file"])
+        if spec.services.postgres is not None:
+            members.append(
+                _backup_postgres(
+                    spec.services.postgres, endpoints["postgres"], bindir, store, base, sealing, progress
+                )
+            )
+            written.append(members[-1]["file"])
+        document: dict[str, Any] = {
+            "format": manifest.FORMAT,
+            "set": base,
+            "stack": spec.stack,
+            "created": now.isoformat().replace("+00:00", "Z"),
+            "trigger": trigger,
+            "mode": spec.mode,
+            "runtime": spec.runtime,
+            "state_revision": revision,
+            "reconciler_version": __version__,
+            "host": platform.node(),
+            "encryption": {
+                "method": "age" if sealing.recipients else "none",
+                "recipients": sealing.recipient_texts,
+            },
+            "members": members,
+            "seconds": round(time.monotonic() - started, 3),
+        }
+        if sealing.mac_key is not None:
+            document = manifest.sign(document, sealing.mac_key)
+        store.put_bytes(f"{base}{MANIFEST_SUFFIX}", manifest.encode(document))
+    except (ReconcilerError, OSError) as exc:
+        for name in written:  # an incomplete set is useless: do not leave it taking space
+            store.delete(name)
+        if isinstance(exc, ReconcilerError):
+            raise
+        raise PermanentError(f"backup {base} failed: {exc}") from None
+    log.info("backup set %s written to %s", base, store.describe())
+    return document
+
+
+def identity_for_restore(spec: StateSpec) -> x25519.Identity | None:
+    if spec.backup.encryption.method == "none" and not spec.backup.encryption.identity_file:
+        return None
+    if not spec.backup.encryption.identity_file:
+        raise PermanentError("backup.encryption.identity_file is not set: it is needed to restore")
+    path = spec.resolve(spec.backup.encryption.identity_file)
+    if spec.backup.encryption.method == "none" and not os.path.exists(path):
+        return None
+    return keys.load(path)

@@ -1,0 +1,316 @@
+"""Backup operations on a stack: take, list, restore, verify, prune; each under the stack's lock.
+
+Design decisions:
+- Every operation records its outcome in ``<state_dir>/backups.json`` (last attempt, verification
+  results per set, last restore). Retention reads it: nothing is pruned while the newest attempt
+  failed, and the newest *verified* set is always kept.
+- ``restore`` takes a ``pre-restore`` backup of the current data first (unless told not to), so a
+  restore of the wrong set is itself undoable.
+- ``verify`` restores into scratch servers on a private tmpfs directory and free ports, compares with
+  what the manifest recorded at backup time, and always removes the scratch instance.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from reconciler.backup import keys
+from reconciler.backup.create import create_set, identity_for_restore
+from reconciler.backup.restore import (
+    CheckedSet,
+    SetRejected,
+    load_and_check,
+    restore_postgres,
+    write_redis_rdb,
+)
+from reconciler.databases import postgres as pg
+from reconciler.databases import redis as rd
+from reconciler.engine import status
+from reconciler.engine.context import StackContext
+from reconciler.engine.revision import state_revision
+from reconciler.errors import PermanentError, ReconcilerError
+from reconciler.plan.backupsets import MANIFEST_SUFFIX, BackupSet, group_sets, retention
+from reconciler.runtimes.local import LocalRuntime, postgres_bindir
+from reconciler.stores.local import LocalStore
+from reconciler.system import fs
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int], None]
+
+
+def local_store(ctx: StackContext) -> LocalStore:
+    return LocalStore(ctx.spec.resolve(ctx.spec.backup.stores.local.path))
+
+
+def _record_path(ctx: StackContext) -> str:
+    return os.path.join(ctx.state_dir, "backups.json")
+
+
+def records(ctx: StackContext) -> dict[str, Any]:
+    document = fs.read_json(_record_path(ctx))
+    return document if isinstance(document, dict) else {}
+
+
+def _update_records(ctx: StackContext, **changes: Any) -> None:
+    document = records(ctx)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(document.get(key), dict):
+            document[key] = {**document[key], **value}
+        else:
+            document[key] = value
+    fs.atomic_write_json(_record_path(ctx), document)
+
+
+def _mac_key(ctx: StackContext) -> bytes | None:
+    identity = identity_for_restore(ctx.spec)
+    return keys.mac_key(identity) if identity is not None else None
+
+
+def _endpoints(ctx: StackContext) -> dict[str, Any]:
+    observed = ctx.observe()
+    endpoints = {}
+    for name in ctx.spec.services.configured():
+        service = observed.services[name]
+        if not service.running or service.port is None:
+            raise PermanentError(f"{name} is not running; run `reconciler apply` first")
+        endpoints[name] = ctx.runtime.endpoint(name, service.port)
+    return endpoints
+
+
+def take_backup(
+    ctx: StackContext, trigger: str = "manual", progress: Progress | None = None
+) -> dict[str, Any]:
+    with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
+        return _take_backup_locked(ctx, trigger, progress)
+
+
+def _take_backup_locked(ctx: StackContext, trigger: str, progress: Progress | None) -> dict[str, Any]:
+    store = local_store(ctx)
+    store.clean_partials()
+    started = status.now_iso()
+    try:
+        document = create_set(
+            ctx.spec,
+            _endpoints(ctx),
+            postgres_bindir(),
+            store,
+            trigger,
+            datetime.now(UTC),
+            state_revision(ctx.state_file),
+            progress,
+        )
+    except ReconcilerError as exc:
+        _update_records(
+            ctx, last_attempt={"started": started, "result": "failed", "error": str(exc), "trigger": trigger}
+        )
+        raise
+    size = sum(int(m["size"]) for m in document["members"])
+    _update_records(
+        ctx,
+        last_attempt={"started": started, "result": "success", "set": document["set"], "trigger": trigger},
+        last_success={
+            "set": document["set"],
+            "finished": status.now_iso(),
+            "size": size,
+            "seconds": document["seconds"],
+        },
+    )
+    return document
+
+
+@dataclass(frozen=True)
+class SetListing:
+    backup_set: BackupSet
+    verified: dict[str, Any] | None
+
+    def to_dict(self, now: datetime) -> dict[str, Any]:
+        s = self.backup_set
+        return {
+            "name": s.name,
+            "created": s.created.isoformat().replace("+00:00", "Z"),
+            "age_seconds": int((now - s.created).total_seconds()),
+            "trigger": s.trigger,
+            "size": s.size,
+            "complete": s.complete,
+            "stores": [s.store],
+            "verified": self.verified,
+        }
+
+
+def list_sets(ctx: StackContext) -> list[SetListing]:
+    verified = records(ctx).get("verified", {})
+    sets = group_sets(local_store(ctx).list(), "local", ctx.spec.stack)
+    return [SetListing(s, verified.get(s.name)) for s in sets]
+
+
+def _choose(ctx: StackContext, set_name: str | None) -> str:
+    sets = [listing.backup_set for listing in list_sets(ctx)]
+    if set_name:
+        if not any(s.name == set_name for s in sets):
+            raise PermanentError(f"no backup set named {set_name} in {local_store(ctx).describe()}")
+        return set_name
+    complete = [s for s in sets if s.complete]
+    if not complete:
+        raise PermanentError(f"no complete backup set in {local_store(ctx).describe()}")
+    return complete[0].name
+
+
+@dataclass
+class RestoreResult:
+    set_name: str
+    seconds: float
+    safety_backup: str | None
+    tables: int
+
+
+def restore(ctx: StackContext, set_name: str | None, safety_backup: bool = True) -> RestoreResult:
+    with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
+        started = time.monotonic()
+        chosen = _choose(ctx, set_name)
+        store = local_store(ctx)
+        identity = identity_for_restore(ctx.spec)
+        checked = load_and_check(store, chosen, keys.mac_key(identity) if identity else None)
+        endpoints = _endpoints(ctx)
+        safety = _take_backup_locked(ctx, "pre-restore", None)["set"] if safety_backup else None
+        tables = _restore_into(ctx, checked, identity, endpoints)
+        seconds = time.monotonic() - started
+        _update_records(
+            ctx,
+            last_restore={
+                "set": chosen,
+                "store": store.name,
+                "finished": status.now_iso(),
+                "seconds": round(seconds, 3),
+                "safety_backup": safety,
+                "rejected": [],
+            },
+        )
+        return RestoreResult(chosen, seconds, safety, tables)
+
+
+def _restore_into(ctx: StackContext, checked: CheckedSet, identity: Any, endpoints: dict[str, Any]) -> int:
+    tables = 0
+    spec = ctx.spec
+    if spec.services.postgres is not None and checked.member("postgres") is not None:
+        pgspec = spec.services.postgres
+        tables = len(
+            restore_postgres(
+                local_store(ctx),
+                checked,
+                identity,
+                endpoints["postgres"],
+                postgres_bindir(),
+                pgspec.database,
+                pgspec.user,
+            )
+        )
+    if spec.services.redis is not None and checked.member("redis") is not None:
+        runtime = ctx.runtime
+        data_dir = ctx.observe().services["redis"].data_dir or spec.data_dir("redis")
+        _, uid, gid = runtime.account("redis")
+        runtime.stop_service("redis", data_dir)  # redis saves on shutdown: replace the file only afterwards
+        try:
+            write_redis_rdb(
+                local_store(ctx), checked, identity, os.path.join(data_dir, "dump.rdb"), (uid, gid)
+            )
+        finally:
+            runtime.start_service("redis", data_dir, spec.port("redis"))
+    return tables
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def verify(ctx: StackContext, set_name: str | None) -> dict[str, Any]:
+    """Restore a set into scratch servers on tmpfs, compare with its manifest, record the result."""
+    chosen = _choose(ctx, set_name)
+    store = local_store(ctx)
+    identity = identity_for_restore(ctx.spec)
+    started = time.monotonic()
+    scratch = tempfile.mkdtemp(prefix="reconciler-verify-", dir="/dev/shm")
+    os.chmod(scratch, 0o755)
+    runtime = LocalRuntime(f"{ctx.spec.stack}-verify", os.path.join(scratch, "state"))
+    result: dict[str, Any] = {"set": chosen, "verified_at": status.now_iso()}
+    started_services: list[tuple[str, str]] = []
+    try:
+        checked = load_and_check(store, chosen, keys.mac_key(identity) if identity else None)
+        postgres_member = checked.member("postgres")
+        if postgres_member is not None:
+            data_dir = os.path.join(scratch, "postgres")
+            port = _free_port()
+            runtime.init_service("postgres", data_dir)
+            runtime.start_service("postgres", data_dir, port)
+            started_services.append(("postgres", data_dir))
+            endpoint = runtime.endpoint("postgres", port)
+            owner = str(postgres_member.get("owner") or "postgres")
+            pg.ensure_role_and_database(endpoint, owner, str(postgres_member["database"]), None)
+            tables = restore_postgres(
+                store, checked, identity, endpoint, postgres_bindir(), str(postgres_member["database"]), owner
+            )
+            result["tables"] = len(tables)
+            result["rows"] = sum(int(v[0]) for v in tables.values())
+        redis_member = checked.member("redis")
+        if redis_member is not None:
+            data_dir = os.path.join(scratch, "redis")
+            runtime.init_service("redis", data_dir)
+            _, uid, gid = runtime.account("redis")
+            write_redis_rdb(store, checked, identity, os.path.join(data_dir, "dump.rdb"), (uid, gid))
+            port = _free_port()
+            runtime.start_service("redis", data_dir, port)
+            started_services.append(("redis", data_dir))
+            keys_now = rd.probe(runtime.endpoint("redis", port)).keys
+            expected = int(redis_member.get("check", {}).get("keys", keys_now))
+            result["redis_keys"] = keys_now
+            if keys_now != expected:
+                raise SetRejected(
+                    chosen, f"redis holds {keys_now} keys after restore, the manifest says {expected}"
+                )
+        result.update(ok=True, seconds=round(time.monotonic() - started, 3))
+    except (SetRejected, ReconcilerError) as exc:
+        result.update(
+            ok=False, reason=getattr(exc, "reason", str(exc)), seconds=round(time.monotonic() - started, 3)
+        )
+    finally:
+        for name, data_dir in reversed(started_services):
+            try:
+                runtime.stop_service(name, data_dir)
+            except ReconcilerError as exc:
+                log.warning("could not stop scratch %s: %s", name, exc)
+        shutil.rmtree(scratch, ignore_errors=True)
+    _update_records(ctx, verified={chosen: result})
+    return result
+
+
+def prune_decision(ctx: StackContext) -> tuple[list[BackupSet], Any]:
+    sets = [listing.backup_set for listing in list_sets(ctx)]
+    record = records(ctx)
+    verified = frozenset(name for name, v in record.get("verified", {}).items() if v.get("ok"))
+    failed = record.get("last_attempt", {}).get("result") == "failed"
+    return sets, retention(sets, ctx.spec.backup.retention, datetime.now(UTC), verified, failed)
+
+
+def prune(ctx: StackContext) -> list[str]:
+    with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
+        sets, decision = prune_decision(ctx)
+        store = local_store(ctx)
+        by_name = {s.name: s for s in sets}
+        for name in decision.delete:
+            # The manifest goes first: from then on the set is incomplete and never selected for a
+            # restore, so an interrupted prune can never leave a "complete" set with missing members.
+            files = sorted(by_name[name].files, key=lambda f: not f.name.endswith(MANIFEST_SUFFIX))
+            for stored in files:
+                store.delete(stored.name)
+        return list(decision.delete)

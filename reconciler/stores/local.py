@@ -1,0 +1,131 @@
+"""The local store: backup files in one directory.
+
+Design decision: every file is written under a hidden temporary name in the same directory, fsynced,
+renamed into place and the directory fsynced. A crash, a full disk or a killed process leaves at most
+a ``.partial`` file, which listings ignore and the next write removes; it never leaves a truncated
+file under a real name.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import errno
+import hashlib
+import os
+from collections.abc import Callable
+from typing import BinaryIO
+
+from reconciler.errors import PermanentError
+from reconciler.plan.backupsets import StoredFile
+from reconciler.stores.base import PutResult
+from reconciler.system import fs
+
+CHUNK = 1024 * 1024
+_PARTIAL_PREFIX = ".partial-"
+
+
+class _HashingWriter:
+    """Passes writes through, computing size and sha256 of what was written."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.raw.write(data)
+        self.digest.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def writable(self) -> bool:
+        return True
+
+
+class LocalStore:
+    name = "local"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def describe(self) -> str:
+        return f"local directory {self.path}"
+
+    def _target(self, name: str) -> str:
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"invalid backup file name {name!r}")
+        return os.path.join(self.path, name)
+
+    def list(self) -> list[StoredFile]:
+        try:
+            entries = list(os.scandir(self.path))
+        except FileNotFoundError:
+            return []
+        return [
+            StoredFile(entry.name, entry.stat().st_size)
+            for entry in entries
+            if not entry.name.startswith(".") and entry.is_file()
+        ]
+
+    def put(self, name: str, source: BinaryIO) -> PutResult:
+        def copy(out: BinaryIO) -> None:
+            while chunk := source.read(CHUNK):
+                out.write(chunk)
+
+        return self.put_with(name, copy)
+
+    def put_bytes(self, name: str, data: bytes) -> PutResult:
+        def write_all(out: BinaryIO) -> None:
+            out.write(data)
+
+        return self.put_with(name, write_all)
+
+    def put_with(self, name: str, produce: Callable[[BinaryIO], None]) -> PutResult:
+        """Atomically store what ``produce`` writes into the stream it is given."""
+        target = self._target(name)
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        tmp = os.path.join(self.path, f"{_PARTIAL_PREFIX}{name}")
+        try:
+            with open(tmp, "wb") as handle:
+                writer = _HashingWriter(handle)
+                produce(writer)  # type: ignore[arg-type]
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, target)
+            fs.fsync_dir(self.path)
+        except OSError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise PermanentError(
+                    f"the local store {self.path} is full while writing {name}; free space or move "
+                    "backup.stores.local.path to a larger disk. Nothing was deleted"
+                ) from None
+            raise
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return PutResult(writer.size, writer.digest.hexdigest())
+
+    def open(self, name: str) -> BinaryIO:
+        return open(self._target(name), "rb")
+
+    def delete(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._target(name))
+
+    def clean_partials(self) -> builtins.list[str]:
+        """Remove temporary files left by an interrupted write (none can be in progress: we hold the lock)."""
+        removed = []
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.path):
+                if entry.name.startswith(_PARTIAL_PREFIX):
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+        return removed
