@@ -304,13 +304,21 @@ def prune_decision(ctx: StackContext) -> tuple[list[BackupSet], Any]:
 
 def prune(ctx: StackContext) -> list[str]:
     with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
-        sets, decision = prune_decision(ctx)
-        store = local_store(ctx)
-        by_name = {s.name: s for s in sets}
-        for name in decision.delete:
-            # The manifest goes first: from then on the set is incomplete and never selected for a
-            # restore, so an interrupted prune can never leave a "complete" set with missing members.
-            files = sorted(by_name[name].files, key=lambda f: not f.name.endswith(MANIFEST_SUFFIX))
-            for stored in files:
-                store.delete(stored.name)
+        _, decision = prune_decision(ctx)
+        delete_sets(ctx, decision.delete)
         return list(decision.delete)
+
+
+def delete_sets(ctx: StackContext, names: tuple[str, ...] | list[str]) -> None:
+    """Delete whole sets. The caller holds the lock and has applied the retention rules."""
+    store = local_store(ctx)
+    by_name = {s.name: s for s in group_sets(store.list(), store.name, ctx.spec.stack)}
+    for name in names:
+        if name not in by_name:
+            continue
+        # The manifest goes first: from then on the set is incomplete and never selected for a
+        # restore, so an interrupted prune can never leave a "complete" set with missing members.
+        files = sorted(by_name[name].files, key=lambda f: not f.name.endswith(MANIFEST_SUFFIX))
+        for stored in files:
+            store.delete(stored.name)
+        log.info("deleted backup set %s from %s", name, store.describe())

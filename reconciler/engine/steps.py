@@ -16,6 +16,7 @@ from reconciler.plan.actions import (
     EnsureDatabase,
     InitService,
     PrepareRamRoot,
+    PruneBackups,
     ResizeRamRoot,
     RestartService,
     StartService,
@@ -46,5 +47,9 @@ def execute(action: Action, ctx: StackContext) -> None:
             password_file = ctx.spec.resolve(spec.password_file) if spec.password_file else None
             password = from_env_or_file(spec.password_env, password_file, "services.postgres password")
             pg.ensure_role_and_database(runtime.endpoint(name, spec.port), owner, database, password)
+        case PruneBackups(set_names=names):
+            from reconciler.engine.backups import delete_sets
+
+            delete_sets(ctx, names)
         case _:
             raise NotImplementedError(f"no step for {action.kind}")

@@ -16,10 +16,19 @@ import os
 from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
 from reconciler.errors import ReconcilerError
-from reconciler.plan.observed import DataDir, HostObservation, ObservedState, RamRoot, ServiceObservation
+from reconciler.plan.backupsets import group_sets
+from reconciler.plan.observed import (
+    BackupsObservation,
+    DataDir,
+    HostObservation,
+    ObservedState,
+    RamRoot,
+    ServiceObservation,
+)
 from reconciler.runtimes.local import MARKER, LocalRuntime, postgres_bindir, read_marker, read_pid
 from reconciler.spec.model import PostgresSpec, StateSpec
-from reconciler.system import host
+from reconciler.stores.local import LocalStore
+from reconciler.system import fs, host
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +51,20 @@ def observe(spec: StateSpec, runtime: LocalRuntime) -> ObservedState:
         name: _observe_service(spec, runtime, name, svc_spec, mounts, sockets)
         for name, svc_spec in spec.services.configured().items()
     }
-    return ObservedState(services, ram_root, HostObservation(mem_total, mem_available, host.is_root()))
+    return ObservedState(
+        services, ram_root, HostObservation(mem_total, mem_available, host.is_root()), observe_backups(spec)
+    )
+
+
+def observe_backups(spec: StateSpec) -> BackupsObservation:
+    """Sets in the local store (a directory listing, no content read) and the recorded results."""
+    store = LocalStore(spec.resolve(spec.backup.stores.local.path))
+    sets = tuple(group_sets(store.list(), store.name, spec.stack))
+    record = fs.read_json(os.path.join(spec.state_path, "backups.json"))
+    record = record if isinstance(record, dict) else {}
+    verified = frozenset(name for name, result in record.get("verified", {}).items() if result.get("ok"))
+    failed = record.get("last_attempt", {}).get("result") == "failed"
+    return BackupsObservation(sets, verified, failed)
 
 
 def _data_dir(service: str, path: str, uid: int, gid: int, mounts: list[host.Mount]) -> DataDir:

@@ -186,6 +186,27 @@ class StopService(Action):
         return observed.with_service(replace(service, running=False, pid=None, port=None, data_dir=None))
 
 
+@dataclass(frozen=True)
+class PruneBackups(Action):
+    """Delete backup sets that the retention policy no longer keeps (never the newest verified one)."""
+
+    marker: ClassVar[Marker] = "-"
+    store: str
+    set_names: tuple[str, ...]
+
+    def describe(self) -> str:
+        names = ", ".join(self.set_names)
+        return (
+            f"delete {len(self.set_names)} backup set(s) from the {self.store} store per retention: {names}"
+        )
+
+    def simulate(self, observed: ObservedState) -> ObservedState:
+        remaining = tuple(
+            s for s in observed.backups.sets if s.name not in self.set_names or s.store != self.store
+        )
+        return replace(observed, backups=replace(observed.backups, sets=remaining))
+
+
 def simulate_all(observed: ObservedState, actions: tuple[Action, ...]) -> ObservedState:
     for action in actions:
         observed = action.simulate(observed)
@@ -198,6 +219,7 @@ __all__ = [
     "EnsureDatabase",
     "InitService",
     "PrepareRamRoot",
+    "PruneBackups",
     "ResizeRamRoot",
     "RestartService",
     "StartService",

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from reconciler.plan.backupsets import BackupSet
+
 
 @dataclass(frozen=True)
 class Filesystem:
@@ -75,10 +77,20 @@ class HostObservation:
 
 
 @dataclass(frozen=True)
+class BackupsObservation:
+    """Backup sets found in the stores, and what the records say about them."""
+
+    sets: tuple[BackupSet, ...] = ()
+    verified: frozenset[str] = frozenset()  # sets whose last verification passed
+    newest_attempt_failed: bool = False
+
+
+@dataclass(frozen=True)
 class ObservedState:
     services: dict[str, ServiceObservation]
     ram_root: RamRoot
     host: HostObservation = field(default_factory=HostObservation)
+    backups: BackupsObservation = field(default_factory=BackupsObservation)
 
     def with_service(self, service: ServiceObservation) -> ObservedState:
         return replace(self, services={**self.services, service.name: service})

@@ -21,11 +21,13 @@ from reconciler.plan.actions import (
     EnsureDatabase,
     InitService,
     PrepareRamRoot,
+    PruneBackups,
     ResizeRamRoot,
     RestartService,
     StartService,
     StopService,
 )
+from reconciler.plan.backupsets import retention
 from reconciler.plan.observed import ObservedState, ServiceObservation
 from reconciler.spec.model import PostgresSpec, StateSpec
 from reconciler.spec.units import format_bytes
@@ -84,9 +86,26 @@ def plan(desired: StateSpec, observed: ObservedState, now: datetime) -> Plan:
         service = observed.services.get(name) or ServiceObservation(name=name)
         _plan_service(desired, name, spec, service, actions, blockers, warnings)
 
+    _plan_retention(desired, observed, now, actions, warnings)
+
     if blockers:
         return Plan(actions=(), blockers=tuple(blockers), warnings=tuple(warnings))
     return Plan(actions=tuple(actions), warnings=tuple(warnings))
+
+
+def _plan_retention(
+    desired: StateSpec, observed: ObservedState, now: datetime, actions: list[Action], warnings: list[str]
+) -> None:
+    backups = observed.backups
+    for store in sorted({s.store for s in backups.sets}):
+        sets = [s for s in backups.sets if s.store == store]
+        decision = retention(
+            sets, desired.backup.retention, now, backups.verified, backups.newest_attempt_failed
+        )
+        if decision.held_back and decision.held_back != "would delete every set":
+            warnings.append(f"retention of the {store} store is on hold: {decision.held_back}")
+        if decision.delete:
+            actions.append(PruneBackups(store, tuple(sorted(decision.delete))))
 
 
 def plan_down(desired: StateSpec, observed: ObservedState) -> Plan:
