@@ -233,12 +233,12 @@ def create_set(
         if sealing.mac_key is not None:
             document = manifest.sign(document, sealing.mac_key)
         store.put_bytes(f"{base}{MANIFEST_SUFFIX}", manifest.encode(document))
-    except (ReconcilerError, OSError) as exc:
+    except Exception as exc:
         for name in written:  # an incomplete set is useless: do not leave it taking space
             store.delete(name)
         if isinstance(exc, ReconcilerError):
             raise
-        raise PermanentError(f"backup {base} failed: {exc}") from None
+        raise PermanentError(f"backup {base} failed: {type(exc).__name__}: {exc}") from None
     log.info("backup set %s written to %s", base, store.describe())
     return document
 

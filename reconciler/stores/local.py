@@ -32,9 +32,14 @@ class _HashingWriter:
         self.raw = raw
         self.digest = hashlib.sha256()
         self.size = 0
+        self.error: OSError | None = None  # remembered: producers (pyrage) wrap it in their own types
 
     def write(self, data: bytes) -> int:
-        self.raw.write(data)
+        try:
+            self.raw.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
         self.digest.update(data)
         self.size += len(data)
         return len(data)
@@ -89,6 +94,7 @@ class LocalStore:
         target = self._target(name)
         os.makedirs(self.path, mode=0o700, exist_ok=True)
         tmp = os.path.join(self.path, f"{_PARTIAL_PREFIX}{name}")
+        writer: _HashingWriter | None = None
         try:
             with open(tmp, "wb") as handle:
                 writer = _HashingWriter(handle)
@@ -98,18 +104,15 @@ class LocalStore:
             os.chmod(tmp, 0o600)
             os.replace(tmp, target)
             fs.fsync_dir(self.path)
-        except OSError as exc:
+        except BaseException as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            cause = exc if isinstance(exc, OSError) else (writer.error if writer else None)
+            if cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise PermanentError(
                     f"the local store {self.path} is full while writing {name}; free space or move "
                     "backup.stores.local.path to a larger disk. Nothing was deleted"
                 ) from None
-            raise
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
             raise
         return PutResult(writer.size, writer.digest.hexdigest())
 

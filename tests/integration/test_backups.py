@@ -1,0 +1,295 @@
+"""Backups against real servers: round trip, tampering, planted sets, full disk, DR by hand, legacy."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from reconciler.databases.postgres import table_stats
+from tests.conftest import ROOT, Stack
+
+pytestmark = pytest.mark.integration
+
+LEGACY = ROOT.parent / "shared" / "fixtures" / "loomio_backup_20251105_130000.sql.enc"
+LEGACY_PASSWORD = "3f9c2a7d5e8b41c6a0d9e7f2b4c8a1d6e5f3b2a9c7d4e1f8a6b3c0d9e2f5a7b4"
+
+
+def with_keys(stack: Stack, name: str = "backup.key") -> str:
+    key = stack.dir / "keys" / name
+    recipient = stack.cli("keygen", "--out", str(key)).stdout.strip()
+    return recipient
+
+
+def encrypted_stack(stack: Stack, **retention: int) -> str:
+    recipient = with_keys(stack)
+    document = stack.default_document("ram")
+    document["backup"] = {
+        "encryption": {"recipients": [recipient], "identity_file": "./keys/backup.key"},
+        "retention": retention or {"keep_last": 24},
+    }
+    stack.write(document)
+    stack.cli("apply")
+    return recipient
+
+
+def pg(stack: Stack, dbname: str = "app_db") -> psycopg.Connection[Any]:
+    return psycopg.connect(**stack.pg_conninfo(dbname), autocommit=True)
+
+
+def seed(stack: Stack, rows: int = 2000) -> None:
+    with pg(stack) as conn:
+        conn.execute("SET ROLE app")
+        conn.execute("CREATE TABLE IF NOT EXISTS discussions (id serial PRIMARY KEY, title text, meta jsonb)")
+        conn.execute(
+            "INSERT INTO discussions (title, meta) SELECT 'Proposal #' || g || ' — ünïcödé ✓', "
+            "jsonb_build_object('n', g) FROM generate_series(1, %s) g",
+            (rows,),
+        )
+    client = redis.Redis(port=stack.redis_port)
+    for i in range(50):
+        client.set(f"key:{i}", f"value ✓ {i}")
+    client.hset("hash", mapping={"a": "1", "b": "2"})
+
+
+def snapshot(stack: Stack) -> tuple[dict[str, Any], dict[bytes, Any]]:
+    with pg(stack) as conn:
+        tables = table_stats(conn)
+    client = redis.Redis(port=stack.redis_port)
+    keys = {k: client.dump(k) for k in client.scan_iter()}
+    return tables, keys
+
+
+def sets(stack: Stack) -> list[dict[str, Any]]:
+    return list(json.loads(stack.cli("backups", "-o", "json").stdout)["sets"])
+
+
+def member_file(stack: Stack, set_name: str, service: str) -> Path:
+    return next((stack.dir / "data" / "backups").glob(f"{set_name}.{service}.*"))
+
+
+def test_round_trip_restores_identical_content(stack: Stack) -> None:
+    encrypted_stack(stack)
+    seed(stack)
+    before = snapshot(stack)
+    stack.cli("backup")
+    with pg(stack) as conn:
+        conn.execute("DELETE FROM discussions WHERE id % 3 = 0")
+        conn.execute("UPDATE discussions SET title = 'changed' WHERE id = 1")
+    redis.Redis(port=stack.redis_port).flushall()
+    assert snapshot(stack) != before
+
+    result = stack.cli("restore", "--latest", "--yes")
+    assert "restored" in result.stdout
+    assert snapshot(stack) == before
+    # the restored objects belong to the application role, not to the superuser
+    with pg(stack) as conn:
+        assert conn.execute(
+            "SELECT tableowner FROM pg_tables WHERE tablename = 'discussions'"
+        ).fetchone() == ("app",)
+    # the data from before the restore was kept as a pre-restore set
+    assert [s["trigger"] for s in sets(stack)][:1] == ["pre-restore"]
+
+
+def test_backup_files_are_encrypted_and_listed(stack: Stack) -> None:
+    encrypted_stack(stack)
+    seed(stack, 100)
+    stack.cli("backup", "--trigger", "scheduled")
+    listing = sets(stack)
+    assert len(listing) == 1 and listing[0]["complete"] and listing[0]["trigger"] == "scheduled"
+    assert listing[0]["verified"] is None
+    blob = member_file(stack, listing[0]["name"], "postgres").read_bytes()
+    assert blob.startswith(b"age-encryption.org/v1") and "ünïcödé".encode() not in blob
+    stack.cli("verify")
+    assert sets(stack)[0]["verified"]["ok"] is True
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_sets_are_detected_and_never_restored(stack: Stack, damage: str) -> None:
+    encrypted_stack(stack)
+    seed(stack, 500)
+    stack.cli("backup")
+    name = sets(stack)[0]["name"]
+    with pg(stack) as conn:
+        conn.execute("INSERT INTO discussions (title) VALUES ('written after the backup')")
+    current = snapshot(stack)
+    path = member_file(stack, name, "postgres")
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        path.write_bytes(bytes(data[: len(data) - 4096]))
+        expected = "truncated"
+    else:
+        data[len(data) // 2] ^= 0x40
+        path.write_bytes(bytes(data))
+        expected = "sha256 does not match"
+    result = stack.cli("restore", name, "--yes", check=1)
+    assert expected in result.stderr and name in result.stderr
+    assert snapshot(stack) == current
+    verify = stack.cli("verify", name, check=1)
+    assert expected in verify.stderr
+    assert sets(stack)[0]["verified"]["ok"] is False
+
+
+def test_a_set_planted_by_someone_with_only_the_public_key_is_rejected(stack: Stack) -> None:
+    recipient = encrypted_stack(stack)
+    seed(stack, 100)
+    # The attacker encrypts to the victim's public recipient and signs with their own identity.
+    with_keys(stack, "attacker.key")
+    attacker = stack.document()
+    attacker["backup"]["encryption"] = {"recipients": [recipient], "identity_file": "./keys/attacker.key"}
+    attacker_file = stack.dir / "attacker.yaml"
+    stack.write(attacker)
+    stack.state_file.rename(attacker_file)
+    subprocess.run(
+        [os.sys.executable, "-m", "reconciler", "-f", str(attacker_file), "backup", "--trigger", "manual"],  # type: ignore[attr-defined]
+        check=True,
+        capture_output=True,
+    )
+    victim = dict(attacker)
+    victim["backup"] = {
+        **attacker["backup"],
+        "encryption": {"recipients": [recipient], "identity_file": "./keys/backup.key"},
+    }
+    stack.write(victim)
+    planted = sets(stack)[0]["name"]
+    current = snapshot(stack)
+    result = stack.cli("restore", planted, "--yes", check=1)
+    assert "signed with another identity" in result.stderr
+    assert snapshot(stack) == current
+
+
+def test_a_wrong_identity_file_is_reported_and_restores_nothing(stack: Stack) -> None:
+    encrypted_stack(stack)
+    seed(stack, 100)
+    stack.cli("backup")
+    key = stack.dir / "keys" / "backup.key"
+    key.unlink()
+    with_keys(stack)  # a different identity at the same path
+    current = snapshot(stack)
+    result = stack.cli("restore", "--latest", "--yes", check=1)
+    assert "another identity" in result.stderr
+    assert "AGE-SECRET-KEY" not in result.stderr + result.stdout
+    assert snapshot(stack) == current
+
+
+def test_no_recipient_means_no_backup(stack: Stack) -> None:
+    document = stack.default_document("ram")
+    document["backup"] = {"encryption": {"recipients": [], "identity_file": "./keys/backup.key"}}
+    stack.write(document)
+    stack.cli("apply")
+    result = stack.cli("backup", check=1)
+    assert "recipients is empty" in result.stderr and "reconciler keygen" in result.stderr
+    assert not (stack.dir / "data" / "backups").exists() or not os.listdir(stack.dir / "data" / "backups")
+
+
+def test_full_disk_leaves_no_complete_looking_set_and_keeps_older_ones(stack: Stack) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("this test mounts a small tmpfs as the store and needs root (CI runs as root)")
+    encrypted_stack(stack)
+    seed(stack, 100)
+    store = stack.dir / "data" / "backups"
+    store.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(store)], check=True)
+    try:
+        stack.cli("backup")
+        good = sets(stack)[0]["name"]
+        with pg(stack) as conn:  # ~6 MB of incompressible text: the next set cannot fit in 1 MiB
+            conn.execute("SET ROLE app")
+            conn.execute(
+                "CREATE TABLE filler AS SELECT g, (SELECT string_agg(md5(random()::text || g || x), '') "
+                "FROM generate_series(1, 40) x) AS junk FROM generate_series(1, 5000) g"
+            )
+        result = stack.cli("backup", check=1)
+        assert "full" in result.stderr and "Nothing was deleted" in result.stderr
+        listing = sets(stack)
+        assert [s["name"] for s in listing if s["complete"]] == [good]
+        assert not [p for p in os.listdir(store) if p.startswith(".partial")]
+        assert all(s["complete"] for s in listing)
+        stack.cli("verify", good)
+    finally:
+        subprocess.run(["umount", "-l", str(store)], check=False)
+
+
+def test_disaster_recovery_by_hand_with_age_zstd_and_pg_restore(stack: Stack) -> None:
+    encrypted_stack(stack)
+    seed(stack, 300)
+    stack.cli("backup")
+    name = sets(stack)[0]["name"]
+    with pg(stack, "postgres") as conn:
+        conn.execute("CREATE DATABASE by_hand OWNER app")
+    bindir = next(Path("/usr/lib/postgresql").glob("*/bin"))
+    key = stack.dir / "keys" / "backup.key"
+    dump = member_file(stack, name, "postgres")
+    conn_args = f"-h {stack.pg_conninfo()['host']} -p {stack.pg_port} -U postgres"
+    # exactly the command documented in the README
+    subprocess.run(
+        f"age -d -i {key} {dump} | zstd -d | {bindir}/pg_restore {conn_args} -d by_hand --no-owner --role=app",
+        shell=True,
+        check=True,
+    )
+    with pg(stack) as conn:
+        original = table_stats(conn)
+    with pg(stack, "by_hand") as conn:
+        assert table_stats(conn) == original
+    rdb = member_file(stack, name, "redis")
+    head = subprocess.run(
+        f"age -d -i {key} {rdb} | zstd -d | head -c 5", shell=True, capture_output=True, check=True
+    )
+    assert head.stdout == b"REDIS"
+
+
+def test_legacy_loomio_backup_is_imported_and_a_wrong_password_changes_nothing(stack: Stack) -> None:
+    assert LEGACY.exists(), f"the shared fixture is missing at {LEGACY}"
+    encrypted_stack(stack)
+    seed(stack, 10)
+    current = snapshot(stack)
+    wrong = stack.cli(
+        "restore",
+        "--legacy",
+        str(LEGACY),
+        "--password-env",
+        "LEGACY_PW",
+        "--yes",
+        check=1,
+        env={"LEGACY_PW": "wrong"},
+    )
+    assert "wrong password" in wrong.stderr and "Nothing was changed" in wrong.stderr
+    assert snapshot(stack) == current
+
+    stack.cli(
+        "restore",
+        "--legacy",
+        str(LEGACY),
+        "--password-env",
+        "LEGACY_PW",
+        "--yes",
+        env={"LEGACY_PW": LEGACY_PASSWORD},
+    )
+    with pg(stack) as conn:
+        counts = {
+            t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[index]
+            for t in ("users", "groups", "memberships", "discussions", "events")
+        }
+        titles = [r[0] for r in conn.execute("SELECT title FROM discussions WHERE title LIKE '%ünïcödé ✓%'")]
+    assert counts == {"users": 500, "groups": 20, "memberships": 2000, "discussions": 3000, "events": 20000}
+    assert "Proposal #7 — ünïcödé ✓" in titles
+
+
+def test_retention_is_planned_and_applied_and_keeps_the_newest(stack: Stack) -> None:
+    encrypted_stack(stack, keep_last=2, keep_hourly=0, keep_daily=0, keep_weekly=0, keep_monthly=0)
+    for trigger in ("one", "two", "three", "four"):
+        stack.cli("backup", "--trigger", trigger)
+    names = [s["name"] for s in sets(stack)]
+    assert len(names) == 4
+    plan = stack.cli("plan", check=2).stdout
+    assert "delete 2 backup set(s)" in plan
+    assert names[2] in plan and names[3] in plan and names[0] not in plan
+    stack.cli("apply")
+    assert [s["name"] for s in sets(stack)] == names[:2]
+    stack.cli("plan", check=0)
