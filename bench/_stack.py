@@ -28,7 +28,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def bench_stack(mode: str = "ram", extra: dict[str, Any] | None = None) -> Iterator[Path]:
+def bench_stack(mode: str = "ram", extra: dict[str, Any] | None = None, encrypted: bool = False) -> Iterator[Path]:
     """Yield the path of a state.yaml for a running stack; take it down afterwards."""
     name = "b" + uuid.uuid4().hex[:8]
     directory = Path("/tmp/reconciler-bench") / name
@@ -53,6 +53,11 @@ def bench_stack(mode: str = "ram", extra: dict[str, Any] | None = None) -> Itera
         "backup": {"encryption": "none"},
         **(extra or {}),
     }
+    if encrypted:
+        from reconciler.backup import keys
+
+        recipient = keys.generate(str(directory / "keys" / "backup.key"))
+        document["backup"] = {"encryption": {"recipients": [recipient], "identity_file": "./keys/backup.key"}}
     state = directory / "state.yaml"
     with state.open("w") as handle:
         YAML().dump(document, handle)

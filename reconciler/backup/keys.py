@@ -12,12 +12,11 @@ Design decisions:
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import stat
 from datetime import UTC, datetime
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pyrage import x25519
 
 from reconciler.errors import InvalidInput, PermanentError
@@ -84,10 +83,20 @@ def parse_recipients(recipients: list[str]) -> list[x25519.Recipient]:
     return parsed
 
 
+def hkdf_sha256(secret: bytes, salt: bytes, info: bytes, length: int = 32) -> bytes:
+    """RFC 5869 HKDF with SHA-256 (stdlib only: importing `cryptography` costs ~6 MB of RSS)."""
+    prk = hmac.new(salt, secret, hashlib.sha256).digest()
+    output, block = b"", b""
+    counter = 1
+    while len(output) < length:
+        block = hmac.new(prk, block + info + bytes([counter]), hashlib.sha256).digest()
+        output += block
+        counter += 1
+    return output[:length]
+
+
 def mac_key(identity: x25519.Identity) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=_MAC_SALT, info=b"manifest").derive(
-        str(identity).encode()
-    )
+    return hkdf_sha256(str(identity).encode(), _MAC_SALT, b"manifest")
 
 
 def key_id(key: bytes) -> str:

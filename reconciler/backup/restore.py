@@ -119,7 +119,9 @@ def restore_postgres(
     pg.recreate_database(endpoint, side, owner)
     try:
         argv = pg.restore_argv(bindir, endpoint, side, owner)
-        restore = proc.spawn(argv, stdin=proc.PIPE, stdout=proc.DEVNULL, stderr=proc.PIPE)
+        restore = proc.spawn(argv, env=pg.RESTORE_ENV, stdin=proc.PIPE, stdout=proc.DEVNULL, stderr=proc.PIPE)
+        assert restore.stdin is not None
+        proc.widen_pipe(restore.stdin)
         errors: list[bytes] = []
         drain = threading.Thread(
             target=lambda: errors.append(restore.stderr.read() if restore.stderr else b"")

@@ -106,3 +106,17 @@ def test_legacy_fixture_decrypts_with_its_password_and_not_without() -> None:
     with pytest.raises(PermanentError, match="wrong password") as info:
         legacy.decrypt(str(fixture), "not-the-password")
     assert "not-the-password" not in str(info.value)
+
+
+def test_hkdf_matches_rfc5869_and_the_cryptography_library() -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    # RFC 5869 test case 1
+    ikm = bytes.fromhex("0b" * 22)
+    salt = bytes.fromhex("000102030405060708090a0b0c")
+    info = bytes.fromhex("f0f1f2f3f4f5f6f7f8f9")
+    expected = "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
+    assert keys.hkdf_sha256(ikm, salt, info, 42).hex() == expected
+    reference = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"s", info=b"i").derive(b"secret")
+    assert keys.hkdf_sha256(b"secret", b"s", b"i") == reference

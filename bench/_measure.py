@@ -1,0 +1,85 @@
+"""Run a command and measure its wall time and peak RSS: its own, and its whole process tree's.
+
+RSS is sampled from /proc every 10 ms (children included), because getrusage only reports the largest
+single child, not what a pipeline holds at once.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                ppid = int(handle.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as handle:
+            return int(handle.read().split()[1]) * PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+@dataclass
+class Measurement:
+    seconds: float
+    peak_tree_rss: int
+    peak_own_rss: int
+    returncode: int
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "seconds": round(self.seconds, 3),
+            "peak_tree_rss_mb": round(self.peak_tree_rss / 1024**2, 1),
+            "peak_own_rss_mb": round(self.peak_own_rss / 1024**2, 1),
+        }
+
+
+def measure(argv: list[str], env: dict[str, str] | None = None, stdin: Any = None) -> Measurement:
+    peak_tree = peak_own = 0
+    done = threading.Event()
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        argv, env={**os.environ, **(env or {})}, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+    def sample() -> None:
+        nonlocal peak_tree, peak_own
+        while not done.is_set():
+            tree = _children()
+            pids, stack = [], [process.pid]
+            while stack:
+                pid = stack.pop()
+                pids.append(pid)
+                stack.extend(tree.get(pid, []))
+            peak_tree = max(peak_tree, sum(_rss(p) for p in pids))
+            peak_own = max(peak_own, _rss(process.pid))
+            done.wait(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, stderr = process.communicate()
+    seconds = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])} failed ({process.returncode}): {stderr.decode()[-800:]}")
+    return Measurement(seconds, peak_tree, peak_own, process.returncode)
