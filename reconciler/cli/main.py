@@ -130,11 +130,11 @@ def validate(state: _State, output_format: str) -> None:
         state.out.out.print(f"{state.state_file} is valid (stack {spec.stack}, mode {spec.mode}).")
 
 
-def _show_plan(state: _State, ctx: StackContext, output_format: str) -> int:
+def _show_plan(state: _State, ctx: StackContext, output_format: str, allow_empty: bool = False) -> int:
     from reconciler.cli.render import plan_text
     from reconciler.engine.apply import compute_plan
 
-    the_plan = compute_plan(ctx)
+    the_plan = compute_plan(ctx, allow_empty)
     spec = ctx.spec
     if output_format == "json":
         state.out.json(
@@ -159,15 +159,20 @@ def plan(state: _State, output_format: str) -> None:
 
 @cli.command()
 @click.option("--dry-run", is_flag=True, help="Only show the plan (same as `reconciler plan`).")
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Start services empty although backup sets exist that cannot be restored (they are protected).",
+)
 @_FORMAT
 @click.pass_obj
 @_guard
-def apply(state: _State, dry_run: bool, output_format: str) -> None:
+def apply(state: _State, dry_run: bool, allow_empty: bool, output_format: str) -> None:
     """Converge the stack to state.yaml."""
     ctx = _context(state)
     if dry_run:
-        sys.exit(_show_plan(state, ctx, output_format))
-    result = _run_with_progress(state, ctx, "apply")
+        sys.exit(_show_plan(state, ctx, output_format, allow_empty))
+    result = _run_with_progress(state, ctx, "apply", allow_empty)
     if output_format == "json":
         state.out.json(
             {
@@ -187,10 +192,12 @@ def apply(state: _State, dry_run: bool, output_format: str) -> None:
         )
 
 
-def _run_with_progress(state: _State, ctx: StackContext, verb: str) -> Any:
+def _run_with_progress(state: _State, ctx: StackContext, verb: str, allow_empty: bool = False) -> Any:
+    from functools import partial
+
     from reconciler.engine import apply as engine
 
-    run = engine.apply if verb == "apply" else engine.down
+    run: Any = partial(engine.apply, allow_empty=allow_empty) if verb == "apply" else engine.down
     if not state.out.stderr_tty:
         return run(ctx)
     from rich.markup import escape
@@ -267,12 +274,20 @@ def status(state: _State, output_format: str) -> None:
         "conditions": recorded.get("conditions", []),
         "lastAppliedRevision": recorded.get("lastAppliedRevision"),
         "lastRun": recorded.get("lastRun"),
+        "lastRestore": _backup_records(ctx).get("last_restore"),
+        "lastBackup": _backup_records(ctx).get("last_success"),
     }
     if output_format == "json":
         state.out.json(document)
     else:
         for line in status_text(document):
             state.out.out.print(line)
+
+
+def _backup_records(ctx: StackContext) -> dict[str, Any]:
+    from reconciler.engine.backups import records
+
+    return records(ctx)
 
 
 @cli.command()

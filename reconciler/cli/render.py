@@ -67,6 +67,24 @@ def status_text(document: dict[str, Any]) -> list[str]:
             f"  {mark} {condition['type']}={condition['status']} {condition['reason']}: "
             f"{_escape(str(condition['message']))} (since {condition['lastTransitionTime']})"
         )
+    backup = document.get("lastBackup")
+    if backup:
+        lines.append(
+            f"  last backup {backup['set']} ({format_bytes(backup['size'])}, {backup['seconds']:.1f} s)"
+        )
+    restore = document.get("lastRestore")
+    if restore:
+        if restore.get("set"):
+            lines.append(
+                f"  last restore {restore['set']} from {restore['store']} at {restore['finished']} "
+                f"({restore['seconds']:.1f} s)"
+            )
+        else:
+            lines.append(f"  [red]last restore FAILED at {restore['finished']}: no set could be restored[/]")
+        for rejected in restore.get("rejected", []):
+            lines.append(
+                f"    rejected {rejected['set']} ({rejected['store']}): {_escape(rejected['reason'])}"
+            )
     if document.get("lastAppliedRevision"):
         lines.append(f"  last applied revision {document['lastAppliedRevision']}")
     return lines

@@ -39,8 +39,8 @@ class ApplyResult:
     seconds: float = 0.0
 
 
-def compute_plan(ctx: StackContext) -> Plan:
-    return plan(ctx.spec, ctx.observe(), datetime.now(UTC))
+def compute_plan(ctx: StackContext, allow_empty: bool = False) -> Plan:
+    return plan(ctx.spec, ctx.observe(), datetime.now(UTC), allow_empty)
 
 
 def _run_actions(ctx: StackContext, the_plan: Plan, progress: Progress | None) -> list[Action]:
@@ -55,17 +55,17 @@ def _run_actions(ctx: StackContext, the_plan: Plan, progress: Progress | None) -
     return done
 
 
-def apply(ctx: StackContext, progress: Progress | None = None) -> ApplyResult:
+def apply(ctx: StackContext, progress: Progress | None = None, allow_empty: bool = False) -> ApplyResult:
     started = time.monotonic()
     started_at = status.now_iso()
     with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
-        the_plan = compute_plan(ctx)
+        the_plan = compute_plan(ctx, allow_empty)
         result = ApplyResult(the_plan)
         try:
             if the_plan.blockers:
                 raise PlanBlocked(list(the_plan.blockers))
             result.executed = _run_actions(ctx, the_plan, progress)
-            after = compute_plan(ctx)
+            after = compute_plan(ctx, allow_empty)
             if not after.in_sync:
                 remaining = "; ".join(a.describe() for a in after.actions) or "; ".join(after.blockers)
                 raise PermanentError(f"apply did not converge; still to do: {remaining}")

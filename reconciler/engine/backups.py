@@ -37,7 +37,9 @@ from reconciler.databases import redis as rd
 from reconciler.engine import status
 from reconciler.engine.context import StackContext
 from reconciler.engine.revision import state_revision
+from reconciler.engine.secrets import from_env_or_file
 from reconciler.errors import PermanentError, ReconcilerError
+from reconciler.plan.actions import RestoreFromBackup
 from reconciler.plan.backupsets import MANIFEST_SUFFIX, BackupSet, group_sets, retention
 from reconciler.runtimes.local import LocalRuntime, postgres_bindir
 from reconciler.stores.local import LocalStore
@@ -291,6 +293,12 @@ def verify(ctx: StackContext, set_name: str | None) -> dict[str, Any]:
                 log.warning("could not stop scratch %s: %s", name, exc)
         shutil.rmtree(scratch, ignore_errors=True)
     _update_records(ctx, verified={chosen: result})
+    if result["ok"]:
+        document = records(ctx)
+        if document.get("rejected", {}).pop(f"local/{chosen}", None) is not None:
+            fs.atomic_write_json(_record_path(ctx), document)
+    else:
+        _reject(ctx, "local", chosen, f"verification failed: {result['reason']}")
     return result
 
 
@@ -299,7 +307,8 @@ def prune_decision(ctx: StackContext) -> tuple[list[BackupSet], Any]:
     record = records(ctx)
     verified = frozenset(name for name, v in record.get("verified", {}).items() if v.get("ok"))
     failed = record.get("last_attempt", {}).get("result") == "failed"
-    return sets, retention(sets, ctx.spec.backup.retention, datetime.now(UTC), verified, failed)
+    protected = frozenset(record.get("protected", []))
+    return sets, retention(sets, ctx.spec.backup.retention, datetime.now(UTC), verified, failed, protected)
 
 
 def prune(ctx: StackContext) -> list[str]:
@@ -322,3 +331,107 @@ def delete_sets(ctx: StackContext, names: tuple[str, ...] | list[str]) -> None:
         for stored in files:
             store.delete(stored.name)
         log.info("deleted backup set %s from %s", name, store.describe())
+
+
+def protect(ctx: StackContext, names: tuple[str, ...]) -> None:
+    current = set(records(ctx).get("protected", []))
+    _update_records(ctx, protected=sorted(current | set(names)))
+
+
+def _reject(ctx: StackContext, store: str, set_name: str, reason: str) -> None:
+    _update_records(ctx, rejected={f"{store}/{set_name}": reason})
+    log.warning("backup set %s (%s) rejected: %s", set_name, store, reason)
+
+
+def restore_empty_services(ctx: StackContext, action: RestoreFromBackup) -> str:
+    """Fill empty services from the first candidate set that passes every check; never start empty.
+
+    Each candidate is authenticated and checksummed before anything is initialised; a failure during
+    the restore itself stops what this attempt started and wipes what it initialised, then the next
+    candidate is tried. Every rejection is recorded, so the planner will not offer it again.
+    """
+    started = time.monotonic()
+    identity = identity_for_restore(ctx.spec)
+    mac = keys.mac_key(identity) if identity is not None else None
+    stores = {"local": local_store(ctx)}
+    rejected: list[dict[str, str]] = []
+    for store_name, set_name in action.candidates:
+        store = stores.get(store_name)
+        if store is None:
+            reason = f"the {store_name} store is not available in this version"
+            rejected.append({"set": set_name, "store": store_name, "reason": reason})
+            continue
+        try:
+            checked = load_and_check(store, set_name, mac)
+            _restore_fresh(ctx, action, checked, identity, store)
+        except ReconcilerError as exc:
+            reason = exc.reason if isinstance(exc, SetRejected) else str(exc)
+            _reject(ctx, store_name, set_name, reason)
+            rejected.append({"set": set_name, "store": store_name, "reason": reason})
+            continue
+        _update_records(
+            ctx,
+            last_restore={
+                "set": set_name,
+                "store": store_name,
+                "finished": status.now_iso(),
+                "trigger": "empty data",
+                "services": list(action.services),
+                "seconds": round(time.monotonic() - started, 3),
+                "rejected": rejected,
+            },
+        )
+        return set_name
+    _update_records(
+        ctx,
+        last_restore={
+            "set": None,
+            "finished": status.now_iso(),
+            "services": list(action.services),
+            "seconds": round(time.monotonic() - started, 3),
+            "rejected": rejected,
+        },
+    )
+    listing = "; ".join(f"{r['set']} ({r['store']}): {r['reason']}" for r in rejected)
+    raise PermanentError(
+        f"no backup set could be restored, so {' and '.join(action.services)} stay down instead of starting empty. "
+        f"Rejected: {listing}. Fix the backups or run `reconciler apply --allow-empty`"
+    )
+
+
+def _restore_fresh(
+    ctx: StackContext, action: RestoreFromBackup, checked: CheckedSet, identity: Any, store: LocalStore
+) -> None:
+    runtime = ctx.runtime
+    initialised: list[str] = []
+    started_services: list[tuple[str, str]] = []
+    try:
+        for name, data_dir, port in zip(action.services, action.data_dirs, action.ports, strict=True):
+            if checked.member(name) is None:
+                raise SetRejected(checked.name, f"it holds no {name} member")
+            runtime.init_service(name, data_dir)
+            initialised.append(data_dir)
+            if name == "redis":
+                _, uid, gid = runtime.account("redis")
+                write_redis_rdb(store, checked, identity, os.path.join(data_dir, "dump.rdb"), (uid, gid))
+            runtime.start_service(name, data_dir, port)
+            started_services.append((name, data_dir))
+            if name == "postgres":
+                pgspec = ctx.spec.services.postgres
+                assert pgspec is not None
+                password_file = ctx.spec.resolve(pgspec.password_file) if pgspec.password_file else None
+                password = from_env_or_file(pgspec.password_env, password_file, "services.postgres password")
+                endpoint = runtime.endpoint(name, port)
+                pg.ensure_role_and_database(endpoint, pgspec.user, pgspec.database, password)
+                restore_postgres(
+                    store, checked, identity, endpoint, postgres_bindir(), pgspec.database, pgspec.user
+                )
+    except BaseException:
+        for name, data_dir in reversed(started_services):
+            try:
+                runtime.stop_service(name, data_dir)
+            except ReconcilerError as exc:
+                log.warning("could not stop %s after a failed restore: %s", name, exc)
+        for data_dir in initialised:  # only what this attempt created: empty but for the failed restore
+            shutil.rmtree(data_dir, ignore_errors=True)
+        raise

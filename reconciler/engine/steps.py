@@ -16,9 +16,11 @@ from reconciler.plan.actions import (
     EnsureDatabase,
     InitService,
     PrepareRamRoot,
+    ProtectBackups,
     PruneBackups,
     ResizeRamRoot,
     RestartService,
+    RestoreFromBackup,
     StartService,
     StopService,
 )
@@ -47,6 +49,14 @@ def execute(action: Action, ctx: StackContext) -> None:
             password_file = ctx.spec.resolve(spec.password_file) if spec.password_file else None
             password = from_env_or_file(spec.password_env, password_file, "services.postgres password")
             pg.ensure_role_and_database(runtime.endpoint(name, spec.port), owner, database, password)
+        case RestoreFromBackup():
+            from reconciler.engine.backups import restore_empty_services
+
+            restore_empty_services(ctx, action)
+        case ProtectBackups(set_names=names):
+            from reconciler.engine.backups import protect
+
+            protect(ctx, names)
         case PruneBackups(set_names=names):
             from reconciler.engine.backups import delete_sets
 

@@ -64,7 +64,11 @@ def observe_backups(spec: StateSpec) -> BackupsObservation:
     record = record if isinstance(record, dict) else {}
     verified = frozenset(name for name, result in record.get("verified", {}).items() if result.get("ok"))
     failed = record.get("last_attempt", {}).get("result") == "failed"
-    return BackupsObservation(sets, verified, failed)
+    rejected = {
+        (key.partition("/")[0], key.partition("/")[2]): str(reason)
+        for key, reason in record.get("rejected", {}).items()
+    }
+    return BackupsObservation(sets, verified, failed, rejected, frozenset(record.get("protected", [])))
 
 
 def _data_dir(service: str, path: str, uid: int, gid: int, mounts: list[host.Mount]) -> DataDir:

@@ -207,6 +207,70 @@ class PruneBackups(Action):
         return replace(observed, backups=replace(observed.backups, sets=remaining))
 
 
+@dataclass(frozen=True)
+class RestoreFromBackup(Action):
+    """Bring empty services back from the newest usable backup set instead of starting them empty.
+
+    The engine checks each candidate (manifest MAC, sizes, sha256) before initialising anything, falls
+    back to the next on any failure, records every rejection, and never leaves an empty server running.
+    """
+
+    marker: ClassVar[Marker] = "+"
+    services: tuple[str, ...]
+    candidates: tuple[tuple[str, str], ...]  # (store, set name), in the order to try
+    data_dirs: tuple[str, ...]
+    ports: tuple[int, ...]
+    mode: str
+    database: str | None = None
+    owner: str | None = None
+
+    @property
+    def service(self) -> str | None:
+        return None
+
+    def describe(self) -> str:
+        store, name = self.candidates[0]
+        fallback = (
+            f"; if it fails, {len(self.candidates) - 1} older set(s)" if len(self.candidates) > 1 else ""
+        )
+        return f"restore {' and '.join(self.services)} from backup set {name} ({store} store){fallback}"
+
+    def simulate(self, observed: ObservedState) -> ObservedState:
+        for name, data_dir, port in zip(self.services, self.data_dirs, self.ports, strict=True):
+            service = observed.services[name]
+            location = replace(service.location(self.mode), exists=True, initialized=True, foreign=False)
+            service = (
+                replace(service, ram=location) if self.mode == "ram" else replace(service, disk=location)
+            )
+            service = replace(
+                service, running=True, died=False, pid=service.pid or -1, port=port, data_dir=data_dir
+            )
+            if self.database and self.owner and name == "postgres":
+                service = replace(
+                    service,
+                    roles=(service.roles or frozenset()) | {self.owner},
+                    databases=(service.databases or frozenset()) | {self.database},
+                )
+            observed = observed.with_service(service)
+        return observed
+
+
+@dataclass(frozen=True)
+class ProtectBackups(Action):
+    """Exempt existing sets from retention before the stack starts empty, so that backups of the empty
+    database can never rotate the real ones away."""
+
+    marker: ClassVar[Marker] = "~"
+    set_names: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"protect {len(self.set_names)} existing backup set(s) from retention (the stack starts empty)"
+
+    def simulate(self, observed: ObservedState) -> ObservedState:
+        backups = replace(observed.backups, protected=observed.backups.protected | frozenset(self.set_names))
+        return replace(observed, backups=backups)
+
+
 def simulate_all(observed: ObservedState, actions: tuple[Action, ...]) -> ObservedState:
     for action in actions:
         observed = action.simulate(observed)
@@ -219,9 +283,11 @@ __all__ = [
     "EnsureDatabase",
     "InitService",
     "PrepareRamRoot",
+    "ProtectBackups",
     "PruneBackups",
     "ResizeRamRoot",
     "RestartService",
+    "RestoreFromBackup",
     "StartService",
     "StopService",
     "simulate_all",

@@ -83,6 +83,10 @@ class BackupsObservation:
     sets: tuple[BackupSet, ...] = ()
     verified: frozenset[str] = frozenset()  # sets whose last verification passed
     newest_attempt_failed: bool = False
+    rejected: dict[tuple[str, str], str] = field(
+        default_factory=dict
+    )  # (store, set) → why it cannot be restored
+    protected: frozenset[str] = frozenset()  # kept whatever retention says (see ProtectBackups)
 
 
 @dataclass(frozen=True)

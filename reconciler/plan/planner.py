@@ -21,14 +21,17 @@ from reconciler.plan.actions import (
     EnsureDatabase,
     InitService,
     PrepareRamRoot,
+    ProtectBackups,
     PruneBackups,
     ResizeRamRoot,
     RestartService,
+    RestoreFromBackup,
     StartService,
     StopService,
 )
 from reconciler.plan.backupsets import retention
 from reconciler.plan.observed import ObservedState, ServiceObservation
+from reconciler.plan.selection import select_restore
 from reconciler.spec.model import PostgresSpec, StateSpec
 from reconciler.spec.units import format_bytes
 
@@ -74,7 +77,12 @@ def should_mount(desired: StateSpec, observed: ObservedState) -> bool:
     return desired.ram.mount == "always" or (desired.ram.mount == "auto" and observed.host.is_root)
 
 
-def plan(desired: StateSpec, observed: ObservedState, now: datetime) -> Plan:
+def plan(desired: StateSpec, observed: ObservedState, now: datetime, allow_empty: bool = False) -> Plan:
+    """The ordered actions that take ``observed`` to ``desired``, or the blockers that forbid acting.
+
+    ``allow_empty``: start services empty even though backup sets exist that cannot be restored
+    (``reconciler apply --allow-empty``); the existing sets are protected from retention first.
+    """
     actions: list[Action] = []
     blockers: list[str] = []
     warnings: list[str] = []
@@ -82,25 +90,96 @@ def plan(desired: StateSpec, observed: ObservedState, now: datetime) -> Plan:
     if desired.mode == "ram":
         _plan_ram_root(desired, observed, actions, blockers)
 
+    empty: list[str] = []
     for name, spec in desired.services.configured().items():
         service = observed.services.get(name) or ServiceObservation(name=name)
-        _plan_service(desired, name, spec, service, actions, blockers, warnings)
+        if _plan_service(desired, name, spec, service, actions, blockers, warnings):
+            empty.append(name)
 
-    _plan_retention(desired, observed, now, actions, warnings)
+    protected = set(observed.backups.protected)
+    if empty:
+        protected |= _plan_empty_services(
+            desired, observed, now, empty, allow_empty, actions, blockers, warnings
+        )
+
+    _plan_retention(desired, observed, now, actions, warnings, frozenset(protected))
 
     if blockers:
         return Plan(actions=(), blockers=tuple(blockers), warnings=tuple(warnings))
     return Plan(actions=tuple(actions), warnings=tuple(warnings))
 
 
+def _plan_empty_services(
+    desired: StateSpec,
+    observed: ObservedState,
+    now: datetime,
+    empty: list[str],
+    allow_empty: bool,
+    actions: list[Action],
+    blockers: list[str],
+    warnings: list[str],
+) -> set[str]:
+    """Services with no data where they should have it: restore them, refuse, or start them empty.
+
+    Returns the set names that retention must keep during this plan (the restore candidates).
+    """
+    selection = select_restore(observed.backups.sets, observed.backups.rejected, now, desired.stack)
+    warnings.extend(selection.warnings)
+    if selection.candidates:
+        pg = desired.services.postgres
+        actions.append(
+            RestoreFromBackup(
+                services=tuple(empty),
+                candidates=tuple((s.store, s.name) for s in selection.candidates),
+                data_dirs=tuple(desired.data_dir(name) for name in empty),
+                ports=tuple(desired.port(name) for name in empty),
+                mode=desired.mode,
+                database=pg.database if pg is not None and "postgres" in empty else None,
+                owner=pg.user if pg is not None and "postgres" in empty else None,
+            )
+        )
+        return {s.name for s in selection.candidates}
+    if selection.rejected and not allow_empty:
+        reasons = "; ".join(f"{s.name} ({s.store}): {why}" for s, why in selection.rejected)
+        blockers.append(
+            f"{' and '.join(empty)} have no data, and none of the {len(selection.rejected)} backup set(s) can be "
+            f"restored: {reasons}. The stack stays down rather than start empty. Fix or replace the backups, "
+            "or run `reconciler apply --allow-empty` to start empty on purpose (the old sets are then protected)"
+        )
+        return set()
+    if selection.rejected:
+        names = tuple(sorted({s.name for s, _ in selection.rejected} - observed.backups.protected))
+        if names:
+            actions.append(ProtectBackups(names))
+        warnings.append(
+            f"starting {' and '.join(empty)} EMPTY on request (--allow-empty): no backup set can be restored"
+        )
+    else:
+        incomplete = [s.name for s in observed.backups.sets if not s.complete]
+        note = f" ({len(incomplete)} incomplete set(s) ignored)" if incomplete else ""
+        warnings.append(
+            f"no backup of stack {desired.stack} exists in any store{note}: "
+            f"{' and '.join(empty)} will start with EMPTY data"
+        )
+    for name in empty:
+        service = observed.services.get(name) or ServiceObservation(name=name)
+        _fresh_service(desired, name, desired.services.configured()[name], service, actions)
+    return set()
+
+
 def _plan_retention(
-    desired: StateSpec, observed: ObservedState, now: datetime, actions: list[Action], warnings: list[str]
+    desired: StateSpec,
+    observed: ObservedState,
+    now: datetime,
+    actions: list[Action],
+    warnings: list[str],
+    protected: frozenset[str],
 ) -> None:
     backups = observed.backups
     for store in sorted({s.store for s in backups.sets}):
         sets = [s for s in backups.sets if s.store == store]
         decision = retention(
-            sets, desired.backup.retention, now, backups.verified, backups.newest_attempt_failed
+            sets, desired.backup.retention, now, backups.verified, backups.newest_attempt_failed, protected
         )
         if decision.held_back and decision.held_back != "would delete every set":
             warnings.append(f"retention of the {store} store is on hold: {decision.held_back}")
@@ -181,25 +260,25 @@ def _plan_service(
     actions: list[Action],
     blockers: list[str],
     warnings: list[str],
-) -> None:
+) -> bool:
+    """Plan one service; return True when it has no data and the caller must decide how to fill it."""
     mode = desired.mode
     other_mode = "disk" if mode == "ram" else "ram"
     target = service.location(mode)
     other = service.location(other_mode)
-    port = desired.port(name)
 
     if target.foreign:
         blockers.append(
             f"{name}: {target.path} is not empty and does not hold {name} data; refusing to touch it. "
             f"Empty it or point {'ram.path' if mode == 'ram' else f'services.{name}.disk_dir'} elsewhere"
         )
-        return
+        return False
     if not target.reachable:
         blockers.append(
             f"{name}: the service user cannot reach {target.path} (a parent directory is not searchable "
             "by others). Choose a directory whose parents have mode o+x, such as /var/lib/reconciler"
         )
-        return
+        return False
     running_elsewhere = service.running and service.data_dir is not None and service.data_dir != target.path
     data_elsewhere = other.initialized and not target.initialized
     if running_elsewhere or data_elsewhere:
@@ -209,18 +288,34 @@ def _plan_service(
             f"Switching a stack that holds data between modes is not supported yet. "
             f"Set `mode: {other_mode}` to keep the data where it is"
         )
-        return
-
+        return False
+    if service.died:
+        warnings.append(f"{name} was not running: its process had died")
     if not target.initialized:
-        actions.append(InitService(name, target.path, mode))
+        return True
+    _running_service(desired, name, spec, service, actions)
+    return False
 
+
+def _fresh_service(
+    desired: StateSpec, name: str, spec: object, service: ServiceObservation, actions: list[Action]
+) -> None:
+    actions.append(InitService(name, desired.data_dir(name), desired.mode))
+    _running_service(desired, name, spec, service, actions)
+
+
+def _running_service(
+    desired: StateSpec, name: str, spec: object, service: ServiceObservation, actions: list[Action]
+) -> None:
+    target = desired.data_dir(name)
+    port = desired.port(name)
     if service.running and service.port != port:
-        actions.append(RestartService(name, target.path, port, f"listening on {service.port}, want {port}"))
+        actions.append(RestartService(name, target, port, f"listening on {service.port}, want {port}"))
     elif not service.running:
         reason = f"process {service.pid} died" if service.died and service.pid else ""
         if service.died and not reason:
             reason = "its process died"
-        actions.append(StartService(name, target.path, port, reason))
+        actions.append(StartService(name, target, port, reason))
 
     if isinstance(spec, PostgresSpec):
         roles = service.roles if service.running else None
@@ -232,5 +327,3 @@ def _plan_service(
             actions.append(
                 EnsureDatabase(name, spec.database, spec.user, create_role, create_database, known)
             )
-    if service.died:
-        warnings.append(f"{name} was not running: its process had died")
