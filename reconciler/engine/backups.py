@@ -12,13 +12,14 @@ Design decisions:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,7 +39,7 @@ from reconciler.engine import status
 from reconciler.engine.context import StackContext
 from reconciler.engine.revision import state_revision
 from reconciler.engine.secrets import from_env_or_file
-from reconciler.errors import PermanentError, ReconcilerError
+from reconciler.errors import CommandFailed, PermanentError, ReconcilerError
 from reconciler.plan.actions import RestoreFromBackup
 from reconciler.plan.backupsets import MANIFEST_SUFFIX, BackupSet, group_sets, retention
 from reconciler.runtimes.local import LocalRuntime, postgres_bindir
@@ -364,11 +365,12 @@ def restore_empty_services(ctx: StackContext, action: RestoreFromBackup) -> str:
         try:
             checked = load_and_check(store, set_name, mac)
             _restore_fresh(ctx, action, checked, identity, store)
-        except ReconcilerError as exc:
-            reason = exc.reason if isinstance(exc, SetRejected) else str(exc)
-            _reject(ctx, store_name, set_name, reason)
-            rejected.append({"set": set_name, "store": store_name, "reason": reason})
+        except SetRejected as exc:  # the set's content is at fault: remember it, try the next one
+            _reject(ctx, store_name, set_name, exc.reason)
+            rejected.append({"set": set_name, "store": store_name, "reason": exc.reason})
             continue
+        # Any other error (a server that does not start, a full tmpfs) is the host's, not the set's:
+        # it propagates, the set stays a candidate, and the next apply tries again.
         _update_records(
             ctx,
             last_restore={
@@ -399,6 +401,17 @@ def restore_empty_services(ctx: StackContext, action: RestoreFromBackup) -> str:
     )
 
 
+@contextlib.contextmanager
+def _content_errors_reject(set_name: str) -> Iterator[None]:
+    """Failures while decrypting or loading a set's content reject the set (pg_restore, decryption)."""
+    try:
+        yield
+    except SetRejected:
+        raise
+    except (CommandFailed, PermanentError) as exc:
+        raise SetRejected(set_name, str(exc)) from None
+
+
 def _restore_fresh(
     ctx: StackContext, action: RestoreFromBackup, checked: CheckedSet, identity: Any, store: LocalStore
 ) -> None:
@@ -413,7 +426,8 @@ def _restore_fresh(
             initialised.append(data_dir)
             if name == "redis":
                 _, uid, gid = runtime.account("redis")
-                write_redis_rdb(store, checked, identity, os.path.join(data_dir, "dump.rdb"), (uid, gid))
+                with _content_errors_reject(checked.name):
+                    write_redis_rdb(store, checked, identity, os.path.join(data_dir, "dump.rdb"), (uid, gid))
             runtime.start_service(name, data_dir, port)
             started_services.append((name, data_dir))
             if name == "postgres":

@@ -121,7 +121,8 @@ def _plan_empty_services(
 ) -> set[str]:
     """Services with no data where they should have it: restore them, refuse, or start them empty.
 
-    Returns the set names that retention must keep during this plan (the restore candidates).
+    Returns the set names that retention must keep during this plan: the restore candidates, or the
+    sets being protected before an empty start (their protection takes effect within this same plan).
     """
     selection = select_restore(observed.backups.sets, observed.backups.rejected, now, desired.stack)
     warnings.extend(selection.warnings)
@@ -147,8 +148,10 @@ def _plan_empty_services(
             "or run `reconciler apply --allow-empty` to start empty on purpose (the old sets are then protected)"
         )
         return set()
+    protect: set[str] = set()
     if selection.rejected:
-        names = tuple(sorted({s.name for s, _ in selection.rejected} - observed.backups.protected))
+        protect = {s.name for s, _ in selection.rejected}
+        names = tuple(sorted(protect - observed.backups.protected))
         if names:
             actions.append(ProtectBackups(names))
         warnings.append(
@@ -164,7 +167,7 @@ def _plan_empty_services(
     for name in empty:
         service = observed.services.get(name) or ServiceObservation(name=name)
         _fresh_service(desired, name, desired.services.configured()[name], service, actions)
-    return set()
+    return protect
 
 
 def _plan_retention(

@@ -50,7 +50,18 @@ def _sort_key(backup_set: BackupSet, now: datetime) -> tuple[int, float, str, in
 def select_restore(
     sets: Iterable[BackupSet], rejected: Mapping[CopyKey, str], now: datetime, stack: str | None = None
 ) -> Selection:
-    unique = {(s.store, s.name): s for s in sets if stack is None or s.stack == stack}
+    unique: dict[CopyKey, BackupSet] = {}
+    for s in sets:
+        if stack is not None and s.stack != stack:
+            continue
+        # The same copy listed twice: keep the more complete listing, whatever the order.
+        previous = unique.get((s.store, s.name))
+        if previous is None or (s.complete, len(s.files), s.files) > (
+            previous.complete,
+            len(previous.files),
+            previous.files,
+        ):
+            unique[(s.store, s.name)] = s
     usable: list[BackupSet] = []
     ruled_out: list[tuple[BackupSet, str]] = []
     for key, backup_set in unique.items():

@@ -160,27 +160,34 @@ class LocalRuntime:
             self._start_redis(user, data_dir, port)
         log.info("started %s on port %d from %s", service, port, data_dir)
 
-    def _wait_for_dead_instance(self, data_dir: str) -> None:
+    def _wait_for_dead_instance(self, data_dir: str, port: int) -> None:
         """After a crash, wait until the killed postmaster is reaped and its orphaned backends are gone.
 
-        PostgreSQL refuses to start while the pid in postmaster.pid still exists (even as a zombie) or
-        while old backends hold the data directory, so starting right after a ``kill -9`` fails.
+        PostgreSQL refuses to start while a pid named in postmaster.pid or in the socket's lock file
+        (``.s.PGSQL.<port>.lock``, which survives even when the data directory was wiped, as after a
+        reboot of a RAM-mode host) still exists, even as a zombie, or while old backends run.
         """
-        pid = read_pid(os.path.join(data_dir, "postmaster.pid"))
-        if pid is None or host.process_alive(pid):
-            return
+        lock = os.path.join(self.socket_dir("postgres"), f".s.PGSQL.{port}.lock")
+        pids = {pid for pid in (read_pid(os.path.join(data_dir, "postmaster.pid")), read_pid(lock)) if pid}
+        if any(host.process_alive(pid) and self._is_postgres(pid) for pid in pids):
+            return  # a live server: pg_ctl will say so
         deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline:
-            if not os.path.exists(f"/proc/{pid}") and not host.processes_in(data_dir):
+            if not any(os.path.exists(f"/proc/{pid}") for pid in pids) and not host.processes_in(data_dir):
                 return
             time.sleep(0.05)
         raise PermanentError(
-            f"processes of a crashed postgres still hold {data_dir} after {_START_TIMEOUT:.0f} s: "
-            f"{sorted(host.processes_in(data_dir))}; stop them, then apply again"
+            f"processes of a crashed postgres still hold {data_dir} or port {port} after {_START_TIMEOUT:.0f} s: "
+            f"{sorted(pids | host.processes_in(data_dir))}; stop them, then apply again"
         )
 
+    @staticmethod
+    def _is_postgres(pid: int) -> bool:
+        cmdline = host.process_cmdline(pid)
+        return bool(cmdline) and "postgres" in os.path.basename(cmdline[0])
+
     def _start_postgres(self, user: str | None, data_dir: str, port: int) -> None:
-        self._wait_for_dead_instance(data_dir)
+        self._wait_for_dead_instance(data_dir, port)
         options = (
             f"-c port={port} -c listen_addresses=127.0.0.1 "
             f"-c unix_socket_directories={self.socket_dir('postgres')}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -251,19 +251,39 @@ def worlds(draw: st.DrawFn) -> tuple[StateSpec, ObservedState]:
         desired.ram_root, exists=mounted or draw(st.booleans()), filesystem=root_fs, dedicated_mount=mounted
     )
     host = HostObservation(24 * GIB, draw(st.integers(0, 24 * GIB)), draw(st.booleans()))
-    return desired, ObservedState(services, root, host)
+    from reconciler.plan.backupsets import BackupSet, StoredFile
+    from reconciler.plan.backupsets import set_name as _name
+    from reconciler.plan.observed import BackupsObservation
+
+    sets = []
+    rejected = {}
+    for hours, complete, bad in draw(
+        st.lists(st.tuples(st.integers(0, 24 * 60), st.booleans(), st.booleans()), max_size=12)
+    ):
+        created = NOW - timedelta(hours=hours)
+        name = _name("demo", created, "scheduled")
+        files = (
+            (StoredFile(f"{name}.manifest.json", 1),)
+            if complete
+            else (StoredFile(f"{name}.redis.rdb.zst", 1),)
+        )
+        sets.append(BackupSet(name, "demo", created, "scheduled", "local", files))
+        if bad:
+            rejected[("local", name)] = "corrupt"
+    backups = BackupsObservation(tuple({s.name: s for s in sets}.values()), rejected=rejected)
+    return desired, ObservedState(services, root, host, backups)
 
 
 @settings(max_examples=400)
-@given(worlds())
-def test_the_plan_converges_in_one_apply(world: tuple[StateSpec, ObservedState]) -> None:
+@given(worlds(), st.booleans())
+def test_the_plan_converges_in_one_apply(world: tuple[StateSpec, ObservedState], allow_empty: bool) -> None:
     desired, observed = world
-    first = plan(desired, observed, NOW)
+    first = plan(desired, observed, NOW, allow_empty)
     if first.blockers:
         assert first.actions == (), "a blocked plan must change nothing"
         return
     after = simulate_all(observed, first.actions)
-    second = plan(desired, after, NOW)
+    second = plan(desired, after, NOW, allow_empty)
     assert second.in_sync, f"not converged: {[a.describe() for a in second.actions]} {second.blockers}"
 
 
@@ -285,6 +305,11 @@ def test_never_initialises_where_data_or_foreign_files_are(world: tuple[StateSpe
     desired, observed = world
     for action in plan(desired, observed, NOW).actions:
         if isinstance(action, InitService):
+            from reconciler.plan.selection import select_restore
+
+            assert (
+                select_restore(observed.backups.sets, observed.backups.rejected, NOW, "demo").chosen is None
+            ), "never start empty while a usable backup exists"
             service = observed.services[action.service_name]
             assert not service.location(desired.mode).foreign
             other = service.location("disk" if desired.mode == "ram" else "ram")

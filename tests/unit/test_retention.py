@@ -25,13 +25,17 @@ NOW = datetime(2026, 11, 21, 16, 0, tzinfo=UTC)
 
 
 def make_set(
-    created: datetime, complete: bool = True, trigger: str = "scheduled", store: str = "local"
+    created: datetime,
+    complete: bool = True,
+    trigger: str = "scheduled",
+    store: str = "local",
+    stack: str = "loomio",
 ) -> BackupSet:
-    name = set_name("loomio", created, trigger)
+    name = set_name(stack, created, trigger)
     files = [StoredFile(f"{name}.postgres.pgdump.zst.age", 100)]
     if complete:
         files.append(StoredFile(f"{name}{MANIFEST_SUFFIX}", 10))
-    return BackupSet(name, "loomio", created.replace(microsecond=0), trigger, store, tuple(files))
+    return BackupSet(name, stack, created.replace(microsecond=0), trigger, store, tuple(files))
 
 
 def test_names_carry_utc_time_and_trigger() -> None:

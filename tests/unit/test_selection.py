@@ -1,0 +1,194 @@
+"""Restore selection (hypothesis properties) and the planner's never-start-empty rule."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from datetime import timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reconciler.plan.actions import InitService, ProtectBackups, RestoreFromBackup, simulate_all
+from reconciler.plan.backupsets import BackupSet
+from reconciler.plan.observed import BackupsObservation
+from reconciler.plan.planner import plan
+from reconciler.plan.selection import CLOCK_SKEW_TOLERANCE, select_restore
+from tests.unit.test_planner import NOW, fresh_world, spec
+from tests.unit.test_retention import make_set as _make_set
+
+
+def make_set(*args: object, **kwargs: object) -> BackupSet:
+    return _make_set(*args, stack="demo", **kwargs)  # type: ignore[arg-type]
+
+
+copies = st.tuples(
+    st.integers(-30, 24 * 30),  # hours ago (negative: dated in the future)
+    st.sampled_from(["local", "gdrive"]),
+    st.booleans(),  # complete
+    st.booleans(),  # rejected
+)
+
+
+def _build(raw: list[tuple[int, str, bool, bool]]) -> tuple[list[BackupSet], dict[tuple[str, str], str]]:
+    sets, rejected = [], {}
+    for hours, store, complete, bad in raw:
+        s = make_set(NOW - timedelta(hours=hours), complete, store=store)
+        sets.append(s)
+        if bad:
+            rejected[(store, s.name)] = "corrupt"
+    return sets, rejected
+
+
+def _usable(sets: list[BackupSet], rejected: dict[tuple[str, str], str]) -> list[BackupSet]:
+    complete = {(s.store, s.name): s for s in sets if s.complete}
+    return [s for key, s in complete.items() if key not in rejected]
+
+
+@settings(max_examples=400)
+@given(st.lists(copies, max_size=30), st.randoms())
+def test_selection_properties(raw: list[tuple[int, str, bool, bool]], rnd: random.Random) -> None:
+    sets, rejected = _build(raw)
+    selection = select_restore(sets, rejected, NOW)
+    usable = _usable(sets, rejected)
+    # a result exists iff a usable copy exists
+    assert (selection.chosen is not None) == bool(usable)
+    # never an incomplete or rejected copy
+    for s in selection.candidates:
+        assert s.complete and (s.store, s.name) not in rejected
+    # every usable copy is a candidate, once
+    assert {(s.store, s.name) for s in selection.candidates} == {(s.store, s.name) for s in usable}
+    assert len(selection.candidates) == len({(s.store, s.name) for s in usable})
+    # the newest usable copy from the past comes first
+    past = [s for s in usable if s.created <= NOW + CLOCK_SKEW_TOLERANCE]
+    if past:
+        assert selection.chosen is not None
+        assert selection.chosen.created == max(s.created for s in past)
+        assert selection.chosen.store == min(
+            (s.store for s in past if s.name == selection.chosen.name), key=lambda store: store != "local"
+        )
+    # local before gdrive for the same set
+    order = [(s.name, s.store) for s in selection.candidates]
+    for name, store in order:
+        if store == "gdrive" and (name, "local") in order:
+            assert order.index((name, "local")) < order.index((name, "gdrive"))
+    # future-dated copies come after every past copy, with a warning each
+    future = [s for s in selection.candidates if s.created > NOW + CLOCK_SKEW_TOLERANCE]
+    assert selection.candidates[len(selection.candidates) - len(future) :] == tuple(future)
+    assert len(selection.warnings) == len(future)
+    # independent of listing order
+    shuffled = list(sets)
+    rnd.shuffle(shuffled)
+    assert select_restore(shuffled, rejected, NOW) == selection
+
+
+def test_empty_input() -> None:
+    selection = select_restore([], {}, NOW)
+    assert selection.chosen is None and selection.candidates == () and selection.rejected == ()
+
+
+def _world_with(sets: list[BackupSet], rejected: dict[tuple[str, str], str] | None = None, **spec_args: str):  # type: ignore[no-untyped-def]
+    desired = spec(**spec_args)
+    world = replace(fresh_world(desired), backups=BackupsObservation(tuple(sets), rejected=rejected or {}))
+    return desired, world
+
+
+def test_empty_ram_with_backups_restores_instead_of_starting_empty() -> None:
+    older, newer = make_set(NOW - timedelta(hours=2)), make_set(NOW - timedelta(hours=1))
+    desired, world = _world_with([older, newer])
+    result = plan(desired, world, NOW)
+    restore = [a for a in result.actions if isinstance(a, RestoreFromBackup)]
+    assert len(restore) == 1 and not [a for a in result.actions if isinstance(a, InitService)]
+    assert restore[0].candidates == (("local", newer.name), ("local", older.name))
+    assert restore[0].services == ("postgres", "redis")
+    assert "restore postgres and redis from backup set" in restore[0].describe()
+    assert plan(desired, simulate_all(world, result.actions), NOW).in_sync
+
+
+def test_no_backup_anywhere_starts_empty_and_says_so() -> None:
+    desired, world = _world_with([make_set(NOW, complete=False)])
+    result = plan(desired, world, NOW)
+    assert any(isinstance(a, InitService) for a in result.actions)
+    assert any(
+        "no backup of stack demo exists in any store (1 incomplete set(s) ignored)" in w
+        for w in result.warnings
+    )
+    assert any("EMPTY" in w for w in result.warnings)
+
+
+def test_all_sets_rejected_blocks_and_names_every_set() -> None:
+    a, b = make_set(NOW - timedelta(hours=2)), make_set(NOW - timedelta(hours=1))
+    rejected = {("local", a.name): "sha256 mismatch", ("local", b.name): "signed with another identity"}
+    desired, world = _world_with([a, b], rejected)
+    result = plan(desired, world, NOW)
+    assert result.actions == ()
+    assert a.name in result.blockers[0] and b.name in result.blockers[0]
+    assert "sha256 mismatch" in result.blockers[0] and "--allow-empty" in result.blockers[0]
+
+
+def test_allow_empty_protects_the_old_sets_from_retention_forever() -> None:
+    real = [make_set(NOW - timedelta(days=d)) for d in range(1, 4)]
+    rejected = {("local", s.name): "corrupt" for s in real}
+    desired, world = _world_with(real, rejected)
+    result = plan(desired, world, NOW, allow_empty=True)
+    assert isinstance(result.actions[0], ProtectBackups) or any(
+        isinstance(a, ProtectBackups) for a in result.actions
+    )
+    world = simulate_all(world, result.actions)
+    # a month of hourly backups of the (empty) database later, with keep_last=1 only:
+    empties = tuple(make_set(NOW - timedelta(hours=h, minutes=30)) for h in range(0, 24 * 30, 1))
+    world = replace(world, backups=replace(world.backups, sets=world.backups.sets + empties, rejected={}))
+    strict = spec().model_copy(
+        update={
+            "backup": spec().backup.model_copy(
+                update={"retention": type(spec().backup.retention)(keep_last=1, keep_daily=0, keep_weekly=0)}
+            )
+        }
+    )
+    pruned = [a for a in plan(strict, world, NOW).actions if a.kind == "PruneBackups"]
+    deleted = set(pruned[0].set_names)  # type: ignore[attr-defined]
+    assert not deleted & {s.name for s in real}, "real sets must survive backups of the empty database"
+    assert len(deleted) == len(empties) - 1
+
+
+def test_restore_candidates_are_never_pruned_in_the_same_plan() -> None:
+    sets = [make_set(NOW - timedelta(hours=h)) for h in range(1, 40)]
+    desired = spec()
+    strict = desired.model_copy(
+        update={
+            "backup": desired.backup.model_copy(
+                update={"retention": type(desired.backup.retention)(keep_last=1, keep_daily=0, keep_weekly=0)}
+            )
+        }
+    )
+    world = replace(fresh_world(desired), backups=BackupsObservation(tuple(sets)))
+    result = plan(strict, world, NOW)
+    assert not [a for a in result.actions if a.kind == "PruneBackups"]
+
+
+def test_future_dated_set_is_tried_last_with_a_warning() -> None:
+    past, future = make_set(NOW - timedelta(hours=3)), make_set(NOW + timedelta(days=2))
+    desired, world = _world_with([past, future])
+    result = plan(desired, world, NOW)
+    restore = next(a for a in result.actions if isinstance(a, RestoreFromBackup))
+    assert restore.candidates == (("local", past.name), ("local", future.name))
+    assert any("dated in the future" in w for w in result.warnings)
+
+
+def test_sets_protected_by_an_empty_start_are_not_pruned_in_the_same_plan() -> None:
+    real = [make_set(NOW - timedelta(days=d)) for d in range(1, 4)]
+    desired = spec()
+    strict = desired.model_copy(
+        update={
+            "backup": desired.backup.model_copy(
+                update={"retention": type(desired.backup.retention)(keep_last=1, keep_daily=0, keep_weekly=0)}
+            )
+        }
+    )
+    world = replace(
+        fresh_world(desired),
+        backups=BackupsObservation(tuple(real), rejected={("local", s.name): "bad" for s in real}),
+    )
+    result = plan(strict, world, NOW, allow_empty=True)
+    assert any(isinstance(a, ProtectBackups) for a in result.actions)
+    assert not [a for a in result.actions if a.kind == "PruneBackups"]
