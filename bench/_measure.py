@@ -58,7 +58,11 @@ def measure(argv: list[str], env: dict[str, str] | None = None, stdin: Any = Non
     done = threading.Event()
     start = time.perf_counter()
     process = subprocess.Popen(
-        argv, env={**os.environ, **(env or {})}, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        argv,
+        env={**os.environ, **(env or {})},
+        stdin=stdin,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
 
     def sample() -> None:

@@ -28,7 +28,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def bench_stack(mode: str = "ram", extra: dict[str, Any] | None = None, encrypted: bool = False) -> Iterator[Path]:
+def bench_stack(
+    mode: str = "ram", extra: dict[str, Any] | None = None, encrypted: bool = False
+) -> Iterator[Path]:
     """Yield the path of a state.yaml for a running stack; take it down afterwards."""
     name = "b" + uuid.uuid4().hex[:8]
     directory = Path("/tmp/reconciler-bench") / name

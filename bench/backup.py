@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,10 +41,21 @@ def run_scale(megabytes: int) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
 
         def record(what: str, kind: str, m: Any, size: int | None = None) -> None:
-            rows.append({"scale_mb": megabytes, "db_bytes": info["database_bytes"], "what": what, "kind": kind,
-                         **m.row(), "output_bytes": size})
-            print(f"  {kind:8} {what:28} {m.seconds:7.1f} s  own {m.peak_own_rss / 2**20:7.1f} MB  "
-                  f"tree {m.peak_tree_rss / 2**20:7.1f} MB", flush=True)
+            rows.append(
+                {
+                    "scale_mb": megabytes,
+                    "db_bytes": info["database_bytes"],
+                    "what": what,
+                    "kind": kind,
+                    **m.row(),
+                    "output_bytes": size,
+                }
+            )
+            print(
+                f"  {kind:8} {what:28} {m.seconds:7.1f} s  own {m.peak_own_rss / 2**20:7.1f} MB  "
+                f"tree {m.peak_tree_rss / 2**20:7.1f} MB",
+                flush=True,
+            )
 
         m = measure([PY, "-m", "reconciler", "-f", str(state), "backup"])
         store = state.parent / "data" / "backups"
@@ -53,18 +64,33 @@ def run_scale(megabytes: int) -> list[dict[str, Any]]:
         m = measure([str(bindir / "pg_dump"), *pg_args, "-Fc", "-f", str(raw), "bench"])
         record("pg_dump -Fc (raw)", "backup", m, raw.stat().st_size)
         legacy = work / "legacy.sql.enc"
-        m = measure([PY, str(HERE / "legacy_pipeline.py"), "backup", *pg_args, "bench", str(work / "plain.sql"),
-                     str(legacy)], env)
+        m = measure(
+            [
+                PY,
+                str(HERE / "legacy_pipeline.py"),
+                "backup",
+                *pg_args,
+                "bench",
+                str(work / "plain.sql"),
+                str(legacy),
+            ],
+            env,
+        )
         record("legacy: plain dump + Fernet", "backup", m, legacy.stat().st_size)
 
-        m = measure([PY, "-m", "reconciler", "-f", str(state), "restore", "--latest", "--yes", "--no-safety-backup"])
+        m = measure(
+            [PY, "-m", "reconciler", "-f", str(state), "restore", "--latest", "--yes", "--no-safety-backup"]
+        )
         record("reconciler restore", "restore", m)
         createdb = [str(bindir / "psql"), *pg_args, "-d", "postgres", "-Xqc"]
-        os.system(" ".join([*createdb, '"CREATE DATABASE raw_restore"']))  # noqa: S605
+        subprocess.run([*createdb, "CREATE DATABASE raw_restore"], check=True)
         m = measure([str(bindir / "pg_restore"), *pg_args, "-d", "raw_restore", str(raw)])
         record("pg_restore (raw)", "restore", m)
-        os.system(" ".join([*createdb, '"CREATE DATABASE legacy_restore"']))  # noqa: S605
-        m = measure([PY, str(HERE / "legacy_pipeline.py"), "restore", str(legacy), *pg_args, "-d", "legacy_restore"], env)
+        subprocess.run([*createdb, "CREATE DATABASE legacy_restore"], check=True)
+        m = measure(
+            [PY, str(HERE / "legacy_pipeline.py"), "restore", str(legacy), *pg_args, "-d", "legacy_restore"],
+            env,
+        )
         record("legacy: Fernet + psql", "restore", m)
         return rows
 
@@ -79,21 +105,39 @@ def main() -> None:
         rows += run_scale(megabytes)
     table = []
     for row in rows:
-        base = next(r for r in rows if r["scale_mb"] == row["scale_mb"] and r["kind"] == row["kind"] and "raw" in r["what"])
-        table.append([
-            f"{row['scale_mb']} MB", row["kind"], row["what"], f"{row['seconds']:.1f}",
-            f"{row['seconds'] / base['seconds']:.2f}", f"{row['peak_own_rss_mb']:.0f}", f"{row['peak_tree_rss_mb']:.0f}",
-            "-" if row["output_bytes"] is None else f"{row['output_bytes'] / 2**20:.0f}",
-        ])
-    print_table("backup and restore (ratio: to the raw pg_dump/pg_restore of the same scale)",
-                ["scale", "kind", "what", "seconds", "x raw", "own RSS MB", "tree RSS MB", "output MB"], table)
+        base = next(
+            r
+            for r in rows
+            if r["scale_mb"] == row["scale_mb"] and r["kind"] == row["kind"] and "raw" in r["what"]
+        )
+        table.append(
+            [
+                f"{row['scale_mb']} MB",
+                row["kind"],
+                row["what"],
+                f"{row['seconds']:.1f}",
+                f"{row['seconds'] / base['seconds']:.2f}",
+                f"{row['peak_own_rss_mb']:.0f}",
+                f"{row['peak_tree_rss_mb']:.0f}",
+                "-" if row["output_bytes"] is None else f"{row['output_bytes'] / 2**20:.0f}",
+            ]
+        )
+    print_table(
+        "backup and restore (ratio: to the raw pg_dump/pg_restore of the same scale)",
+        ["scale", "kind", "what", "seconds", "x raw", "own RSS MB", "tree RSS MB", "output MB"],
+        table,
+    )
     summary = {}
     for scale in scales:
         r = {row["what"]: row for row in rows if row["scale_mb"] == scale}
         summary[str(scale)] = {
             "backup_vs_raw": round(r["reconciler backup"]["seconds"] / r["pg_dump -Fc (raw)"]["seconds"], 2),
-            "restore_speedup_vs_legacy": round(r["legacy: Fernet + psql"]["seconds"] / r["reconciler restore"]["seconds"], 2),
-            "reconciler_own_peak_rss_mb": max(r["reconciler backup"]["peak_own_rss_mb"], r["reconciler restore"]["peak_own_rss_mb"]),
+            "restore_speedup_vs_legacy": round(
+                r["legacy: Fernet + psql"]["seconds"] / r["reconciler restore"]["seconds"], 2
+            ),
+            "reconciler_own_peak_rss_mb": max(
+                r["reconciler backup"]["peak_own_rss_mb"], r["reconciler restore"]["peak_own_rss_mb"]
+            ),
         }
     print(json.dumps(summary, indent=2))
     print(f"results: {write_results('backup', rows, summary=summary)}")

@@ -13,20 +13,68 @@ from pathlib import Path
 
 import psycopg
 
-WORDS = (
-    "proposal discussion group member vote agree disagree abstain block thread comment reply poll outcome "
-    "meeting agenda budget community decision consensus timeline draft review update notify invite accept "
-    "ünïcödé café naïve résumé über straße 東京 данные ✓ — … privacy policy garden kitchen volunteer event"
-).split()
+WORDS = [
+    "proposal",
+    "discussion",
+    "group",
+    "member",
+    "vote",
+    "agree",
+    "disagree",
+    "abstain",
+    "block",
+    "thread",
+    "comment",
+    "reply",
+    "poll",
+    "outcome",
+    "meeting",
+    "agenda",
+    "budget",
+    "community",
+    "decision",
+    "consensus",
+    "timeline",
+    "draft",
+    "review",
+    "update",
+    "notify",
+    "invite",
+    "accept",
+    "ünïcödé",
+    "café",
+    "naïve",
+    "résumé",
+    "über",
+    "straße",
+    "東京",
+    "данные",
+    "✓",
+    "—",
+    "…",
+    "privacy",
+    "policy",
+    "garden",
+    "kitchen",
+    "volunteer",
+    "event",
+]
 
 
 def generate(conninfo: dict[str, object], bindir: Path, megabytes: int) -> dict[str, int]:
     """Fill the database to roughly ``megabytes`` MB: 45% pgbench, 55% documents."""
     scale = max(1, int(megabytes * 0.45 / 15))  # pgbench: ~15 MB per scale unit
-    env = {**os.environ, "PGHOST": str(conninfo["host"]), "PGPORT": str(conninfo["port"]), "PGUSER": "postgres"}
+    env = {
+        **os.environ,
+        "PGHOST": str(conninfo["host"]),
+        "PGPORT": str(conninfo["port"]),
+        "PGUSER": "postgres",
+    }
     subprocess.run(
         [str(bindir / "pgbench"), "-i", "-q", "-s", str(scale), str(conninfo["dbname"])],
-        env=env, check=True, capture_output=True,
+        env=env,
+        check=True,
+        capture_output=True,
     )
     rows = max(1000, int(megabytes * 0.55 * 1024 * 1024 / 900))  # ~900 bytes per document row on disk
     words = "ARRAY[" + ",".join(f"'{w}'" for w in WORDS) + "]"

@@ -13,7 +13,7 @@ import sys
 from cryptography.fernet import Fernet
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from reconciler.backup.legacy import decrypt, derive_key  # noqa: E402
+from reconciler.backup.legacy import decrypt, derive_key
 
 
 def main() -> None:
@@ -29,8 +29,12 @@ def main() -> None:
     else:
         path, psql_args = sys.argv[2], sys.argv[3:]
         sql = decrypt(path, password)
-        subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", *psql_args], input=sql, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", *psql_args],
+            input=sql,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
 
 
 if __name__ == "__main__":
