@@ -92,6 +92,16 @@ def _guard(func: F) -> F:
                 traceback.print_exc()
             state.out.error(str(exc))
             sys.exit(exit_codes.ERROR)
+        except Exception as exc:  # a bug: say so plainly, keep the traceback for -v
+            if state.out.verbose:
+                import traceback
+
+                traceback.print_exc()
+            state.out.error(
+                f"internal error: {type(exc).__name__}: {exc}. Nothing below was done; "
+                "run again with -v for the traceback and please report it"
+            )
+            sys.exit(exit_codes.ERROR)
 
     wrapper.__name__ = func.__name__
     wrapper.__doc__ = func.__doc__

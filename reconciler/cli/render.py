@@ -24,6 +24,8 @@ def plan_text(the_plan: Plan, stack: str, mode: str, runtime: str) -> list[str]:
         for index, action in enumerate(the_plan.actions, start=1):
             style = _MARKER_STYLE[action.marker]
             lines.append(f"  {index:>{width}}. [{style}]{action.marker}[/] {_escape(action.describe())}")
+            for letter, step in zip("abcdefghijklmnop", getattr(action, "steps", list)(), strict=False):
+                lines.append(f"  {'':>{width}}  {letter}. {_escape(step)}")
         lines.append("")
     style = "red" if the_plan.blockers else ("green" if the_plan.in_sync else "bold")
     lines.append(f"[{style}]{the_plan.summary()}[/]")

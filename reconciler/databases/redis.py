@@ -151,3 +151,31 @@ def snapshot(endpoint: Endpoint, timeout: float = 600) -> tuple[str, int]:
         if info["rdb_last_bgsave_status"] != "ok":
             raise TransientError("redis BGSAVE failed (rdb_last_bgsave_status:err); see the redis log")
         return os.path.join(conn.config_get("dir"), conn.config_get("dbfilename")), keys
+
+
+def digest(endpoint: Endpoint) -> str:
+    """A digest of the whole dataset: Redis's own ``DEBUG DIGEST`` when allowed (the reconciler starts
+    Redis with ``enable-debug-command local``), else a sha256 over every key's DUMP, in key order."""
+    import hashlib
+
+    with Resp(endpoint, timeout=60) as conn:
+        try:
+            reply = conn.command("DEBUG", "DIGEST")
+            text = reply.decode() if isinstance(reply, bytes) else str(reply)
+            return f"debug:{text}"
+        except RedisReplyError:
+            pass
+        keys: list[bytes] = []
+        cursor = "0"
+        while True:
+            page = conn.command("SCAN", cursor, "COUNT", "1000")
+            assert isinstance(page, list)
+            cursor = bytes(page[0]).decode()
+            keys.extend(page[1])
+            if cursor == "0":
+                break
+        total = hashlib.sha256()
+        for key in sorted(keys):
+            dumped = conn.command("DUMP", key.decode(errors="surrogateescape"))
+            total.update(key + b"\0" + (dumped if isinstance(dumped, bytes) else b""))
+        return f"dump-sha256:{len(keys)}:{total.hexdigest()}"

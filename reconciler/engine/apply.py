@@ -23,7 +23,7 @@ from reconciler.engine.context import StackContext
 from reconciler.engine.revision import state_revision
 from reconciler.engine.steps import execute
 from reconciler.errors import PermanentError, PlanBlocked, ReconcilerError
-from reconciler.plan.actions import Action
+from reconciler.plan.actions import Action, ResumeOperation
 from reconciler.plan.planner import Plan, plan, plan_down
 from reconciler.system import fs
 
@@ -62,9 +62,14 @@ def apply(ctx: StackContext, progress: Progress | None = None, allow_empty: bool
         the_plan = compute_plan(ctx, allow_empty)
         result = ApplyResult(the_plan)
         try:
+            if the_plan.actions and isinstance(the_plan.actions[0], ResumeOperation):
+                # An interrupted operation reaches its safe point first; only then is state.yaml obeyed.
+                result.executed = _run_actions(ctx, the_plan, progress)
+                the_plan = compute_plan(ctx, allow_empty)
+                result.plan = the_plan
             if the_plan.blockers:
                 raise PlanBlocked(list(the_plan.blockers))
-            result.executed = _run_actions(ctx, the_plan, progress)
+            result.executed += _run_actions(ctx, the_plan, progress)
             after = compute_plan(ctx, allow_empty)
             if not after.in_sync:
                 remaining = "; ".join(a.describe() for a in after.actions) or "; ".join(after.blockers)

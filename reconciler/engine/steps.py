@@ -21,8 +21,10 @@ from reconciler.plan.actions import (
     ResizeRamRoot,
     RestartService,
     RestoreFromBackup,
+    ResumeOperation,
     StartService,
     StopService,
+    SwitchMode,
 )
 from reconciler.spec.model import PostgresSpec
 
@@ -49,6 +51,14 @@ def execute(action: Action, ctx: StackContext) -> None:
             password_file = ctx.spec.resolve(spec.password_file) if spec.password_file else None
             password = from_env_or_file(spec.password_env, password_file, "services.postgres password")
             pg.ensure_role_and_database(runtime.endpoint(name, spec.port), owner, database, password)
+        case SwitchMode():
+            from reconciler.engine.switch import start_switch
+
+            start_switch(ctx, action)
+        case ResumeOperation():
+            from reconciler.engine.switch import resume
+
+            resume(ctx)
         case RestoreFromBackup():
             from reconciler.engine.backups import restore_empty_services
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
@@ -22,6 +23,7 @@ from reconciler.plan.observed import (
     DataDir,
     HostObservation,
     ObservedState,
+    OperationObservation,
     RamRoot,
     ServiceObservation,
 )
@@ -51,9 +53,32 @@ def observe(spec: StateSpec, runtime: LocalRuntime) -> ObservedState:
         name: _observe_service(spec, runtime, name, svc_spec, mounts, sockets)
         for name, svc_spec in spec.services.configured().items()
     }
+    journal = read_journal(spec.state_path)
+    operation = None
+    if journal is not None and journal.get("status") == "running":
+        pending = [step["name"] for step in journal["steps"] if step["status"] != "done"]
+        operation = OperationObservation(
+            str(journal["id"]),
+            str(journal["kind"]),
+            str(journal["from"]),
+            str(journal["to"]),
+            pending[0] if pending else "finish",
+            bool(journal.get("past_point_of_no_return")),
+        )
+    speed = (fs.read_json(os.path.join(spec.state_path, "backups.json")) or {}).get("copy_bytes_per_second")
     return ObservedState(
-        services, ram_root, HostObservation(mem_total, mem_available, host.is_root()), observe_backups(spec)
+        services,
+        ram_root,
+        HostObservation(mem_total, mem_available, host.is_root()),
+        observe_backups(spec),
+        operation,
+        float(speed) if speed else None,
     )
+
+
+def read_journal(state_dir: str) -> dict[str, Any] | None:
+    document = fs.read_json(os.path.join(state_dir, "journal.json"))
+    return document if isinstance(document, dict) else None
 
 
 def observe_backups(spec: StateSpec) -> BackupsObservation:
@@ -87,6 +112,7 @@ def _data_dir(service: str, path: str, uid: int, gid: int, mounts: list[host.Mou
             foreign = marker is not None and marker.get("service") != service
         else:
             foreign = any(entry != MARKER for entry in os.listdir(path))
+    marker = read_marker(path) if exists else None
     return DataDir(
         path=path,
         exists=exists,
@@ -94,6 +120,8 @@ def _data_dir(service: str, path: str, uid: int, gid: int, mounts: list[host.Mou
         foreign=foreign,
         reachable=host.reachable_by(path, uid, gid),
         filesystem=host.filesystem_of(path, mounts),
+        size_bytes=host.tree_size(path) if exists else 0,
+        stale=bool(marker and marker.get("stale")),
     )
 
 

@@ -271,6 +271,100 @@ class ProtectBackups(Action):
         return replace(observed, backups=backups)
 
 
+SWITCH_STEPS: tuple[tuple[str, str], ...] = (
+    ("preflight", "check that the data fits where it goes"),
+    ("drain", "stop the applications"),
+    ("backup", "take a pre-switch backup set and check it"),
+    ("fingerprint", "record per-table row counts and checksums, and the Redis dataset digest"),
+    ("stop", "stop the services"),
+    ("copy", "copy the data directories"),
+    ("start", "start the services on the new data directories"),
+    ("verify", "compare the data with the fingerprint (point of no return once it passes)"),
+    ("retire", "retire the old copies"),
+    ("resume", "start the applications"),
+    ("backup-after", "take a backup set in the new mode"),
+)
+
+
+@dataclass(frozen=True)
+class SwitchMode(Action):
+    """Move a stack that holds data between RAM and disk: the ordered, journaled, crash-safe operation."""
+
+    marker: ClassVar[Marker] = "~"
+    from_mode: str
+    to_mode: str
+    services: tuple[str, ...]
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+    ports: tuple[int, ...]
+    data_bytes: int
+    expected_downtime_seconds: float
+    keep_old_copy: bool
+
+    @property
+    def service(self) -> str | None:
+        return None
+
+    def describe(self) -> str:
+        from reconciler.spec.units import format_bytes
+
+        return (
+            f"switch {' and '.join(self.services)} from {self.from_mode} to {self.to_mode} mode "
+            f"({format_bytes(self.data_bytes)}, expected write downtime ~{self.expected_downtime_seconds:.1f} s)"
+        )
+
+    def steps(self) -> list[str]:
+        details = {
+            "copy": f"copy {', '.join(f'{s} → {t}' for s, t in zip(self.sources, self.targets, strict=True))}",
+            "retire": (
+                "keep the disk copies as stale safety copies"
+                if self.keep_old_copy
+                else "remove the old copies"
+            ),
+        }
+        return [details.get(name, text) for name, text in SWITCH_STEPS]
+
+    def simulate(self, observed: ObservedState) -> ObservedState:
+        for name, target, port in zip(self.services, self.targets, self.ports, strict=True):
+            service = observed.services[name]
+            new = replace(
+                service.location(self.to_mode), exists=True, initialized=True, foreign=False, stale=False
+            )
+            old = service.location(self.from_mode)
+            old = replace(old, initialized=False, stale=old.exists and self.keep_old_copy)
+            service = replace(
+                service,
+                **({"ram": new, "disk": old} if self.to_mode == "ram" else {"disk": new, "ram": old}),  # type: ignore[arg-type]
+            )
+            service = replace(
+                service, running=True, died=False, pid=service.pid or -1, port=port, data_dir=target
+            )
+            observed = observed.with_service(service)
+        return observed
+
+
+@dataclass(frozen=True)
+class ResumeOperation(Action):
+    """Finish (or roll back) an operation that a crash or a kill interrupted, from its journal."""
+
+    marker: ClassVar[Marker] = "~"
+    operation_id: str
+    operation_kind: str
+    next_step: str
+    past_point_of_no_return: bool
+
+    def describe(self) -> str:
+        where = (
+            "forward only (past the point of no return)"
+            if self.past_point_of_no_return
+            else "from its journal"
+        )
+        return f"resume the interrupted {self.operation_kind} {self.operation_id} at step {self.next_step}, {where}"
+
+    def simulate(self, observed: ObservedState) -> ObservedState:
+        return replace(observed, operation=None)
+
+
 def simulate_all(observed: ObservedState, actions: tuple[Action, ...]) -> ObservedState:
     for action in actions:
         observed = action.simulate(observed)
@@ -288,7 +382,9 @@ __all__ = [
     "ResizeRamRoot",
     "RestartService",
     "RestoreFromBackup",
+    "ResumeOperation",
     "StartService",
     "StopService",
+    "SwitchMode",
     "simulate_all",
 ]

@@ -38,6 +38,8 @@ class DataDir:
     foreign: bool = False  # non-empty but not a data directory of this service: never touched
     reachable: bool = True  # the unprivileged service user can traverse every parent directory
     filesystem: Filesystem | None = None
+    size_bytes: int = 0  # bytes of the files below it (0 when it does not exist)
+    stale: bool = False  # a copy kept after a mode switch moved the data away: not authoritative
 
 
 @dataclass(frozen=True)
@@ -90,11 +92,25 @@ class BackupsObservation:
 
 
 @dataclass(frozen=True)
+class OperationObservation:
+    """A journaled operation (a mode switch) that has not finished: it runs to a safe point first."""
+
+    operation_id: str
+    kind: str
+    from_mode: str
+    to_mode: str
+    next_step: str
+    past_point_of_no_return: bool
+
+
+@dataclass(frozen=True)
 class ObservedState:
     services: dict[str, ServiceObservation]
     ram_root: RamRoot
     host: HostObservation = field(default_factory=HostObservation)
     backups: BackupsObservation = field(default_factory=BackupsObservation)
+    operation: OperationObservation | None = None
+    copy_bytes_per_second: float | None = None  # measured by the last mode switch on this host
 
     def with_service(self, service: ServiceObservation) -> ObservedState:
         return replace(self, services={**self.services, service.name: service})

@@ -26,8 +26,10 @@ from reconciler.plan.actions import (
     ResizeRamRoot,
     RestartService,
     RestoreFromBackup,
+    ResumeOperation,
     StartService,
     StopService,
+    SwitchMode,
 )
 from reconciler.plan.backupsets import retention
 from reconciler.plan.observed import ObservedState, ServiceObservation
@@ -77,12 +79,28 @@ def should_mount(desired: StateSpec, observed: ObservedState) -> bool:
     return desired.ram.mount == "always" or (desired.ram.mount == "auto" and observed.host.is_root)
 
 
+# Room to spare when data moves into RAM: PostgreSQL grows its files while it runs (WAL, temp files).
+RAM_SAFETY_FACTOR = 1.2
+# Copy speed assumed before the first switch on a host has measured one (bench/switch.py: tmpfs<->disk).
+DEFAULT_COPY_BYTES_PER_SECOND = 300 * 1024**2
+SWITCH_FIXED_SECONDS = 3.0  # stop, start and verify of small servers
+
+
 def plan(desired: StateSpec, observed: ObservedState, now: datetime, allow_empty: bool = False) -> Plan:
     """The ordered actions that take ``observed`` to ``desired``, or the blockers that forbid acting.
 
     ``allow_empty``: start services empty even though backup sets exist that cannot be restored
     (``reconciler apply --allow-empty``); the existing sets are protected from retention first.
     """
+    if observed.operation is not None:
+        op = observed.operation
+        return Plan(
+            actions=(ResumeOperation(op.operation_id, op.kind, op.next_step, op.past_point_of_no_return),),
+            warnings=(
+                f"an interrupted {op.kind} ({op.from_mode} → {op.to_mode}) runs to a safe point first; "
+                "changes to state.yaml are planned after it",
+            ),
+        )
     actions: list[Action] = []
     blockers: list[str] = []
     warnings: list[str] = []
@@ -91,22 +109,79 @@ def plan(desired: StateSpec, observed: ObservedState, now: datetime, allow_empty
         _plan_ram_root(desired, observed, actions, blockers)
 
     empty: list[str] = []
+    switching: list[str] = []
+    per_service: list[Action] = []
     for name, spec in desired.services.configured().items():
         service = observed.services.get(name) or ServiceObservation(name=name)
-        if _plan_service(desired, name, spec, service, actions, blockers, warnings):
+        verdict = _plan_service(desired, name, spec, service, per_service, blockers, warnings)
+        if verdict == "empty":
             empty.append(name)
+        elif verdict == "switch":
+            switching.append(name)
 
+    if switching:
+        _plan_switch(desired, observed, switching, actions, blockers)
     protected = set(observed.backups.protected)
     if empty:
         protected |= _plan_empty_services(
             desired, observed, now, empty, allow_empty, actions, blockers, warnings
         )
+    actions.extend(per_service)
 
     _plan_retention(desired, observed, now, actions, warnings, frozenset(protected))
 
     if blockers:
         return Plan(actions=(), blockers=tuple(blockers), warnings=tuple(warnings))
     return Plan(actions=tuple(actions), warnings=tuple(warnings))
+
+
+def _plan_switch(
+    desired: StateSpec,
+    observed: ObservedState,
+    switching: list[str],
+    actions: list[Action],
+    blockers: list[str],
+) -> None:
+    to_mode = desired.mode
+    from_mode = "disk" if to_mode == "ram" else "ram"
+    data_bytes = sum(observed.services[name].location(from_mode).size_bytes for name in switching)
+    needed = int(data_bytes * RAM_SAFETY_FACTOR)
+    if to_mode == "ram":
+        root = observed.ram_root
+        if root.dedicated_mount or not should_mount(desired, observed):
+            fs = root.filesystem
+            free = (fs.size_bytes or 0) - (fs.used_bytes or 0) if fs is not None else 0
+        else:
+            free = desired.ram.tmpfs_size.resolve(observed.host.mem_total)
+        if needed > free:
+            blockers.append(
+                f"preflight: the data ({format_bytes(data_bytes)}, {format_bytes(needed)} with a "
+                f"{RAM_SAFETY_FACTOR:g}x safety factor) does not fit the tmpfs at {root.path}, which has "
+                f"{format_bytes(max(free, 0))} free. Raise ram.tmpfs_size, or stay in disk mode"
+            )
+            return
+        left = observed.host.mem_available - needed
+        if left < desired.ram.min_headroom:
+            blockers.append(
+                f"preflight: after moving {format_bytes(needed)} into RAM only {format_bytes(max(left, 0))} of "
+                f"memory would stay available, below ram.min_headroom ({format_bytes(desired.ram.min_headroom)}). "
+                "Free memory, lower ram.min_headroom, or stay in disk mode"
+            )
+            return
+    speed = observed.copy_bytes_per_second or DEFAULT_COPY_BYTES_PER_SECOND
+    actions.append(
+        SwitchMode(
+            from_mode=from_mode,
+            to_mode=to_mode,
+            services=tuple(switching),
+            sources=tuple(observed.services[name].location(from_mode).path for name in switching),
+            targets=tuple(desired.data_dir(name) for name in switching),
+            ports=tuple(desired.port(name) for name in switching),
+            data_bytes=data_bytes,
+            expected_downtime_seconds=round(SWITCH_FIXED_SECONDS + data_bytes / speed, 1),
+            keep_old_copy=to_mode == "ram" and desired.ram.keep_disk_copy,
+        )
+    )
 
 
 def _plan_empty_services(
@@ -263,8 +338,9 @@ def _plan_service(
     actions: list[Action],
     blockers: list[str],
     warnings: list[str],
-) -> bool:
-    """Plan one service; return True when it has no data and the caller must decide how to fill it."""
+) -> str:
+    """Plan one service. Returns "ok", "blocked", "empty" (no data anywhere: restore or initialise)
+    or "switch" (its data is in the other mode's location and must move)."""
     mode = desired.mode
     other_mode = "disk" if mode == "ram" else "ram"
     target = service.location(mode)
@@ -275,29 +351,31 @@ def _plan_service(
             f"{name}: {target.path} is not empty and does not hold {name} data; refusing to touch it. "
             f"Empty it or point {'ram.path' if mode == 'ram' else f'services.{name}.disk_dir'} elsewhere"
         )
-        return False
+        return "blocked"
     if not target.reachable:
         blockers.append(
             f"{name}: the service user cannot reach {target.path} (a parent directory is not searchable "
             "by others). Choose a directory whose parents have mode o+x, such as /var/lib/reconciler"
         )
-        return False
-    running_elsewhere = service.running and service.data_dir is not None and service.data_dir != target.path
-    data_elsewhere = other.initialized and not target.initialized
-    if running_elsewhere or data_elsewhere:
-        where = service.data_dir if running_elsewhere else other.path
-        blockers.append(
-            f"{name} holds data in {where} ({other_mode} mode) but state.yaml asks for {mode} mode. "
-            f"Switching a stack that holds data between modes is not supported yet. "
-            f"Set `mode: {other_mode}` to keep the data where it is"
-        )
-        return False
+        return "blocked"
     if service.died:
         warnings.append(f"{name} was not running: its process had died")
-    if not target.initialized:
-        return True
+    target_has_data = target.initialized and not target.stale
+    running_elsewhere = service.running and service.data_dir is not None and service.data_dir != target.path
+    other_has_data = running_elsewhere or (other.initialized and not other.stale)
+    if target_has_data and other_has_data:
+        blockers.append(
+            f"{name} holds data both in {target.path} ({mode} mode) and in {other.path} ({other_mode} mode); "
+            "refusing to guess which is current. Move the one you do not want out of the way"
+        )
+        return "blocked"
+    if other_has_data:
+        _ensure_database(spec, service, actions)  # runs after the switch, on the moved data
+        return "switch"
+    if not target_has_data:
+        return "empty"
     _running_service(desired, name, spec, service, actions)
-    return False
+    return "ok"
 
 
 def _fresh_service(
@@ -320,6 +398,10 @@ def _running_service(
             reason = "its process died"
         actions.append(StartService(name, target, port, reason))
 
+    _ensure_database(spec, service, actions)
+
+
+def _ensure_database(spec: object, service: ServiceObservation, actions: list[Action]) -> None:
     if isinstance(spec, PostgresSpec):
         roles = service.roles if service.running else None
         databases = service.databases if service.running else None
@@ -328,5 +410,5 @@ def _running_service(
         if create_role or create_database:
             known = roles is not None and databases is not None
             actions.append(
-                EnsureDatabase(name, spec.database, spec.user, create_role, create_database, known)
+                EnsureDatabase(service.name, spec.database, spec.user, create_role, create_database, known)
             )

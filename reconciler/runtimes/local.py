@@ -240,6 +240,8 @@ class LocalRuntime:
                 "no",
                 "--dbfilename",
                 "dump.rdb",
+                "--enable-debug-command",
+                "local",
             ],
             user=user,
         )

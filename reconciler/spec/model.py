@@ -31,7 +31,7 @@ def _field(default: Any = ..., *, description: str, example: Any, **kwargs: Any)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, validate_default=True)
 
 
 class PostgresSpec(_Strict):
@@ -147,6 +147,12 @@ class RamSpec(_Strict):
         description="Host memory that must stay available in RAM mode; below it the reconciler warns "
         "or falls back to disk (see on_pressure) and refuses to enter RAM mode.",
         example="1GiB",
+    )
+    keep_disk_copy: bool = _field(
+        True,
+        description="After switching from disk to RAM mode, keep the disk copy as a stale safety copy "
+        "(it costs no RAM). It is never used as data again; it is replaced by the next switch to disk.",
+        example=True,
     )
     on_pressure: Literal["warn", "fallback-to-disk"] = _field(
         "warn",

@@ -99,6 +99,26 @@ def memory() -> tuple[int, int]:
     return info.get("MemTotal", 0), info.get("MemAvailable", 0)
 
 
+def tree_size(path: str) -> int:
+    """Bytes in the regular files below ``path`` (like ``du --apparent-size``), without following links."""
+    total = 0
+    stack = [path]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        elif entry.is_file(follow_symlinks=False):
+                            total += entry.stat(follow_symlinks=False).st_size
+                    except FileNotFoundError:
+                        continue  # a server deleted it while we walked
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+    return total
+
+
 def process_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as handle:

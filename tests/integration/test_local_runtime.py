@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import signal
@@ -95,18 +96,38 @@ def test_dedicated_tmpfs_is_mounted_and_resized(stack: Stack) -> None:
     assert os.statvfs(stack.ram_root).f_blocks * os.statvfs(stack.ram_root).f_frsize == 300 * 1024**2
 
 
-def test_mode_change_of_a_stack_holding_data_is_refused_and_nothing_changes(stack: Stack) -> None:
+def test_mode_switch_moves_the_data_both_ways(stack: Stack) -> None:
     stack.write(stack.default_document("ram"))
     stack.cli("apply")
-    before = stack.status()["services"]
+    with psycopg.connect(**stack.pg_conninfo("app_db"), autocommit=True) as conn:
+        conn.execute("SET ROLE app; CREATE TABLE moved (id int, note text)")
+        conn.execute("INSERT INTO moved SELECT g, 'ünïcödé ✓ ' || g FROM generate_series(1, 5000) g")
+    redis.Redis(port=stack.redis_port).set("moved", "yes")
+
     stack.edit(mode="disk")
-    plan = stack.cli("plan", check=1)
-    assert "not supported yet" in plan.stdout
-    apply = stack.cli("apply", check=1)
-    assert "not supported yet" in apply.stderr
-    after = stack.status()["services"]
-    assert [after[n]["pid"] for n in after] == [before[n]["pid"] for n in before]
-    assert not (stack.dir / "data").exists()
+    plan = stack.cli("plan", check=2).stdout
+    assert "switch postgres and redis from ram to disk mode" in plan and "expected write downtime" in plan
+    stack.cli("apply")
+    status = stack.status()
+    assert status["services"]["postgres"]["data_dir"] == str(stack.dir / "data" / "postgres")
+    assert not status["services"]["postgres"]["on_tmpfs"]
+    assert not (stack.ram_root / "postgres").exists(), (
+        "the tmpfs copy is removed once the disk copy is verified"
+    )
+    with psycopg.connect(**stack.pg_conninfo("app_db")) as conn:
+        assert conn.execute("SELECT count(*), max(note) FROM moved").fetchone() == (5000, "ünïcödé ✓ 999")
+    assert redis.Redis(port=stack.redis_port).get("moved") == b"yes"
+
+    stack.edit(mode="ram")
+    stack.cli("apply")
+    assert stack.status()["services"]["redis"]["on_tmpfs"]
+    with psycopg.connect(**stack.pg_conninfo("app_db")) as conn:
+        assert conn.execute("SELECT count(*) FROM moved").fetchone() == (5000,)
+    marker = (stack.dir / "data" / "postgres" / ".reconciler-service.json").read_text()
+    assert '"stale": true' in marker, "the disk copy is kept as a stale safety copy"
+    stack.cli("plan", check=0)
+    triggers = [s["trigger"] for s in json.loads(stack.cli("backups", "-o", "json").stdout)["sets"]]
+    assert triggers.count("pre-switch") == 2 and triggers.count("post-switch") == 2
 
 
 def test_foreign_disk_dir_is_never_touched(stack: Stack) -> None:

@@ -15,6 +15,7 @@ from reconciler.plan.actions import (
     ResizeRamRoot,
     RestartService,
     StartService,
+    SwitchMode,
     simulate_all,
 )
 from reconciler.plan.observed import (
@@ -128,22 +129,74 @@ def test_port_change_restarts() -> None:
     )
 
 
-def test_mode_change_with_data_is_refused_and_changes_nothing() -> None:
+def test_mode_change_with_data_is_one_journaled_switch() -> None:
     ram = spec("ram")
     world = simulate_all(fresh_world(ram), plan(ram, fresh_world(ram), NOW).actions)
+    pg, rd = world.services["postgres"], world.services["redis"]
+    world = world.with_service(replace(pg, ram=replace(pg.ram, size_bytes=40 * 1024**2)))
+    world = world.with_service(replace(rd, ram=replace(rd.ram, size_bytes=2 * 1024**2)))
     result = plan(spec("disk"), world, NOW)
+    assert [type(a).__name__ for a in result.actions] == ["SwitchMode"]
+    switch = result.actions[0]
+    assert isinstance(switch, SwitchMode)
+    assert (switch.from_mode, switch.to_mode, switch.services) == ("ram", "disk", ("postgres", "redis"))
+    assert switch.targets == ("/srv/pg", "/srv/redis") and not switch.keep_old_copy
+    assert switch.data_bytes == 42 * 1024**2
+    assert "expected write downtime" in switch.describe()
+    assert [step.split()[0] for step in switch.steps()][:3] == ["check", "stop", "take"]
+    after = simulate_all(world, result.actions)
+    assert plan(spec("disk"), after, NOW).in_sync
+
+
+def test_switch_into_ram_is_refused_when_the_data_does_not_fit() -> None:
+    disk = spec("disk", services="postgres")
+    world = simulate_all(fresh_world(disk), plan(disk, fresh_world(disk), NOW).actions)
+    pg = world.services["postgres"]
+    world = world.with_service(replace(pg, disk=replace(pg.disk, size_bytes=20 * GIB)))
+    result = plan(spec("ram", services="postgres"), world, NOW)
     assert result.actions == ()
-    assert len(result.blockers) == 2
-    assert "not supported yet" in result.blockers[0] and "mode: ram" in result.blockers[0]
+    assert "does not fit the tmpfs" in result.blockers[0] and "20 GiB" in result.blockers[0]
+    world = replace(world, host=replace(world.host, mem_available=2 * GIB))
+    world = world.with_service(replace(pg, disk=replace(pg.disk, size_bytes=GIB)))
+    result = plan(spec("ram", services="postgres"), world, NOW)
+    assert "below ram.min_headroom" in result.blockers[0]
 
 
-def test_stopped_data_in_the_other_mode_blocks_an_empty_start() -> None:
+def test_an_interrupted_operation_is_resumed_before_anything_else() -> None:
+    from reconciler.plan.observed import OperationObservation
+
+    desired = spec("disk")
+    world = replace(
+        fresh_world(desired),
+        operation=OperationObservation("op1", "mode switch", "ram", "disk", "copy", False),
+    )
+    result = plan(desired, world, NOW)
+    assert [type(a).__name__ for a in result.actions] == ["ResumeOperation"]
+    assert "changes to state.yaml are planned after it" in result.warnings[0]
+
+
+def test_data_in_both_places_is_refused() -> None:
     desired = spec("ram", services="postgres")
     world = fresh_world(desired)
     pg = world.services["postgres"]
-    world = world.with_service(replace(pg, disk=replace(pg.disk, exists=True, initialized=True)))
+    world = world.with_service(
+        replace(
+            pg,
+            ram=replace(pg.ram, exists=True, initialized=True),
+            disk=replace(pg.disk, exists=True, initialized=True),
+        )
+    )
     result = plan(desired, world, NOW)
-    assert result.actions == () and "holds data in /srv/pg" in result.blockers[0]
+    assert result.actions == () and "refusing to guess" in result.blockers[0]
+
+
+def test_a_stale_copy_does_not_count_as_data() -> None:
+    desired = spec("ram", services="postgres")
+    world = fresh_world(desired)
+    pg = world.services["postgres"]
+    world = world.with_service(replace(pg, disk=replace(pg.disk, exists=True, initialized=True, stale=True)))
+    result = plan(desired, world, NOW)
+    assert any(isinstance(a, InitService) for a in result.actions)
 
 
 def test_foreign_directory_is_never_initialised() -> None:

@@ -1,0 +1,350 @@
+"""The mode switch: drain → backup → fingerprint → stop → copy → start → verify → retire → resume → backup.
+
+Design decisions:
+- Journaled: every step is recorded before and after it runs (``engine/journal.py``). Each step has a
+  read-only ``check`` ("already done?") and an idempotent ``do``; a resumed operation runs ``check``
+  first, so a finished step is never redone blindly and a half-done one is redone from scratch.
+- The old copy stays authoritative until ``verify`` passes: the copy goes to a temporary name and is
+  renamed into place, and the old data is only retired after verification. Before that point any
+  failure rolls back (services and apps back on the old mode, the new copy removed); after it, the
+  operation only goes forward.
+- Verification compares what matters to a user, not bytes: PostgreSQL per-table row counts and
+  checksums of the application database, and Redis's own dataset digest (``DEBUG DIGEST``), taken
+  with the apps drained right before the stop and again on the new data directories.
+- Physical copy of the stopped data directories (seconds per GB). When the PostgreSQL major version of
+  the data differs from the server binaries, the copy cannot be used: the new directory is
+  initialised and filled from the pre-switch backup set instead (logical restore).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from reconciler.backup import keys
+from reconciler.backup.create import identity_for_restore
+from reconciler.backup.restore import load_and_check, restore_postgres
+from reconciler.databases import postgres as pg
+from reconciler.databases import redis as rd
+from reconciler.engine import backups
+from reconciler.engine.context import StackContext
+from reconciler.engine.journal import Journal
+from reconciler.errors import PermanentError, ReconcilerError
+from reconciler.plan.actions import SWITCH_STEPS, SwitchMode
+from reconciler.runtimes.local import MARKER, postgres_bindir, read_marker
+from reconciler.system import failpoints, fs
+
+log = logging.getLogger(__name__)
+
+KIND = "mode switch"
+Progress = Callable[[str], None]
+
+
+def spec_hash(ctx: StackContext) -> str:
+    return hashlib.sha256(ctx.spec.model_dump_json().encode()).hexdigest()[:16]
+
+
+def start_switch(ctx: StackContext, action: SwitchMode, progress: Progress | None = None) -> None:
+    if ctx.spec.drain.containers and ctx.spec.runtime == "local":
+        raise PermanentError(
+            "drain.containers needs the docker runtime (containers are drained through the Docker Engine API); "
+            "with the local runtime leave drain.containers empty and stop your applications yourself"
+        )
+    journal = Journal.create(
+        ctx.state_dir,
+        KIND,
+        action.from_mode,
+        action.to_mode,
+        spec_hash(ctx),
+        [name for name, _ in SWITCH_STEPS],
+        asdict(action),
+    )
+    _drive(ctx, journal, progress)
+
+
+def resume(ctx: StackContext, progress: Progress | None = None) -> None:
+    journal = Journal.load(ctx.state_dir)
+    if journal is None:
+        return
+    log.warning(
+        "resuming the interrupted %s %s at step %s", journal.doc["kind"], journal.id, journal.pending()[0]
+    )
+    _drive(ctx, journal, progress)
+
+
+def _drive(ctx: StackContext, journal: Journal, progress: Progress | None) -> None:
+    op = _Switch(ctx, journal)
+    started = time.monotonic()
+    for name in journal.pending():
+        if progress:
+            progress(name)
+        failpoints.hit(f"switch.{name}.before")
+        journal.start(name)
+        try:
+            evidence = op.check(name)
+            if evidence is None:
+                evidence = op.do(name)
+        except (ReconcilerError, OSError) as exc:
+            if journal.past_point_of_no_return:
+                journal.set(last_error=str(exc))
+                raise PermanentError(
+                    f"the mode switch {journal.id} is past its point of no return and failed at step {name}: {exc}. "
+                    "The data is verified in its new place; fix the cause and run `reconciler apply` to finish"
+                ) from None
+            log.error("mode switch failed at step %s: %s; rolling back", name, exc)
+            op.rollback()
+            journal.finish("rolled-back", error=str(exc), failed_step=name)
+            raise PermanentError(
+                f"the mode switch failed at step {name} and was rolled back (the stack runs in "
+                f"{journal.doc['from']} mode as before): {exc}"
+            ) from None
+        journal.done(name, evidence)
+        if name == "verify":
+            journal.set(past_point_of_no_return=True)
+        failpoints.hit(f"switch.{name}.after")
+    journal.finish("done", seconds=round(time.monotonic() - started, 3))
+
+
+class _Switch:
+    def __init__(self, ctx: StackContext, journal: Journal) -> None:
+        self.ctx = ctx
+        self.journal = journal
+        payload = journal.doc["payload"]
+        self.from_mode: str = payload["from_mode"]
+        self.to_mode: str = payload["to_mode"]
+        self.services: list[str] = list(payload["services"])
+        self.sources: list[str] = list(payload["sources"])
+        self.targets: list[str] = list(payload["targets"])
+        self.ports: list[int] = list(payload["ports"])
+        self.keep_old_copy: bool = bool(payload["keep_old_copy"])
+        self.data_bytes: int = int(payload["data_bytes"])
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    def check(self, name: str) -> Any:
+        """Evidence that the step is already done (read-only), or None."""
+        checker = getattr(self, f"check_{name.replace('-', '_')}", None)
+        return checker() if checker else None
+
+    def do(self, name: str) -> Any:
+        return getattr(self, f"do_{name.replace('-', '_')}")()
+
+    def _tmp(self, target: str) -> str:
+        return f"{target}.switching-{self.journal.id}"
+
+    def _aside(self, target: str) -> str:
+        return f"{target}.replaced-{self.journal.id}"
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def do_preflight(self) -> Any:
+        if self.to_mode == "ram":
+            root = self.ctx.spec.ram_root
+            os.makedirs(root, exist_ok=True)
+            st = os.statvfs(root)
+            free = st.f_bavail * st.f_frsize
+            if self.data_bytes * 1.2 > free:
+                raise PermanentError(
+                    f"the tmpfs at {root} has {free} bytes free, the data needs {self.data_bytes}"
+                )
+        return {"data_bytes": self.data_bytes}
+
+    def do_drain(self) -> Any:
+        return {"containers": []}  # the docker runtime drains containers here
+
+    def check_backup(self) -> Any:
+        evidence = self.journal.evidence("backup")
+        return evidence if evidence and evidence.get("checked") else None
+
+    def do_backup(self) -> Any:
+        document = backups._take_backup_locked(self.ctx, "pre-switch", None)
+        identity = identity_for_restore(self.ctx.spec)
+        load_and_check(
+            backups.local_store(self.ctx), document["set"], keys.mac_key(identity) if identity else None
+        )
+        return {"set": document["set"], "checked": True}
+
+    def do_fingerprint(self) -> Any:
+        return self._fingerprint(self.sources)
+
+    def do_stop(self) -> Any:
+        for name, source in zip(self.services, self.sources, strict=True):
+            self.ctx.runtime.stop_service(name, source)
+        return {"stopped": self.services}
+
+    def check_copy(self) -> Any:
+        for target in self.targets:
+            marker = read_marker(target)
+            if not marker or marker.get("operation") != self.journal.id:
+                return None
+        return self.journal.evidence("copy") or {"resumed": True}
+
+    def do_copy(self) -> Any:
+        started = time.monotonic()
+        copied = 0
+        for name, source, target in zip(self.services, self.sources, self.targets, strict=True):
+            tmp = self._tmp(target)
+            shutil.rmtree(tmp, ignore_errors=True)  # a copy cut short by a crash starts over
+            if os.path.exists(target):
+                marker = read_marker(target)
+                if marker and marker.get("operation") == self.journal.id:
+                    shutil.rmtree(target)  # our own copy from an interrupted run
+                else:  # a stale safety copy from an earlier switch: set aside, removed at retire
+                    shutil.rmtree(self._aside(target), ignore_errors=True)
+                    os.rename(target, self._aside(target))
+            os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+            if name == "postgres" and not self._same_postgres_major(source):
+                self._logical_copy(target)
+                continue
+            copied += fs.copy_tree(source, tmp)
+            self._write_marker(tmp, name)
+            fs.sync_tree(tmp)
+            os.rename(tmp, target)
+            fs.fsync_dir(os.path.dirname(target))
+            failpoints.hit("switch.copy.between-services")
+        seconds = time.monotonic() - started
+        speed = copied / seconds if seconds > 0 and copied else None
+        if speed:
+            backups._update_records(self.ctx, copy_bytes_per_second=round(speed))
+        return {
+            "bytes": copied,
+            "seconds": round(seconds, 3),
+            "bytes_per_second": round(speed) if speed else None,
+        }
+
+    def check_start(self) -> Any:
+        observed = self.ctx.observe()
+        running = all(
+            observed.services[name].running and observed.services[name].data_dir == target
+            for name, target in zip(self.services, self.targets, strict=True)
+        )
+        return {"resumed": True} if running else None
+
+    def do_start(self) -> Any:
+        for name, target, port in zip(self.services, self.targets, self.ports, strict=True):
+            self.ctx.runtime.start_service(name, target, port)
+        return {"started": self.services}
+
+    def do_verify(self) -> Any:
+        before = self.journal.evidence("fingerprint")
+        after = self._fingerprint(self.targets)
+        if after != before:
+            differing = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+            raise PermanentError(
+                f"the data differs after the copy ({', '.join(differing)}); the old copy is untouched"
+            )
+        return {"matched": sorted(after)}
+
+    def do_retire(self) -> Any:
+        retired = []
+        for name, source, target in zip(self.services, self.sources, self.targets, strict=True):
+            shutil.rmtree(self._aside(target), ignore_errors=True)
+            if not os.path.exists(source):
+                continue
+            if self.keep_old_copy:
+                self._write_marker(source, name, stale=True)
+            else:
+                shutil.rmtree(source)
+            retired.append(source)
+        return {"retired": retired, "kept_as_stale": self.keep_old_copy}
+
+    def do_resume(self) -> Any:
+        return {"containers": []}
+
+    def do_backup_after(self) -> Any:
+        try:
+            return {"set": backups._take_backup_locked(self.ctx, "post-switch", None)["set"]}
+        except ReconcilerError as exc:  # the switch itself is done and verified; the daemon retries backups
+            log.warning("the backup after the mode switch failed: %s", exc)
+            return {"error": str(exc)}
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _write_marker(self, directory: str, service: str, stale: bool = False) -> None:
+        path = os.path.join(directory, MARKER)
+        st = os.stat(directory)
+        document: dict[str, Any] = {
+            "stack": self.ctx.spec.stack,
+            "service": service,
+            "operation": self.journal.id,
+        }
+        if stale:
+            document["stale"] = True
+        fs.atomic_write_json(path, document, 0o600)
+        os.chown(path, st.st_uid, st.st_gid)
+
+    def _same_postgres_major(self, source: str) -> bool:
+        try:
+            with open(os.path.join(source, "PG_VERSION")) as handle:
+                data_major = handle.read().strip()
+        except FileNotFoundError:
+            return True
+        return os.path.basename(
+            os.path.dirname(postgres_bindir())
+        ) == data_major or not postgres_bindir().startswith("/usr/lib/postgresql/")
+
+    def _logical_copy(self, target: str) -> None:
+        """Fill a fresh PostgreSQL data directory from the pre-switch set (different major version)."""
+        spec = self.ctx.spec.services.postgres
+        assert spec is not None
+        set_name = self.journal.evidence("backup")["set"]
+        identity = identity_for_restore(self.ctx.spec)
+        store = backups.local_store(self.ctx)
+        checked = load_and_check(store, set_name, keys.mac_key(identity) if identity else None)
+        port = self.ports[self.services.index("postgres")]
+        runtime = self.ctx.runtime
+        runtime.init_service("postgres", target)
+        runtime.start_service("postgres", target, port)
+        try:
+            endpoint = runtime.endpoint("postgres", port)
+            pg.ensure_role_and_database(endpoint, spec.user, spec.database, None)
+            restore_postgres(store, checked, identity, endpoint, postgres_bindir(), spec.database, spec.user)
+        finally:
+            runtime.stop_service("postgres", target)
+        self._write_marker(target, "postgres")
+
+    def _fingerprint(self, directories: list[str]) -> dict[str, Any]:
+        observed = self.ctx.observe()
+        result: dict[str, Any] = {}
+        for name, directory in zip(self.services, directories, strict=True):
+            service = observed.services[name]
+            if not service.running or service.data_dir != directory or service.port is None:
+                raise PermanentError(f"{name} is not running from {directory}; cannot fingerprint its data")
+            endpoint = self.ctx.runtime.endpoint(name, service.port)
+            if name == "postgres":
+                spec = self.ctx.spec.services.postgres
+                assert spec is not None
+                with pg.connect(endpoint, spec.database) as conn:
+                    for table, stats in pg.table_stats(conn).items():
+                        result[f"postgres:{table}"] = stats
+            else:
+                result["redis:digest"] = rd.digest(endpoint)
+        return result
+
+    # -- rollback ----------------------------------------------------------------------------
+
+    def rollback(self) -> None:
+        """Back to the old mode: new copies removed, services on the old data, apps resumed."""
+        runtime = self.ctx.runtime
+        for name, target in zip(self.services, self.targets, strict=True):
+            try:
+                runtime.stop_service(name, target)
+            except ReconcilerError as exc:
+                log.warning("rollback: could not stop %s on %s: %s", name, target, exc)
+        for target in self.targets:
+            shutil.rmtree(self._tmp(target), ignore_errors=True)
+            marker = read_marker(target)
+            if marker and marker.get("operation") == self.journal.id:
+                shutil.rmtree(target, ignore_errors=True)
+            if os.path.exists(self._aside(target)) and not os.path.exists(target):
+                os.rename(self._aside(target), target)
+        for name, source, port in zip(self.services, self.sources, self.ports, strict=True):
+            observed = self.ctx.observe().services[name]
+            if not (observed.running and observed.data_dir == source):
+                runtime.start_service(name, source, port)
