@@ -36,7 +36,7 @@ from reconciler.plan.backupsets import MANIFEST_SUFFIX, set_name
 from reconciler.runtimes.base import Endpoint
 from reconciler.spec.model import PostgresSpec, StateSpec
 from reconciler.stores.local import LocalStore
-from reconciler.system import proc
+from reconciler.system import failpoints, proc
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +205,7 @@ def create_set(
         if spec.services.redis is not None:
             members.append(_backup_redis(endpoints["redis"], store, base, sealing, progress))
             written.append(members[-1]["file"])
+            failpoints.hit("backup.between-members")
         if spec.services.postgres is not None:
             members.append(
                 _backup_postgres(

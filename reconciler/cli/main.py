@@ -98,8 +98,8 @@ def _guard(func: F) -> F:
 
                 traceback.print_exc()
             state.out.error(
-                f"internal error: {type(exc).__name__}: {exc}. Nothing below was done; "
-                "run again with -v for the traceback and please report it"
+                f"internal error: {type(exc).__name__}: {exc}. The command stopped at that point; "
+                "run it again with -v for the traceback, and please report it"
             )
             sys.exit(exit_codes.ERROR)
 

@@ -72,9 +72,9 @@ def resume(ctx: StackContext, progress: Progress | None = None) -> None:
     journal = Journal.load(ctx.state_dir)
     if journal is None:
         return
-    log.warning(
-        "resuming the interrupted %s %s at step %s", journal.doc["kind"], journal.id, journal.pending()[0]
-    )
+    pending = journal.pending()
+    where = pending[0] if pending else "finish"
+    log.warning("resuming the interrupted %s %s at step %s", journal.doc["kind"], journal.id, where)
     _drive(ctx, journal, progress)
 
 
@@ -191,6 +191,8 @@ class _Switch:
         for name, source, target in zip(self.services, self.sources, self.targets, strict=True):
             tmp = self._tmp(target)
             shutil.rmtree(tmp, ignore_errors=True)  # a copy cut short by a crash starts over
+            if os.path.isdir(target) and fs.is_empty_dir(target):
+                os.rmdir(target)
             if os.path.exists(target):
                 marker = read_marker(target)
                 if marker and marker.get("operation") == self.journal.id:

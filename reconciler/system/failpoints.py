@@ -1,9 +1,9 @@
 """Failpoints: named places where tests make the reconciler die or fail on purpose.
 
-``RECONCILER_FAILPOINTS="switch.copy.after=kill;backup.between-members=error"`` makes the process
-SIGKILL itself (``kill``) or raise (``error``) when it reaches that place. This is how the crash-safety
-tests kill the reconciler at every step boundary and in the middle of steps, deterministically,
-without sleeps. Unset (always, in production) it costs one dictionary lookup.
+``RECONCILER_FAILPOINTS`` holds lines ``<place>=<action>``: ``kill`` (SIGKILL this process), ``error``
+(raise), or ``sh:<command>`` (run a shell command, e.g. to damage a file the way a real fault would).
+This is how the crash-safety tests kill the reconciler at every step boundary and in the middle of
+steps, deterministically, without sleeps. Unset (always, in production) it costs one lookup.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ _ENV = "RECONCILER_FAILPOINTS"
 def _armed() -> dict[str, str]:
     spec = os.environ.get(_ENV, "")
     points = {}
-    for item in filter(None, spec.split(";")):
+    for item in filter(None, spec.split("\n")):
         name, _, action = item.partition("=")
         points[name.strip()] = action.strip() or "kill"
     return points
@@ -31,3 +31,7 @@ def hit(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "error":
         raise PermanentError(f"failpoint {name} (injected failure)")
+    elif action and action.startswith("sh:"):
+        from reconciler.system import proc
+
+        proc.run(["sh", "-c", action[3:]])
