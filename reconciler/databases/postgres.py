@@ -132,19 +132,30 @@ ORDER BY 1, 2
 
 
 def table_stats(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, list[int | str]]:
-    """Per table: [row count, order-independent checksum of every row's text form].
+    """Per table: [row count, order-independent checksum of every row].
 
     The checksum is the sum of a 64-bit hash of each row, so it does not depend on physical order
-    (a restore or a VACUUM FULL reorders rows) but changes when any value of any row changes.
+    (a restore or a VACUUM FULL reorders rows) but changes when any value of any row changes. It hashes
+    the record itself (``hash_record_extended``, ~3x faster than hashing each row's text form, and it
+    parallelises); a table with a column type that has no hash function falls back to the text form.
+    Compare checksums only between servers of the same PostgreSQL major version.
     """
-    from psycopg import sql
+    from psycopg import errors, sql
 
     stats: dict[str, list[int | str]] = {}
     for schema, table in conn.execute(_TABLES_QUERY).fetchall():
-        query = sql.SQL(
-            "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM {}.{} t"
-        ).format(sql.Identifier(str(schema)), sql.Identifier(str(table)))
-        row = conn.execute(query).fetchone()
+        name = sql.SQL("{}.{}").format(sql.Identifier(str(schema)), sql.Identifier(str(table)))
+        row = None
+        for row_hash in ("hash_record_extended(t, 0)", "hashtextextended(t::text, 0)"):
+            query = sql.SQL("SELECT count(*), coalesce(sum(" + row_hash + "), 0)::text FROM {} t").format(
+                name
+            )
+            try:
+                with conn.transaction():
+                    row = conn.execute(query).fetchone()
+                break
+            except errors.UndefinedFunction:
+                continue  # e.g. a json or point column: no hash function for the record
         assert row is not None
         stats[f"{schema}.{table}"] = [int(row[0]), str(row[1])]  # type: ignore[call-overload]
     return stats

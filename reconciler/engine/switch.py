@@ -36,7 +36,7 @@ from reconciler.engine import backups
 from reconciler.engine.context import StackContext
 from reconciler.engine.journal import Journal
 from reconciler.errors import PermanentError, ReconcilerError
-from reconciler.plan.actions import SWITCH_STEPS, SwitchMode
+from reconciler.plan.actions import SwitchMode
 from reconciler.runtimes.local import MARKER, postgres_bindir, read_marker
 from reconciler.system import failpoints, fs
 
@@ -62,7 +62,7 @@ def start_switch(ctx: StackContext, action: SwitchMode, progress: Progress | Non
         action.from_mode,
         action.to_mode,
         spec_hash(ctx),
-        [name for name, _ in SWITCH_STEPS],
+        action.step_names(),
         asdict(action),
     )
     _drive(ctx, journal, progress)

@@ -274,7 +274,7 @@ class ProtectBackups(Action):
 SWITCH_STEPS: tuple[tuple[str, str], ...] = (
     ("preflight", "check that the data fits where it goes"),
     ("drain", "stop the applications"),
-    ("backup", "take a pre-switch backup set and check it"),
+    ("backup", "take a pre-switch backup set and check it (while drained)"),
     ("fingerprint", "record per-table row counts and checksums, and the Redis dataset digest"),
     ("stop", "stop the services"),
     ("copy", "copy the data directories"),
@@ -300,6 +300,7 @@ class SwitchMode(Action):
     data_bytes: int
     expected_downtime_seconds: float
     keep_old_copy: bool
+    backup_while_drained: bool = False
 
     @property
     def service(self) -> str | None:
@@ -313,7 +314,17 @@ class SwitchMode(Action):
             f"({format_bytes(self.data_bytes)}, expected write downtime ~{self.expected_downtime_seconds:.1f} s)"
         )
 
+    def step_names(self) -> list[str]:
+        names = [name for name, _ in SWITCH_STEPS]
+        if not self.backup_while_drained:  # the backup first, while the apps still run
+            names.remove("backup")
+            names.insert(1, "backup")
+        return names
+
     def steps(self) -> list[str]:
+        texts = dict(SWITCH_STEPS)
+        if not self.backup_while_drained:
+            texts["backup"] = "take a pre-switch backup set and check it (online, before draining)"
         details = {
             "copy": f"copy {', '.join(f'{s} → {t}' for s, t in zip(self.sources, self.targets, strict=True))}",
             "retire": (
@@ -322,7 +333,7 @@ class SwitchMode(Action):
                 else "remove the old copies"
             ),
         }
-        return [details.get(name, text) for name, text in SWITCH_STEPS]
+        return [details.get(name, texts[name]) for name in self.step_names()]
 
     def simulate(self, observed: ObservedState) -> ObservedState:
         for name, target, port in zip(self.services, self.targets, self.ports, strict=True):

@@ -84,6 +84,7 @@ RAM_SAFETY_FACTOR = 1.2
 # Copy speed assumed before the first switch on a host has measured one (bench/switch.py: tmpfs<->disk).
 DEFAULT_COPY_BYTES_PER_SECOND = 300 * 1024**2
 SWITCH_FIXED_SECONDS = 3.0  # stop, start and verify of small servers
+BACKUP_BYTES_PER_SECOND = 100 * 1024**2  # bench/backup.py: ~12 s for a 1.1 GB database
 
 
 def plan(desired: StateSpec, observed: ObservedState, now: datetime, allow_empty: bool = False) -> Plan:
@@ -178,8 +179,14 @@ def _plan_switch(
             targets=tuple(desired.data_dir(name) for name in switching),
             ports=tuple(desired.port(name) for name in switching),
             data_bytes=data_bytes,
-            expected_downtime_seconds=round(SWITCH_FIXED_SECONDS + data_bytes / speed, 1),
+            expected_downtime_seconds=round(
+                SWITCH_FIXED_SECONDS
+                + data_bytes / speed
+                + (data_bytes / BACKUP_BYTES_PER_SECOND if desired.ram.switch_backup == "drained" else 0),
+                1,
+            ),
             keep_old_copy=to_mode == "ram" and desired.ram.keep_disk_copy,
+            backup_while_drained=desired.ram.switch_backup == "drained",
         )
     )
 

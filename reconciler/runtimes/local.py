@@ -188,9 +188,11 @@ class LocalRuntime:
 
     def _start_postgres(self, user: str | None, data_dir: str, port: int) -> None:
         self._wait_for_dead_instance(data_dir, port)
+        # WAL on tmpfs costs RAM, and recycled segments are copied by every mode switch: keep it small.
         options = (
             f"-c port={port} -c listen_addresses=127.0.0.1 "
-            f"-c unix_socket_directories={self.socket_dir('postgres')}"
+            f"-c unix_socket_directories={self.socket_dir('postgres')} "
+            "-c max_wal_size=256MB -c min_wal_size=64MB"
         )
         try:
             proc.run(

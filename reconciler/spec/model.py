@@ -154,6 +154,14 @@ class RamSpec(_Strict):
         "(it costs no RAM). It is never used as data again; it is replaced by the next switch to disk.",
         example=True,
     )
+    switch_backup: Literal["online", "drained"] = _field(
+        "online",
+        description="When a mode switch takes its pre-switch backup set: `online`, just before the apps are "
+        "drained (write downtime ~1-2 s per GB; if the machine also loses power in the middle of the switch, "
+        "the writes of those few seconds are not in that set), or `drained`, after draining (no such loss, "
+        "but the downtime grows by the backup's duration, ~10 s per GB).",
+        example="online",
+    )
     on_pressure: Literal["warn", "fallback-to-disk"] = _field(
         "warn",
         description="What to do when available memory drops below min_headroom.",

@@ -143,7 +143,10 @@ def test_mode_change_with_data_is_one_journaled_switch() -> None:
     assert switch.targets == ("/srv/pg", "/srv/redis") and not switch.keep_old_copy
     assert switch.data_bytes == 42 * 1024**2
     assert "expected write downtime" in switch.describe()
-    assert [step.split()[0] for step in switch.steps()][:3] == ["check", "stop", "take"]
+    assert switch.step_names()[:4] == ["preflight", "backup", "drain", "fingerprint"]
+    assert "online, before draining" in switch.steps()[1]
+    drained = replace(switch, backup_while_drained=True)
+    assert drained.step_names()[:4] == ["preflight", "drain", "backup", "fingerprint"]
     after = simulate_all(world, result.actions)
     assert plan(spec("disk"), after, NOW).in_sync
 
