@@ -273,11 +273,12 @@ class ProtectBackups(Action):
 
 SWITCH_STEPS: tuple[tuple[str, str], ...] = (
     ("preflight", "check that the data fits where it goes"),
+    ("precopy", "copy the data directories while the services still run"),
     ("drain", "stop the applications"),
     ("backup", "take a pre-switch backup set and check it (while drained)"),
     ("fingerprint", "record per-table row counts and checksums, and the Redis dataset digest"),
     ("stop", "stop the services"),
-    ("copy", "copy the data directories"),
+    ("copy", "copy again what changed since the first copy"),
     ("start", "start the services on the new data directories"),
     ("verify", "compare the data with the fingerprint (point of no return once it passes)"),
     ("retire", "retire the old copies"),
@@ -326,7 +327,8 @@ class SwitchMode(Action):
         if not self.backup_while_drained:
             texts["backup"] = "take a pre-switch backup set and check it (online, before draining)"
         details = {
-            "copy": f"copy {', '.join(f'{s} → {t}' for s, t in zip(self.sources, self.targets, strict=True))}",
+            "precopy": f"copy {', '.join(f'{s} → {t}' for s, t in zip(self.sources, self.targets, strict=True))} "
+            "while the services still run",
             "retire": (
                 "keep the disk copies as stale safety copies"
                 if self.keep_old_copy

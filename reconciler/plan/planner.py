@@ -85,6 +85,8 @@ RAM_SAFETY_FACTOR = 1.2
 DEFAULT_COPY_BYTES_PER_SECOND = 300 * 1024**2
 SWITCH_FIXED_SECONDS = 3.0  # stop, start and verify of small servers
 BACKUP_BYTES_PER_SECOND = 100 * 1024**2  # bench/backup.py: ~12 s for a 1.1 GB database
+CHECKSUM_BYTES_PER_SECOND = 1024**3  # bench/switch.py: per-table checksums of a 1.1 GB database in ~1 s
+CHANGED_SHARE = 0.1  # assumed share of the data directory rewritten between pre-copy and stop
 
 
 def plan(desired: StateSpec, observed: ObservedState, now: datetime, allow_empty: bool = False) -> Plan:
@@ -181,7 +183,8 @@ def _plan_switch(
             data_bytes=data_bytes,
             expected_downtime_seconds=round(
                 SWITCH_FIXED_SECONDS
-                + data_bytes / speed
+                + 2 * data_bytes / CHECKSUM_BYTES_PER_SECOND  # fingerprint before, verify after
+                + CHANGED_SHARE * data_bytes / speed  # the bulk is pre-copied while the apps run
                 + (data_bytes / BACKUP_BYTES_PER_SECOND if desired.ram.switch_backup == "drained" else 0),
                 1,
             ),

@@ -238,16 +238,45 @@ class GdriveStoreSpec(_Strict):
     folder_id: str | None = _field(
         None, description="Id of the Drive folder that holds the backups.", example="1AbCdEfGhIjKlMnOp"
     )
+    sub_path: str | None = _field(
+        None,
+        description="Folders below folder_id to keep the sets in, created if missing.",
+        example="reconciler/loomio",
+    )
     credentials_file: str | None = _field(
         None,
-        description="Path of an OAuth authorized-user file or a service-account key (outside the repository).",
+        description="Path of an OAuth authorized-user file (personal accounts) or a service-account key "
+        "(Shared Drives), outside the repository.",
         example="/etc/reconciler/gdrive.json",
+    )
+    drive_id: str | None = _field(
+        None, description="Id of the Shared Drive that holds folder_id, if it is on one.", example="0AbCdEf"
+    )
+    bandwidth_limit: ByteSize | None = _field(
+        None, description="Upload at most this many bytes per second (unset: no limit).", example="2MiB"
+    )
+    chunk_size: ByteSize = _field(
+        8 * 1024 * 1024,
+        description="Resumable upload chunk size (a multiple of 256 KiB); a dropped connection resends at most one.",
+        example="8MiB",
+    )
+    retention: RetentionSpec | None = _field(
+        None,
+        description="Retention on Drive (unset: the same as backup.retention).",
+        example={"keep_daily": 30, "keep_monthly": 12},
+    )
+    api_url: str | None = _field(
+        None,
+        description="Root URL of the Drive API; only for tests against a local emulator.",
+        example="http://127.0.0.1:8099/",
     )
 
     @model_validator(mode="after")
     def _complete_when_enabled(self) -> GdriveStoreSpec:
         if self.enabled and (not self.folder_id or not self.credentials_file):
             raise ValueError("an enabled gdrive store needs folder_id and credentials_file")
+        if self.chunk_size % (256 * 1024):
+            raise ValueError("chunk_size must be a multiple of 256KiB")
         return self
 
 

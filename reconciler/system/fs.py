@@ -136,6 +136,54 @@ def copy_tree(source: str, target: str, progress: Callable[[int], None] | None =
     return copied
 
 
+def refresh_copy(source: str, target: str, since_ns: int) -> int:
+    """Make ``target`` (an earlier copy of ``source``) identical to it again; return bytes copied.
+
+    A file is skipped only when size and mtime match *and* it was last modified before ``since_ns``
+    (when the earlier copy started), so a change made while or after it was read is always copied
+    again, whatever the filesystem's timestamp granularity. Files and directories that disappeared
+    from ``source`` are removed from ``target``.
+    """
+    import shutil
+
+    copied = 0
+    for directory, subdirs, files in os.walk(source):
+        relative = os.path.relpath(directory, source)
+        destination = os.path.normpath(os.path.join(target, relative))
+        st = os.lstat(directory)
+        os.makedirs(destination, exist_ok=True)
+        os.chmod(destination, st.st_mode & 0o7777)
+        os.chown(destination, st.st_uid, st.st_gid)
+        wanted = set(files) | set(subdirs)
+        for existing in os.listdir(destination):
+            if existing not in wanted:
+                gone = os.path.join(destination, existing)
+                shutil.rmtree(gone) if os.path.isdir(gone) and not os.path.islink(gone) else os.unlink(gone)
+        for name in files:
+            src = os.path.join(directory, name)
+            dst = os.path.join(destination, name)
+            fst = os.lstat(src)
+            try:
+                dstat = os.lstat(dst)
+                unchanged = (
+                    dstat.st_size == fst.st_size
+                    and dstat.st_mtime_ns == fst.st_mtime_ns
+                    and fst.st_mtime_ns < since_ns
+                )
+            except FileNotFoundError:
+                unchanged = False
+            if unchanged:
+                continue
+            if os.path.islink(src):
+                if os.path.lexists(dst):
+                    os.unlink(dst)
+                os.symlink(os.readlink(src), dst)
+                continue
+            _copy_file(src, dst, fst)
+            copied += fst.st_size
+    return copied
+
+
 def _copy_file(src: str, dst: str, st: os.stat_result) -> None:
     """sendfile in 1 GiB calls (the kernel moves the bytes), then mode, owner and times."""
     with open(src, "rb") as source, open(dst, "wb") as target:

@@ -128,7 +128,7 @@ def test_disk_full_during_the_copy_rolls_back(stack: Stack) -> None:
     try:
         stack.edit(mode="disk")
         result = stack.cli("apply", check=1)
-        assert "failed at step copy" in result.stderr and "No space left on device" in result.stderr
+        assert "failed at step precopy" in result.stderr and "No space left on device" in result.stderr
         stack.edit(mode="ram")
         _rolled_back(stack, original, result)
         assert sorted(os.listdir(disk)) == ["backups"], "the partial copy is removed"

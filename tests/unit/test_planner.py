@@ -143,10 +143,11 @@ def test_mode_change_with_data_is_one_journaled_switch() -> None:
     assert switch.targets == ("/srv/pg", "/srv/redis") and not switch.keep_old_copy
     assert switch.data_bytes == 42 * 1024**2
     assert "expected write downtime" in switch.describe()
-    assert switch.step_names()[:4] == ["preflight", "backup", "drain", "fingerprint"]
+    assert switch.step_names()[:5] == ["preflight", "backup", "precopy", "drain", "fingerprint"]
     assert "online, before draining" in switch.steps()[1]
+    assert "while the services still run" in switch.steps()[2]
     drained = replace(switch, backup_while_drained=True)
-    assert drained.step_names()[:4] == ["preflight", "drain", "backup", "fingerprint"]
+    assert drained.step_names()[:5] == ["preflight", "precopy", "drain", "backup", "fingerprint"]
     after = simulate_all(world, result.actions)
     assert plan(spec("disk"), after, NOW).in_sync
 
