@@ -150,6 +150,14 @@ class GdriveStore:
     # -- plumbing -------------------------------------------------------------------------
 
     def _credentials(self) -> Any:
+        credentials = self._load_credentials()
+        if self.spec.api_url and hasattr(credentials, "with_token_uri"):
+            # google-auth sends authorized-user refresh tokens only to Google's own token endpoint
+            # (a credentials file cannot redirect them); an emulator in tests is the one exception.
+            credentials = credentials.with_token_uri(f"{self.spec.api_url.rstrip('/')}/token")
+        return credentials
+
+    def _load_credentials(self) -> Any:
         path = self.credentials_file
         try:
             with open(path, encoding="utf-8") as handle:
@@ -166,11 +174,11 @@ class GdriveStore:
             if kind == "authorized_user":
                 from google.oauth2.credentials import Credentials
 
-                return Credentials.from_authorized_user_info(info, SCOPES)
+                return Credentials.from_authorized_user_info(info, SCOPES)  # type: ignore[no-untyped-call]
             if kind == "service_account":
                 from google.oauth2 import service_account
 
-                return service_account.Credentials.from_service_account_info(info, scopes=SCOPES)
+                return service_account.Credentials.from_service_account_info(info, scopes=SCOPES)  # type: ignore[no-untyped-call]
         except (ValueError, KeyError):
             raise PermanentError(f"Drive credentials file {path} is incomplete or malformed") from None
         raise PermanentError(
@@ -192,9 +200,11 @@ class GdriveStore:
             if self.spec.api_url:
                 document["rootUrl"] = self.spec.api_url
                 document["baseUrl"] = self.spec.api_url + document["servicePath"]
-            authorized = google_auth_httplib2.AuthorizedHttp(
-                self._credentials(), http=httplib2.Http(timeout=60)
-            )
+            transport = httplib2.Http(timeout=60)
+            # Drive answers resumable-upload chunks with 308 "Resume Incomplete", which is not a redirect
+            # (googleapiclient's own build_http() does the same).
+            transport.redirect_codes = transport.redirect_codes - {308}
+            authorized = google_auth_httplib2.AuthorizedHttp(self._credentials(), http=transport)
             self._service = build_from_document(document, http=authorized)
         return self._service
 
@@ -222,6 +232,11 @@ class GdriveStore:
     def _explain(self, what: str, exc: Exception) -> Exception:
         status, reason = _http_error_details(exc)
         where = self.describe()
+        if type(exc).__name__ == "RefreshError":  # google.auth: the token endpoint refused the credentials
+            return PermanentError(
+                f"Google refused the credentials in {self.credentials_file} (revoked or expired): Drive rejected "
+                "the credentials. Renew them with `reconciler gdrive login` or a new service-account key"
+            )
         if is_transient(exc):
             return TransientError(
                 f"Drive {what} kept failing ({status or type(exc).__name__} {reason}); try again later"
@@ -281,12 +296,11 @@ class GdriveStore:
                 existing = self._find(current, part, folder=True)
                 if existing is None:
                     body = {"name": part, "mimeType": FOLDER_MIME, "parents": [current]}
-                    created = self._call(
-                        "folder create",
-                        lambda b=body: (
-                            service.files().create(body=b, fields="id", **self._common()).execute()
-                        ),
-                    )
+
+                    def create(body: dict[str, Any] = body) -> Any:
+                        return service.files().create(body=body, fields="id", **self._common()).execute()
+
+                    created = self._call("folder create", create)
                     existing = str(created["id"])
                 current = existing
             self._folder = current
@@ -301,20 +315,21 @@ class GdriveStore:
         self._ids = {}
         token: str | None = None
         while True:
-            page = self._call(
-                "list",
-                lambda t=token: (
+
+            def page_of(token: str | None = token) -> Any:
+                return (
                     service.files()
                     .list(
                         q=f"'{folder}' in parents and trashed = false and mimeType != '{FOLDER_MIME}'",
                         fields="nextPageToken, files(id, name, size, md5Checksum)",
                         pageSize=1000,
-                        pageToken=t,
+                        pageToken=token,
                         **self._list_kwargs(),
                     )
                     .execute()
-                ),
-            )
+                )
+
+            page = self._call("list", page_of)
             for item in page.get("files", []):
                 files.append(StoredFile(item["name"], int(item.get("size", 0))))
                 self._ids[item["name"]] = item["id"]
@@ -344,9 +359,21 @@ class GdriveStore:
         folder = self.folder()
         size = os.path.getsize(path)
         md5 = file_md5(path)
+
+        class ChunkBytesUpload(MediaIoBaseUpload):  # type: ignore[misc]
+            """Each chunk goes out as bytes read for it, not as a slice of the stream.
+
+            httplib2 re-sends a request whose connection dropped before the response ("regardless of
+            RETRIES" for a stale connection); a stream slice would already be consumed and the retry would
+            promise more bytes than it sends. Bytes re-send identically; memory stays one chunk.
+            """
+
+            def has_stream(self) -> bool:
+                return False
+
         with open(path, "rb") as handle:
-            media = MediaIoBaseUpload(
-                _Throttle(handle, self.spec.bandwidth_limit),  # type: ignore[arg-type]
+            media = ChunkBytesUpload(
+                _Throttle(handle, self.spec.bandwidth_limit),
                 mimetype="application/octet-stream",
                 chunksize=self.spec.chunk_size,
                 resumable=True,

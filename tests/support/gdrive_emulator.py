@@ -164,6 +164,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         path, query = self._route()
         if path == "/token":
+            fault = self._fault("token")
+            if fault is not None:
+                self._discard_body()
+                self._send(fault.status, {"error": fault.reason, "error_description": "injected"})
+                return
             self._discard_body()
             self._send(
                 200,
@@ -252,12 +257,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(2)
             return
         data = self._body()
-        if start != session.received:
-            self._error(400, "badRequest", f"chunk starts at {start}, expected {session.received}")
+        if start > session.received:  # a gap: the client must ask where to resume
+            self._session_status(session)
             return
+        # Like Drive, accept a chunk that overlaps what is already committed and drop the duplicate bytes.
+        fresh = data[session.received - start :]
         with open(session.path, "ab") as handle:
-            handle.write(data)
-        session.received += len(data)
+            handle.write(fresh)
+        session.received += len(fresh)
         if session.total is not None and session.received >= session.total:
             with open(session.path, "rb") as handle:
                 content = handle.read()
