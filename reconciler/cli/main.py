@@ -393,6 +393,7 @@ def backup(state: _State, trigger: str, output_format: str) -> None:
 
         document = backups.take_backup(ctx, trigger, progress)
     size = sum(int(m["size"]) for m in document["members"])
+    uploaded = _upload_after_backup(state, ctx)
     if output_format == "json":
         state.out.json(
             {
@@ -400,12 +401,41 @@ def backup(state: _State, trigger: str, output_format: str) -> None:
                 "size": size,
                 "seconds": document["seconds"],
                 "members": document["members"],
+                "uploaded": uploaded,
             }
         )
     else:
         state.out.out.print(
             f"backup set {document['set']}: {format_bytes(size)} in {document['seconds']:.1f} s"
         )
+
+
+def _upload_after_backup(state: _State, ctx: StackContext) -> list[str] | None:
+    """Push to Drive when enabled; a failed upload leaves the set local and is retried by the next sync."""
+    from reconciler.engine import offsite
+    from reconciler.errors import ReconcilerError
+
+    if offsite.drive_store(ctx) is None:
+        return None
+    try:
+        return offsite.sync(ctx).uploaded
+    except ReconcilerError as exc:
+        state.out.error(f"the set is stored locally, but the upload to Google Drive failed: {exc}")
+        return []
+
+
+@cli.command()
+@click.pass_obj
+@_guard
+def sync(state: _State) -> None:
+    """Upload complete local sets missing on Google Drive, then apply Drive's retention."""
+    from reconciler.engine import offsite
+
+    ctx = _context(state)
+    result = offsite.sync(ctx)
+    state.out.out.print(
+        f"uploaded {len(result.uploaded)} set(s) ({result.bytes_sent} bytes), pruned {len(result.pruned)} on Drive"
+    )
 
 
 @cli.command(name="backups")
@@ -421,7 +451,7 @@ def list_backups(state: _State, output_format: str) -> None:
 
     ctx = _context(state)
     now = datetime.now(UTC)
-    listing = [entry.to_dict(now) for entry in backups.list_sets(ctx)]
+    listing = [entry.to_dict(now) for entry in backups.list_sets(ctx, with_remote=True)]
     if output_format == "json":
         state.out.json({"stack": ctx.spec.stack, "sets": listing})
         return

@@ -135,6 +135,7 @@ def _take_backup_locked(ctx: StackContext, trigger: str, progress: Progress | No
 class SetListing:
     backup_set: BackupSet
     verified: dict[str, Any] | None
+    stores: tuple[str, ...] = ("local",)
 
     def to_dict(self, now: datetime) -> dict[str, Any]:
         s = self.backup_set
@@ -145,15 +146,37 @@ class SetListing:
             "trigger": s.trigger,
             "size": s.size,
             "complete": s.complete,
-            "stores": [s.store],
+            "stores": list(self.stores),
             "verified": self.verified,
         }
 
 
-def list_sets(ctx: StackContext) -> list[SetListing]:
+def list_sets(ctx: StackContext, with_remote: bool = False) -> list[SetListing]:
+    """Local sets; with ``with_remote``, also those on Drive (a set in both is listed once, both stores)."""
     verified = records(ctx).get("verified", {})
     sets = group_sets(local_store(ctx).list(), "local", ctx.spec.stack)
-    return [SetListing(s, verified.get(s.name)) for s in sets]
+    listings = [SetListing(s, verified.get(s.name)) for s in sets]
+    if not with_remote:
+        return listings
+    from reconciler.engine.offsite import drive_store, remote_sets
+
+    store = drive_store(ctx)
+    if store is None:
+        return listings
+    try:
+        remote = {s.name: s for s in remote_sets(ctx, store)}
+    except ReconcilerError as exc:
+        log.warning("cannot list %s: %s", store.describe(), exc)
+        return listings
+    merged = []
+    for listing in listings:
+        other = remote.pop(listing.backup_set.name, None)
+        both = other is not None and other.complete
+        merged.append(
+            SetListing(listing.backup_set, listing.verified, ("local", "gdrive") if both else ("local",))
+        )
+    merged += [SetListing(s, verified.get(s.name), ("gdrive",)) for s in remote.values()]
+    return sorted(merged, key=lambda entry: (entry.backup_set.created, entry.backup_set.name), reverse=True)
 
 
 def _choose(ctx: StackContext, set_name: str | None) -> str:
@@ -354,15 +377,14 @@ def restore_empty_services(ctx: StackContext, action: RestoreFromBackup) -> str:
     started = time.monotonic()
     identity = identity_for_restore(ctx.spec)
     mac = keys.mac_key(identity) if identity is not None else None
-    stores = {"local": local_store(ctx)}
+    store = local_store(ctx)
     rejected: list[dict[str, str]] = []
     for store_name, set_name in action.candidates:
-        store = stores.get(store_name)
-        if store is None:
-            reason = f"the {store_name} store is not available in this version"
-            rejected.append({"set": set_name, "store": store_name, "reason": reason})
-            continue
         try:
+            if store_name == "gdrive":
+                from reconciler.engine.offsite import fetch_set
+
+                fetch_set(ctx, set_name)  # into the local store; the local checks follow
             checked = load_and_check(store, set_name, mac)
             _restore_fresh(ctx, action, checked, identity, store)
         except SetRejected as exc:  # the set's content is at fault: remember it, try the next one

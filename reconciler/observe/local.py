@@ -53,6 +53,12 @@ def observe(spec: StateSpec, runtime: LocalRuntime) -> ObservedState:
         name: _observe_service(spec, runtime, name, svc_spec, mounts, sockets)
         for name, svc_spec in spec.services.configured().items()
     }
+    needs_restore = any(
+        not s.running
+        and not s.location(spec.mode).initialized
+        and not s.location("disk" if spec.mode == "ram" else "ram").initialized
+        for s in services.values()
+    )
     journal = read_journal(spec.state_path)
     operation = None
     if journal is not None and journal.get("status") == "running":
@@ -70,7 +76,7 @@ def observe(spec: StateSpec, runtime: LocalRuntime) -> ObservedState:
         services,
         ram_root,
         HostObservation(mem_total, mem_available, host.is_root()),
-        observe_backups(spec),
+        observe_backups(spec, include_remote=needs_restore),
         operation,
         float(speed) if speed else None,
     )
@@ -81,10 +87,24 @@ def read_journal(state_dir: str) -> dict[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
-def observe_backups(spec: StateSpec) -> BackupsObservation:
-    """Sets in the local store (a directory listing, no content read) and the recorded results."""
+def observe_backups(spec: StateSpec, include_remote: bool = False) -> BackupsObservation:
+    """Sets in the local store (a directory listing, no content read) and the recorded results.
+
+    Drive is listed only when a restore may need it (a service has no data): listing it costs a
+    network round trip and an import of the Google client, which a routine ``plan`` must not pay.
+    """
     store = LocalStore(spec.resolve(spec.backup.stores.local.path))
     sets = tuple(group_sets(store.list(), store.name, spec.stack))
+    gdrive = spec.backup.stores.gdrive
+    if include_remote and gdrive.enabled and gdrive.credentials_file:
+        from reconciler.errors import ReconcilerError
+        from reconciler.stores.gdrive import GdriveStore
+
+        try:
+            remote = GdriveStore(gdrive, spec.resolve(gdrive.credentials_file), attempts=3, deadline=30)
+            sets += tuple(group_sets(remote.list(), remote.name, spec.stack))
+        except ReconcilerError as exc:
+            log.warning("cannot list the Drive store, restoring from local sets only: %s", exc)
     record = fs.read_json(os.path.join(spec.state_path, "backups.json"))
     record = record if isinstance(record, dict) else {}
     verified = frozenset(name for name, result in record.get("verified", {}).items() if result.get("ok"))
