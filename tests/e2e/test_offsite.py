@@ -59,9 +59,8 @@ def test_backups_go_off_site_and_the_listing_says_where(stack: Stack, drive: Dri
     seed(stack, 200)
     stack.cli("backup")
     names = drive.names_in(folder)
-    assert (len(names) == 3 and names[-1].endswith(".redis.rdb.zst.age")) or any(
-        n.endswith(".manifest.json") for n in names
-    )
+    suffixes = sorted(n.split(".", 1)[1] for n in names)
+    assert suffixes == ["manifest.json", "postgres.pgdump.zst.age", "redis.rdb.zst.age"]
     entry = listing(stack)[0]
     assert entry["stores"] == ["local", "gdrive"]
     local = (stack.dir / "data" / "backups" / f"{entry['name']}.manifest.json").read_bytes()
