@@ -191,3 +191,19 @@ def test_a_dropped_download_is_retried(tmp_path: Path, emulator: DriveEmulator) 
     emulator.inject("download", "drop", times=2)
     store.download("f", str(tmp_path / "back.bin"))
     assert (tmp_path / "back.bin").read_bytes() == source.read_bytes()
+
+
+def test_the_bandwidth_limit_is_honoured(tmp_path: Path, emulator: DriveEmulator) -> None:
+    import time
+
+    folder = emulator.make_folder()
+    rate = 1024 * 1024  # 1 MiB/s
+    store = make_store(
+        emulator, authorized_user_file(tmp_path / "c.json", emulator), folder, bandwidth_limit=rate
+    )
+    source = random_file(tmp_path / "f.bin", 3 * MIB)
+    store.list()
+    started = time.monotonic()
+    store.upload("f", str(source))
+    elapsed = time.monotonic() - started
+    assert elapsed >= 0.9 * (3 * MIB) / rate, f"3 MiB at 1 MiB/s took only {elapsed:.2f} s"
