@@ -36,15 +36,13 @@ class Selection:
         return self.candidates[0] if self.candidates else None
 
 
-def _sort_key(backup_set: BackupSet, now: datetime) -> tuple[int, float, str, int, str]:
-    future = 1 if backup_set.created > now + CLOCK_SKEW_TOLERANCE else 0
-    return (
-        future,
-        -backup_set.created.timestamp(),
-        backup_set.name,
-        STORE_PRIORITY.get(backup_set.store, 9),
-        backup_set.store,
-    )
+def _ordered(sets: list[BackupSet], now: datetime) -> list[BackupSet]:
+    """Past before future-dated, newest first; within one second (names have one-second resolution) the
+    larger name first, as listings and retention order them; within one set, local before remote."""
+    ordered = sorted(sets, key=lambda s: (STORE_PRIORITY.get(s.store, 9), s.store))
+    ordered.sort(key=lambda s: s.name, reverse=True)  # stable sorts: earlier keys break later ties
+    ordered.sort(key=lambda s: (s.created > now + CLOCK_SKEW_TOLERANCE, -s.created.timestamp()))
+    return ordered
 
 
 def select_restore(
@@ -71,8 +69,9 @@ def select_restore(
             ruled_out.append((backup_set, rejected[key]))
         else:
             usable.append(backup_set)
-    usable.sort(key=lambda s: _sort_key(s, now))
-    ruled_out.sort(key=lambda pair: _sort_key(pair[0], now))
+    usable = _ordered(usable, now)
+    order = {id(s): index for index, s in enumerate(_ordered([s for s, _ in ruled_out], now))}
+    ruled_out.sort(key=lambda pair: order[id(pair[0])])
     warnings = tuple(
         f"backup set {s.name} ({s.store}) is dated in the future (clock skew?): it is tried only after every set from the past"
         for s in usable

@@ -192,3 +192,15 @@ def test_sets_protected_by_an_empty_start_are_not_pruned_in_the_same_plan() -> N
     result = plan(strict, world, NOW, allow_empty=True)
     assert any(isinstance(a, ProtectBackups) for a in result.actions)
     assert not [a for a in result.actions if a.kind == "PruneBackups"]
+
+
+def test_sets_of_the_same_second_are_ordered_as_listings_and_retention_order_them() -> None:
+    first = make_set(NOW - timedelta(hours=1), trigger="first")
+    second = make_set(NOW - timedelta(hours=1), trigger="second")
+    assert first.created == second.created
+    selection = select_restore([first, second], {}, NOW)
+    assert [s.name for s in selection.candidates] == [second.name, first.name]
+    from reconciler.plan.backupsets import group_sets
+
+    listed = group_sets([*first.files, *second.files], "local", "demo")
+    assert listed[0].name == selection.candidates[0].name
