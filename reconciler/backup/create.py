@@ -77,29 +77,6 @@ def sealing_for(spec: StateSpec) -> Sealing:
     )
 
 
-class _ProgressReader:
-    def __init__(self, raw: pipeline.Readable, member: str, progress: Progress | None) -> None:
-        self.raw = raw
-        self.member = member
-        self.progress = progress
-        self.count = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        self.count += len(data)
-        if self.progress:
-            self.progress(self.member, self.count)
-        return data
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
-
-
 def _store_member(
     store: LocalStore,
     file_name: str,
@@ -112,9 +89,8 @@ def _store_member(
 
     def produce(out: BinaryIO) -> None:
         nonlocal raw_size
-        raw_size = pipeline.compress_encrypt(
-            _ProgressReader(source, member, progress), out, sealing.recipients
-        )
+        report = (lambda done: progress(member, done)) if progress else None
+        raw_size = pipeline.compress_encrypt(source, out, sealing.recipients, report)
 
     result = store.put_with(file_name, produce)
     return {"file": file_name, "size": result.size, "sha256": result.sha256, "raw_size": raw_size}

@@ -13,6 +13,7 @@ Design decisions:
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from typing import BinaryIO, Protocol
 
 import pyrage
@@ -28,15 +29,18 @@ class Readable(Protocol):
 
 
 class CountingReader:
-    """Wraps a binary reader and counts the bytes read through it."""
+    """Wraps a binary reader, counts the bytes read through it, and reports them to ``on_read``."""
 
-    def __init__(self, raw: Readable) -> None:
+    def __init__(self, raw: Readable, on_read: Callable[[int], None] | None = None) -> None:
         self.raw = raw
         self.count = 0
+        self.on_read = on_read
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
         self.count += len(data)
+        if self.on_read is not None:
+            self.on_read(self.count)
         return data
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
@@ -48,9 +52,14 @@ class CountingReader:
         return True
 
 
-def compress_encrypt(source: Readable, out: BinaryIO, recipients: list[x25519.Recipient] | None) -> int:
+def compress_encrypt(
+    source: Readable,
+    out: BinaryIO,
+    recipients: list[x25519.Recipient] | None,
+    on_read: Callable[[int], None] | None = None,
+) -> int:
     """Stream ``source`` through zstd (and age when ``recipients``) into ``out``; return raw bytes read."""
-    counting = CountingReader(source)
+    counting = CountingReader(source, on_read)
     compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_reader(counting, read_size=CHUNK)  # type: ignore[arg-type]
     if recipients:
         pyrage.encrypt_io(compressed, out, recipients)

@@ -43,6 +43,11 @@ class PostgresFacts:
     version: str
 
 
+def client_args(endpoint: Endpoint) -> list[str]:
+    """``-h -p -U`` for psql, pg_dump and pg_restore (no password: local socket or PGPASSWORD)."""
+    return ["-h", endpoint.host, "-p", str(endpoint.port), "-U", endpoint.user]
+
+
 def connect(
     endpoint: Endpoint, dbname: str = "postgres", autocommit: bool = True
 ) -> psycopg.Connection[tuple[object, ...]]:
@@ -66,12 +71,7 @@ def connect(
 def facts(endpoint: Endpoint, database: str, bindir: str) -> PostgresFacts:
     argv = [
         os.path.join(bindir, "psql"),
-        "-h",
-        endpoint.host,
-        "-p",
-        str(endpoint.port),
-        "-U",
-        endpoint.user,
+        *client_args(endpoint),
         "-d",
         "postgres",
         "-XAtq",
@@ -167,12 +167,7 @@ def dump_argv(
     """pg_dump in custom format, uncompressed: zstd compresses better and faster downstream."""
     argv = [
         os.path.join(bindir, "pg_dump"),
-        "-h",
-        endpoint.host,
-        "-p",
-        str(endpoint.port),
-        "-U",
-        endpoint.user,
+        *client_args(endpoint),
         "-Fc",
         "-Z0",
         "-d",
@@ -191,12 +186,7 @@ def restore_argv(bindir: str, endpoint: Endpoint, database: str, role: str) -> l
     """
     return [
         os.path.join(bindir, "pg_restore"),
-        "-h",
-        endpoint.host,
-        "-p",
-        str(endpoint.port),
-        "-U",
-        endpoint.user,
+        *client_args(endpoint),
         "-d",
         database,
         "--no-owner",

@@ -30,12 +30,7 @@ def restore_legacy(ctx: StackContext, path: str, password_env: str, safety_backu
         pg.recreate_database(endpoint, side, spec.user)
         argv = [
             os.path.join(postgres_bindir(), "psql"),
-            "-h",
-            endpoint.host,
-            "-p",
-            str(endpoint.port),
-            "-U",
-            endpoint.user,
+            *pg.client_args(endpoint),
             "-d",
             side,
             "-X",
