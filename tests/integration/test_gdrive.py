@@ -207,3 +207,71 @@ def test_the_bandwidth_limit_is_honoured(tmp_path: Path, emulator: DriveEmulator
     store.upload("f", str(source))
     elapsed = time.monotonic() - started
     assert elapsed >= 0.9 * (3 * MIB) / rate, f"3 MiB at 1 MiB/s took only {elapsed:.2f} s"
+
+
+def test_gdrive_login_writes_a_working_authorized_user_file(tmp_path: Path, emulator: DriveEmulator) -> None:
+    import subprocess
+    import sys
+    import urllib.parse
+
+    secrets = tmp_path / "client.json"
+    secrets.write_text(
+        json.dumps(
+            {
+                "installed": {
+                    "client_id": "desktop.apps.googleusercontent.com",
+                    "client_secret": "desktop-secret",
+                    "auth_uri": f"{emulator.url}auth",
+                    "token_uri": f"{emulator.url}token",
+                }
+            }
+        )
+    )
+    out = tmp_path / "gdrive.json"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "reconciler",
+            "gdrive",
+            "login",
+            "--client-secrets",
+            str(secrets),
+            "--out",
+            str(out),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None and process.stdin is not None
+    url = ""
+    while not url:
+        line = process.stderr.readline()
+        assert line, "the login printed no address"
+        if line.startswith(f"{emulator.url}auth?"):
+            url = line.strip()
+    query = urllib.parse.parse_qs(urllib.parse.urlparse(url).query)
+    assert query["code_challenge_method"] == ["S256"] and query["access_type"] == ["offline"]
+    process.stdin.write(f"http://127.0.0.1:8765/?state={query['state'][0]}&code=emulated-auth-code&scope=x\n")
+    process.stdin.flush()
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert f"wrote {out}" in stdout
+    assert (out.stat().st_mode & 0o777) == 0o600
+    assert json.loads(out.read_text())["refresh_token"] == "emulated-refresh"
+    store = make_store(emulator, str(out), emulator.make_folder())
+    assert store.list() == []
+
+
+def test_gdrive_login_rejects_an_address_from_another_attempt(tmp_path: Path) -> None:
+    from reconciler.errors import InvalidInput
+    from reconciler.stores import gdrive_login
+
+    secrets = tmp_path / "client.json"
+    secrets.write_text(json.dumps({"installed": {"client_id": "a", "client_secret": "b"}}))
+    session = gdrive_login.start(str(secrets))
+    with pytest.raises(InvalidInput, match="state mismatch"):
+        gdrive_login.code_from("http://127.0.0.1:8765/?state=other&code=c", session)
+    assert gdrive_login.code_from("bare-code", session) == "bare-code"

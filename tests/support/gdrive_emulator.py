@@ -169,7 +169,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self._discard_body()
                 self._send(fault.status, {"error": fault.reason, "error_description": "injected"})
                 return
-            self._discard_body()
+            form = parse_qs(self._body().decode())
+            if form.get("grant_type") == ["authorization_code"]:
+                if form.get("code") != ["emulated-auth-code"] or not form.get("code_verifier"):
+                    self._send(400, {"error": "invalid_grant"})
+                    return
+                self._send(
+                    200, {"access_token": "emulated", "refresh_token": "emulated-refresh", "expires_in": 3600}
+                )
+                return
             self._send(
                 200,
                 {"access_token": "emulated-" + uuid.uuid4().hex, "expires_in": 3600, "token_type": "Bearer"},
