@@ -80,6 +80,18 @@ def resume(ctx: StackContext, progress: Progress | None = None) -> None:
 
 def _drive(ctx: StackContext, journal: Journal, progress: Progress | None) -> None:
     op = _Switch(ctx, journal)
+    if not journal.past_point_of_no_return and op.source_lost() and op.check("copy") is None:
+        # RAM emptied by a reboot before the new copy was complete: neither rollback nor the copy can
+        # proceed. Abandon the switch; the planner then restores the newest set (the pre-switch one,
+        # when it was taken) into the desired mode, exactly as after any reboot with empty RAM.
+        op.remove_new_copies()
+        reason = (
+            "the data to move was lost (a reboot emptied RAM?) before its new copy was complete; "
+            "the stack is restored from the newest backup set instead"
+        )
+        log.error("mode switch %s abandoned: %s", journal.id, reason)
+        journal.finish("abandoned", error=reason)
+        return
     started = time.monotonic()
     for name in journal.pending():
         if progress:
@@ -349,8 +361,24 @@ class _Switch:
 
     # -- rollback ----------------------------------------------------------------------------
 
+    def source_lost(self) -> bool:
+        """A data directory to move is gone (RAM emptied by a reboot), so the old copy cannot be used."""
+        for name, source in zip(self.services, self.sources, strict=True):
+            marker = os.path.join(source, "PG_VERSION" if name == "postgres" else MARKER)
+            if not os.path.exists(marker):
+                return True
+        return False
+
     def rollback(self) -> None:
         """Back to the old mode: new copies removed, services on the old data, apps resumed."""
+        self.remove_new_copies()
+        for name, source, port in zip(self.services, self.sources, self.ports, strict=True):
+            observed = self.ctx.observe().services[name]
+            if not (observed.running and observed.data_dir == source):
+                self.ctx.runtime.start_service(name, source, port)
+
+    def remove_new_copies(self) -> None:
+        """Stop anything running from the new copies, remove them (only ours), put set-aside dirs back."""
         runtime = self.ctx.runtime
         for name, target in zip(self.services, self.targets, strict=True):
             try:
@@ -364,7 +392,3 @@ class _Switch:
                 shutil.rmtree(target, ignore_errors=True)
             if os.path.exists(self._aside(target)) and not os.path.exists(target):
                 os.rename(self._aside(target), target)
-        for name, source, port in zip(self.services, self.sources, self.ports, strict=True):
-            observed = self.ctx.observe().services[name]
-            if not (observed.running and observed.data_dir == source):
-                runtime.start_service(name, source, port)

@@ -163,3 +163,21 @@ def test_a_failing_pre_switch_backup_moves_nothing(stack: Stack) -> None:
         assert not (stack.dir / "data" / "postgres").exists()
     finally:
         subprocess.run(["umount", "-l", str(store)], check=False)
+
+
+@pytest.mark.parametrize("point", ["switch.fingerprint.after", "switch.stop.after", "copy.halfway"])
+def test_ram_lost_in_the_middle_of_a_switch_to_disk_is_restored_from_the_pre_switch_set(
+    stack: Stack, point: str
+) -> None:
+    from tests.e2e.test_power_cut import power_cut
+
+    original = prepare(stack, "ram")
+    stack.edit(mode="disk")
+    killed = stack.cli("apply", check=None, env={"RECONCILER_FAILPOINTS": f"{point}=kill"})
+    assert killed.returncode == -9
+    power_cut(stack)  # the machine reboots: every process gone, RAM empty
+    stack.cli("apply")
+    assert_converged(stack, "disk", original, set())
+    history = [json.loads(p.read_text()) for p in (stack.dir / ".reconciler" / "journal-history").iterdir()]
+    assert [h["status"] for h in history] == ["abandoned"]
+    assert stack.status()["lastRestore"]["set"].endswith("-pre-switch")
