@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,24 +130,13 @@ def _backup_postgres(
         stats = pg.table_stats(conn)
         argv = pg.dump_argv(bindir, endpoint, spec.database, snapshot, spec.dump_options)
         file_name = f"{base}.{MEMBER_SUFFIX['postgres']}{sealing.suffix}"
-        dump = proc.spawn(argv, stdout=proc.PIPE, stderr=proc.PIPE)
-        stderr_chunks: list[bytes] = []
-        drain = threading.Thread(
-            target=lambda: stderr_chunks.append(dump.stderr.read() if dump.stderr else b"")
-        )
-        drain.start()
         try:
-            assert dump.stdout is not None
-            member = _store_member(store, file_name, dump.stdout, sealing, progress, "postgres")
-        except BaseException:
-            dump.kill()
-            raise
-        finally:
-            code = dump.wait()
-            drain.join()
-        if code != 0:
+            with proc.streaming(argv, stdout=proc.PIPE) as dump:
+                assert dump.stdout is not None
+                member = _store_member(store, file_name, dump.stdout, sealing, progress, "postgres")
+        except CommandFailed:
             store.delete(file_name)  # the dump stopped early: what was stored is truncated
-            raise CommandFailed(argv, code, b"".join(stderr_chunks).decode(errors="replace")[-2000:])
+            raise
         conn.rollback()
     return {
         "service": "postgres",

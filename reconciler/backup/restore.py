@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -22,7 +21,7 @@ from pyrage import x25519
 
 from reconciler.backup import manifest, pipeline
 from reconciler.databases import postgres as pg
-from reconciler.errors import CommandFailed, PermanentError
+from reconciler.errors import PermanentError
 from reconciler.plan.backupsets import MANIFEST_SUFFIX
 from reconciler.runtimes.base import Endpoint
 from reconciler.stores.local import LocalStore
@@ -119,25 +118,10 @@ def restore_postgres(
     pg.recreate_database(endpoint, side, owner)
     try:
         argv = pg.restore_argv(bindir, endpoint, side, owner)
-        restore = proc.spawn(argv, env=pg.RESTORE_ENV, stdin=proc.PIPE, stdout=proc.DEVNULL, stderr=proc.PIPE)
-        assert restore.stdin is not None
-        proc.widen_pipe(restore.stdin)
-        errors: list[bytes] = []
-        drain = threading.Thread(
-            target=lambda: errors.append(restore.stderr.read() if restore.stderr else b"")
-        )
-        drain.start()
-        try:
+        with proc.streaming(argv, env=pg.RESTORE_ENV, stdin=proc.PIPE) as restore:
             assert restore.stdin is not None
+            proc.widen_pipe(restore.stdin)
             stream_member(store, member, identity, restore.stdin)  # type: ignore[arg-type]
-            restore.stdin.close()
-        except BrokenPipeError:
-            pass  # pg_restore stopped reading: its exit code and stderr say why
-        finally:
-            code = restore.wait()
-            drain.join()
-        if code != 0:
-            raise CommandFailed(argv, code, b"".join(errors).decode(errors="replace")[-2000:])
         with pg.connect(endpoint, side) as conn:
             restored = pg.table_stats(conn)
         expected = member.get("check", {}).get("tables")

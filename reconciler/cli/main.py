@@ -258,6 +258,7 @@ def status(state: _State, output_format: str) -> None:
     observed = ctx.observe()
     the_plan = make_plan(ctx.spec, observed, datetime.now(UTC))
     recorded = status_file.load(ctx.status_path)
+    backup_records = _backup_records(ctx)
     services = {}
     for name, svc in observed.services.items():
         location = svc.location(ctx.spec.mode)
@@ -287,8 +288,8 @@ def status(state: _State, output_format: str) -> None:
         "conditions": recorded.get("conditions", []),
         "lastAppliedRevision": recorded.get("lastAppliedRevision"),
         "lastRun": recorded.get("lastRun"),
-        "lastRestore": _backup_records(ctx).get("last_restore"),
-        "lastBackup": _backup_records(ctx).get("last_success"),
+        "lastRestore": backup_records.get("last_restore"),
+        "lastBackup": backup_records.get("last_success"),
     }
     if output_format == "json":
         state.out.json(document)

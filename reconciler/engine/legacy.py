@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 
 from reconciler.backup import legacy
 from reconciler.databases import postgres as pg
@@ -39,22 +38,14 @@ def restore_legacy(ctx: StackContext, path: str, password_env: str, safety_backu
             "ON_ERROR_STOP=1",
             "--single-transaction",
         ]
-        child = proc.spawn(argv, stdin=proc.PIPE, stdout=proc.DEVNULL, stderr=proc.PIPE)
-        errors: list[bytes] = []
-        drain = threading.Thread(target=lambda: errors.append(child.stderr.read() if child.stderr else b""))
-        drain.start()
         try:
-            assert child.stdin is not None
-            child.stdin.write(f'SET ROLE "{spec.user}";\n'.encode())
-            child.stdin.write(sql)
-            child.stdin.close()
-        except BrokenPipeError:
-            pass
-        code = child.wait()
-        drain.join()
-        if code != 0:
+            with proc.streaming(argv, stdin=proc.PIPE) as child:
+                assert child.stdin is not None
+                child.stdin.write(f'SET ROLE "{spec.user}";\n'.encode())
+                child.stdin.write(sql)
+        except CommandFailed:
             pg.drop_database(endpoint, side)
-            raise CommandFailed(argv, code, b"".join(errors).decode(errors="replace")[-2000:])
+            raise
         with pg.connect(endpoint, side) as conn:
             tables = len(pg.table_stats(conn))
         pg.swap_databases(endpoint, spec.database, side)

@@ -71,12 +71,14 @@ def observe(spec: StateSpec, runtime: LocalRuntime) -> ObservedState:
             pending[0] if pending else "finish",
             bool(journal.get("past_point_of_no_return")),
         )
-    speed = (fs.read_json(os.path.join(spec.state_path, "backups.json")) or {}).get("copy_bytes_per_second")
+    record = fs.read_json(os.path.join(spec.state_path, "backups.json"))
+    record = record if isinstance(record, dict) else {}
+    speed = record.get("copy_bytes_per_second")
     return ObservedState(
         services,
         ram_root,
         HostObservation(mem_total, mem_available, host.is_root()),
-        observe_backups(spec, include_remote=needs_restore),
+        observe_backups(spec, record, include_remote=needs_restore),
         operation,
         float(speed) if speed else None,
     )
@@ -87,7 +89,9 @@ def read_journal(state_dir: str) -> dict[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
-def observe_backups(spec: StateSpec, include_remote: bool = False) -> BackupsObservation:
+def observe_backups(
+    spec: StateSpec, record: dict[str, Any], include_remote: bool = False
+) -> BackupsObservation:
     """Sets in the local store (a directory listing, no content read) and the recorded results.
 
     Drive is listed only when a restore may need it (a service has no data): listing it costs a
@@ -105,8 +109,6 @@ def observe_backups(spec: StateSpec, include_remote: bool = False) -> BackupsObs
             sets += tuple(group_sets(remote.list(), remote.name, spec.stack))
         except ReconcilerError as exc:
             log.warning("cannot list the Drive store, restoring from local sets only: %s", exc)
-    record = fs.read_json(os.path.join(spec.state_path, "backups.json"))
-    record = record if isinstance(record, dict) else {}
     verified = frozenset(name for name, result in record.get("verified", {}).items() if result.get("ok"))
     failed = record.get("last_attempt", {}).get("result") == "failed"
     rejected = {

@@ -103,8 +103,8 @@ def copy_tree(source: str, target: str, progress: Callable[[int], None] | None =
     """Copy a stopped data directory, preserving modes, ownership, times and symlinks; return bytes.
 
     In-process on purpose: an external ``cp`` would outlive a killed reconciler and keep writing into
-    a directory that the resumed operation is re-creating. File data goes through ``shutil.copy2``,
-    which uses the kernel's zero-copy paths (copy_file_range/sendfile) on Linux.
+    a directory that the resumed operation is re-creating. File data moves with ``sendfile`` (the kernel
+    copies, nothing passes through Python).
     """
     from reconciler.system import failpoints
 
@@ -112,12 +112,7 @@ def copy_tree(source: str, target: str, progress: Callable[[int], None] | None =
     halfway_hit = False
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(source) for f in files)
     for directory, subdirs, files in os.walk(source):
-        relative = os.path.relpath(directory, source)
-        destination = os.path.normpath(os.path.join(target, relative))
-        st = os.lstat(directory)
-        os.makedirs(destination, exist_ok=True)
-        os.chmod(destination, st.st_mode & 0o7777)
-        os.chown(destination, st.st_uid, st.st_gid)
+        destination = _mirror_directory(directory, source, target)
         for name in [*files, *[d for d in subdirs if os.path.islink(os.path.join(directory, d))]]:
             src = os.path.join(directory, name)
             dst = os.path.join(destination, name)
@@ -148,12 +143,7 @@ def refresh_copy(source: str, target: str, since_ns: int) -> int:
 
     copied = 0
     for directory, subdirs, files in os.walk(source):
-        relative = os.path.relpath(directory, source)
-        destination = os.path.normpath(os.path.join(target, relative))
-        st = os.lstat(directory)
-        os.makedirs(destination, exist_ok=True)
-        os.chmod(destination, st.st_mode & 0o7777)
-        os.chown(destination, st.st_uid, st.st_gid)
+        destination = _mirror_directory(directory, source, target)
         wanted = set(files) | set(subdirs)
         for existing in os.listdir(destination):
             if existing not in wanted:
@@ -182,6 +172,16 @@ def refresh_copy(source: str, target: str, since_ns: int) -> int:
             _copy_file(src, dst, fst)
             copied += fst.st_size
     return copied
+
+
+def _mirror_directory(directory: str, source: str, target: str) -> str:
+    """Create ``directory``'s counterpart below ``target`` with the same mode and owner; return it."""
+    destination = os.path.normpath(os.path.join(target, os.path.relpath(directory, source)))
+    st = os.lstat(directory)
+    os.makedirs(destination, exist_ok=True)
+    os.chmod(destination, st.st_mode & 0o7777)
+    os.chown(destination, st.st_uid, st.st_gid)
+    return destination
 
 
 def _copy_file(src: str, dst: str, st: os.stat_result) -> None:

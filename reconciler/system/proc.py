@@ -12,10 +12,11 @@ Design decisions (borgmatic's "one subprocess choke point"):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import IO
 
 from reconciler.errors import CommandFailed
@@ -84,6 +85,44 @@ def spawn(
         )
     except FileNotFoundError:
         raise CommandFailed(argv, 127, f"{argv[0]} is not installed or not on PATH") from None
+
+
+@contextlib.contextmanager
+def streaming(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+    stdout: int | IO[bytes] | None = subprocess.DEVNULL,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a child that the caller feeds (``stdin=PIPE``) or reads (``stdout=PIPE``) as a stream.
+
+    Its stderr is drained in a thread (a full stderr pipe would block it). If the caller's work fails,
+    the child is killed before being waited for: a child still reading an open stdin would never exit.
+    A child that stops reading (BrokenPipeError) is not an error of ours: its exit code says why.
+    On leaving, a non-zero exit raises ``CommandFailed`` with the tail of its stderr.
+    """
+    import threading
+
+    argv = list(argv)
+    process = spawn(argv, env=env, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
+    chunks: list[bytes] = []
+    drain = threading.Thread(target=lambda: chunks.append(process.stderr.read() if process.stderr else b""))
+    drain.start()
+    try:
+        yield process
+        if process.stdin is not None:
+            process.stdin.close()
+    except BrokenPipeError:
+        pass
+    except BaseException:
+        process.kill()
+        raise
+    finally:
+        code = process.wait()
+        drain.join()
+    if code != 0:
+        raise CommandFailed(argv, code, b"".join(chunks).decode(errors="replace")[-_STDERR_TAIL:])
 
 
 def check_exit(process: subprocess.Popen[bytes], argv: Sequence[str], stderr: bytes = b"") -> None:
