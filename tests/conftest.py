@@ -152,3 +152,15 @@ def stack(servers_installed: None) -> Iterator[Stack]:
         yield created
     finally:
         created.teardown()
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[Any]:
+    """A Google Drive v3 emulator on 127.0.0.1 (tests/support/gdrive_emulator.py), stopped afterwards."""
+    from tests.support.gdrive_emulator import DriveEmulator
+
+    drive = DriveEmulator(str(tmp_path / "drive"))
+    try:
+        yield drive
+    finally:
+        drive.stop()

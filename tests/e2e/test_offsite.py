@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,19 +16,10 @@ from tests.support.gdrive_emulator import DriveEmulator
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def drive(tmp_path: Path) -> Iterator[DriveEmulator]:
-    emulator = DriveEmulator(str(tmp_path / "drive"))
-    try:
-        yield emulator
-    finally:
-        emulator.stop()
-
-
-def offsite_stack(stack: Stack, drive: DriveEmulator, **gdrive: Any) -> str:
-    folder = drive.make_folder()
+def offsite_stack(stack: Stack, emulator: DriveEmulator, **gdrive: Any) -> str:
+    folder = emulator.make_folder()
     recipient = with_keys(stack)
-    credentials = authorized_user_file(stack.dir / "keys" / "gdrive.json", drive)
+    credentials = authorized_user_file(stack.dir / "keys" / "gdrive.json", emulator)
     document = stack.default_document("ram")
     document["backup"] = {
         "encryption": {"recipients": [recipient], "identity_file": "./keys/backup.key"},
@@ -39,7 +28,7 @@ def offsite_stack(stack: Stack, drive: DriveEmulator, **gdrive: Any) -> str:
                 "enabled": True,
                 "folder_id": folder,
                 "credentials_file": credentials,
-                "api_url": drive.url,
+                "api_url": emulator.url,
                 "chunk_size": "256KiB",
                 **gdrive,
             }
@@ -54,35 +43,35 @@ def listing(stack: Stack) -> list[dict[str, Any]]:
     return list(json.loads(stack.cli("backups", "-o", "json").stdout)["sets"])
 
 
-def test_backups_go_off_site_and_the_listing_says_where(stack: Stack, drive: DriveEmulator) -> None:
-    folder = offsite_stack(stack, drive)
+def test_backups_go_off_site_and_the_listing_says_where(stack: Stack, emulator: DriveEmulator) -> None:
+    folder = offsite_stack(stack, emulator)
     seed(stack, 200)
     stack.cli("backup")
-    names = drive.names_in(folder)
+    names = emulator.names_in(folder)
     suffixes = sorted(n.split(".", 1)[1] for n in names)
     assert suffixes == ["manifest.json", "postgres.pgdump.zst.age", "redis.rdb.zst.age"]
     entry = listing(stack)[0]
     assert entry["stores"] == ["local", "gdrive"]
     local = (stack.dir / "data" / "backups" / f"{entry['name']}.manifest.json").read_bytes()
-    assert drive.content(folder, f"{entry['name']}.manifest.json") == local
+    assert emulator.content(folder, f"{entry['name']}.manifest.json") == local
 
 
 def test_a_crash_between_member_uploads_leaves_an_incomplete_set_the_next_sync_completes(
-    stack: Stack, drive: DriveEmulator
+    stack: Stack, emulator: DriveEmulator
 ) -> None:
-    folder = offsite_stack(stack, drive)
+    folder = offsite_stack(stack, emulator)
     seed(stack, 200)
     stack.cli("backup", env={"RECONCILER_FAILPOINTS": "gdrive.between-members=kill"}, check=None)
     name = next(p.name.split(".")[0] for p in (stack.dir / "data" / "backups").glob("*.manifest.json"))
-    on_drive = drive.names_in(folder)
+    on_drive = emulator.names_in(folder)
     assert on_drive and not any(n.endswith(".manifest.json") for n in on_drive), "the manifest must go last"
     assert [e["stores"] for e in listing(stack) if e["name"] == name] == [["local"]]
-    received = drive.state.bytes_received
+    received = emulator.state.bytes_received
     stack.cli("sync")
-    assert f"{name}.manifest.json" in drive.names_in(folder)
+    assert f"{name}.manifest.json" in emulator.names_in(folder)
     first_member = (stack.dir / "data" / "backups" / on_drive[0]).stat().st_size
     assert (
-        drive.state.bytes_received - received
+        emulator.state.bytes_received - received
         < sum(p.stat().st_size for p in (stack.dir / "data" / "backups").glob(f"{name}.*"))
         - first_member
         + 64 * 1024
@@ -90,9 +79,9 @@ def test_a_crash_between_member_uploads_leaves_an_incomplete_set_the_next_sync_c
 
 
 def test_with_every_local_set_gone_a_power_cut_restores_from_drive(
-    stack: Stack, drive: DriveEmulator
+    stack: Stack, emulator: DriveEmulator
 ) -> None:
-    offsite_stack(stack, drive)
+    offsite_stack(stack, emulator)
     seed(stack, 700)
     stack.cli("backup")
     expected = snapshot(stack)
@@ -107,17 +96,17 @@ def test_with_every_local_set_gone_a_power_cut_restores_from_drive(
 
 
 def test_a_drive_outage_keeps_the_backup_local_and_the_next_sync_catches_up(
-    stack: Stack, drive: DriveEmulator
+    stack: Stack, emulator: DriveEmulator
 ) -> None:
-    folder = offsite_stack(stack, drive)
+    folder = offsite_stack(stack, emulator)
     seed(stack, 100)
-    drive.inject("any", status=503, reason="backendError", times=10_000)
+    emulator.inject("any", status=503, reason="backendError", times=10_000)
     result = stack.cli("backup")  # the local set is written; only the upload failed
     assert "upload to Google Drive failed" in result.stderr
     assert listing_local_only(stack)
-    drive.state.faults.clear()
+    emulator.state.faults.clear()
     stack.cli("sync")
-    assert any(n.endswith(".manifest.json") for n in drive.names_in(folder))
+    assert any(n.endswith(".manifest.json") for n in emulator.names_in(folder))
 
 
 def listing_local_only(stack: Stack) -> bool:
@@ -126,13 +115,13 @@ def listing_local_only(stack: Stack) -> bool:
 
 
 def test_nothing_on_drive_is_deleted_because_it_is_missing_locally(
-    stack: Stack, drive: DriveEmulator
+    stack: Stack, emulator: DriveEmulator
 ) -> None:
-    folder = offsite_stack(stack, drive)
+    folder = offsite_stack(stack, emulator)
     seed(stack, 50)
     stack.cli("backup", "--trigger", "one")
     stack.cli("backup", "--trigger", "two")
     for path in (stack.dir / "data" / "backups").glob("*-one.*"):
         path.unlink()
     stack.cli("sync")
-    assert sum(n.endswith(".manifest.json") for n in drive.names_in(folder)) == 2
+    assert sum(n.endswith(".manifest.json") for n in emulator.names_in(folder)) == 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,6 @@ from tests.support.gdrive_emulator import DriveEmulator
 
 pytestmark = pytest.mark.integration
 MIB = 1024 * 1024
-
-
-@pytest.fixture
-def emulator(tmp_path: Path) -> Iterator[DriveEmulator]:
-    drive = DriveEmulator(str(tmp_path / "drive"))
-    try:
-        yield drive
-    finally:
-        drive.stop()
 
 
 def authorized_user_file(path: Path, emulator: DriveEmulator) -> str:

@@ -14,12 +14,19 @@ from reconciler.plan.backupsets import BackupSet
 from reconciler.plan.observed import BackupsObservation
 from reconciler.plan.planner import plan
 from reconciler.plan.selection import CLOCK_SKEW_TOLERANCE, select_restore
+from reconciler.spec.model import RetentionSpec, StateSpec
 from tests.unit.test_planner import NOW, fresh_world, spec
 from tests.unit.test_retention import make_set as _make_set
 
 
 def make_set(*args: object, **kwargs: object) -> BackupSet:
     return _make_set(*args, stack="demo", **kwargs)  # type: ignore[arg-type]
+
+
+def keep_last_only(desired: StateSpec) -> StateSpec:
+    """The same spec with the harshest retention: only the newest set survives."""
+    retention = RetentionSpec(keep_last=1, keep_daily=0, keep_weekly=0)
+    return desired.model_copy(update={"backup": desired.backup.model_copy(update={"retention": retention})})
 
 
 copies = st.tuples(
@@ -138,13 +145,7 @@ def test_allow_empty_protects_the_old_sets_from_retention_forever() -> None:
     # a month of hourly backups of the (empty) database later, with keep_last=1 only:
     empties = tuple(make_set(NOW - timedelta(hours=h, minutes=30)) for h in range(0, 24 * 30, 1))
     world = replace(world, backups=replace(world.backups, sets=world.backups.sets + empties, rejected={}))
-    strict = spec().model_copy(
-        update={
-            "backup": spec().backup.model_copy(
-                update={"retention": type(spec().backup.retention)(keep_last=1, keep_daily=0, keep_weekly=0)}
-            )
-        }
-    )
+    strict = keep_last_only(spec())
     pruned = [a for a in plan(strict, world, NOW).actions if a.kind == "PruneBackups"]
     deleted = set(pruned[0].set_names)  # type: ignore[attr-defined]
     assert not deleted & {s.name for s in real}, "real sets must survive backups of the empty database"
@@ -154,13 +155,7 @@ def test_allow_empty_protects_the_old_sets_from_retention_forever() -> None:
 def test_restore_candidates_are_never_pruned_in_the_same_plan() -> None:
     sets = [make_set(NOW - timedelta(hours=h)) for h in range(1, 40)]
     desired = spec()
-    strict = desired.model_copy(
-        update={
-            "backup": desired.backup.model_copy(
-                update={"retention": type(desired.backup.retention)(keep_last=1, keep_daily=0, keep_weekly=0)}
-            )
-        }
-    )
+    strict = keep_last_only(desired)
     world = replace(fresh_world(desired), backups=BackupsObservation(tuple(sets)))
     result = plan(strict, world, NOW)
     assert not [a for a in result.actions if a.kind == "PruneBackups"]
@@ -178,13 +173,7 @@ def test_future_dated_set_is_tried_last_with_a_warning() -> None:
 def test_sets_protected_by_an_empty_start_are_not_pruned_in_the_same_plan() -> None:
     real = [make_set(NOW - timedelta(days=d)) for d in range(1, 4)]
     desired = spec()
-    strict = desired.model_copy(
-        update={
-            "backup": desired.backup.model_copy(
-                update={"retention": type(desired.backup.retention)(keep_last=1, keep_daily=0, keep_weekly=0)}
-            )
-        }
-    )
+    strict = keep_last_only(desired)
     world = replace(
         fresh_world(desired),
         backups=BackupsObservation(tuple(real), rejected={("local", s.name): "bad" for s in real}),
