@@ -51,18 +51,9 @@ class _State:
 
 
 def _load(state: _State) -> StateSpec:
-    from reconciler.errors import InvalidInput
-    from reconciler.spec.loader import parse_state
+    from reconciler.engine.context import load_spec
 
-    path = state.state_file
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except FileNotFoundError:
-        raise InvalidInput(f"state file {path} not found (use -f/--file to point at another)") from None
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"{path} is not valid UTF-8 text (byte {exc.start})") from None
-    return parse_state(text, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
+    return load_spec(state.state_file)
 
 
 def _context(state: _State) -> StackContext:
@@ -149,11 +140,23 @@ def _show_plan(state: _State, ctx: StackContext, output_format: str, allow_empty
 
     the_plan = compute_plan(ctx, allow_empty)
     spec = ctx.spec
+    override = ctx.mode_override
     if output_format == "json":
         state.out.json(
-            {"stack": spec.stack, "mode": spec.mode, "runtime": spec.runtime, **the_plan.to_dict()}
+            {
+                "stack": spec.stack,
+                "mode": spec.mode,
+                "runtime": spec.runtime,
+                "modeOverride": override,
+                **the_plan.to_dict(),
+            }
         )
     else:
+        if override:
+            state.out.err.print(
+                f"[yellow]note:[/] {spec.mode} mode instead of state.yaml's: the daemon fell back at "
+                f"{override['since']} ({override['reason']}); edit state.yaml to try again"
+            )
         for line in plan_text(the_plan, spec.stack, spec.mode, spec.runtime):
             state.out.out.print(line)
     if the_plan.blockers:
@@ -290,12 +293,25 @@ def status(state: _State, output_format: str) -> None:
         "lastRun": recorded.get("lastRun"),
         "lastRestore": backup_records.get("last_restore"),
         "lastBackup": backup_records.get("last_success"),
+        "nextScheduledBackup": recorded.get("nextScheduledBackup"),
+        "daemon": _daemon_status(ctx, recorded.get("daemon")),
+        "modeOverride": ctx.mode_override,
     }
     if output_format == "json":
         state.out.json(document)
     else:
         for line in status_text(document):
             state.out.out.print(line)
+
+
+def _daemon_status(ctx: StackContext, recorded: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The daemon's own report, corrected by its lock: a daemon killed with -9 cannot say it stopped."""
+    from reconciler.system import fs
+
+    holder = fs.lock_holder(os.path.join(ctx.state_dir, "daemon.lock"))
+    if recorded is None and holder is None:
+        return None
+    return {**(recorded or {}), "running": holder is not None, "pid": holder or (recorded or {}).get("pid")}
 
 
 def _backup_records(ctx: StackContext) -> dict[str, Any]:
@@ -581,6 +597,47 @@ def prune(state: _State, dry_run: bool) -> None:
     for name in deleted:
         state.out.out.print(f"- {verb} {name}")
     state.out.out.print(f"{len(deleted)} set(s) {verb}, {len(decision.keep)} kept.")
+
+
+@cli.command()
+@click.pass_obj
+@_guard
+def daemon(state: _State) -> None:
+    """Keep the stack converged and its backups fresh until SIGTERM/SIGINT (then a final backup in RAM mode)."""
+    from reconciler.daemon.loop import Daemon
+
+    sys.exit(Daemon(state.state_file).run())
+
+
+@cli.command()
+@click.option(
+    "-n", "--limit", type=int, default=50, show_default=True, help="Show the newest N events (0: all)."
+)
+@click.option("--warnings", is_flag=True, help="Only Warning events.")
+@_FORMAT
+@click.pass_obj
+@_guard
+def events(state: _State, limit: int, warnings: bool, output_format: str) -> None:
+    """Show what the daemon noticed and did (the events log), oldest first."""
+    from reconciler.engine import events as event_log
+
+    spec = _load(state)
+    found = event_log.read(spec.state_path)
+    if warnings:
+        found = [e for e in found if e.get("type") == "Warning"]
+    if limit:
+        found = found[-limit:]
+    if output_format == "json":
+        state.out.json(found)
+        return
+    if not found:
+        state.out.out.print(f"no events yet in {event_log.events_path(spec.state_path)}")
+    for event in found:
+        colour = "yellow" if event.get("type") == "Warning" else "green"
+        message = str(event.get("message", "")).replace("[", "\\[")
+        state.out.out.print(
+            f"{event.get('time')} [{colour}]{event.get('type', '?'):<7}[/] {event.get('reason')}: {message}"
+        )
 
 
 @cli.group()

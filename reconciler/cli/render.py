@@ -60,11 +60,10 @@ def status_text(document: dict[str, Any]) -> list[str]:
         f"  host      {format_bytes(host['mem_available'])} available of {format_bytes(host['mem_total'])} RAM"
     )
     for condition in document.get("conditions", []):
-        mark = (
-            "[green]✓[/]"
-            if (condition["status"] == "True") != (condition["type"] == "Stalled")
-            else "[red]✗[/]"
-        )
+        good = (condition["status"] == "True") != (condition["type"] in ("Stalled", "Reconciling"))
+        mark = "[green]✓[/]" if good else "[red]✗[/]"
+        if condition["type"] == "Reconciling":
+            mark = "[yellow]…[/]" if condition["status"] == "True" else "·"
         lines.append(
             f"  {mark} {condition['type']}={condition['status']} {condition['reason']}: "
             f"{_escape(str(condition['message']))} (since {condition['lastTransitionTime']})"
@@ -87,6 +86,23 @@ def status_text(document: dict[str, Any]) -> list[str]:
             lines.append(
                 f"    rejected {rejected['set']} ({rejected['store']}): {_escape(rejected['reason'])}"
             )
+    if document.get("nextScheduledBackup"):
+        lines.append(f"  next scheduled backup {document['nextScheduledBackup']}")
+    daemon = document.get("daemon")
+    if daemon:
+        if daemon.get("running"):
+            lines.append(
+                f"  daemon pid {daemon['pid']} since {daemon['started']}: {daemon['passes']} passes, "
+                f"{daemon['errors']} errors, last pass {daemon['lastPass']}"
+            )
+        else:
+            lines.append(f"  daemon not running (last pass {daemon.get('lastPass')})")
+    override = document.get("modeOverride")
+    if override:
+        lines.append(
+            f"  [yellow]mode override: {override['mode']} since {override['since']} ({_escape(str(override['reason']))}); "
+            "edit state.yaml to try again[/]"
+        )
     if document.get("lastAppliedRevision"):
         lines.append(f"  last applied revision {document['lastAppliedRevision']}")
     return lines

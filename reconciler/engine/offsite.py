@@ -29,11 +29,11 @@ from reconciler.system import failpoints
 log = logging.getLogger(__name__)
 
 
-def drive_store(ctx: StackContext) -> GdriveStore | None:
+def drive_store(ctx: StackContext, attempts: int = 8, deadline: float = 600) -> GdriveStore | None:
     spec = ctx.spec.backup.stores.gdrive
     if not spec.enabled or not spec.credentials_file:
         return None
-    return GdriveStore(spec, ctx.spec.resolve(spec.credentials_file))
+    return GdriveStore(spec, ctx.spec.resolve(spec.credentials_file), attempts, deadline)
 
 
 @dataclass
@@ -65,9 +65,13 @@ def upload_set(ctx: StackContext, store: GdriveStore, backup_set: BackupSet, rem
     return sent
 
 
-def sync(ctx: StackContext) -> SyncResult:
-    """Upload every complete local set missing (or incomplete) on Drive, then apply Drive retention."""
-    store = drive_store(ctx)
+def sync(ctx: StackContext, attempts: int = 8, deadline: float = 600) -> SyncResult:
+    """Upload every complete local set missing (or incomplete) on Drive, then apply Drive retention.
+
+    ``attempts``/``deadline`` bound the retries of each Drive call; the daemon passes small ones and
+    retries whole syncs with its own backoff, so an outage never holds a pass for minutes.
+    """
+    store = drive_store(ctx, attempts, deadline)
     if store is None:
         raise PermanentError("backup.stores.gdrive is not enabled in state.yaml")
     result = SyncResult()

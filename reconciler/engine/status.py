@@ -43,14 +43,25 @@ def load(path: str) -> dict[str, Any]:
     return document if isinstance(document, dict) else {}
 
 
-def record_run(
-    path: str, run: dict[str, Any], conditions: dict[str, tuple[bool, str, str]], **fields: Any
-) -> None:
+Conditions = dict[str, tuple[bool, str, str]]
+
+
+def update(path: str, conditions: Conditions, **fields: Any) -> dict[str, Any]:
+    """Set conditions and top-level fields; everything else in the file stays as it is."""
     document = load(path)
     current = list(document.get("conditions", []))
     for kind, (status, reason, message) in conditions.items():
         current = set_condition(current, kind, status, reason, message)
-    history = [run, *document.get("history", [])][:HISTORY]
     document.update(fields)
-    document.update({"conditions": current, "lastRun": run, "history": history})
+    document["conditions"] = current
     fs.atomic_write_json(path, document)
+    return document
+
+
+def record_run(path: str, run: dict[str, Any], conditions: Conditions, **fields: Any) -> None:
+    history = [run, *load(path).get("history", [])][:HISTORY]
+    update(path, conditions, lastRun=run, history=history, **fields)
+
+
+def condition(document: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    return next((c for c in document.get("conditions", []) if c.get("type") == kind), None)

@@ -315,6 +315,54 @@ class BackupSpec(_Strict):
     )
 
 
+class DaemonSpec(_Strict):
+    """How `reconciler daemon` runs: resync period, retries, shutdown, metrics, notifications."""
+
+    resync: Duration = _field(
+        60,
+        description="Observe everything afresh at least this often (changes to state.yaml wake the "
+        "daemon at once); a random jitter of up to 10% spreads the wake-ups.",
+        example="1m",
+    )
+    backoff_max: Duration = _field(
+        300,
+        description="Longest wait between retries of a failing reconcile (exponential backoff with "
+        "jitter from 2 s up to this).",
+        example="5m",
+    )
+    verify_new_sets: bool = _field(
+        True,
+        description="Verify each scheduled backup set by restoring it into scratch servers before "
+        "retention may delete older sets (retention keeps the newest verified set).",
+        example=True,
+    )
+    final_backup: bool = _field(
+        True,
+        description="On SIGTERM/SIGINT in RAM mode, take a last backup set before exiting.",
+        example=True,
+    )
+    shutdown_timeout: Duration = _field(
+        300,
+        description="Longest time a graceful shutdown may take (finishing the step in progress and the "
+        "final backup); the daemon then exits anyway, leaving the journal to resume the work.",
+        example="5m",
+    )
+    metrics_port: int | None = _field(
+        9465,
+        description="Port of the Prometheus /metrics and /healthz endpoint on 127.0.0.1; null disables it.",
+        example=9465,
+        ge=0,
+        le=65535,
+    )
+    webhook_env: Annotated[str, Field(pattern=ENV_NAME_PATTERN)] = _field(
+        "RECONCILER_WEBHOOK_URL",
+        description="Environment variable holding a healthchecks.io-style ping URL (a secret: never "
+        "written here). When it is set, the daemon pings <url>/start before a scheduled backup, <url> "
+        "after success or recovery, and <url>/fail with the error.",
+        example="RECONCILER_WEBHOOK_URL",
+    )
+
+
 class StateSpec(_Strict):
     """The desired state of one stack."""
 
@@ -348,6 +396,9 @@ class StateSpec(_Strict):
     )
     backup: BackupSpec = _field(
         default_factory=BackupSpec, description="Backup settings.", example={"cadence": "1h"}
+    )
+    daemon: DaemonSpec = _field(
+        default_factory=DaemonSpec, description="Settings of `reconciler daemon`.", example={"resync": "1m"}
     )
 
     _base_dir: str = PrivateAttr(default="/")

@@ -99,6 +99,24 @@ def exclusive_lock(path: str, what: str) -> Iterator[None]:
         os.close(fd)
 
 
+def lock_holder(path: str) -> str | None:
+    """The pid written by whoever holds the ``exclusive_lock`` at ``path``, or None when nobody does."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            return os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        return None
+    finally:
+        os.close(fd)
+
+
 def copy_tree(source: str, target: str, progress: Callable[[int], None] | None = None) -> int:
     """Copy a stopped data directory, preserving modes, ownership, times and symlinks; return bytes.
 

@@ -435,12 +435,13 @@ class DriveEmulator:
         self.state = State(directory)
         self.server = _Server(("127.0.0.1", port), _Handler)
         self.server.state = self.state
+        self._port = int(self.server.server_address[1])
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def port(self) -> int:
-        return int(self.server.server_address[1])
+        return self._port
 
     @property
     def url(self) -> str:
@@ -449,6 +450,13 @@ class DriveEmulator:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def start_again(self) -> None:
+        """After ``stop()``: serve the same files on the same port again (an outage that ends)."""
+        self.server = _Server(("127.0.0.1", self.port), _Handler)
+        self.server.state = self.state
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
 
     def make_folder(self, name: str = "backups", parent: str | None = None) -> str:
         meta = {"name": name, "mimeType": FOLDER, "parents": [parent] if parent else []}

@@ -1,0 +1,46 @@
+#!/bin/sh
+# Entrypoint of the locally built test images, modelled on the official postgres and redis images:
+# `postgres` initialises $PGDATA on first start from POSTGRES_USER / POSTGRES_PASSWORD / POSTGRES_DB
+# and runs the server as the postgres user; `redis-server` runs as the redis user in /data; anything
+# else is executed as given (the stand-in app, a shell).
+set -eu
+PG_BIN=/usr/lib/postgresql/15/bin
+case "${1:-}" in
+  postgres)
+    shift
+    : "${PGDATA:=/var/lib/postgresql/data}"
+    mkdir -p "$PGDATA" /run/postgresql
+    chown postgres:postgres "$PGDATA" /run/postgresql
+    chmod 0700 "$PGDATA"
+    if [ ! -s "$PGDATA/PG_VERSION" ]; then
+      user="${POSTGRES_USER:-postgres}"
+      db="${POSTGRES_DB:-$user}"
+      pwfile=$(mktemp)
+      printf '%s' "${POSTGRES_PASSWORD:-}" > "$pwfile"
+      chown postgres "$pwfile"
+      auth=trust
+      [ -n "${POSTGRES_PASSWORD:-}" ] && auth=scram-sha-256
+      su postgres -s /bin/sh -c "$PG_BIN/initdb -D '$PGDATA' -U '$user' --pwfile='$pwfile' --auth-local=trust --auth-host=$auth -E UTF8 --locale=C.UTF-8" >/dev/null
+      rm -f "$pwfile"
+      echo "listen_addresses = '*'" >> "$PGDATA/postgresql.conf"
+      echo "host all all all $auth" >> "$PGDATA/pg_hba.conf"
+      if [ "$db" != "postgres" ]; then
+        su postgres -s /bin/sh -c "$PG_BIN/postgres -D '$PGDATA' -c listen_addresses='' -k /run/postgresql" &
+        until su postgres -s /bin/sh -c "$PG_BIN/pg_isready -q -h /run/postgresql -U '$user' -d postgres"; do sleep 0.2; done
+        su postgres -s /bin/sh -c "psql -q -h /run/postgresql -U '$user' -d postgres -c 'CREATE DATABASE \"$db\"'"
+        su postgres -s /bin/sh -c "$PG_BIN/pg_ctl -D '$PGDATA' -m fast -w stop" >/dev/null
+      fi
+    fi
+    exec su postgres -s /bin/sh -c "exec $PG_BIN/postgres -D '$PGDATA' -k /run/postgresql $*"
+    ;;
+  redis-server)
+    shift
+    mkdir -p /data
+    chown redis:redis /data
+    cd /data
+    exec su redis -s /bin/sh -c "exec redis-server --dir /data --protected-mode no $*"
+    ;;
+  *)
+    exec "$@"
+    ;;
+esac

@@ -1,0 +1,625 @@
+"""``reconciler daemon``: a level-triggered controller loop that keeps the stack converged and its
+backups fresh, healing what it finds broken.
+
+Design decisions:
+- Level-triggered, like a Kubernetes controller: a wake-up (state.yaml saved, a git commit, the
+  periodic resync, a retry or a backup coming due) carries no instruction. Each pass re-reads
+  state.yaml, observes everything afresh and converges with the same ``apply`` a human runs. Wake-ups
+  that arrive during a pass coalesce into one next pass, so nothing is lost and nothing runs twice.
+- Healing is nothing special: PostgreSQL killed, a tmpfs wiped, a container gone: each is a
+  difference between state.yaml and the world, which the planner already turns into start or
+  restore actions. The daemon adds only what time drives (``plan/schedule.py``): a backup that has
+  come due, verification of a new set (so retention can make progress), Drive uploads that failed,
+  and the RAM-pressure watch.
+- Errors are classified once (``errors.py``): a transient failure retries with capped exponential
+  backoff and jitter (tenacity's wait strategy), reset by the next success; a permanent one sets
+  Stalled and stops retrying until state.yaml changes or the plan itself changes (the world moved).
+  An invalid edit of state.yaml is reported and ignored: the daemon keeps converging to the last
+  valid spec rather than stopping, because the stack still needs its backups.
+- Signals only set flags; the pass in progress runs to its end (every step is journaled or idempotent,
+  so the alternative of stopping mid-step would only add a resume). A watchdog enforces
+  ``daemon.shutdown_timeout``: past it the process exits and the journal resumes the work next time.
+- One daemon per stack, by an flock next to the status file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+import tenacity
+
+from reconciler.daemon.metrics import MetricsServer, Snapshot
+from reconciler.daemon.notify import Notifier
+from reconciler.daemon.watch import StateWatcher
+from reconciler.engine import backups as engine_backups
+from reconciler.engine import events, status
+from reconciler.engine.apply import apply, compute_plan
+from reconciler.engine.context import StackContext, load_spec, state_file_digest, write_override
+from reconciler.engine.revision import state_revision
+from reconciler.errors import LockHeld, PermanentError, ReconcilerError, SpecInvalid
+from reconciler.plan.observed import ObservedState
+from reconciler.plan.schedule import backup_schedule, ram_headroom, set_to_verify
+from reconciler.spec.model import StateSpec
+from reconciler.system import fs
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FINAL_BACKUP_FAILED = 1
+EXIT_SHUTDOWN_TIMEOUT = 3
+
+
+class Backoff:
+    """Consecutive failures → the next delay (tenacity's exponential wait with jitter), reset on success."""
+
+    def __init__(self, cap_seconds: float) -> None:
+        self.failures = 0
+        self._wait = tenacity.wait_exponential_jitter(multiplier=2, max=cap_seconds, jitter=2)
+        self._state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
+
+    def failed(self) -> float:
+        self.failures += 1
+        self._state.attempt_number = self.failures
+        return float(self._wait(self._state))
+
+    def succeeded(self) -> bool:
+        """Reset; True when this ends a run of failures (a recovery worth telling)."""
+        recovered = self.failures > 0
+        self.failures = 0
+        return recovered
+
+
+class Daemon:
+    def __init__(self, state_file: str, on_ready: Callable[[Daemon], None] | None = None) -> None:
+        self.state_file = os.path.abspath(state_file)
+        self.spec: StateSpec = load_spec(self.state_file)  # must be valid to start at all
+        self.spec_digest = state_file_digest(self.state_file)
+        self.state_dir = self.spec.state_path
+        self.on_ready = on_ready
+        self.snapshot = Snapshot()
+        self.notifier = Notifier(self.spec.daemon.webhook_env)
+        self.metrics: MetricsServer | None = None
+        self._wake = threading.Event()
+        self._reasons: set[str] = set()
+        self._reasons_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._stop_signal: str | None = None
+        self.reconcile_backoff = Backoff(self.spec.daemon.backoff_max.total_seconds())
+        self.backup_backoff = Backoff(self.spec.daemon.backoff_max.total_seconds())
+        self.offsite_backoff = Backoff(self.spec.daemon.backoff_max.total_seconds())
+        self.next_retry: float | None = None
+        self.next_backup_try = 0.0
+        self.next_offsite: float = 0.0
+        self.offsite_pending = True  # check Drive once at start: uploads may have failed while we were down
+        self.stalled_on: tuple[Any, ...] | None = None
+        self.invalid_digest: str | None = None
+        self.passes = 0
+        self.errors = 0
+        self.last_pass_end = time.monotonic()
+        self.pass_started: float | None = None
+        self.started_at = status.now_iso()
+        self.next_backup_at: datetime | None = None
+        self._pending_conditions: status.Conditions = {}
+        self._pending_fields: dict[str, Any] = {}
+        self.headroom_ok = True
+
+    # ---- wake-ups -------------------------------------------------------------------------------
+
+    def wake(self, reason: str) -> None:
+        with self._reasons_lock:
+            self._reasons.add(reason)
+        self._wake.set()
+
+    def request_stop(self, reason: str) -> None:
+        if self._stop_signal is None:
+            self._stop_signal = reason
+            log.info("%s: finishing the current pass, then shutting down", reason)
+        self._stop.set()
+        self._wake.set()
+
+    def _take_reasons(self) -> set[str]:
+        with self._reasons_lock:
+            reasons, self._reasons = self._reasons, set()
+        self._wake.clear()
+        return reasons
+
+    def _sleep(self) -> set[str]:
+        resync = self.spec.daemon.resync.total_seconds()
+        now = time.monotonic()
+        deadlines = {"resync": now + resync * (1 + random.uniform(0, 0.1))}
+        if self.next_retry is not None:
+            deadlines["retry after failure"] = self.next_retry
+        if self.next_backup_at is not None:
+            seconds = (self.next_backup_at - datetime.now(UTC)).total_seconds()
+            deadlines["backup due"] = max(now + seconds, self.next_backup_try)
+        if self.offsite_pending and self.spec.backup.stores.gdrive.enabled:
+            deadlines["offsite retry"] = self.next_offsite
+        # A deadline already past means work that could not run (a backup due while a service is down):
+        # it waits for the resync instead of spinning.
+        deadlines = {k: v for k, v in deadlines.items() if v > now or k == "resync"}
+        reason, deadline = min(deadlines.items(), key=lambda item: item[1])
+        self.snapshot.set(
+            "reconciler_next_wakeup_seconds", max(deadline - now, 0), "Seconds until the next pass."
+        )
+        if self._wake.wait(timeout=max(deadline - time.monotonic(), 0)):
+            return self._take_reasons()
+        return {reason} | self._take_reasons()
+
+    # ---- life cycle -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        lock = os.path.join(self.state_dir, "daemon.lock")
+        try:
+            with fs.exclusive_lock(lock, f"stack {self.spec.stack}"):
+                return self._run_locked()
+        except LockHeld as exc:
+            holder = str(exc).split("(pid ", 1)[-1].split(")", 1)[0]
+            raise LockHeld(
+                f"a reconciler daemon (pid {holder}) already runs for stack {self.spec.stack} "
+                f"(lock {lock}); one daemon per stack. Stop it first, or use `reconciler status`"
+            ) from None
+
+    def _run_locked(self) -> int:
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        watcher = StateWatcher(self.state_file, self.wake)
+        watcher.start()
+        port = self.spec.daemon.metrics_port
+        if port is not None:
+            self.metrics = MetricsServer(self.snapshot, port, self._liveness)
+            self.metrics.start()
+        events.emit(
+            self.state_dir,
+            "Normal",
+            "Started",
+            f"daemon started (pid {os.getpid()}) for stack {self.spec.stack}"
+            + (f"; metrics on http://127.0.0.1:{self.metrics.port}/metrics" if self.metrics else ""),
+        )
+        self._write_daemon_status(running=True)
+        if self.on_ready:
+            self.on_ready(self)
+        reasons = {"startup"}
+        try:
+            while not self._stop.is_set():
+                self._pass(reasons)
+                if self._stop.is_set():
+                    break
+                reasons = self._sleep()
+            return self._shutdown()
+        finally:
+            watcher.stop()
+            if self.metrics:
+                self.metrics.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self._stop_signal is None:
+            timeout = self.spec.daemon.shutdown_timeout.total_seconds()
+            watchdog = threading.Timer(timeout, self._shutdown_timed_out, args=(timeout,))
+            watchdog.daemon = True
+            watchdog.start()
+        self.request_stop(f"received {name}")
+
+    def _shutdown_timed_out(self, timeout: float) -> None:
+        message = (
+            f"graceful shutdown took longer than daemon.shutdown_timeout ({timeout:.0f} s); exiting now. "
+            "Any interrupted operation is journaled and resumes at the next start"
+        )
+        log.error(message)
+        events.emit(self.state_dir, "Warning", "ShutdownTimeout", message)
+        os._exit(EXIT_SHUTDOWN_TIMEOUT)
+
+    def _shutdown(self) -> int:
+        code = EXIT_OK
+        ctx = self._context()
+        if ctx is not None and ctx.spec.mode == "ram" and ctx.spec.daemon.final_backup:
+            observed = ctx.observe()
+            if all(s.running for s in observed.services.values()):
+                try:
+                    document = engine_backups.take_backup(ctx, "shutdown")
+                    events.emit(
+                        self.state_dir,
+                        "Normal",
+                        "FinalBackup",
+                        f"final backup set {document['set']} taken before exit",
+                    )
+                except ReconcilerError as exc:
+                    code = EXIT_FINAL_BACKUP_FAILED
+                    events.emit(self.state_dir, "Warning", "FinalBackupFailed", f"final backup failed: {exc}")
+                    self.notifier.fail(f"final backup failed: {exc}")
+            else:
+                events.emit(
+                    self.state_dir,
+                    "Warning",
+                    "FinalBackupSkipped",
+                    "final backup skipped: not every service is running",
+                )
+        events.emit(
+            self.state_dir, "Normal", "Stopped", f"daemon stopped ({self._stop_signal or 'asked to stop'})"
+        )
+        self._write_daemon_status(running=False)
+        return code
+
+    # ---- one pass -------------------------------------------------------------------------------
+
+    def _context(self) -> StackContext | None:
+        try:
+            return StackContext.build(self.spec, self.state_file)
+        except ReconcilerError as exc:
+            self._stalled(("context", str(exc)), exc)
+            return None
+
+    def _reload(self) -> None:
+        """Adopt a changed state.yaml if it is valid; otherwise report it and keep the last valid spec."""
+        digest = state_file_digest(self.state_file)
+        if digest == self.spec_digest and self.invalid_digest is not None:
+            self.invalid_digest = None
+            events.emit(
+                self.state_dir, "Normal", "SpecValid", "state.yaml is back to the adopted, valid spec"
+            )
+            self._note({"SpecValid": (True, "Valid", "state.yaml is valid and adopted")})
+        if digest in (self.spec_digest, self.invalid_digest):
+            return
+        try:
+            spec = load_spec(self.state_file)
+            if spec.stack != self.spec.stack or spec.state_path != self.spec.state_path:
+                raise PermanentError(
+                    "stack and state_dir cannot change while the daemon runs (its lock and status live "
+                    "there); restart the daemon to adopt them"
+                )
+        except ReconcilerError as exc:
+            self.invalid_digest = digest
+            problems = [str(p) for p in exc.problems] if isinstance(exc, SpecInvalid) else []
+            message = f"state.yaml was not adopted: {exc}" + (": " + "; ".join(problems) if problems else "")
+            message += "; the daemon keeps the last valid spec"
+            log.error(message)
+            events.emit(self.state_dir, "Warning", "SpecInvalid", message)
+            self._note({"SpecValid": (False, "Invalid", message)})
+            self._flush()
+            self.notifier.fail(message)
+            return
+        self.spec, self.spec_digest, self.invalid_digest = spec, digest, None
+        self.stalled_on = None  # a new spec is a new chance
+        events.emit(self.state_dir, "Normal", "SpecChanged", "adopted the new state.yaml")
+        self._note({"SpecValid": (True, "Valid", "state.yaml is valid and adopted")})
+
+    @property
+    def _status_path(self) -> str:
+        return os.path.join(self.state_dir, "status.json")
+
+    def _pass(self, reasons: set[str]) -> None:
+        self.passes += 1
+        self.pass_started = time.monotonic()
+        self.snapshot.add("reconciler_reconcile_total", 1, "Reconcile passes run.")
+        log.debug("pass %d (%s)", self.passes, ", ".join(sorted(reasons)))
+        try:
+            self._reload()
+            ctx = self._context()
+            if ctx is None:
+                return
+            if self._converge(ctx, reasons):
+                ctx = self._context() or ctx
+                self._upkeep(ctx)
+        finally:
+            self.pass_started = None
+            self.last_pass_end = time.monotonic()
+            self._write_daemon_status(running=True)
+
+    def _converge(self, ctx: StackContext, reasons: set[str]) -> bool:
+        """Apply when the plan is not empty; True when the stack is in sync afterwards."""
+        try:
+            the_plan = compute_plan(ctx)
+            signature = (self.spec_digest, tuple(a.describe() for a in the_plan.actions), the_plan.blockers)
+            if self.stalled_on is not None:
+                if self.stalled_on == signature:
+                    return False
+                log.info("the plan changed since the daemon stalled; trying again")
+            if not the_plan.in_sync:
+                if the_plan.blockers:
+                    raise PermanentError("; ".join(the_plan.blockers))
+                steps = "; ".join(a.describe() for a in the_plan.actions)
+                self._apply(ctx, f"{steps} (woken by: {', '.join(sorted(reasons))})")
+            else:
+                self._note(
+                    {
+                        "Ready": (
+                            True,
+                            "InSync",
+                            f"stack in {ctx.spec.mode} mode with every service running",
+                        ),
+                        "Stalled": (False, "Converged", "the stack matches state.yaml"),
+                    },
+                    lastAppliedRevision=state_revision(self.state_file),
+                )
+        except PermanentError as exc:
+            self._stalled(signature if "signature" in locals() else ("error", str(exc)), exc)
+            return False
+        except ReconcilerError as exc:
+            self._transient(exc)
+            return False
+        finally:
+            self._note({"Reconciling": (False, "Idle", "no reconcile in progress")})
+        self.stalled_on = None
+        self.next_retry = None
+        if self.reconcile_backoff.succeeded():
+            events.emit(self.state_dir, "Normal", "Recovered", "reconcile succeeded again")
+            self.notifier.success("recovered")
+        return True
+
+    def _apply(self, ctx: StackContext, why: str) -> None:
+        events.emit(self.state_dir, "Normal", "Reconciling", why)
+        self._note({"Reconciling": (True, "Applying", why)})
+        self._flush()
+        result = apply(ctx, progress=self._step_event)
+        message = f"applied {len(result.executed)} step(s) in {result.seconds:.1f} s"
+        events.emit(self.state_dir, "Normal", "Converged", message)
+
+    def _step_event(self, index: int, total: int, action: Any) -> None:
+        events.emit(self.state_dir, "Normal", "Step", f"step {index}/{total}: {action.describe()}")
+
+    def _stalled(self, signature: tuple[Any, ...], exc: ReconcilerError) -> None:
+        self.errors += 1
+        self.snapshot.add("reconciler_reconcile_errors_total", 1, "Reconcile passes that failed.")
+        first = self.stalled_on is None
+        self.stalled_on = signature
+        self.next_retry = None
+        message = f"{exc}. The daemon stops retrying until state.yaml or the stack changes"
+        self._note({"Stalled": (True, type(exc).__name__, str(exc)), "Ready": (False, "Stalled", str(exc))})
+        if first:
+            log.error("stalled: %s", message)
+            events.emit(self.state_dir, "Warning", "Stalled", message)
+            self.notifier.fail(message)
+
+    def _transient(self, exc: ReconcilerError) -> None:
+        self.errors += 1
+        self.snapshot.add("reconciler_reconcile_errors_total", 1, "Reconcile passes that failed.")
+        delay = self.reconcile_backoff.failed()
+        self.next_retry = time.monotonic() + delay
+        message = f"{exc}; retrying in {delay:.0f} s (attempt {self.reconcile_backoff.failures})"
+        log.warning("reconcile failed: %s", message)
+        events.emit(self.state_dir, "Warning", "ReconcileFailed", message)
+        self._note({"Ready": (False, "ReconcileFailed", str(exc))})
+        if self.reconcile_backoff.failures == 1:
+            self.notifier.fail(str(exc))
+
+    # ---- upkeep: what time drives ---------------------------------------------------------------
+
+    def _upkeep(self, ctx: StackContext) -> None:
+        observed = ctx.observe()
+        if self._pressure(ctx, observed):
+            return  # the fallback switch changed the stack; the next pass observes it afresh
+        took = self._backup_if_due(ctx, observed)
+        self._verify_newest(ctx)
+        self._offsite(ctx, after_backup=took)
+        self._publish(ctx)
+
+    def _pressure(self, ctx: StackContext, observed: ObservedState) -> bool:
+        headroom = ram_headroom(ctx.spec, observed)
+        self.snapshot.set("reconciler_ram_headroom_bytes", headroom.available, "Memory left for RAM mode.")
+        was_ok = self.headroom_ok
+        self.headroom_ok = headroom.ok
+        if headroom.ok:
+            self._note({"RamHeadroom": (True, "Sufficient", headroom.message)})
+            if not was_ok:
+                events.emit(self.state_dir, "Normal", "RamHeadroomRecovered", headroom.message)
+            return False
+        if ctx.spec.ram.on_pressure == "fallback-to-disk":
+            message = f"{headroom.message}: switching to disk mode (ram.on_pressure: fallback-to-disk)"
+            events.emit(self.state_dir, "Warning", "RamPressureFallback", message)
+            self._note({"RamHeadroom": (False, "FellBackToDisk", message)})
+            self.notifier.fail(message)
+            write_override(ctx.state_dir, self.state_file, "disk", headroom.message, status.now_iso())
+            fallback = StackContext.build(self.spec, self.state_file)
+            try:
+                self._apply(fallback, "switching to disk mode because of RAM pressure")
+            except ReconcilerError as exc:
+                self._transient(exc)
+            finally:
+                self._note({"Reconciling": (False, "Idle", "no reconcile in progress")})
+            return True
+        self._note({"RamHeadroom": (False, "Low", headroom.message)})
+        if was_ok:
+            log.warning("RAM pressure: %s", headroom.message)
+            events.emit(self.state_dir, "Warning", "RamPressure", headroom.message)
+        return False
+
+    def _backup_if_due(self, ctx: StackContext, observed: ObservedState) -> bool:
+        now = datetime.now(UTC)
+        schedule = backup_schedule(ctx.spec, observed.backups.sets, now)
+        self.next_backup_at = schedule.next_at
+        if not schedule.due or time.monotonic() < self.next_backup_try:
+            self._backup_conditions(ctx, schedule.fresh, schedule.reason)
+            return False
+        if not all(s.running for s in observed.services.values()):
+            return False
+        log.info("backup due: %s", schedule.reason)
+        self.notifier.start()
+        try:
+            document = engine_backups.take_backup(ctx, "scheduled")
+        except ReconcilerError as exc:
+            delay = self.backup_backoff.failed()
+            self.next_backup_try = time.monotonic() + delay
+            message = f"scheduled backup failed: {exc}; retrying in {delay:.0f} s"
+            events.emit(self.state_dir, "Warning", "BackupFailed", message)
+            self.snapshot.add("reconciler_backup_failures_total", 1, "Scheduled backups that failed.")
+            self._backup_conditions(ctx, schedule.fresh, message)
+            self.notifier.fail(message)
+            return False
+        self.backup_backoff.succeeded()
+        self.next_backup_try = 0.0
+        size = sum(int(m["size"]) for m in document["members"])
+        events.emit(
+            self.state_dir,
+            "Normal",
+            "BackupTaken",
+            f"backup set {document['set']} ({size} bytes, {document['seconds']:.1f} s): {schedule.reason}",
+        )
+        self.snapshot.add("reconciler_backups_total", 1, "Scheduled backups taken.")
+        self.notifier.success(f"backup set {document['set']}")
+        self.next_backup_at = datetime.now(UTC) + ctx.spec.backup.cadence
+        self._backup_conditions(ctx, True, f"newest set {document['set']} was just taken")
+        return True
+
+    def _backup_conditions(self, ctx: StackContext, fresh: bool, message: str) -> None:
+        self._note(
+            {"BackupFresh": (fresh, "Fresh" if fresh else "Stale", message)},
+            nextScheduledBackup=self.next_backup_at.isoformat(timespec="seconds").replace("+00:00", "Z")
+            if self.next_backup_at
+            else None,
+        )
+
+    def _verify_newest(self, ctx: StackContext) -> None:
+        record = engine_backups.records(ctx)
+        tried = frozenset(record.get("verified", {}))
+        sets = tuple(listing.backup_set for listing in engine_backups.list_sets(ctx))
+        target = set_to_verify(ctx.spec, sets, tried, datetime.now(UTC))
+        if target is None:
+            return
+        result = engine_backups.verify(ctx, target)
+        if result.get("ok"):
+            events.emit(
+                self.state_dir,
+                "Normal",
+                "SetVerified",
+                f"backup set {target} verified ({result.get('seconds')} s)",
+            )
+            try:
+                pruned = engine_backups.prune(ctx)
+            except ReconcilerError as exc:
+                events.emit(self.state_dir, "Warning", "PruneFailed", f"retention could not run: {exc}")
+                return
+            if pruned:
+                events.emit(
+                    self.state_dir,
+                    "Normal",
+                    "Pruned",
+                    f"retention deleted {len(pruned)} set(s): {', '.join(pruned)}",
+                )
+        else:
+            message = f"backup set {target} failed verification: {result.get('reason')}"
+            events.emit(self.state_dir, "Warning", "SetVerificationFailed", message)
+            self.notifier.fail(message)
+
+    def _offsite(self, ctx: StackContext, after_backup: bool) -> None:
+        gdrive = ctx.spec.backup.stores.gdrive
+        if not gdrive.enabled:
+            return
+        cadence = ctx.spec.backup.cadence.total_seconds()
+        if after_backup:
+            self.offsite_pending = True
+            self.next_offsite = 0.0
+        if not self.offsite_pending or time.monotonic() < self.next_offsite:
+            return
+        from reconciler.engine import offsite
+
+        try:
+            result = offsite.sync(ctx, attempts=3, deadline=60)
+        except ReconcilerError as exc:
+            delay = self.offsite_backoff.failed()
+            self.next_offsite = time.monotonic() + delay
+            message = f"Drive sync failed: {exc}; retrying in {delay:.0f} s (sets stay in the local store)"
+            events.emit(self.state_dir, "Warning", "OffsiteSyncFailed", message)
+            self._note({"OffsiteInSync": (False, "SyncFailed", message)})
+            if self.offsite_backoff.failures == 1:
+                self.notifier.fail(message)
+            return
+        if self.offsite_backoff.succeeded():
+            self.notifier.success("Drive sync recovered")
+        uploaded = list(getattr(result, "uploaded", []))
+        if uploaded:
+            events.emit(
+                self.state_dir,
+                "Normal",
+                "OffsiteSynced",
+                f"uploaded {len(uploaded)} set(s) to Drive: {', '.join(uploaded)}",
+            )
+        self._note({"OffsiteInSync": (True, "Synced", "every local set is on Drive")})
+        # Check again after a cadence even without a new backup: a set deleted on Drive is re-uploaded.
+        self.offsite_pending = True
+        self.next_offsite = time.monotonic() + cadence
+
+    def _publish(self, ctx: StackContext) -> None:
+        last = engine_backups.records(ctx).get("last_success") or {}
+        newest = last.get("set")
+        if newest:
+            from reconciler.plan.backupsets import parse_set_name
+
+            parsed = parse_set_name(str(newest))
+            if parsed:
+                age = (datetime.now(UTC) - parsed[1]).total_seconds()
+                self.snapshot.set("reconciler_backup_age_seconds", age, "Age of the newest backup set.")
+            self.snapshot.set(
+                "reconciler_last_backup_size_bytes", last.get("size"), "Size of the last backup set."
+            )
+            self.snapshot.set(
+                "reconciler_last_backup_duration_seconds", last.get("seconds"), "Duration of the last backup."
+            )
+        if self.next_backup_at:
+            self.snapshot.set(
+                "reconciler_next_backup_timestamp_seconds",
+                self.next_backup_at.timestamp(),
+                "When the next backup is due.",
+            )
+
+    def _write_daemon_status(self, running: bool) -> None:
+        spec = self._effective_mode()
+        self.snapshot.set("reconciler_up", 1 if running else 0, "1 while the daemon runs.")
+        self.snapshot.set("reconciler_stalled", 1 if self.stalled_on else 0, "1 while the daemon is Stalled.")
+        self.snapshot.set_labelled(
+            "reconciler_mode",
+            {"mode": spec, "runtime": self.spec.runtime, "stack": self.spec.stack},
+            1,
+            "Current mode.",
+        )
+        self._note(
+            {},
+            daemon={
+                "running": running,
+                "pid": os.getpid(),
+                "started": self.started_at,
+                "passes": self.passes,
+                "errors": self.errors,
+                "lastPass": status.now_iso(),
+                "stalled": self.stalled_on is not None,
+            },
+            mode=spec,
+        )
+        self._flush()
+
+    def _note(self, conditions: status.Conditions, **fields: Any) -> None:
+        """Buffer status changes; one atomic write per pass (the state dir may be on an SD card)."""
+        self._pending_conditions.update(conditions)
+        self._pending_fields.update(fields)
+
+    def _flush(self) -> None:
+        if self._pending_conditions or self._pending_fields:
+            status.update(self._status_path, self._pending_conditions, **self._pending_fields)
+        self._pending_conditions, self._pending_fields = {}, {}
+
+    def _effective_mode(self) -> str:
+        from reconciler.engine.context import read_override
+
+        override = read_override(self.state_dir, self.state_file)
+        return str(override["mode"]) if override else self.spec.mode
+
+    def _liveness(self) -> tuple[bool, str]:
+        if self.stalled_on is not None:
+            return False, "stalled: see `reconciler status`"
+        resync = self.spec.daemon.resync.total_seconds()
+        started = self.pass_started
+        if started is not None:
+            limit = max(3600.0, 3 * resync)
+            busy = time.monotonic() - started
+            return (busy < limit, f"pass in progress for {busy:.0f} s")
+        idle = time.monotonic() - self.last_pass_end
+        return (idle < 3 * resync + 5, f"last pass finished {idle:.0f} s ago")
