@@ -22,7 +22,7 @@ case "${1:-}" in
       [ -n "${POSTGRES_PASSWORD:-}" ] && auth=scram-sha-256
       su postgres -s /bin/sh -c "$PG_BIN/initdb -D '$PGDATA' -U '$user' --pwfile='$pwfile' --auth-local=trust --auth-host=$auth -E UTF8 --locale=C.UTF-8" >/dev/null
       rm -f "$pwfile"
-      echo "listen_addresses = '*'" >> "$PGDATA/postgresql.conf"
+      echo "listen_addresses = '${POSTGRES_LISTEN_ADDRESSES:-127.0.0.1}'" >> "$PGDATA/postgresql.conf"
       echo "host all all all $auth" >> "$PGDATA/pg_hba.conf"
       if [ "$db" != "postgres" ]; then
         su postgres -s /bin/sh -c "$PG_BIN/postgres -D '$PGDATA' -c listen_addresses='' -k /run/postgresql" &
@@ -31,14 +31,14 @@ case "${1:-}" in
         su postgres -s /bin/sh -c "$PG_BIN/pg_ctl -D '$PGDATA' -m fast -w stop" >/dev/null
       fi
     fi
-    exec su postgres -s /bin/sh -c "exec $PG_BIN/postgres -D '$PGDATA' -k /run/postgresql $*"
+    exec setpriv --reuid=postgres --regid=postgres --init-groups "$PG_BIN/postgres" -D "$PGDATA" -k /run/postgresql "$@"
     ;;
   redis-server)
     shift
     mkdir -p /data
-    chown redis:redis /data
+    chown -R redis:redis /data
     cd /data
-    exec su redis -s /bin/sh -c "exec redis-server --dir /data --protected-mode no $*"
+    exec setpriv --reuid=redis --regid=redis --init-groups redis-server --dir /data --protected-mode no "$@"
     ;;
   *)
     exec "$@"

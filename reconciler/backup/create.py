@@ -100,10 +100,23 @@ def _backup_redis(
 ) -> dict[str, Any]:
     rdb_path, keys_at_snapshot = rd.snapshot(endpoint)
     facts = rd.probe(endpoint)
-    with open(rdb_path, "rb") as rdb:  # a later save renames a new file in; this handle keeps ours
-        member = _store_member(
-            store, f"{base}.{MEMBER_SUFFIX['redis']}{sealing.suffix}", rdb, sealing, progress, "redis"
-        )
+    file_name = f"{base}.{MEMBER_SUFFIX['redis']}{sealing.suffix}"
+    if endpoint.container is not None:  # the file is inside the container: stream it out through exec
+        from reconciler.runtimes.docker import exec_process
+
+        container = endpoint.container
+        argv = ["cat", rdb_path]
+        try:
+            with proc.streaming(
+                argv, start=lambda: exec_process(container, argv, None, False, True, "redis")
+            ) as cat:
+                member = _store_member(store, file_name, cat.stdout, sealing, progress, "redis")
+        except CommandFailed:
+            store.delete(file_name)
+            raise
+    else:
+        with open(rdb_path, "rb") as rdb:  # a later save renames a new file in; this handle keeps ours
+            member = _store_member(store, file_name, rdb, sealing, progress, "redis")
     return {
         "service": "redis",
         "content": "redis-rdb",
@@ -131,7 +144,7 @@ def _backup_postgres(
         argv = pg.dump_argv(bindir, endpoint, spec.database, snapshot, spec.dump_options)
         file_name = f"{base}.{MEMBER_SUFFIX['postgres']}{sealing.suffix}"
         try:
-            with proc.streaming(argv, stdout=proc.PIPE) as dump:
+            with pg.tool(endpoint, argv, stdout=proc.PIPE) as dump:
                 assert dump.stdout is not None
                 member = _store_member(store, file_name, dump.stdout, sealing, progress, "postgres")
         except CommandFailed:

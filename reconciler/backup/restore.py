@@ -118,10 +118,10 @@ def restore_postgres(
     pg.recreate_database(endpoint, side, owner)
     try:
         argv = pg.restore_argv(bindir, endpoint, side, owner)
-        with proc.streaming(argv, env=pg.RESTORE_ENV, stdin=proc.PIPE) as restore:
+        with pg.tool(endpoint, argv, env=pg.RESTORE_ENV, stdin=proc.PIPE) as restore:
             assert restore.stdin is not None
             proc.widen_pipe(restore.stdin)
-            stream_member(store, member, identity, restore.stdin)  # type: ignore[arg-type]
+            stream_member(store, member, identity, restore.stdin)
         with pg.connect(endpoint, side) as conn:
             restored = pg.table_stats(conn)
         expected = member.get("check", {}).get("tables")

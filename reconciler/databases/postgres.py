@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import CommandFailed, TransientError
 from reconciler.runtimes.base import Endpoint
@@ -45,7 +45,43 @@ class PostgresFacts:
 
 def client_args(endpoint: Endpoint) -> list[str]:
     """``-h -p -U`` for psql, pg_dump and pg_restore (no password: local socket or PGPASSWORD)."""
-    return ["-h", endpoint.host, "-p", str(endpoint.port), "-U", endpoint.user]
+    host = endpoint.container_host if endpoint.container and endpoint.container_host else endpoint.host
+    return ["-h", host, "-p", str(endpoint.port), "-U", endpoint.user]
+
+
+def tool(
+    endpoint: Endpoint,
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    stdin: Any = proc.DEVNULL,
+    stdout: Any = proc.DEVNULL,
+) -> Any:
+    """``proc.streaming`` for a client program: local, or inside the server's container (docker exec)."""
+    container = endpoint.container
+    if container is None:
+        return proc.streaming(argv, env=env, stdin=stdin, stdout=stdout)
+    from reconciler.runtimes.docker import exec_process
+
+    return proc.streaming(
+        argv,
+        start=lambda: exec_process(container, argv, env, stdin == proc.PIPE, stdout == proc.PIPE, "postgres"),
+    )
+
+
+def run_tool(endpoint: Endpoint, argv: list[str], input_bytes: bytes, timeout: float) -> bytes:
+    """Run a client program to completion with ``input_bytes`` on stdin; return its stdout."""
+    if endpoint.container is None:
+        return proc.run(argv, input_bytes=input_bytes, timeout=timeout).stdout
+    import threading
+
+    output: list[bytes] = []
+    with tool(endpoint, argv, stdin=proc.PIPE, stdout=proc.PIPE) as process:
+        reader = threading.Thread(target=lambda: output.append(process.stdout.read()))
+        reader.start()
+        process.stdin.write(input_bytes)
+        process.stdin.close()
+        reader.join(timeout)
+    return b"".join(output)
 
 
 def connect(
@@ -83,12 +119,12 @@ def facts(endpoint: Endpoint, database: str, bindir: str) -> PostgresFacts:
         "ON_ERROR_STOP=1",
     ]
     try:
-        result = proc.run(argv, input_bytes=_FACTS_QUERY.encode(), timeout=10)
+        stdout = run_tool(endpoint, argv, _FACTS_QUERY.encode(), timeout=10)
     except CommandFailed as exc:
         raise TransientError(
             f"cannot query postgres on port {endpoint.port}: {exc.stderr_tail.strip()}"
         ) from None
-    fields = result.stdout.decode().rstrip("\n").split(_FIELD)
+    fields = stdout.decode().rstrip("\n").split(_FIELD)
     if len(fields) != 4:
         raise TransientError(f"unexpected answer from postgres on port {endpoint.port}")
     dbs, roles, size, version = fields

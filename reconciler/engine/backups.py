@@ -105,7 +105,7 @@ def _take_backup_locked(ctx: StackContext, trigger: str, progress: Progress | No
         document = create_set(
             ctx.spec,
             _endpoints(ctx),
-            postgres_bindir(),
+            ctx.pg_bindir(),
             store,
             trigger,
             datetime.now(UTC),
@@ -235,7 +235,7 @@ def _restore_into(ctx: StackContext, checked: CheckedSet, identity: Any, endpoin
                 checked,
                 identity,
                 endpoints["postgres"],
-                postgres_bindir(),
+                ctx.pg_bindir(),
                 pgspec.database,
                 pgspec.user,
             )
@@ -460,7 +460,7 @@ def _restore_fresh(
                 endpoint = runtime.endpoint(name, port)
                 pg.ensure_role_and_database(endpoint, pgspec.user, pgspec.database, password)
                 restore_postgres(
-                    store, checked, identity, endpoint, postgres_bindir(), pgspec.database, pgspec.user
+                    store, checked, identity, endpoint, ctx.pg_bindir(), pgspec.database, pgspec.user
                 )
     except BaseException:
         for name, data_dir in reversed(started_services):

@@ -14,10 +14,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.errors import PermanentError
 from reconciler.observe.local import observe as observe_local
 from reconciler.plan.observed import ObservedState
-from reconciler.runtimes.local import LocalRuntime
+from reconciler.runtimes.base import Runtime
+from reconciler.runtimes.local import LocalRuntime, postgres_bindir
 from reconciler.spec.model import StateSpec
 from reconciler.system import fs
 
@@ -35,23 +35,30 @@ def state_file_digest(state_file: str) -> str:
 @dataclass
 class StackContext:
     spec: StateSpec
-    runtime: LocalRuntime
+    runtime: Any  # LocalRuntime | DockerRuntime (runtimes/base.Runtime, plus runtime-specific helpers)
     state_file: str
     mode_override: dict[str, Any] | None = None  # set while the daemon's RAM-pressure fallback holds
 
     @classmethod
     def build(cls, spec: StateSpec, state_file: str) -> StackContext:
-        if spec.runtime != "local":
-            raise PermanentError(
-                f"runtime '{spec.runtime}' is not available in this version; use `runtime: local`"
-            )
         state_file = os.path.abspath(state_file)
         override = read_override(spec.state_path, state_file)
         if override is not None and override.get("mode") != spec.mode:
             spec = spec.model_copy(update={"mode": override["mode"]}).with_base_dir(spec.base_dir)
         else:
             override = None
-        return cls(spec, LocalRuntime(spec.stack, spec.state_path), state_file, override)
+        runtime: Runtime
+        if spec.runtime == "docker":
+            from reconciler.runtimes.docker import DockerRuntime
+
+            runtime = DockerRuntime(spec.stack, spec.state_path, spec)
+        else:
+            runtime = LocalRuntime(spec.stack, spec.state_path)
+        return cls(spec, runtime, state_file, override)
+
+    def pg_bindir(self) -> str:
+        """Where psql/pg_dump/pg_restore come from: the host's, or (docker) the container's PATH."""
+        return "" if self.spec.runtime == "docker" else postgres_bindir()
 
     @property
     def state_dir(self) -> str:
@@ -66,7 +73,11 @@ class StackContext:
         return os.path.join(self.state_dir, "status.json")
 
     def observe(self) -> ObservedState:
-        return observe_local(self.spec, self.runtime)
+        if isinstance(self.runtime, LocalRuntime):
+            return observe_local(self.spec, self.runtime)
+        from reconciler.observe.docker import observe as observe_docker
+
+        return observe_docker(self.spec, self.runtime)
 
 
 def load_spec(state_file: str) -> StateSpec:

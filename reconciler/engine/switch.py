@@ -168,7 +168,11 @@ class _Switch:
         return {"data_bytes": self.data_bytes}
 
     def do_drain(self) -> Any:
-        return {"containers": []}  # the docker runtime drains containers here
+        names = list(self.ctx.spec.drain.containers)
+        if not names or self.ctx.spec.runtime != "docker":
+            return {"containers": []}
+        stopped = self.ctx.runtime.stop_containers(names)
+        return {"containers": stopped}
 
     def check_backup(self) -> Any:
         evidence = self.journal.evidence("backup")
@@ -287,7 +291,10 @@ class _Switch:
         return {"retired": retired, "kept_as_stale": self.keep_old_copy}
 
     def do_resume(self) -> Any:
-        return {"containers": []}
+        drained = (self.journal.evidence("drain") or {}).get("containers") or []
+        if drained:
+            self.ctx.runtime.start_containers(list(drained))
+        return {"containers": drained}
 
     def do_backup_after(self) -> Any:
         try:
@@ -312,6 +319,8 @@ class _Switch:
         os.chown(path, st.st_uid, st.st_gid)
 
     def _same_postgres_major(self, source: str) -> bool:
+        if self.ctx.spec.runtime == "docker":
+            return True  # the same container image serves the data before and after the switch
         try:
             with open(os.path.join(source, "PG_VERSION")) as handle:
                 data_major = handle.read().strip()

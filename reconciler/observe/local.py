@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from reconciler.databases import postgres as pg
@@ -35,7 +36,13 @@ from reconciler.system import fs, host
 log = logging.getLogger(__name__)
 
 
-def observe(spec: StateSpec, runtime: LocalRuntime) -> ObservedState:
+ServiceObserver = Callable[[str, object, list[host.Mount], dict[str, int]], ServiceObservation]
+
+
+def observe(
+    spec: StateSpec, runtime: LocalRuntime, service_observer: ServiceObserver | None = None
+) -> ObservedState:
+    """Everything the planner needs; ``service_observer`` replaces the /proc probe (the docker runtime)."""
     mounts = host.read_mounts()
     mem_total, mem_available = host.memory()
     ram_path = spec.ram_root
@@ -49,9 +56,15 @@ def observe(spec: StateSpec, runtime: LocalRuntime) -> ObservedState:
         and ram_fs.is_tmpfs,
     )
     sockets = host.listening_sockets()
+
+    def local_probe(
+        name: str, svc_spec: object, mounts: list[host.Mount], sockets: dict[str, int]
+    ) -> ServiceObservation:
+        return _observe_service(spec, runtime, name, svc_spec, mounts, sockets)
+
+    probe = service_observer or local_probe
     services = {
-        name: _observe_service(spec, runtime, name, svc_spec, mounts, sockets)
-        for name, svc_spec in spec.services.configured().items()
+        name: probe(name, svc_spec, mounts, sockets) for name, svc_spec in spec.services.configured().items()
     }
     needs_restore = any(
         not s.running
@@ -118,7 +131,7 @@ def observe_backups(
     return BackupsObservation(sets, verified, failed, rejected, frozenset(record.get("protected", [])))
 
 
-def _data_dir(service: str, path: str, uid: int, gid: int, mounts: list[host.Mount]) -> DataDir:
+def data_dir_facts(service: str, path: str, uid: int, gid: int, mounts: list[host.Mount]) -> DataDir:
     exists = os.path.isdir(path)
     initialized = False
     foreign = False
@@ -156,8 +169,8 @@ def _observe_service(
     sockets: dict[str, int],
 ) -> ServiceObservation:
     _, uid, gid = runtime.account(name)
-    ram = _data_dir(name, spec.ram_dir(name), uid, gid, mounts)
-    disk = _data_dir(name, spec.disk_dir(name), uid, gid, mounts)
+    ram = data_dir_facts(name, spec.ram_dir(name), uid, gid, mounts)
+    disk = data_dir_facts(name, spec.disk_dir(name), uid, gid, mounts)
     pid, data_dir, died = (_postgres_process if name == "postgres" else _redis_process)(runtime, ram, disk)
     running = pid is not None
     ports = host.listening_ports(pid, sockets) if pid is not None else set()
@@ -170,7 +183,7 @@ def _observe_service(
     try:
         if isinstance(svc_spec, PostgresSpec):
             facts = pg.facts(runtime.endpoint(name, port), svc_spec.database, postgres_bindir())
-            return _with(
+            return with_changes(
                 observation,
                 databases=facts.databases,
                 roles=facts.roles,
@@ -178,13 +191,13 @@ def _observe_service(
                 version=facts.version,
             )
         rfacts = rd.probe(runtime.endpoint(name, port))
-        return _with(observation, size_bytes=rfacts.used_memory, version=rfacts.version)
+        return with_changes(observation, size_bytes=rfacts.used_memory, version=rfacts.version)
     except ReconcilerError as exc:
         log.warning("%s is running but did not answer: %s", name, exc)
         return observation
 
 
-def _with(observation: ServiceObservation, **changes: object) -> ServiceObservation:
+def with_changes(observation: ServiceObservation, **changes: object) -> ServiceObservation:
     from dataclasses import replace
 
     return replace(observation, **changes)  # type: ignore[arg-type]

@@ -127,7 +127,13 @@ class StartService(Action):
     def simulate(self, observed: ObservedState) -> ObservedState:
         service = observed.services[self.service_name]
         started = replace(
-            service, running=True, died=False, pid=service.pid or -1, port=self.port, data_dir=self.data_dir
+            service,
+            running=True,
+            died=False,
+            pid=service.pid or -1,
+            port=self.port,
+            data_dir=self.data_dir,
+            drift=None,
         )
         return observed.with_service(started)
 

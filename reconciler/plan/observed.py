@@ -56,6 +56,12 @@ class ServiceObservation:
     roles: frozenset[str] | None = None
     size_bytes: int | None = None  # database size (postgres) or used memory (redis)
     version: str | None = None
+    # docker runtime: the container's configuration differs from what the reconciler would create
+    # (e.g. RAM_MODE): it is recreated. ``unmanaged_mount``: its data mount is neither of the service's
+    # two directories (a named volume, a Docker tmpfs, another path): the planner refuses to guess.
+    drift: str | None = None
+    unmanaged_mount: str | None = None
+    container: str | None = None
 
     def location(self, mode: str) -> DataDir:
         return self.ram if mode == "ram" else self.disk

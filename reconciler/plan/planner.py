@@ -368,6 +368,13 @@ def _plan_service(
             "by others). Choose a directory whose parents have mode o+x, such as /var/lib/reconciler"
         )
         return "blocked"
+    if service.unmanaged_mount:
+        blockers.append(
+            f"{name}: container {service.container} keeps its data in {service.unmanaged_mount}, which is "
+            f"neither {service.ram.path} (ram mode) nor {service.disk.path} (disk mode); refusing to guess "
+            f"which data is current. Point services.{name}.disk_dir at it, or move the data and recreate the container"
+        )
+        return "blocked"
     if service.died:
         warnings.append(f"{name} was not running: its process had died")
     target_has_data = target.initialized and not target.stale
@@ -402,6 +409,10 @@ def _running_service(
     port = desired.port(name)
     if service.running and service.port != port:
         actions.append(RestartService(name, target, port, f"listening on {service.port}, want {port}"))
+    elif service.running and service.drift:
+        actions.append(
+            RestartService(name, target, port, f"recreate container {service.container}: {service.drift}")
+        )
     elif not service.running:
         reason = f"process {service.pid} died" if service.died and service.pid else ""
         if service.died and not reason:

@@ -18,6 +18,8 @@ class Endpoint:
     host: str
     port: int
     user: str = "postgres"
+    container: str | None = None  # docker runtime: client programs run inside this container (exec)
+    container_host: str | None = None  # the server's address as seen from inside that container
 
 
 class Runtime(Protocol):

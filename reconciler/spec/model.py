@@ -62,7 +62,15 @@ class PostgresSpec(_Strict):
         example=["--no-owner", "--no-acl"],
     )
     container: str | None = _field(
-        None, description="Container name (docker runtime only).", example="loomio-db"
+        None,
+        description="Container name (docker runtime only; default <stack>-postgres).",
+        example="loomio-db",
+    )
+    image: str | None = _field(
+        None,
+        description="Image to create the container from when it does not exist (docker runtime only); "
+        "an existing container keeps its own image.",
+        example="postgres:15",
     )
 
     @model_validator(mode="after")
@@ -81,7 +89,14 @@ class RedisSpec(_Strict):
         example="./data/redis",
     )
     container: str | None = _field(
-        None, description="Container name (docker runtime only).", example="loomio-redis"
+        None,
+        description="Container name (docker runtime only; default <stack>-redis).",
+        example="loomio-redis",
+    )
+    image: str | None = _field(
+        None,
+        description="Image to create the container from when it does not exist (docker runtime only).",
+        example="redis:7",
     )
 
 

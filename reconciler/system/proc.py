@@ -16,8 +16,8 @@ import contextlib
 import logging
 import os
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
-from typing import IO
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import IO, Any
 
 from reconciler.errors import CommandFailed
 
@@ -94,8 +94,12 @@ def streaming(
     env: Mapping[str, str] | None = None,
     stdin: int | IO[bytes] | None = subprocess.DEVNULL,
     stdout: int | IO[bytes] | None = subprocess.DEVNULL,
-) -> Iterator[subprocess.Popen[bytes]]:
+    start: Callable[[], Any] | None = None,
+) -> Iterator[Any]:
     """Run a child that the caller feeds (``stdin=PIPE``) or reads (``stdout=PIPE``) as a stream.
+
+    ``start`` replaces the local spawn with another process-like object (``stdin``, ``stdout``,
+    ``wait``, ``kill``, ``stderr_text``): a program inside a container, streamed through the Engine API.
 
     Its stderr is drained in a thread (a full stderr pipe would block it). If the caller's work fails,
     the child is killed before being waited for: a child still reading an open stdin would never exit.
@@ -105,9 +109,13 @@ def streaming(
     import threading
 
     argv = list(argv)
-    process = spawn(argv, env=env, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
+    process: Any = (
+        start() if start else spawn(argv, env=env, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
+    )
     chunks: list[bytes] = []
-    drain = threading.Thread(target=lambda: chunks.append(process.stderr.read() if process.stderr else b""))
+    drain = threading.Thread(
+        target=lambda: chunks.append(process.stderr.read() if getattr(process, "stderr", None) else b"")
+    )
     drain.start()
     try:
         yield process
@@ -121,6 +129,8 @@ def streaming(
     finally:
         code = process.wait()
         drain.join()
+        if start:
+            chunks.append(process.stderr_text())
     if code != 0:
         raise CommandFailed(argv, code, b"".join(chunks).decode(errors="replace")[-_STDERR_TAIL:])
 

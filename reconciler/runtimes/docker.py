@@ -1,0 +1,504 @@
+"""The ``docker`` runtime: PostgreSQL and Redis in containers, driven through the Docker Engine API.
+
+Design decisions:
+- RAM mode bind-mounts a directory of the host's tmpfs (the same ``ram.path`` the local runtime uses,
+  with its size limit, mode 0700) into the container, instead of a Docker ``tmpfs`` mount. A Docker
+  tmpfs lives and dies with the container: every ``docker restart``, restart-policy restart after a
+  crash, engine upgrade or recreate would silently empty the database. A host tmpfs survives all of
+  those and is lost only with the machine, which is the one event restore-on-boot is built for. The
+  container still sees its data directory on tmpfs (``mount`` inside says so), and everything the
+  engine does with data directories (copy, verify, restore, the mode switch) is the same code for
+  both runtimes.
+- A service's container is recreated, never edited: Docker cannot change a mount in place. The new
+  container copies the old one's configuration (image, command, entrypoint, env, labels, user,
+  networks, ports, restart policy, healthcheck, ...) and changes only the data mount and RAM_MODE.
+  The old container is renamed aside until the new one exists, so a failure leaves the old one.
+- The PostgreSQL socket directory is a host directory bind-mounted at /run/postgresql: the engine
+  connects as the superuser over that socket (local trust inside the container), exactly as with the
+  local runtime, and no superuser password is needed on the network.
+- Database programs (pg_dump, pg_restore, psql) run inside the container through exec, so their
+  version always matches the server; their input and output stream through the Engine API socket
+  (``ExecProcess``), with no temporary file in the container.
+- Engine errors become actionable messages: no socket, engine not answering, image missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from typing import IO, Any
+
+from reconciler.errors import CommandFailed, PermanentError, TransientError
+from reconciler.runtimes.base import Endpoint
+from reconciler.runtimes.local import MARKER, LocalRuntime
+from reconciler.system import fs
+
+log = logging.getLogger(__name__)
+
+DATA_PATHS = {"postgres": "/var/lib/postgresql/data", "redis": "/data"}
+PG_SOCKET_DIR = "/run/postgresql"
+RAM_MODE_ENV = "RAM_MODE"
+_START_TIMEOUT = 90.0
+_STOP_TIMEOUT = 60
+
+
+def engine_url() -> str:
+    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+
+def connect_engine() -> Any:
+    """A docker-py client, or an error that says what is wrong with the engine and what to do."""
+    import docker
+    import docker.errors
+
+    url = engine_url()
+    if url.startswith("unix://") and not os.path.exists(url[len("unix://") :]):
+        raise PermanentError(
+            f"the Docker engine socket {url[len('unix://') :]} does not exist: is Docker installed and dockerd "
+            "running? (start it, or set DOCKER_HOST to the engine's address)"
+        )
+    try:
+        client = docker.DockerClient(base_url=url, timeout=60)
+        client.api.ping()
+    except docker.errors.DockerException as exc:
+        raise TransientError(
+            f"the Docker engine at {url} does not answer ({_short(exc)}): is dockerd running? "
+            "Nothing was changed"
+        ) from None
+    return client
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+class DockerRuntime:
+    name = "docker"
+
+    def __init__(self, stack: str, state_dir: str, spec: Any) -> None:
+        self.stack = stack
+        self.state_dir = state_dir
+        self.spec = spec  # StateSpec: container names, images, credentials references
+        self.host_side = LocalRuntime(stack, state_dir)  # RAM root and run directories are host things
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = connect_engine()
+        return self._client
+
+    # -- layout ---------------------------------------------------------------------------------
+
+    def container_name(self, service: str) -> str:
+        configured = self.spec.services.configured()[service].container
+        return str(configured or f"{self.stack}-{service}")
+
+    def socket_dir(self, service: str) -> str:
+        return self.host_side.socket_dir(service)
+
+    def endpoint(self, service: str, port: int) -> Endpoint:
+        container = self.container_name(service)
+        if service == "postgres":
+            return Endpoint(self.socket_dir("postgres"), port, "postgres", container, PG_SOCKET_DIR)
+        return Endpoint("127.0.0.1", port, "default", container)
+
+    def account(self, service: str) -> tuple[str | None, int, int]:
+        return self.host_side.account(service)
+
+    # -- RAM root (on the host) -----------------------------------------------------------------
+
+    def prepare_ram_root(self, path: str, mount: bool, size_option: str) -> None:
+        self.host_side.prepare_ram_root(path, mount, size_option)
+
+    def resize_ram_root(self, path: str, size_option: str) -> None:
+        self.host_side.resize_ram_root(path, size_option)
+
+    # -- services -------------------------------------------------------------------------------
+
+    def init_service(self, service: str, data_dir: str) -> None:
+        """An empty 0700 directory; the image's entrypoint initialises it on first start, as it would a volume."""
+        if os.path.isdir(data_dir) and not fs.is_empty_dir(data_dir):
+            return
+        fs.ensure_dir(os.path.dirname(data_dir), 0o755)
+        fs.ensure_dir(data_dir, 0o700)
+        if service == "redis":
+            fs.atomic_write_json(os.path.join(data_dir, MARKER), {"service": service, "stack": self.stack})
+
+    def start_service(self, service: str, data_dir: str, port: int) -> None:
+        container = self._ensure_container(service, data_dir, port)
+        container.reload()
+        if container.status != "running":
+            container.start()
+        self._wait_ready(service, container, port)
+        log.info("started %s in container %s with data in %s", service, container.name, data_dir)
+
+    def stop_service(self, service: str, data_dir: str) -> None:
+        container = self.find(service)
+        if container is None:
+            return
+        container.reload()
+        if container.status in ("running", "restarting", "paused"):
+            if container.status == "paused":
+                container.unpause()
+            container.stop(timeout=_STOP_TIMEOUT)
+            log.info("stopped %s (container %s)", service, container.name)
+
+    def stop_containers(self, names: list[str]) -> list[str]:
+        """Stop the named app containers that are running; return those stopped (to start them again)."""
+        import docker.errors
+
+        stopped = []
+        for name in names:
+            try:
+                container = self.client.containers.get(name)
+            except docker.errors.NotFound:
+                raise PermanentError(f"drain.containers names {name}, but no such container exists") from None
+            if container.status in ("running", "restarting"):
+                container.stop(timeout=_STOP_TIMEOUT)
+                stopped.append(name)
+        return stopped
+
+    def start_containers(self, names: list[str]) -> None:
+        for name in reversed(names):
+            self.client.containers.get(name).start()
+
+    # -- containers -----------------------------------------------------------------------------
+
+    def find(self, service: str) -> Any | None:
+        import docker.errors
+
+        try:
+            return self.client.containers.get(self.container_name(service))
+        except docker.errors.NotFound:
+            return None
+
+    def desired_env(self, service: str) -> dict[str, str]:
+        return {RAM_MODE_ENV: "true" if self.spec.mode == "ram" else "false"}
+
+    def _ensure_container(self, service: str, data_dir: str, port: int) -> Any:
+        container = self.find(service)
+        if container is None:
+            return self._create(service, data_dir, port)
+        mount = data_mount(container.attrs, DATA_PATHS[service])
+        env = container_env(container.attrs)
+        wanted_env = self.desired_env(service)
+        if (
+            mount is not None
+            and mount.get("Type") == "bind"
+            and os.path.normpath(str(mount.get("Source"))) == os.path.normpath(data_dir)
+            and all(env.get(k) == v for k, v in wanted_env.items())
+        ):
+            return container
+        return self._recreate(service, container, data_dir)
+
+    def _binds(self, service: str, data_dir: str) -> list[str]:
+        binds = [f"{data_dir}:{DATA_PATHS[service]}"]
+        if service == "postgres":
+            self.host_side._ensure_run_dir(service)
+            binds.append(f"{self.socket_dir(service)}:{PG_SOCKET_DIR}")
+        return binds
+
+    def _create(self, service: str, data_dir: str, port: int) -> Any:
+        import docker.errors
+
+        spec = self.spec.services.configured()[service]
+        image = getattr(spec, "image", None)
+        name = self.container_name(service)
+        if not image:
+            raise PermanentError(
+                f"container {name} does not exist and services.{service}.image is not set: set the image "
+                "(e.g. postgres:15) so the reconciler can create it, or create it with docker compose"
+            )
+        env = {**self.desired_env(service)}
+        if service == "postgres":
+            env.update(POSTGRES_USER="postgres", POSTGRES_DB=spec.database)
+            command = ["postgres", "-p", str(port)]
+        else:
+            command = ["redis-server", "--port", str(port)]
+        try:
+            self.client.images.get(image)
+        except docker.errors.ImageNotFound:
+            raise PermanentError(
+                f"image {image} for {service} is not present on this Docker engine: pull or build it "
+                "first (`docker pull`, or scripts/docker-images for the test images). Nothing was changed"
+            ) from None
+        host_config = self.client.api.create_host_config(
+            binds=self._binds(service, data_dir),
+            network_mode="host",
+            restart_policy={"Name": "unless-stopped"},
+        )
+        created = self.client.api.create_container(
+            image,
+            command=command,
+            name=name,
+            environment=env,
+            host_config=host_config,
+            labels={"io.reconciler.stack": self.stack, "io.reconciler.service": service},
+        )
+        log.info("created container %s for %s from %s", name, service, image)
+        return self.client.containers.get(created["Id"])
+
+    def _recreate(self, service: str, old: Any, data_dir: str) -> Any:
+        """A new container with the old one's configuration, the data mount and RAM_MODE changed."""
+        attrs = old.attrs
+        config = dict(attrs["Config"])
+        host_config = dict(attrs["HostConfig"])
+        target = DATA_PATHS[service]
+        env = {**container_env(attrs), **self.desired_env(service)}
+        config["Env"] = [f"{k}={v}" for k, v in env.items()]
+        binds = [b for b in host_config.get("Binds") or [] if _bind_target(b) != target]
+        binds.append(f"{data_dir}:{target}")
+        host_config["Binds"] = binds
+        host_config["Mounts"] = [m for m in host_config.get("Mounts") or [] if m.get("Target") != target]
+        host_config["Tmpfs"] = {k: v for k, v in (host_config.get("Tmpfs") or {}).items() if k != target}
+        config["Volumes"] = {k: v for k, v in (config.get("Volumes") or {}).items() if k != target} or None
+        networks = attrs.get("NetworkSettings", {}).get("Networks") or {}
+        networking = None
+        if host_config.get("NetworkMode") not in ("host", "none") and networks:
+            networking = {
+                "EndpointsConfig": {
+                    net: {"Aliases": info.get("Aliases"), "IPAMConfig": info.get("IPAMConfig")}
+                    for net, info in networks.items()
+                }
+            }
+        name = old.name
+        was_running = old.status == "running"
+        if was_running:
+            old.stop(timeout=_STOP_TIMEOUT)
+        aside = f"{name}-replaced-{int(time.time())}"
+        old.rename(aside)
+        try:
+            body = {**config, "HostConfig": host_config}
+            if networking:
+                body["NetworkingConfig"] = networking
+            created = self.client.api.create_container_from_config(body, name)
+        except Exception:
+            old.rename(name)
+            if was_running:
+                old.start()
+            raise
+        old.remove(v=False)
+        log.info("recreated container %s for %s with data in %s", name, service, data_dir)
+        return self.client.containers.get(created["Id"])
+
+    def _wait_ready(self, service: str, container: Any, port: int) -> None:
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            container.reload()
+            if container.status in ("exited", "dead"):
+                logs = container.logs(tail=15).decode(errors="replace").strip()
+                raise CommandFailed(
+                    [f"container {container.name}"], int(container.attrs["State"].get("ExitCode", 1)), logs
+                )
+            if container.status == "running" and self._answers(service, port):
+                return
+            time.sleep(0.2)
+        raise TransientError(
+            f"{service} in container {container.name} did not become ready in {_START_TIMEOUT:.0f} s"
+        )
+
+    def _answers(self, service: str, port: int) -> bool:
+        if service == "postgres":
+            path = os.path.join(self.socket_dir("postgres"), f".s.PGSQL.{port}")
+            if not os.path.exists(path):
+                return False
+            try:
+                import psycopg
+
+                with psycopg.connect(
+                    host=self.socket_dir("postgres"),
+                    port=port,
+                    user="postgres",
+                    dbname="postgres",
+                    connect_timeout=2,
+                ) as conn:
+                    conn.execute("SELECT 1")
+                return True
+            except psycopg.Error:
+                return False
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+        return False
+
+    # -- exec -----------------------------------------------------------------------------------
+
+    def exec_process(
+        self,
+        container: str,
+        argv: list[str],
+        env: dict[str, str] | None,
+        stdin: bool,
+        stdout: bool,
+        user: str,
+    ) -> ExecProcess:
+        return ExecProcess(self.client.api, container, argv, env or {}, stdin, stdout, user)
+
+
+_shared: dict[str, Any] = {}
+
+
+def exec_process(
+    container: str, argv: list[str], env: dict[str, str] | None, stdin: bool, stdout: bool, user: str
+) -> ExecProcess:
+    """Start ``argv`` inside ``container`` (used by the database modules for container endpoints)."""
+    if "client" not in _shared:
+        _shared["client"] = connect_engine()
+    return ExecProcess(_shared["client"].api, container, argv, env or {}, stdin, stdout, user)
+
+
+def container_env(attrs: dict[str, Any]) -> dict[str, str]:
+    env = {}
+    for item in attrs.get("Config", {}).get("Env") or []:
+        key, _, value = item.partition("=")
+        env[key] = value
+    return env
+
+
+def data_mount(attrs: dict[str, Any], target: str) -> dict[str, Any] | None:
+    for mount in attrs.get("Mounts") or []:
+        if os.path.normpath(str(mount.get("Destination"))) == target:
+            return dict(mount)
+    tmpfs = (attrs.get("HostConfig", {}).get("Tmpfs") or {}).get(target)
+    if tmpfs is not None:
+        return {"Type": "tmpfs", "Destination": target, "Options": tmpfs}
+    for mount in attrs.get("HostConfig", {}).get("Mounts") or []:
+        if mount.get("Target") == target and mount.get("Type") == "tmpfs":
+            return {"Type": "tmpfs", "Destination": target, "Options": str(mount.get("TmpfsOptions") or "")}
+    return None
+
+
+def _bind_target(bind: str) -> str:
+    parts = bind.split(":")
+    return os.path.normpath(parts[1]) if len(parts) > 1 else ""
+
+
+class ExecProcess:
+    """A command running inside a container, shaped like the part of ``subprocess.Popen`` we stream with.
+
+    The Engine multiplexes stdout and stderr on one socket in frames (8-byte header: stream, size); a
+    thread demultiplexes them into a real pipe (``stdout``) and a buffer (stderr). ``stdin`` is a real
+    pipe too, pumped into the socket by a thread that half-closes it at EOF, which is how the program
+    inside sees the end of its input.
+    """
+
+    def __init__(
+        self,
+        api: Any,
+        container: str,
+        argv: list[str],
+        env: dict[str, str],
+        stdin: bool,
+        stdout: bool,
+        user: str,
+    ) -> None:
+        self.api = api
+        self.argv = argv
+        created = api.exec_create(
+            container, argv, stdin=stdin, stdout=True, stderr=True, environment=env, user=user
+        )
+        self.exec_id = created["Id"]
+        raw = api.exec_start(self.exec_id, socket=True)
+        self._sock: socket.socket = getattr(raw, "_sock", raw)
+        self._stderr: list[bytes] = []
+        self.stdout: IO[bytes] | None = None
+        self.stdin: IO[bytes] | None = None
+        self._out_fd: int | None = None
+        self._threads: list[threading.Thread] = []
+        self.returncode: int | None = None
+        if stdout:
+            read_fd, self._out_fd = os.pipe()
+            self.stdout = os.fdopen(read_fd, "rb")
+        self._threads.append(threading.Thread(target=self._demux, daemon=True))
+        if stdin:
+            in_read, in_write = os.pipe()
+            self.stdin = os.fdopen(in_write, "wb")
+            self._threads.append(threading.Thread(target=self._pump, args=(in_read,), daemon=True))
+        for thread in self._threads:
+            thread.start()
+
+    def _demux(self) -> None:
+        try:
+            while True:
+                header = self._read_exact(8)
+                if header is None:
+                    break
+                stream, size = header[0], struct.unpack(">I", header[4:])[0]
+                payload = self._read_exact(size) if size else b""
+                if payload is None:
+                    break
+                if stream == 1 and self._out_fd is not None:
+                    try:
+                        view = memoryview(payload)
+                        while view:
+                            view = view[os.write(self._out_fd, view) :]
+                    except BrokenPipeError:
+                        _close(self._out_fd)
+                        self._out_fd = None
+                elif stream == 2:
+                    self._stderr.append(payload)
+        except OSError:
+            pass
+        finally:
+            if self._out_fd is not None:
+                _close(self._out_fd)
+                self._out_fd = None
+
+    def _read_exact(self, size: int) -> bytes | None:
+        chunks = []
+        while size:
+            chunk = self._sock.recv(min(size, 1024 * 1024))
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+    def _pump(self, read_fd: int) -> None:
+        try:
+            while True:
+                chunk = os.read(read_fd, 1024 * 1024)
+                if not chunk:
+                    break
+                self._sock.sendall(chunk)
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            os.close(read_fd)
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+    def wait(self) -> int:
+        if self.returncode is not None:
+            return self.returncode
+        for thread in self._threads:
+            thread.join()
+        for _ in range(200):
+            info = self.api.exec_inspect(self.exec_id)
+            if not info.get("Running"):
+                self.returncode = int(info.get("ExitCode") or 0)
+                break
+            time.sleep(0.05)
+        else:
+            self.returncode = -1
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        return self.returncode
+
+    def stderr_text(self) -> bytes:
+        return b"".join(self._stderr)
+
+
+def _close(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
