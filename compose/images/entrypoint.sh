@@ -15,13 +15,17 @@ case "${1:-}" in
     if [ ! -s "$PGDATA/PG_VERSION" ]; then
       user="${POSTGRES_USER:-postgres}"
       db="${POSTGRES_DB:-$user}"
-      pwfile=$(mktemp)
-      printf '%s' "${POSTGRES_PASSWORD:-}" > "$pwfile"
-      chown postgres "$pwfile"
       auth=trust
-      [ -n "${POSTGRES_PASSWORD:-}" ] && auth=scram-sha-256
-      su postgres -s /bin/sh -c "$PG_BIN/initdb -D '$PGDATA' -U '$user' --pwfile='$pwfile' --auth-local=trust --auth-host=$auth -E UTF8 --locale=C.UTF-8" >/dev/null
-      rm -f "$pwfile"
+      pwopt=
+      if [ -n "${POSTGRES_PASSWORD:-}" ]; then
+        auth=scram-sha-256
+        pwfile=$(mktemp)
+        printf '%s' "$POSTGRES_PASSWORD" > "$pwfile"
+        chown postgres "$pwfile"
+        pwopt="--pwfile=$pwfile"
+      fi
+      su postgres -s /bin/sh -c "$PG_BIN/initdb -D '$PGDATA' -U '$user' $pwopt --auth-local=trust --auth-host=$auth -E UTF8 --locale=C.UTF-8" >/dev/null
+      [ -n "$pwopt" ] && rm -f "$pwfile"
       echo "listen_addresses = '${POSTGRES_LISTEN_ADDRESSES:-127.0.0.1}'" >> "$PGDATA/postgresql.conf"
       echo "host all all all $auth" >> "$PGDATA/pg_hba.conf"
       if [ "$db" != "postgres" ]; then

@@ -218,10 +218,26 @@ class DockerRuntime:
             )
         env = {**self.desired_env(service)}
         if service == "postgres":
-            env.update(POSTGRES_USER="postgres", POSTGRES_DB=spec.database)
+            # The application's role and database are created by EnsureDatabase, owned by that role
+            # (PostgreSQL 15's public schema belongs to the database owner); the image only gets a superuser.
+            env.update(POSTGRES_USER="postgres")
             command = ["postgres", "-p", str(port)]
         else:
-            command = ["redis-server", "--port", str(port)]
+            command = [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "3600 1 300 100 60 10000",  # the local runtime's settings: RDB snapshots, no AOF
+                "--appendonly",
+                "no",
+                "--dbfilename",
+                "dump.rdb",
+                "--enable-debug-command",
+                "local",
+            ]
         try:
             self.client.images.get(image)
         except docker.errors.ImageNotFound:
@@ -292,7 +308,9 @@ class DockerRuntime:
         deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline:
             container.reload()
-            if container.status in ("exited", "dead"):
+            if container.status in ("exited", "dead") or (
+                container.status == "restarting" and container.attrs["RestartCount"] > 0
+            ):
                 logs = container.logs(tail=15).decode(errors="replace").strip()
                 raise CommandFailed(
                     [f"container {container.name}"], int(container.attrs["State"].get("ExitCode", 1)), logs
