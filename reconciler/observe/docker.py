@@ -3,7 +3,7 @@
 Design decisions:
 - One ``GET /containers/json`` lists every container (running or not) with its labels, state and
   mounts; only the stack's service containers are then inspected. A pass over a 5-container stack
-  is a handful of requests on the local socket (bench/docker_observe.py measures it).
+  is a handful of requests on the local socket (bench/docker_runtime.py measures it).
 - A service's container is found by name (``services.<name>.container``, default ``<stack>-<name>``),
   else by Compose labels (``com.docker.compose.project`` = stack, ``com.docker.compose.service`` =
   the service's name), so a stack started by ``docker compose up`` is adopted as it is.
@@ -38,8 +38,9 @@ def find_containers(runtime: DockerRuntime, services: list[str]) -> dict[str, di
     by_name = {name.lstrip("/"): c for c in listing for name in c.get("Names") or []}
     found: dict[str, dict[str, Any]] = {}
     for service in services:
-        summary = by_name.get(runtime.container_name(service))
-        if summary is None:
+        configured = runtime.spec.services.configured()[service].container
+        summary = by_name.get(str(configured or f"{runtime.stack}-{service}"))
+        if summary is None and not configured:
             summary = next(
                 (
                     c

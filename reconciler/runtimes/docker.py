@@ -87,6 +87,7 @@ class DockerRuntime:
         self.spec = spec  # StateSpec: container names, images, credentials references
         self.host_side = LocalRuntime(stack, state_dir)  # RAM root and run directories are host things
         self._client: Any = None
+        self._names: dict[str, str] = {}
 
     @property
     def client(self) -> Any:
@@ -97,8 +98,18 @@ class DockerRuntime:
     # -- layout ---------------------------------------------------------------------------------
 
     def container_name(self, service: str) -> str:
+        """The service's container: by its configured (or default) name, else by Compose labels."""
+        if service in self._names:
+            return self._names[service]
         configured = self.spec.services.configured()[service].container
-        return str(configured or f"{self.stack}-{service}")
+        name = str(configured or f"{self.stack}-{service}")
+        if not configured and not self.client.api.containers(all=True, filters={"name": f"^/{name}$"}):
+            labels = [f"com.docker.compose.project={self.stack}", f"com.docker.compose.service={service}"]
+            labelled = self.client.api.containers(all=True, filters={"label": labels})
+            if labelled:
+                name = str(labelled[0]["Names"][0]).lstrip("/")
+        self._names[service] = name
+        return name
 
     def socket_dir(self, service: str) -> str:
         return self.host_side.socket_dir(service)

@@ -203,3 +203,26 @@ def test_engine_and_image_problems_are_clear_and_change_nothing(docker_stack: St
     absent = stack.cli("apply", check=1)
     assert "image reconciler/absent:1" in absent.stderr and "not present" in absent.stderr
     assert not engine.containers.list(all=True, filters={"name": f"{document['stack']}-redis"})
+
+
+def test_containers_started_by_compose_are_found_by_their_labels(docker_stack: Stack, engine: Any) -> None:
+    stack = docker_stack
+    name = stack.document()["stack"]
+    (stack.ram_root / "redis").mkdir(parents=True)
+    engine.containers.run(
+        REDIS_IMAGE,
+        ["redis-server", "--port", str(stack.redis_port)],
+        name=f"{name}-redis-1",  # Compose's naming: <project>-<service>-<n>
+        detach=True,
+        network_mode="host",
+        environment={"RAM_MODE": "true"},
+        labels={"com.docker.compose.project": name, "com.docker.compose.service": "redis"},
+        volumes={str(stack.ram_root / "redis"): {"bind": "/data", "mode": "rw"}},
+    )
+    try:
+        stack.cli("apply")
+        assert not engine.containers.list(all=True, filters={"name": f"^/{name}-redis$"})
+        status = stack.status()
+        assert status["services"]["redis"]["running"] and status["in_sync"]
+    finally:
+        engine.containers.get(f"{name}-redis-1").remove(force=True)
