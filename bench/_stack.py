@@ -29,9 +29,12 @@ def free_port() -> int:
 
 @contextmanager
 def bench_stack(
-    mode: str = "ram", extra: dict[str, Any] | None = None, encrypted: bool = False
+    mode: str = "ram", extra: dict[str, Any] | None = None, encrypted: bool = False, runtime: str = "local"
 ) -> Iterator[Path]:
-    """Yield the path of a state.yaml for a running stack; take it down afterwards."""
+    """Yield the path of a state.yaml for a running stack; take it down afterwards.
+
+    ``runtime="docker"`` uses the images of scripts/docker-images (the caller removes the containers).
+    """
     name = "b" + uuid.uuid4().hex[:8]
     directory = Path("/tmp/reconciler-bench") / name
     directory.mkdir(parents=True, mode=0o755)
@@ -55,6 +58,10 @@ def bench_stack(
         "backup": {"encryption": "none"},
         **(extra or {}),
     }
+    if runtime == "docker":
+        document["runtime"] = "docker"
+        document["services"]["postgres"]["image"] = "reconciler/postgres:15"
+        document["services"]["redis"]["image"] = "reconciler/redis:7"
     if encrypted:
         from reconciler.backup import keys
 

@@ -24,27 +24,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import docker
-from _stack import bench_stack, cli, free_port, print_table, write_results
+from _stack import bench_stack, cli, print_table, write_results
 from dataset import generate
 from ruamel.yaml import YAML
 
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
-
-
-def docker_extra() -> dict[str, Any]:
-    return {
-        "runtime": "docker",
-        "services": {
-            "postgres": {
-                "database": "bench",
-                "user": "bench",
-                "port": free_port(),
-                "disk_dir": "./data/postgres",
-                "image": "reconciler/postgres:15",
-            },
-            "redis": {"port": free_port(), "disk_dir": "./data/redis", "image": "reconciler/redis:7"},
-        },
-    }
 
 
 def fill(state: Path, megabytes: int) -> int:
@@ -78,7 +62,7 @@ def main() -> None:
         local_seconds = timed_backup(state)
 
     extra_containers = []
-    with bench_stack(extra=docker_extra(), encrypted=True) as state:
+    with bench_stack(encrypted=True, runtime="docker") as state:
         stack = YAML(typ="safe").load(state.read_text())["stack"]
         try:
             for role in ("app", "worker", "proxy"):

@@ -102,14 +102,10 @@ def _backup_redis(
     facts = rd.probe(endpoint)
     file_name = f"{base}.{MEMBER_SUFFIX['redis']}{sealing.suffix}"
     if endpoint.container is not None:  # the file is inside the container: stream it out through exec
-        from reconciler.runtimes.docker import exec_process
+        from reconciler.runtimes import docker
 
-        container = endpoint.container
-        argv = ["cat", rdb_path]
         try:
-            with proc.streaming(
-                argv, start=lambda: exec_process(container, argv, None, False, True, "redis")
-            ) as cat:
+            with docker.streaming(endpoint.container, ["cat", rdb_path], "redis", stdout=proc.PIPE) as cat:
                 member = _store_member(store, file_name, cat.stdout, sealing, progress, "redis")
         except CommandFailed:
             store.delete(file_name)

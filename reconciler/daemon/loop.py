@@ -317,6 +317,7 @@ class Daemon:
 
     def _converge(self, ctx: StackContext, reasons: set[str]) -> bool:
         """Apply when the plan is not empty; True when the stack is in sync afterwards."""
+        signature: tuple[Any, ...] = ("error", self.spec_digest)
         try:
             the_plan = compute_plan(ctx)
             signature = (self.spec_digest, tuple(a.describe() for a in the_plan.actions), the_plan.blockers)
@@ -342,7 +343,7 @@ class Daemon:
                     lastAppliedRevision=state_revision(self.state_file),
                 )
         except PermanentError as exc:
-            self._stalled(signature if "signature" in locals() else ("error", str(exc)), exc)
+            self._stalled(signature, exc)
             return False
         except ReconcilerError as exc:
             self._transient(exc)

@@ -57,15 +57,11 @@ def tool(
     stdout: Any = proc.DEVNULL,
 ) -> Any:
     """``proc.streaming`` for a client program: local, or inside the server's container (docker exec)."""
-    container = endpoint.container
-    if container is None:
+    if endpoint.container is None:
         return proc.streaming(argv, env=env, stdin=stdin, stdout=stdout)
-    from reconciler.runtimes.docker import exec_process
+    from reconciler.runtimes import docker
 
-    return proc.streaming(
-        argv,
-        start=lambda: exec_process(container, argv, env, stdin == proc.PIPE, stdout == proc.PIPE, "postgres"),
-    )
+    return docker.streaming(endpoint.container, argv, "postgres", env, stdin, stdout)
 
 
 def run_tool(endpoint: Endpoint, argv: list[str], input_bytes: bytes, timeout: float) -> bytes:

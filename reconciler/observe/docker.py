@@ -19,14 +19,11 @@ import logging
 import os
 from typing import Any
 
-from reconciler.databases import postgres as pg
-from reconciler.databases import redis as rd
-from reconciler.errors import ReconcilerError
-from reconciler.observe.local import data_dir_facts, with_changes
+from reconciler.observe.local import data_dir_facts, with_server_facts
 from reconciler.observe.local import observe as observe_host
 from reconciler.plan.observed import ObservedState, ServiceObservation
 from reconciler.runtimes.docker import DATA_PATHS, RAM_MODE_ENV, DockerRuntime, container_env, data_mount
-from reconciler.spec.model import PostgresSpec, StateSpec
+from reconciler.spec.model import StateSpec
 from reconciler.system import host
 
 log = logging.getLogger(__name__)
@@ -121,18 +118,4 @@ def _observe_service(
         log.warning("container %s reports itself unhealthy", container)
     if not running:
         return observation
-    try:
-        if isinstance(svc_spec, PostgresSpec):
-            facts = pg.facts(runtime.endpoint(name, port), svc_spec.database, "")
-            return with_changes(
-                observation,
-                databases=facts.databases,
-                roles=facts.roles,
-                size_bytes=facts.size_bytes,
-                version=facts.version,
-            )
-        rfacts = rd.probe(runtime.endpoint(name, port))
-        return with_changes(observation, size_bytes=rfacts.used_memory, version=rfacts.version)
-    except ReconcilerError as exc:
-        log.warning("%s is running but did not answer: %s", name, exc)
-        return observation
+    return with_server_facts(observation, svc_spec, runtime.endpoint(name, port), "")

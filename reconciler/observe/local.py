@@ -28,6 +28,7 @@ from reconciler.plan.observed import (
     RamRoot,
     ServiceObservation,
 )
+from reconciler.runtimes.base import Endpoint
 from reconciler.runtimes.local import MARKER, LocalRuntime, postgres_bindir, read_marker, read_pid
 from reconciler.spec.model import PostgresSpec, StateSpec
 from reconciler.stores.local import LocalStore
@@ -180,27 +181,30 @@ def _observe_service(
     )
     if not running or port is None:
         return observation
+    return with_server_facts(observation, svc_spec, runtime.endpoint(name, port), postgres_bindir())
+
+
+def with_server_facts(
+    observation: ServiceObservation, svc_spec: object, endpoint: Endpoint, bindir: str
+) -> ServiceObservation:
+    """Add what the running server says about itself; a server that does not answer adds nothing."""
+    from dataclasses import replace
+
     try:
         if isinstance(svc_spec, PostgresSpec):
-            facts = pg.facts(runtime.endpoint(name, port), svc_spec.database, postgres_bindir())
-            return with_changes(
+            facts = pg.facts(endpoint, svc_spec.database, bindir)
+            return replace(
                 observation,
                 databases=facts.databases,
                 roles=facts.roles,
                 size_bytes=facts.size_bytes,
                 version=facts.version,
             )
-        rfacts = rd.probe(runtime.endpoint(name, port))
-        return with_changes(observation, size_bytes=rfacts.used_memory, version=rfacts.version)
+        rfacts = rd.probe(endpoint)
+        return replace(observation, size_bytes=rfacts.used_memory, version=rfacts.version)
     except ReconcilerError as exc:
-        log.warning("%s is running but did not answer: %s", name, exc)
+        log.warning("%s is running but did not answer: %s", observation.name, exc)
         return observation
-
-
-def with_changes(observation: ServiceObservation, **changes: object) -> ServiceObservation:
-    from dataclasses import replace
-
-    return replace(observation, **changes)  # type: ignore[arg-type]
 
 
 def _postgres_process(runtime: LocalRuntime, *dirs: DataDir) -> tuple[int | None, str | None, bool]:

@@ -36,7 +36,7 @@ from typing import IO, Any
 from reconciler.errors import CommandFailed, PermanentError, TransientError
 from reconciler.runtimes.base import Endpoint
 from reconciler.runtimes.local import MARKER, LocalRuntime
-from reconciler.system import fs
+from reconciler.system import fs, proc
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class DockerRuntime:
     def _binds(self, service: str, data_dir: str) -> list[str]:
         binds = [f"{data_dir}:{DATA_PATHS[service]}"]
         if service == "postgres":
-            self.host_side._ensure_run_dir(service)
+            self.host_side.ensure_run_dir(service)
             binds.append(f"{self.socket_dir(service)}:{PG_SOCKET_DIR}")
         return binds
 
@@ -357,19 +357,6 @@ class DockerRuntime:
             return sock.recv(16).startswith(b"+PONG")
         return False
 
-    # -- exec -----------------------------------------------------------------------------------
-
-    def exec_process(
-        self,
-        container: str,
-        argv: list[str],
-        env: dict[str, str] | None,
-        stdin: bool,
-        stdout: bool,
-        user: str,
-    ) -> ExecProcess:
-        return ExecProcess(self.client.api, container, argv, env or {}, stdin, stdout, user)
-
 
 _shared: dict[str, Any] = {}
 
@@ -381,6 +368,20 @@ def exec_process(
     if "client" not in _shared:
         _shared["client"] = connect_engine()
     return ExecProcess(_shared["client"].api, container, argv, env or {}, stdin, stdout, user)
+
+
+def streaming(
+    container: str,
+    argv: list[str],
+    user: str,
+    env: dict[str, str] | None = None,
+    stdin: Any = proc.DEVNULL,
+    stdout: Any = proc.DEVNULL,
+) -> Any:
+    """``proc.streaming`` for a program inside ``container``, streamed through the Engine API socket."""
+    return proc.streaming(
+        argv, start=lambda: exec_process(container, argv, env, stdin == proc.PIPE, stdout == proc.PIPE, user)
+    )
 
 
 def container_env(attrs: dict[str, Any]) -> dict[str, str]:

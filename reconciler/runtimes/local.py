@@ -89,7 +89,7 @@ class LocalRuntime:
             return Endpoint(self.socket_dir("postgres"), port, "postgres")
         return Endpoint("127.0.0.1", port, "default")
 
-    def _ensure_run_dir(self, service: str) -> None:
+    def ensure_run_dir(self, service: str) -> None:
         _, uid, gid = self.account(service)
         fs.ensure_dir(os.path.join(self.state_dir, "run"), 0o755)
         fs.ensure_dir(self.run_dir(service), 0o700, (uid, gid))
@@ -152,7 +152,7 @@ class LocalRuntime:
         log.info("initialised %s data directory %s", service, data_dir)
 
     def start_service(self, service: str, data_dir: str, port: int) -> None:
-        self._ensure_run_dir(service)
+        self.ensure_run_dir(service)
         user, _, _ = self.account(service)
         if service == "postgres":
             self._start_postgres(user, data_dir, port)
