@@ -164,9 +164,6 @@ def test_a_killed_postgres_with_a_wiped_tmpfs_is_restored_by_itself(
 ) -> None:
     daemon_stack(stack)
     daemon = start(stack, daemons)
-    # The first scheduled set (taken as soon as the stack is up) must be done before the writes: a set
-    # named in the same second as the manual one below could otherwise sort after it.
-    daemon.wait_event("BackupTaken")
     seed(stack, 500)
     stack.cli("backup")
     before = snapshot(stack)
