@@ -97,6 +97,18 @@ def take_backup(
         return _take_backup_locked(ctx, trigger, progress)
 
 
+def _set_time(store: LocalStore, stack: str) -> datetime:
+    """Now, but strictly after the newest set in the store: set names carry whole seconds, and two sets
+    named in the same second would sort by their trigger (``-scheduled`` after ``-manual``), so the
+    newer data could lose to the older. Waits out the rest of that second (the caller holds the lock)."""
+    now = datetime.now(UTC)
+    newest = max((s.created for s in group_sets(store.list(), store.name, stack)), default=None)
+    if newest is not None and now.replace(microsecond=0) == newest:
+        time.sleep(1 - now.microsecond / 1e6)
+        now = datetime.now(UTC)
+    return now
+
+
 def _take_backup_locked(ctx: StackContext, trigger: str, progress: Progress | None) -> dict[str, Any]:
     store = local_store(ctx)
     store.clean_partials()
@@ -108,7 +120,7 @@ def _take_backup_locked(ctx: StackContext, trigger: str, progress: Progress | No
             ctx.pg_bindir(),
             store,
             trigger,
-            datetime.now(UTC),
+            _set_time(store, ctx.spec.stack),
             state_revision(ctx.state_file),
             progress,
         )
