@@ -290,6 +290,12 @@ def plan_down(desired: StateSpec, observed: ObservedState) -> Plan:
     return Plan(actions=tuple(actions), warnings=tuple(warnings))
 
 
+def _serves_from_below(data_dir: str | None, root: str) -> bool:
+    """A running service's data directory is the RAM root or below it (a service serving its disk
+    directory holds nothing a mount at the RAM root could hide)."""
+    return data_dir is not None and (data_dir == root or data_dir.startswith(root.rstrip("/") + "/"))
+
+
 def _plan_ram_root(
     desired: StateSpec, observed: ObservedState, actions: list[Action], blockers: list[str]
 ) -> None:
@@ -302,7 +308,8 @@ def _plan_ram_root(
         holding = [
             name
             for name in desired.services.configured()
-            if (svc := observed.services.get(name)) is not None and (svc.ram.initialized or svc.running)
+            if (svc := observed.services.get(name)) is not None
+            and (svc.ram.initialized or (svc.running and _serves_from_below(svc.data_dir, root.path)))
         ]
         if holding:
             blockers.append(

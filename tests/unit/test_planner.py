@@ -228,6 +228,29 @@ def test_never_mount_over_existing_ram_data() -> None:
     assert result.actions == () and "would hide that data" in result.blockers[0]
 
 
+def test_a_service_running_from_its_disk_dir_does_not_block_mounting_the_ram_root() -> None:
+    # Compose started the containers on their disk directories; RAM mode is wanted: the RAM root holds
+    # nothing, so the tmpfs is mounted and the data moves there by a switch, not a blocker about data
+    # that is not there.
+    desired = spec(mount="always")
+    world = fresh_world(desired, is_root=True)
+    for name in ("postgres", "redis"):
+        svc = world.services[name]
+        world = world.with_service(
+            replace(
+                svc,
+                running=True,
+                pid=100,
+                port=desired.port(name),
+                data_dir=desired.disk_dir(name),
+                disk=replace(svc.disk, exists=True, initialized=True),
+            )
+        )
+    result = plan(desired, world, NOW)
+    assert not any("would hide that data" in b for b in result.blockers), result.blockers
+    assert "PrepareRamRoot" in kinds(result.actions)
+
+
 def test_tmpfs_resize_and_refusal_to_shrink_below_use() -> None:
     desired = spec(mount="always", size="2GiB")
     world = simulate_all(fresh_world(desired), plan(desired, fresh_world(desired), NOW).actions)
