@@ -29,7 +29,14 @@ from reconciler.plan.observed import (
     ServiceObservation,
 )
 from reconciler.runtimes.base import Endpoint
-from reconciler.runtimes.local import MARKER, LocalRuntime, postgres_bindir, read_marker, read_pid
+from reconciler.runtimes.local import (
+    MARKER,
+    LocalRuntime,
+    holds_service_data,
+    postgres_bindir,
+    read_marker,
+    read_pid,
+)
 from reconciler.spec.model import PostgresSpec, StateSpec
 from reconciler.stores.local import LocalStore
 from reconciler.system import fs, host
@@ -137,12 +144,7 @@ def data_dir_facts(service: str, path: str, uid: int, gid: int, mounts: list[hos
     initialized = False
     foreign = False
     if exists:
-        if service == "postgres":
-            initialized = os.path.exists(os.path.join(path, "PG_VERSION"))
-        else:
-            initialized = any(
-                os.path.exists(os.path.join(path, name)) for name in (MARKER, "dump.rdb", "appendonlydir")
-            )
+        initialized = holds_service_data(service, path)
         if initialized:
             marker = read_marker(path)
             foreign = marker is not None and marker.get("service") != service

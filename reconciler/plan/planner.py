@@ -114,15 +114,17 @@ def plan(desired: StateSpec, observed: ObservedState, now: datetime, allow_empty
     empty: list[str] = []
     switching: list[str] = []
     per_service: list[Action] = []
+    before_switch: list[Action] = []
     for name, spec in desired.services.configured().items():
         service = observed.services.get(name) or ServiceObservation(name=name)
-        verdict = _plan_service(desired, name, spec, service, per_service, blockers, warnings)
+        verdict = _plan_service(desired, name, spec, service, per_service, before_switch, blockers, warnings)
         if verdict == "empty":
             empty.append(name)
         elif verdict == "switch":
             switching.append(name)
 
     if switching:
+        actions.extend(before_switch)
         _plan_switch(desired, observed, switching, actions, blockers)
     protected = set(observed.backups.protected)
     if empty:
@@ -353,11 +355,13 @@ def _plan_service(
     spec: object,
     service: ServiceObservation,
     actions: list[Action],
+    before_switch: list[Action],
     blockers: list[str],
     warnings: list[str],
 ) -> str:
     """Plan one service. Returns "ok", "blocked", "empty" (no data anywhere: restore or initialise)
-    or "switch" (its data is in the other mode's location and must move)."""
+    or "switch" (its data is in the other mode's location and must move; what the switch needs first
+    goes to ``before_switch``)."""
     mode = desired.mode
     other_mode = "disk" if mode == "ram" else "ram"
     target = service.location(mode)
@@ -394,7 +398,17 @@ def _plan_service(
         )
         return "blocked"
     if other_has_data:
-        _ensure_database(spec, service, actions)  # runs after the switch, on the moved data
+        # Repairs come before the switch: its first act is a backup of the running services, so a dead
+        # service is started where its data is, and a missing role or database is created there (it
+        # moves with the data).
+        if not service.running:
+            reason = (
+                "its process died; the switch backs it up first"
+                if service.died
+                else "the switch backs it up first"
+            )
+            before_switch.append(StartService(name, other.path, desired.port(name), reason))
+        _ensure_database(spec, service, before_switch)
         return "switch"
     if not target_has_data:
         return "empty"

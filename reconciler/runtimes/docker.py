@@ -155,6 +155,13 @@ class DockerRuntime:
         if container is None:
             return
         container.reload()
+        mount = data_mount(container.attrs, DATA_PATHS[service])
+        if (
+            mount is not None
+            and mount.get("Type") == "bind"
+            and not _same_dir(str(mount.get("Source")), data_dir)
+        ):
+            return  # it serves another directory (the other mode's copy): stopping it is not asked for
         if container.status in ("running", "restarting", "paused"):
             if container.status == "paused":
                 container.unpause()
@@ -403,6 +410,10 @@ def data_mount(attrs: dict[str, Any], target: str) -> dict[str, Any] | None:
         if mount.get("Target") == target and mount.get("Type") == "tmpfs":
             return {"Type": "tmpfs", "Destination": target, "Options": str(mount.get("TmpfsOptions") or "")}
     return None
+
+
+def _same_dir(a: str, b: str) -> bool:
+    return os.path.normpath(a) == os.path.normpath(b)
 
 
 def _bind_target(bind: str) -> str:

@@ -152,6 +152,22 @@ def test_mode_change_with_data_is_one_journaled_switch() -> None:
     assert plan(spec("disk"), after, NOW).in_sync
 
 
+def test_repairs_that_the_switch_needs_come_before_it() -> None:
+    # The switch starts with a backup of the running services: a dead Redis is started where its data
+    # is, and a missing application database is created, before the switch, not after it.
+    ram = spec("ram")
+    world = simulate_all(fresh_world(ram), plan(ram, fresh_world(ram), NOW).actions)
+    pg, rd = world.services["postgres"], world.services["redis"]
+    world = world.with_service(replace(pg, roles=frozenset({"postgres"}), databases=frozenset({"postgres"})))
+    world = world.with_service(replace(rd, running=False, pid=4242, died=True, data_dir=None, port=None))
+    result = plan(spec("disk"), world, NOW)
+    assert kinds(result.actions) == ["EnsureDatabase", "StartService", "SwitchMode"]
+    start = result.actions[1]
+    assert isinstance(start, StartService) and start.data_dir == ram.ram_dir("redis")
+    after = simulate_all(world, result.actions)
+    assert plan(spec("disk"), after, NOW).in_sync
+
+
 def test_switch_into_ram_is_refused_when_the_data_does_not_fit() -> None:
     disk = spec("disk", services="postgres")
     world = simulate_all(fresh_world(disk), plan(disk, fresh_world(disk), NOW).actions)
