@@ -162,3 +162,25 @@ def test_a_hostile_state_file_exits_64_at_once_without_a_traceback(stack: Stack,
         assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr
         assert cpu < 1.0, f"{command} used {cpu:.2f} s of CPU"
     assert sorted(os.listdir(stack.dir)) == ["state.yaml"]
+
+
+def test_keygen_add_recipient_writes_the_key_and_edits_state_yaml_in_place(stack: Stack) -> None:
+    _example_in(stack)
+    original = stack.state_file.read_text()
+    os.chmod(stack.state_file, 0o640)
+    result = stack.cli("keygen", "--add-recipient")
+    recipient = result.stdout.strip()
+    assert result.stdout == recipient + "\n" and recipient.startswith("age1")  # stdout: the recipient only
+    assert "Keep a copy somewhere safe" in result.stderr and "added its recipient" in result.stderr
+    key = stack.dir / ".reconciler" / "backup.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert recipient in key.read_text()
+    edited = stack.state_file.read_text()
+    changed = [(a, b) for a, b in zip(original.splitlines(), edited.splitlines(), strict=True) if a != b]
+    assert len(changed) == 1 and f"recipients: [{recipient}]" in changed[0][1], changed
+    assert stack.state_file.stat().st_mode & 0o777 == 0o640
+    stack.cli("validate")
+    # Without --add-recipient, state.yaml is untouched and stderr says where the recipient goes.
+    other = stack.cli("keygen", "--out", str(stack.dir / "second.key"))
+    assert other.stdout.startswith("age1") and "--add-recipient" in other.stderr
+    assert stack.state_file.read_text() == edited
