@@ -286,10 +286,10 @@ CORPUS: dict[str, tuple[str, str, str, str]] = {
 @pytest.mark.parametrize("case", list(CORPUS))
 def test_the_hostile_corpus_is_refused_with_a_position(case: str) -> None:
     text, position, path, fragment = CORPUS[case]
-    started = time.monotonic()
+    started = time.process_time()
     with pytest.raises(SpecInvalid) as info:
         parse_state(text, "state.yaml", "/srv/app")
-    elapsed = time.monotonic() - started
+    elapsed = time.process_time() - started
     found = [str(p) for p in info.value.problems]
     assert any(
         line.startswith(f"state.yaml:{position}") and f": {path}" in line and fragment in line
@@ -317,10 +317,10 @@ def test_a_file_at_the_size_bound_parses_in_under_a_second() -> None:
     text += "".join(f"  - app{i}\n" for i in range(2000))
     text += filler * ((MAX_STATE_BYTES - len(text)) // len(filler))
     assert len(text) <= MAX_STATE_BYTES
-    started = time.monotonic()
+    started = time.process_time()
     spec = parse_state(text)
     assert len(spec.drain.containers) == 2000
-    assert time.monotonic() - started < 1.0
+    assert time.process_time() - started < 1.0
 
 
 def test_anchors_and_aliases_within_bounds_still_work() -> None:
