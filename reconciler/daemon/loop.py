@@ -277,10 +277,15 @@ class Daemon:
                     "stack and state_dir cannot change while the daemon runs (its lock and status live "
                     "there); restart the daemon to adopt them"
                 )
-        except ReconcilerError as exc:
+        except Exception as exc:  # any failure, even a loader bug or MemoryError: report, keep the last spec
             self.invalid_digest = digest
             problems = [str(p) for p in exc.problems] if isinstance(exc, SpecInvalid) else []
-            message = f"state.yaml was not adopted: {exc}" + (": " + "; ".join(problems) if problems else "")
+            cause = (
+                str(exc) if isinstance(exc, ReconcilerError) else f"loading it failed ({type(exc).__name__})"
+            )
+            message = f"state.yaml was not adopted: {cause}" + (
+                ": " + "; ".join(problems) if problems else ""
+            )
             message += "; the daemon keeps the last valid spec"
             log.error(message)
             events.emit(self.state_dir, "Warning", "SpecInvalid", message)
