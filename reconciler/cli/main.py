@@ -170,7 +170,22 @@ def _show_plan(state: _State, ctx: StackContext, output_format: str, allow_empty
 @_guard
 def plan(state: _State, output_format: str) -> None:
     """Show what `apply` would change. Exit 0: in sync, 2: changes pending, 1: blocked or error."""
-    sys.exit(_show_plan(state, _context(state), output_format))
+    ctx = _context(state)
+    _note_uncommitted(state)
+    sys.exit(_show_plan(state, ctx, output_format))
+
+
+def _note_uncommitted(state: _State) -> None:
+    """GitOps: the daemon follows the commit; a human's plan/apply uses the file. Say when they differ."""
+    from reconciler.engine.revision import differs_from_commit
+
+    head = differs_from_commit(state.state_file)
+    if head:
+        state.out.err.print(
+            f"[yellow]note:[/] {state.state_file} has edits that are not committed (HEAD is {head}): this "
+            "command uses the file as it is; the daemon follows the commit until you commit them",
+            soft_wrap=True,
+        )
 
 
 @cli.command()
@@ -186,6 +201,7 @@ def plan(state: _State, output_format: str) -> None:
 def apply(state: _State, dry_run: bool, allow_empty: bool, output_format: str) -> None:
     """Converge the stack to state.yaml."""
     ctx = _context(state)
+    _note_uncommitted(state)
     if dry_run:
         sys.exit(_show_plan(state, ctx, output_format, allow_empty))
     result = _run_with_progress(state, ctx, "apply", allow_empty)

@@ -76,6 +76,7 @@ class StackContext:
     runtime: Any  # LocalRuntime | DockerRuntime (runtimes/base.Runtime, plus runtime-specific helpers)
     state_file: str
     mode_override: dict[str, Any] | None = None  # set while the daemon's RAM-pressure fallback holds
+    revision: str | None = None  # the commit the spec was read from (the daemon follows HEAD), if any
 
     @classmethod
     def build(cls, spec: StateSpec, state_file: str) -> StackContext:
