@@ -390,6 +390,10 @@ def _plan_service(
         _ensure_database(spec, service, actions)  # runs after the switch, on the moved data
         return "switch"
     if not target_has_data:
+        if target.restore_incomplete:
+            warnings.append(
+                f"{name}: the restore into {target.path} did not complete; it is restored again (never served as it is)"
+            )
         return "empty"
     _running_service(desired, name, spec, service, actions)
     return "ok"
