@@ -79,16 +79,14 @@ def _spec_hash(ctx: StackContext) -> str:
 # -- the restoring marker -------------------------------------------------------------------------
 
 
-def mark_restoring(data_dir: str, operation: str | None) -> None:
+def mark_restoring(data_dir: str, stack: str, service: str, operation: str | None) -> None:
     """Set (``operation``) or clear (``None``) the restore-incomplete flag in a data directory's marker."""
-    path = os.path.join(data_dir, MARKER)
-    document: dict[str, Any] = dict(read_marker(data_dir) or {})
-    if operation is None and "restoring" not in document:
-        return
+    document: dict[str, Any] = {**(read_marker(data_dir) or {}), "stack": stack, "service": service}
     if operation is None:
         document.pop("restoring", None)
     else:
         document["restoring"] = operation
+    path = os.path.join(data_dir, MARKER)
     st = os.stat(data_dir)
     fs.atomic_write_json(path, document, 0o600)
     os.chown(path, st.st_uid, st.st_gid)
@@ -244,7 +242,7 @@ def _restore_fresh(
                 failpoints.hit("restore.boot.redis.rdb")
             runtime.start_service(name, data_dir, port)
             started_services.append((name, data_dir))
-            mark_restoring(data_dir, operation)
+            mark_restoring(data_dir, ctx.spec.stack, name, operation)
             failpoints.hit(f"restore.boot.{name}.start")
             if name == "postgres":
                 pgspec = ctx.spec.services.postgres
@@ -259,8 +257,8 @@ def _restore_fresh(
                     )
                 except Exception as exc:
                     raise _content_errors_reject(checked.name, exc) from None
-        for data_dir in action.data_dirs:
-            mark_restoring(data_dir, None)
+        for name, data_dir in zip(action.services, action.data_dirs, strict=True):
+            mark_restoring(data_dir, ctx.spec.stack, name, None)
     except BaseException:
         for name, data_dir in reversed(started_services):
             try:
