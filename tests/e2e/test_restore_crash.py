@@ -109,6 +109,9 @@ def test_no_backup_is_taken_of_a_restore_that_did_not_complete(stack: Stack, poi
     refused = stack.cli("backup", "--trigger", "empty", check=1)
     assert "restore" in refused.stderr and "apply" in refused.stderr
     assert set_names(stack) == sets_before
+    # nor does a deliberate restore start on top of it: the interrupted one reaches a safe point first
+    other = stack.cli("restore", "--latest", "--yes", check=1)
+    assert "run `reconciler apply`" in other.stderr
     stack.cli("apply")
     assert_serves(stack, newest, sets_before)
 
