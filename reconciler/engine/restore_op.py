@@ -144,8 +144,8 @@ def restore_empty_services(ctx: StackContext, action: RestoreFromBackup) -> str:
     journal = Journal.create(
         ctx.state_dir,
         BOOT,
-        "backup",
-        action.mode,
+        "a backup set",
+        f"{action.mode} mode",
         _spec_hash(ctx),
         ["restore"],
         asdict(action),
@@ -438,7 +438,8 @@ class _Restore:
 
         The intended change goes into the journal first, so a rollback knows exactly what to undo even
         when the reconciler died between the two writes."""
-        listed = [listing.backup_set for listing in backups.list_sets(self.ctx)]
+        # Drive too: a set newer than the chosen one that only Drive still holds must not win at boot.
+        listed = [listing.backup_set for listing in backups.list_sets(self.ctx, with_remote=True)]
         chosen = next(s for s in listed if s.name == self.set_name)
         newer = {s.name for s in listed if (s.created, s.name) > (chosen.created, chosen.name)}
         current = set(backups.records(self.ctx).get("superseded", []))

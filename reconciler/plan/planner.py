@@ -251,6 +251,13 @@ def _plan_empty_services(
         )
     for name in empty:
         service = observed.services.get(name) or ServiceObservation(name=name)
+        target = service.location(desired.mode)
+        if target.restore_incomplete:  # initdb never runs over it, and it is never served as it is
+            blockers.append(
+                f"{name}: {target.path} holds a restore that did not complete, and no backup set is left to "
+                "restore it from. Move the directory away to start empty, or bring the backup sets back"
+            )
+            continue
         _fresh_service(desired, name, desired.services.configured()[name], service, actions)
     return protect
 
