@@ -40,6 +40,7 @@ class DataDir:
     filesystem: Filesystem | None = None
     size_bytes: int = 0  # bytes of the files below it (0 when it does not exist)
     stale: bool = False  # a copy kept after a mode switch moved the data away: not authoritative
+    restore_incomplete: bool = False  # a restore into it never completed: not data (initialized=False)
 
 
 @dataclass(frozen=True)

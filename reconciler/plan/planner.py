@@ -253,6 +253,13 @@ def _plan_empty_services(
         )
     for name in empty:
         service = observed.services.get(name) or ServiceObservation(name=name)
+        target = service.location(desired.mode)
+        if target.restore_incomplete:  # initdb never runs over it, and it is never served as it is
+            blockers.append(
+                f"{name}: {target.path} holds a restore that did not complete, and no backup set is left to "
+                "restore it from. Move the directory away to start empty, or bring the backup sets back"
+            )
+            continue
         _fresh_service(desired, name, desired.services.configured()[name], service, actions)
     return protect
 
@@ -411,6 +418,10 @@ def _plan_service(
         _ensure_database(spec, service, before_switch)
         return "switch"
     if not target_has_data:
+        if target.restore_incomplete:
+            warnings.append(
+                f"{name}: the restore into {target.path} did not complete; it is restored again (never served as it is)"
+            )
         return "empty"
     _running_service(desired, name, spec, service, actions)
     return "ok"

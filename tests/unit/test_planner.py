@@ -418,3 +418,37 @@ def test_never_initialises_where_data_or_foreign_files_are(world: tuple[StateSpe
 def test_planning_is_deterministic(world: tuple[StateSpec, ObservedState]) -> None:
     desired, observed = world
     assert plan(desired, observed, NOW) == plan(desired, observed, NOW)
+
+
+@settings(max_examples=300)
+@given(worlds(), st.data())
+def test_a_restore_that_did_not_complete_is_never_in_sync(
+    world: tuple[StateSpec, ObservedState], data: st.DataObject
+) -> None:
+    """Issue 12 item 1: a data directory an interrupted restore left behind (its marker says
+    "restoring") is restored again, even while a server runs from it; it is never served as it is."""
+    desired, observed = world
+    name = data.draw(st.sampled_from(sorted(desired.services.configured())))
+    service = observed.services[name]
+    target = replace(
+        service.location(desired.mode), exists=True, initialized=False, foreign=False, restore_incomplete=True
+    )
+    running = data.draw(st.booleans())
+    service = replace(
+        service,
+        **({"ram": target} if desired.mode == "ram" else {"disk": target}),  # type: ignore[arg-type]
+        running=running,
+        pid=123 if running else None,
+        port=desired.port(name) if running else None,
+        data_dir=target.path if running else None,
+    )
+    result = plan(desired, observed.with_service(service), NOW)
+    assert not result.in_sync
+    from reconciler.plan.actions import RestoreFromBackup
+    from reconciler.plan.selection import select_restore
+
+    usable = select_restore(observed.backups.sets, observed.backups.rejected, NOW, "demo").chosen
+    restores = [a for a in result.actions if isinstance(a, RestoreFromBackup)]
+    other = service.location("disk" if desired.mode == "ram" else "ram")
+    if usable is not None and not result.blockers and not (other.initialized and not other.stale):
+        assert restores and name in restores[0].services
