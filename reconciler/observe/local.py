@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from reconciler.backup import vouch
 from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
 from reconciler.errors import ReconcilerError
@@ -113,6 +114,7 @@ def observe_backups(
     """
     store = LocalStore(spec.resolve(spec.backup.stores.local.path))
     sets = tuple(group_sets(store.list(), store.name, spec.stack))
+    authenticity = {(store.name, name): why for name, why in vouch.local_doubts(spec, store, sets).items()}
     gdrive = spec.backup.stores.gdrive
     if include_remote and gdrive.enabled and gdrive.credentials_file:
         from reconciler.errors import ReconcilerError
@@ -129,7 +131,9 @@ def observe_backups(
         (key.partition("/")[0], key.partition("/")[2]): str(reason)
         for key, reason in record.get("rejected", {}).items()
     }
-    return BackupsObservation(sets, verified, failed, rejected, frozenset(record.get("protected", [])))
+    return BackupsObservation(
+        sets, verified, failed, rejected, frozenset(record.get("protected", [])), authenticity
+    )
 
 
 def data_dir_facts(service: str, path: str, uid: int, gid: int, mounts: list[host.Mount]) -> DataDir:

@@ -95,6 +95,12 @@ class BackupsObservation:
         default_factory=dict
     )  # (store, set) → why it cannot be restored
     protected: frozenset[str] = frozenset()  # kept whatever retention says (see ProtectBackups)
+    # (store, set) → None when the engine vouched for the complete set's manifest, else why not; a
+    # complete set missing here was not checked (retention never counts nor deletes it)
+    authenticity: dict[tuple[str, str], str | None] = field(default_factory=dict)
+
+    def authenticity_in(self, store: str) -> dict[str, str | None]:
+        return {name: why for (where, name), why in self.authenticity.items() if where == store}
 
 
 @dataclass(frozen=True)

@@ -267,7 +267,15 @@ def _plan_retention(
     for store in sorted({s.store for s in backups.sets}):
         sets = [s for s in backups.sets if s.store == store]
         decision = retention(
-            sets, desired.backup.retention, now, backups.verified, backups.newest_attempt_failed, protected
+            sets,
+            desired.backup.retention,
+            now,
+            backups.verified,
+            backups.newest_attempt_failed,
+            protected,
+            authenticity=backups.authenticity_in(store),
+            require_verified=desired.daemon.verify_new_sets,
+            rejected={name: why for (where, name), why in backups.rejected.items() if where == store},
         )
         if decision.held_back and decision.held_back != "would delete every set":
             warnings.append(f"retention of the {store} store is on hold: {decision.held_back}")
