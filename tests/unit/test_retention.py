@@ -5,10 +5,9 @@ empty and duplicate sets."""
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta
-
 from collections.abc import Iterable
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,8 +16,8 @@ from reconciler.plan.actions import simulate_all
 from reconciler.plan.backupsets import (
     MANIFEST_SUFFIX,
     BackupSet,
-    StoredFile,
     RetentionDecision,
+    StoredFile,
     group_sets,
     newest_first,
     next_sequence,
@@ -223,11 +222,12 @@ class Store:
         verified: set[str] = set()
         rejected: dict[str, str] = {}
         seen: set[str] = set()
-        for index, (hours, sequence, complete, kind, ok, bad, twice, empty) in enumerate(raw):
+        for index, (hours, number, complete, kind, ok, bad, twice, empty) in enumerate(raw):
             created = NOW - timedelta(hours=hours, minutes=index % 7)
+            sequence = number
             if kind == "planted":
                 created = datetime(2099, 12, 31, 23, 59, 59, tzinfo=UTC) - timedelta(seconds=index)
-                sequence = None if sequence is None else 10**9 + index
+                sequence = None if number is None else 10**9 + index
             s = make_set(created, complete, trigger=f"t{index}", sequence=sequence)
             if empty:
                 s = replace(s, files=tuple(replace(f, size=0) for f in s.files))
