@@ -283,7 +283,9 @@ def test_legacy_loomio_backup_is_imported_and_a_wrong_password_changes_nothing(s
 
 def test_retention_is_planned_and_applied_and_keeps_the_newest(stack: Stack) -> None:
     encrypted_stack(stack, keep_last=2, keep_hourly=0, keep_daily=0, keep_weekly=0, keep_monthly=0)
-    stack.edit(daemon={"verify_new_sets": False})  # count sets unverified (with it on, only verified sets count)
+    stack.edit(
+        daemon={"verify_new_sets": False}
+    )  # count sets unverified (with it on, only verified sets count)
     for trigger in ("one", "two", "three", "four"):
         stack.cli("backup", "--trigger", trigger)
     names = [s["name"] for s in sets(stack)]
