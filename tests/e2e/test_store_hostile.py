@@ -6,8 +6,8 @@ Through the real CLI, real servers, real age/zstd and the Drive emulator:
 - with ``keep_last: 1`` a corrupt newest set does not make the good older set go, and that older set
   is the one a restore brings back;
 - with the clock behind the newest set (a Raspberry Pi after a power cut: no real-time clock, no
-  network time yet; faked with ``RECONCILER_TEST_CLOCK_OFFSET``), a new set still sorts after the
-  newest one, is the one restored, and retention keeps it;
+  network time yet; faked with ``RECONCILER_TEST_CLOCK_OFFSET``, see ``system/clock.py``), the newest
+  set is the one restored, and a new set sorts after it and is the one retention keeps;
 - verify and Drive sync recording at the same time (daemon and CLI) lose no update.
 """
 
@@ -32,7 +32,6 @@ from tests.support.gdrive_emulator import DriveEmulator
 pytestmark = pytest.mark.e2e
 
 ONLY_LAST = {"keep_last": 1, "keep_hourly": 0, "keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0}
-BEHIND = str(-3 * 86400)  # the host clock three days behind the newest set
 
 
 def backups_dir(stack: Stack) -> Path:
@@ -132,25 +131,34 @@ def test_a_corrupt_newest_set_with_keep_last_1_keeps_the_good_older_set(stack: S
     assert stack.status()["lastRestore"]["set"] == good
 
 
-def test_with_the_clock_behind_a_new_set_sorts_after_the_newest_and_wins(stack: Stack) -> None:
+def clock(offset_seconds: int) -> dict[str, str]:
+    return {"RECONCILER_TEST_CLOCK_OFFSET": str(offset_seconds)}
+
+
+def test_with_the_clock_behind_the_newest_set_wins_and_a_new_set_sorts_after_it(stack: Stack) -> None:
     encrypted_stack(stack)
     stack.edit(daemon={"verify_new_sets": False})
     seed(stack, 200)
-    stack.cli("backup", "--trigger", "before")
-    before = sets(stack)[0]["name"]
-    # power cut, reboot: the clock now says three days earlier than that set's time
-    behind = {"RECONCILER_TEST_CLOCK_OFFSET": BEHIND}
+    stack.cli("backup", "--trigger", "older", env=clock(-86400))  # taken a day "earlier"
     seed(stack, 100)
-    stack.cli("backup", "--trigger", "behind", env=behind)
+    stack.cli("backup", "--trigger", "newest")
     expected = snapshot(stack)
-    listed = [s["name"] for s in json.loads(stack.cli("backups", "-o", "json", env=behind).stdout)["sets"]]
-    assert listed[0].endswith("-behind") and listed[1] == before, listed
-    assert listed[0].split("-")[1] < before.split("-")[1], "the new set is named after the (behind) clock"
+    older, newest = (s["name"] for s in reversed(sets(stack)))
+    assert newest.endswith("-newest"), (older, newest)
 
+    # power cut; the Pi boots without network time, its clock 12 h behind the newest set
+    behind = clock(-12 * 3600)
     power_cut(stack)
     stack.cli("apply", env=behind)
+    assert stack.status()["lastRestore"]["set"] == newest, "the newest set must win, whatever the clock"
     assert snapshot(stack) == expected
-    assert stack.status()["lastRestore"]["set"] == listed[0]
+
+    # a set taken now is named after the (behind) clock, yet sorts after the newest set
+    seed(stack, 10)
+    stack.cli("backup", "--trigger", "after-boot", env=behind)
+    listed = [s["name"] for s in json.loads(stack.cli("backups", "-o", "json", env=behind).stdout)["sets"]]
+    assert listed[0].endswith("-after-boot") and listed[1] == newest, listed
+    assert listed[0].split("-")[1] < newest.split("-")[1], "named after the clock, ordered by sequence"
     document = stack.document()
     document["backup"]["retention"] = ONLY_LAST
     stack.write(document)
