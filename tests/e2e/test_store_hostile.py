@@ -104,6 +104,25 @@ def test_a_planted_far_future_set_deletes_no_real_set_locally_nor_on_drive(
     assert real not in local_sets(stack)  # superseded by a set we vouch for: now it may go
 
 
+def test_drive_retention_deletes_nothing_while_the_newest_backup_failed(
+    stack: Stack, emulator: DriveEmulator
+) -> None:
+    folder = offsite_stack(stack, emulator)
+    stack.edit(daemon={"verify_new_sets": False})
+    seed(stack, 50)
+    stack.cli("backup", "--trigger", "one")
+    stack.cli("backup", "--trigger", "two")
+    failed = stack.cli("backup", env={"RECONCILER_FAILPOINTS": "backup.between-members=error"}, check=None)
+    assert failed.returncode != 0
+    document = stack.document()
+    document["backup"]["stores"]["gdrive"]["retention"] = ONLY_LAST
+    stack.write(document)
+    stack.cli("sync")
+    assert len(manifests(emulator.names_in(folder))) == 2, "nothing goes while the newest backup failed"
+    stack.cli("backup", "--trigger", "three")  # a success lifts the hold
+    assert len(manifests(emulator.names_in(folder))) == 1
+
+
 @pytest.mark.parametrize("damage", ["garbage manifest", "truncated member"])
 def test_a_corrupt_newest_set_with_keep_last_1_keeps_the_good_older_set(stack: Stack, damage: str) -> None:
     encrypted_stack(stack, **ONLY_LAST)
