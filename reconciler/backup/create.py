@@ -167,10 +167,13 @@ def create_set(
     now: datetime,
     revision: str | None,
     progress: Progress | None = None,
+    sequence: int | None = None,
 ) -> dict[str, Any]:
-    """Write a complete set into ``store`` and return its manifest. Raises on any failure."""
+    """Write a complete set into ``store`` and return its manifest. Raises on any failure.
+
+    ``sequence`` (see ``plan/backupsets``) goes into the name and the manifest, so the MAC covers it."""
     sealing = sealing_for(spec)
-    base = set_name(spec.stack, now, trigger)
+    base = set_name(spec.stack, now, trigger, sequence)
     started = time.monotonic()
     members: list[dict[str, Any]] = []
     written: list[str] = []
@@ -191,6 +194,7 @@ def create_set(
             "set": base,
             "stack": spec.stack,
             "created": now.isoformat().replace("+00:00", "Z"),
+            "sequence": sequence,
             "trigger": trigger,
             "mode": spec.mode,
             "runtime": spec.runtime,

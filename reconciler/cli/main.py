@@ -331,9 +331,9 @@ def _daemon_status(ctx: StackContext, recorded: dict[str, Any] | None) -> dict[s
 
 
 def _backup_records(ctx: StackContext) -> dict[str, Any]:
-    from reconciler.engine.backups import records
+    from reconciler.engine import records
 
-    return records(ctx)
+    return records.read(ctx).document
 
 
 @cli.command()

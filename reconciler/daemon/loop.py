@@ -42,7 +42,7 @@ from reconciler.daemon.metrics import MetricsServer, Snapshot
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.watch import StateWatcher
 from reconciler.engine import backups as engine_backups
-from reconciler.engine import events, status
+from reconciler.engine import events, records, status
 from reconciler.engine.apply import apply, compute_plan
 from reconciler.engine.context import StackContext, read_state_bytes, state_file_digest, write_override
 from reconciler.engine.revision import committed_state, differs_from_commit, state_revision
@@ -51,7 +51,7 @@ from reconciler.plan.observed import ObservedState
 from reconciler.plan.schedule import backup_schedule, ram_headroom, set_to_verify
 from reconciler.spec.loader import MAX_STATE_BYTES, parse_state_bytes
 from reconciler.spec.model import StateSpec
-from reconciler.system import fs
+from reconciler.system import clock, fs
 
 log = logging.getLogger(__name__)
 
@@ -486,8 +486,10 @@ class Daemon:
         return False
 
     def _backup_if_due(self, ctx: StackContext, observed: ObservedState) -> bool:
-        now = datetime.now(UTC)
-        schedule = backup_schedule(ctx.spec, observed.backups.sets, now)
+        now = clock.now()
+        schedule = backup_schedule(
+            ctx.spec, observed.backups.sets, now, observed.backups.authenticity_in("local")
+        )
         self.next_backup_at = schedule.next_at
         if not schedule.due or time.monotonic() < self.next_backup_try:
             self._backup_conditions(ctx, schedule.fresh, schedule.reason)
@@ -531,10 +533,9 @@ class Daemon:
         )
 
     def _verify_newest(self, ctx: StackContext) -> None:
-        record = engine_backups.records(ctx)
-        tried = frozenset(record.get("verified", {}))
+        tried = frozenset(records.read(ctx).verifications)
         sets = tuple(listing.backup_set for listing in engine_backups.list_sets(ctx))
-        target = set_to_verify(ctx.spec, sets, tried, datetime.now(UTC))
+        target = set_to_verify(ctx.spec, sets, tried, engine_backups.vouch_local(ctx, list(sets)))
         if target is None:
             return
         result = engine_backups.verify(ctx, target)
@@ -601,7 +602,7 @@ class Daemon:
         self.next_offsite = time.monotonic() + cadence
 
     def _publish(self, ctx: StackContext) -> None:
-        last = engine_backups.records(ctx).get("last_success") or {}
+        last = records.read(ctx).last_success
         newest = last.get("set")
         if newest:
             from reconciler.plan.backupsets import parse_set_name

@@ -1,9 +1,16 @@
 """Backup operations on a stack: take, list, restore, verify, prune; each under the stack's lock.
 
 Design decisions:
-- Every operation records its outcome in ``<state_dir>/backups.json`` (last attempt, verification
-  results per set, last restore). Retention reads it: nothing is pruned while the newest attempt
-  failed, and the newest *verified* set is always kept.
+- Every operation records its outcome through ``engine/records.py`` (last attempt, verification
+  results per set, last restore), the one module that writes ``<state_dir>/backups.json``, under its
+  own lock. Retention reads it: nothing is pruned while the newest attempt failed, and the newest
+  *verified* set is always kept.
+- Retention, the schedule and new set names count only sets this module *vouches for*
+  (``vouch_local``: the manifest reads, authenticates, names this set and stack, and the members
+  have their recorded sizes; ``backup/vouch.py``). The policy that uses the verdicts is pure
+  (``plan/backupsets.retention``).
+- A new set's name carries a sequence number above every set we vouch for and above the recorded
+  high-water mark, so it sorts after every existing set even when the host clock is behind.
 - ``restore`` takes a ``pre-restore`` backup of the current data first (unless told not to), so a
   restore of the wrong set is itself undoable.
 - ``verify`` restores into scratch servers on a private tmpfs directory and free ports, compares with
@@ -20,10 +27,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from reconciler.backup import keys
+from reconciler.backup import keys, vouch
 from reconciler.backup.create import create_set, identity_for_restore
 from reconciler.backup.restore import (
     SetRejected,
@@ -33,15 +40,23 @@ from reconciler.backup.restore import (
 )
 from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
-from reconciler.engine import status
+from reconciler.engine import records, status
 from reconciler.engine.context import StackContext
 from reconciler.engine.revision import state_revision
 from reconciler.errors import PermanentError, ReconcilerError
 from reconciler.plan.actions import RestoreFromBackup
-from reconciler.plan.backupsets import MANIFEST_SUFFIX, BackupSet, group_sets, retention
+from reconciler.plan.backupsets import (
+    MANIFEST_SUFFIX,
+    BackupSet,
+    RetentionDecision,
+    group_sets,
+    newest_first,
+    next_sequence,
+    retention,
+)
 from reconciler.runtimes.local import LocalRuntime, postgres_bindir
 from reconciler.stores.local import LocalStore
-from reconciler.system import fs
+from reconciler.system import clock, fs
 
 log = logging.getLogger(__name__)
 
@@ -52,28 +67,21 @@ def local_store(ctx: StackContext) -> LocalStore:
     return LocalStore(ctx.spec.resolve(ctx.spec.backup.stores.local.path))
 
 
-def _record_path(ctx: StackContext) -> str:
-    return os.path.join(ctx.state_dir, "backups.json")
-
-
-def records(ctx: StackContext) -> dict[str, Any]:
-    document = fs.read_json(_record_path(ctx))
-    return document if isinstance(document, dict) else {}
-
-
-def _update_records(ctx: StackContext, **changes: Any) -> None:
-    document = records(ctx)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(document.get(key), dict):
-            document[key] = {**document[key], **value}
-        else:
-            document[key] = value
-    fs.atomic_write_json(_record_path(ctx), document)
+# Old private names of the records functions, kept while the restore/verify code moves to
+# ``records.update`` / ``records.reject`` (new code calls the records module directly).
+_update_records = records.update
 
 
 def _mac_key(ctx: StackContext) -> bytes | None:
     identity = identity_for_restore(ctx.spec)
     return keys.mac_key(identity) if identity is not None else None
+
+
+def vouch_local(ctx: StackContext, sets: list[BackupSet] | None = None) -> dict[str, str | None]:
+    """Set name → None for each complete local set we can vouch for, else the reason we cannot."""
+    store = local_store(ctx)
+    sets = group_sets(store.list(), store.name, ctx.spec.stack) if sets is None else sets
+    return vouch.local_doubts(ctx.spec, store, sets)
 
 
 def _endpoints(ctx: StackContext) -> dict[str, Any]:
@@ -90,57 +98,62 @@ def _endpoints(ctx: StackContext) -> dict[str, Any]:
 def take_backup(
     ctx: StackContext, trigger: str = "manual", progress: Progress | None = None
 ) -> dict[str, Any]:
+    """Take a set now (under the stack lock); returns its manifest. Refused while a restore is incomplete."""
     from reconciler.engine.restore_op import refuse_backup_of_incomplete_data
 
     with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
         refuse_backup_of_incomplete_data(ctx)
-        return _take_backup_locked(ctx, trigger, progress)
+        return take_backup_locked(ctx, trigger, progress)
 
 
-def _set_time(store: LocalStore, stack: str) -> datetime:
-    """Now, but strictly after the newest set in the store: set names carry whole seconds, and two sets
-    named in the same second would sort by their trigger (``-scheduled`` after ``-manual``), so the
-    newer data could lose to the older. Waits out the rest of that second (the caller holds the lock)."""
-    now = datetime.now(UTC)
-    newest = max((s.created for s in group_sets(store.list(), store.name, stack)), default=None)
-    if newest is not None and now.replace(microsecond=0) == newest:
-        time.sleep(1 - now.microsecond / 1e6)
-        now = datetime.now(UTC)
-    return now
+def _new_set_position(ctx: StackContext) -> tuple[datetime, int]:
+    """The new set's time (the clock's, whatever it says) and its sequence: above every local set we
+    vouch for, every complete Drive set the last sync vouched for, and the recorded high-water mark.
+    Planted names do not count, so they cannot push the numbers up; the caller holds the stack lock."""
+    record = records.read(ctx)
+    vouched = [name for name, why in vouch_local(ctx).items() if why is None]
+    return clock.now(), next_sequence([*vouched, *record.remote_sets], record.sequence)
 
 
-def _take_backup_locked(ctx: StackContext, trigger: str, progress: Progress | None) -> dict[str, Any]:
+def take_backup_locked(ctx: StackContext, trigger: str, progress: Progress | None) -> dict[str, Any]:
+    """Take a set; the caller holds the stack lock (a switch or a restore takes one mid-operation)."""
     store = local_store(ctx)
     store.clean_partials()
-    started = status.now_iso()
+    started = clock.now_iso()
     try:
+        created, sequence = _new_set_position(ctx)
+        records.note_sequence(ctx, sequence)  # a crashed attempt still uses up its number
         document = create_set(
             ctx.spec,
             _endpoints(ctx),
             ctx.pg_bindir(),
             store,
             trigger,
-            _set_time(store, ctx.spec.stack),
+            created,
             state_revision(ctx.state_file),
             progress,
+            sequence=sequence,
         )
     except ReconcilerError as exc:
-        _update_records(
+        records.update(
             ctx, last_attempt={"started": started, "result": "failed", "error": str(exc), "trigger": trigger}
         )
         raise
     size = sum(int(m["size"]) for m in document["members"])
-    _update_records(
+    records.update(
         ctx,
         last_attempt={"started": started, "result": "success", "set": document["set"], "trigger": trigger},
         last_success={
             "set": document["set"],
-            "finished": status.now_iso(),
+            "finished": clock.now_iso(),
             "size": size,
             "seconds": document["seconds"],
         },
     )
     return document
+
+
+_take_backup_locked = take_backup_locked  # old name, kept while callers move to the public one
 
 
 @dataclass(frozen=True)
@@ -165,7 +178,7 @@ class SetListing:
 
 def list_sets(ctx: StackContext, with_remote: bool = False) -> list[SetListing]:
     """Local sets; with ``with_remote``, also those on Drive (a set in both is listed once, both stores)."""
-    verified = records(ctx).get("verified", {})
+    verified = records.read(ctx).verifications
     sets = group_sets(local_store(ctx).list(), "local", ctx.spec.stack)
     listings = [SetListing(s, verified.get(s.name)) for s in sets]
     if not with_remote:
@@ -188,10 +201,12 @@ def list_sets(ctx: StackContext, with_remote: bool = False) -> list[SetListing]:
             SetListing(listing.backup_set, listing.verified, ("local", "gdrive") if both else ("local",))
         )
     merged += [SetListing(s, verified.get(s.name), ("gdrive",)) for s in remote.values()]
-    return sorted(merged, key=lambda entry: (entry.backup_set.created, entry.backup_set.name), reverse=True)
+    order = {s.name: index for index, s in enumerate(newest_first(entry.backup_set for entry in merged))}
+    return sorted(merged, key=lambda entry: order[entry.backup_set.name])
 
 
 def _choose(ctx: StackContext, set_name: str | None) -> str:
+    """The named set, or the newest (by the sets' own order) complete local set we vouch for."""
     sets = [listing.backup_set for listing in list_sets(ctx)]
     if set_name:
         if not any(s.name == set_name for s in sets):
@@ -200,7 +215,15 @@ def _choose(ctx: StackContext, set_name: str | None) -> str:
     complete = [s for s in sets if s.complete]
     if not complete:
         raise PermanentError(f"no complete backup set in {local_store(ctx).describe()}")
-    return complete[0].name
+    doubts = vouch_local(ctx, complete)
+    vouched = [s for s in complete if doubts.get(s.name, "not checked") is None]
+    if not vouched:
+        reasons = "; ".join(f"{s.name}: {doubts.get(s.name)}" for s in complete)
+        raise PermanentError(
+            f"no backup set in {local_store(ctx).describe()} can be vouched for ({reasons}); "
+            "name a set explicitly to try it anyway"
+        )
+    return vouched[0].name
 
 
 @dataclass
@@ -281,26 +304,31 @@ def verify(ctx: StackContext, set_name: str | None) -> dict[str, Any]:
             except ReconcilerError as exc:
                 log.warning("could not stop scratch %s: %s", name, exc)
         shutil.rmtree(scratch, ignore_errors=True)
-    _update_records(ctx, verified={chosen: result})
-    if result["ok"]:
-        document = records(ctx)
-        if document.get("rejected", {}).pop(f"local/{chosen}", None) is not None:
-            fs.atomic_write_json(_record_path(ctx), document)
-    else:
-        _reject(ctx, "local", chosen, f"verification failed: {result['reason']}")
+    records.record_verification(ctx, chosen, result)  # one locked change: result and rejection together
+    if not result["ok"]:
+        log.warning("backup set %s (local) rejected: verification failed: %s", chosen, result["reason"])
     return result
 
 
-def prune_decision(ctx: StackContext) -> tuple[list[BackupSet], Any]:
+def prune_decision(ctx: StackContext) -> tuple[list[BackupSet], RetentionDecision]:
+    """Retention of the local store: which sets go, with the reason each kept set stays."""
     sets = [listing.backup_set for listing in list_sets(ctx)]
-    record = records(ctx)
-    verified = frozenset(name for name, v in record.get("verified", {}).items() if v.get("ok"))
-    failed = record.get("last_attempt", {}).get("result") == "failed"
-    protected = frozenset(record.get("protected", []))
-    return sets, retention(sets, ctx.spec.backup.retention, datetime.now(UTC), verified, failed, protected)
+    record = records.read(ctx)
+    return sets, retention(
+        sets,
+        ctx.spec.backup.retention,
+        clock.now(),
+        record.verified,
+        record.newest_attempt_failed,
+        record.protected,
+        authenticity=vouch_local(ctx, sets),
+        require_verified=ctx.spec.daemon.verify_new_sets,
+        rejected=record.rejected_in("local"),
+    )
 
 
 def prune(ctx: StackContext) -> list[str]:
+    """Apply retention to the local store under the stack lock; returns the deleted set names."""
     with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
         _, decision = prune_decision(ctx)
         delete_sets(ctx, decision.delete)
@@ -322,13 +350,11 @@ def delete_sets(ctx: StackContext, names: tuple[str, ...] | list[str]) -> None:
         log.info("deleted backup set %s from %s", name, store.describe())
 
 
-def protect(ctx: StackContext, names: tuple[str, ...]) -> None:
-    current = set(records(ctx).get("protected", []))
-    _update_records(ctx, protected=sorted(current | set(names)))
+protect = records.protect  # the ProtectBackups step's entry point
 
 
 def _reject(ctx: StackContext, store: str, set_name: str, reason: str) -> None:
-    _update_records(ctx, rejected={f"{store}/{set_name}": reason})
+    records.reject(ctx, store, set_name, reason)
     log.warning("backup set %s (%s) rejected: %s", set_name, store, reason)
 
 

@@ -24,7 +24,7 @@ def restore_legacy(ctx: StackContext, path: str, password_env: str, safety_backu
     with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
         endpoint = backups._endpoints(ctx)["postgres"]
         if safety_backup:
-            backups._take_backup_locked(ctx, "pre-restore", None)
+            backups.take_backup_locked(ctx, "pre-restore", None)
         side = f"{spec.database}__restoring"
         pg.recreate_database(endpoint, side, spec.user)
         argv = [

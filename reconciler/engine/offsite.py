@@ -5,7 +5,11 @@ Design decisions:
   cut short by a crash or an outage lacks its manifest on Drive, is never selected for a restore, and
   the next sync completes it (members already there with the right size and md5 are not sent again).
 - Nothing on Drive is deleted because it is missing locally (RAM mode may keep only one local set);
-  Drive has its own retention (``gdrive.retention``, default: the local policy).
+  Drive has its own retention (``gdrive.retention``, default: the local policy), the same pure policy
+  as the local store's: it counts only Drive sets we vouch for (``vouch_remote``: a manifest identical
+  to a local one we vouch for is not downloaded again, any other is fetched and checked), keeps what
+  it cannot vouch for (a file planted in a shared folder), and deletes nothing while the newest backup
+  attempt failed.
 - A failed upload never fails the backup that produced the set: the set stays local, the failure is
   recorded, and the next sync (or the daemon) retries. A full Drive is refused up front (about.get).
 - Restoring from Drive downloads the set into the local store first (atomic per file), then the
@@ -16,15 +20,17 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
-from reconciler.engine import backups, status
+from reconciler.backup import vouch
+from reconciler.engine import backups, records
 from reconciler.engine.context import StackContext
 from reconciler.errors import PermanentError, ReconcilerError
 from reconciler.plan.backupsets import MANIFEST_SUFFIX, BackupSet, group_sets, retention
 from reconciler.stores.gdrive import GdriveStore, file_md5
-from reconciler.system import failpoints
+from reconciler.system import clock, failpoints
 
 log = logging.getLogger(__name__)
 
@@ -92,32 +98,57 @@ def sync(ctx: StackContext, attempts: int = 8, deadline: float = 600) -> SyncRes
             result.bytes_sent += upload_set(ctx, store, backup_set, remote_files)
             result.uploaded.append(backup_set.name)
             log.info("uploaded backup set %s to %s", backup_set.name, store.describe())
-        result.pruned = prune_remote(ctx, store)
+        result.pruned, vouched = prune_remote(ctx, store)
     except ReconcilerError as exc:
-        backups._update_records(
-            ctx, last_upload={"finished": status.now_iso(), "result": "failed", "error": str(exc)}
-        )
+        records.update(ctx, last_upload={"finished": clock.now_iso(), "result": "failed", "error": str(exc)})
         raise
-    backups._update_records(
+    records.update(
         ctx,
-        last_upload={"finished": status.now_iso(), "result": "success", "uploaded": result.uploaded},
-        remote_sets=sorted(_complete_remote_names(store, ctx)),
+        last_upload={"finished": clock.now_iso(), "result": "success", "uploaded": result.uploaded},
+        remote_sets=vouched,  # complete Drive sets we vouch for: new set numbers go above them
     )
     return result
 
 
-def _complete_remote_names(store: GdriveStore, ctx: StackContext) -> list[str]:
-    return [s.name for s in remote_sets(ctx, store) if s.complete]
+def vouch_remote(ctx: StackContext, store: GdriveStore, sets: list[BackupSet]) -> dict[str, str | None]:
+    """Set name → None for each complete Drive set we can vouch for, else the reason we cannot. A
+    manifest identical (md5) to the local one is read locally; any other is downloaded to be checked."""
+    local = backups.local_store(ctx)
+    scratch = tempfile.mkdtemp(prefix="vouch-", dir=ctx.state_dir)
+
+    def read(name: str) -> bytes:
+        path = os.path.join(local.path, name)
+        if not (os.path.exists(path) and store.remote_md5(name) == file_md5(path)):
+            path = os.path.join(scratch, name)
+            store.download(name, path)
+        with open(path, "rb") as handle:
+            return handle.read(vouch.MAX_MANIFEST_BYTES + 1)
+
+    try:
+        return vouch.store_doubts(ctx.spec, sets, read)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
-def prune_remote(ctx: StackContext, store: GdriveStore) -> list[str]:
+def prune_remote(ctx: StackContext, store: GdriveStore) -> tuple[list[str], list[str]]:
+    """Apply Drive retention; returns the deleted set names and the complete sets we vouch for."""
     policy = ctx.spec.backup.stores.gdrive.retention or ctx.spec.backup.retention
     sets = remote_sets(ctx, store)
-    record = backups.records(ctx)
-    verified = frozenset(name for name, v in record.get("verified", {}).items() if v.get("ok"))
+    record = records.read(ctx)
+    authenticity = vouch_remote(ctx, store, sets)
     decision = retention(
-        sets, policy, datetime.now(UTC), verified, False, frozenset(record.get("protected", []))
+        sets,
+        policy,
+        clock.now(),
+        record.verified,
+        record.newest_attempt_failed,
+        record.protected,
+        authenticity=authenticity,
+        require_verified=ctx.spec.daemon.verify_new_sets,
+        rejected=record.rejected_in(store.name),
     )
+    if decision.held_back:
+        log.info("Drive retention on hold: %s", decision.held_back)
     by_name = {s.name: s for s in sets}
     for name in decision.delete:
         files = sorted(
@@ -125,7 +156,10 @@ def prune_remote(ctx: StackContext, store: GdriveStore) -> list[str]:
         )  # manifest first
         for stored in files:
             store.delete(stored.name)
-    return list(decision.delete)
+    vouched = sorted(
+        name for name, why in authenticity.items() if why is None and name not in decision.delete
+    )
+    return list(decision.delete), vouched
 
 
 def fetch_set(ctx: StackContext, set_name: str) -> None:

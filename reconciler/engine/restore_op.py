@@ -52,12 +52,13 @@ from reconciler.backup.restore import (
     write_redis_rdb,
 )
 from reconciler.databases import postgres as pg
-from reconciler.engine import backups, status
+from reconciler.engine import backups, records, status
 from reconciler.engine.context import StackContext
 from reconciler.engine.journal import Journal
 from reconciler.engine.secrets import from_env_or_file
 from reconciler.errors import CommandFailed, PermanentError, ReconcilerError
 from reconciler.plan.actions import RestoreFromBackup
+from reconciler.plan.backupsets import order_key
 from reconciler.runtimes.local import MARKER, read_marker
 from reconciler.stores.local import LocalStore
 from reconciler.system import failpoints, fs
@@ -168,7 +169,7 @@ def restore_empty_services(ctx: StackContext, action: RestoreFromBackup) -> str:
             checked = load_and_check(store, set_name, mac)
             _restore_fresh(ctx, action, checked, identity, store, journal.id)
         except SetRejected as exc:  # the set's content is at fault: remember it, try the next one
-            backups._reject(ctx, store_name, set_name, exc.reason)
+            records.reject(ctx, store_name, set_name, exc.reason)
             rejected.append({"set": set_name, "store": store_name, "reason": exc.reason})
             continue
         except Exception as exc:
@@ -205,7 +206,7 @@ def restore_empty_services(ctx: StackContext, action: RestoreFromBackup) -> str:
 
 
 def _record_restore(ctx: StackContext, **fields: Any) -> None:
-    backups._update_records(ctx, last_restore={"finished": status.now_iso(), **fields})
+    records.update(ctx, last_restore={"finished": status.now_iso(), **fields})
 
 
 def _content_errors_reject(set_name: str, exc: BaseException) -> BaseException:
@@ -431,7 +432,7 @@ class _Restore:
     # -- steps -----------------------------------------------------------------------------------
 
     def do_safety_backup(self) -> Any:
-        return {"set": backups._take_backup_locked(self.ctx, "pre-restore", None)["set"]}
+        return {"set": backups.take_backup_locked(self.ctx, "pre-restore", None)["set"]}
 
     def do_supersede(self) -> Any:
         """Record every set newer than the chosen one as superseded (effective from the commit on).
@@ -441,11 +442,12 @@ class _Restore:
         # Drive too: a set newer than the chosen one that only Drive still holds must not win at boot.
         listed = [listing.backup_set for listing in backups.list_sets(self.ctx, with_remote=True)]
         chosen = next(s for s in listed if s.name == self.set_name)
-        newer = {s.name for s in listed if (s.created, s.name) > (chosen.created, chosen.name)}
-        current = set(backups.records(self.ctx).get("superseded", []))
-        change = {"added": sorted(newer - current), "unsuperseded": self.set_name in current}
-        self.journal.set(supersede=change)
-        backups._update_records(self.ctx, superseded=sorted((current | newer) - {self.set_name}))
+        newer = {s.name for s in listed if order_key(s) > order_key(chosen)}  # the sets' own order
+        with records.changing(self.ctx) as document:
+            current = set(document.get("superseded", []))
+            change = {"added": sorted(newer - current), "unsuperseded": self.set_name in current}
+            self.journal.set(supersede=change)
+            document["superseded"] = sorted((current | newer) - {self.set_name})
         return change
 
     def do_stage_postgres(self) -> Any:
@@ -489,7 +491,7 @@ class _Restore:
 
     def do_backup_after(self) -> Any:
         try:
-            return {"set": backups._take_backup_locked(self.ctx, "post-restore", None)["set"]}
+            return {"set": backups.take_backup_locked(self.ctx, "post-restore", None)["set"]}
         except ReconcilerError as exc:  # the superseded record already makes boot restore the chosen set
             log.warning("the backup after the restore failed: %s", exc)
             return {"error": str(exc)}
@@ -520,10 +522,11 @@ class _Restore:
                     os.unlink(path)
         change = self.journal.doc.get("supersede")
         if change:
-            current = set(backups.records(self.ctx).get("superseded", [])) - set(change["added"])
-            if change["unsuperseded"]:
-                current.add(self.set_name)
-            backups._update_records(self.ctx, superseded=sorted(current))
+            with records.changing(self.ctx) as document:
+                current = set(document.get("superseded", [])) - set(change["added"])
+                if change["unsuperseded"]:
+                    current.add(self.set_name)
+                document["superseded"] = sorted(current)
 
 
 def _database_exists(endpoint: Any, database: str) -> bool:

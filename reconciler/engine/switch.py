@@ -32,7 +32,7 @@ from reconciler.backup.create import identity_for_restore
 from reconciler.backup.restore import load_and_check, restore_postgres
 from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
-from reconciler.engine import backups
+from reconciler.engine import backups, records
 from reconciler.engine.context import StackContext
 from reconciler.engine.journal import Journal
 from reconciler.errors import PermanentError, ReconcilerError
@@ -179,7 +179,7 @@ class _Switch:
         return evidence if evidence and evidence.get("checked") else None
 
     def do_backup(self) -> Any:
-        document = backups._take_backup_locked(self.ctx, "pre-switch", None)
+        document = backups.take_backup_locked(self.ctx, "pre-switch", None)
         identity = identity_for_restore(self.ctx.spec)
         load_and_check(
             backups.local_store(self.ctx), document["set"], keys.mac_key(identity) if identity else None
@@ -249,9 +249,7 @@ class _Switch:
         total = copied + int((self.journal.evidence("precopy") or {}).get("bytes", 0))
         precopy_seconds = float((self.journal.evidence("precopy") or {}).get("seconds", 0))
         if total and seconds + precopy_seconds > 0:
-            backups._update_records(
-                self.ctx, copy_bytes_per_second=round(total / (seconds + precopy_seconds))
-            )
+            records.update(self.ctx, copy_bytes_per_second=round(total / (seconds + precopy_seconds)))
         return {"bytes_in_window": copied, "seconds": round(seconds, 3)}
 
     def check_start(self) -> Any:
@@ -298,7 +296,7 @@ class _Switch:
 
     def do_backup_after(self) -> Any:
         try:
-            return {"set": backups._take_backup_locked(self.ctx, "post-switch", None)["set"]}
+            return {"set": backups.take_backup_locked(self.ctx, "post-switch", None)["set"]}
         except ReconcilerError as exc:  # the switch itself is done and verified; the daemon retries backups
             log.warning("the backup after the mode switch failed: %s", exc)
             return {"error": str(exc)}

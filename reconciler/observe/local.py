@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from reconciler.backup import vouch
 from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
 from reconciler.errors import ReconcilerError
@@ -43,8 +44,6 @@ from reconciler.system import fs, host
 
 log = logging.getLogger(__name__)
 
-
-SUPERSEDED = "superseded: a deliberate restore of an older set discarded its data"
 
 ServiceObserver = Callable[[str, object, list[host.Mount], dict[str, int]], ServiceObservation]
 
@@ -122,6 +121,7 @@ def observe_backups(
     """
     store = LocalStore(spec.resolve(spec.backup.stores.local.path))
     sets = tuple(group_sets(store.list(), store.name, spec.stack))
+    authenticity = {(store.name, name): why for name, why in vouch.local_doubts(spec, store, sets).items()}
     gdrive = spec.backup.stores.gdrive
     if include_remote and gdrive.enabled and gdrive.credentials_file:
         from reconciler.errors import ReconcilerError
@@ -138,11 +138,16 @@ def observe_backups(
         (key.partition("/")[0], key.partition("/")[2]): str(reason)
         for key, reason in record.get("rejected", {}).items()
     }
-    # Sets whose data a deliberate restore discarded (engine/restore_op.py): never restored on boot.
-    for name in record.get("superseded", []):
-        for store_name in ("local", "gdrive"):
-            rejected.setdefault((store_name, name), SUPERSEDED)
-    return BackupsObservation(sets, verified, failed, rejected, frozenset(record.get("protected", [])))
+    return BackupsObservation(
+        sets,
+        verified,
+        failed,
+        rejected,
+        frozenset(record.get("protected", [])),
+        authenticity,
+        # Sets whose data a deliberate restore discarded (engine/restore_op.py): never restored on boot.
+        frozenset(record.get("superseded", [])),
+    )
 
 
 def data_dir_facts(service: str, path: str, uid: int, gid: int, mounts: list[host.Mount]) -> DataDir:

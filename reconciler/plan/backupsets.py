@@ -1,40 +1,64 @@
-"""Backup sets as the planner sees them: names, times, completeness, and retention.
+"""Backup sets as the planner sees them: names, order, completeness, and what retention may delete.
 
 Design decisions:
-- A set's time comes from its *name* (``loomio-20261121T160000Z-scheduled``), never from a file's
-  mtime: copying, uploading or restoring files changes mtimes, and a wrong age would make retention
-  delete the wrong sets.
+- A set's name is ``<stack>-<UTC time>-<sequence>-<trigger>`` (``loomio-20261121T160000Z-000042-scheduled``).
+  The *sequence* is the sets' own order: a new set always gets a number above every set the engine
+  knows of, whatever the host clock says (a Raspberry Pi has no real-time clock and often boots hours
+  behind its newest set). "Newest" everywhere (restore order, retention, schedule, listings) means the
+  largest ``(sequence, time, name)``; the time is informative (buckets, ages) and never decides which of
+  two sets is newer unless both are legacy sets. Legacy names without a sequence
+  (``loomio-20261121T160000Z-scheduled``) stay readable: their sequence is 0, so every set taken since
+  sorts after them, and among themselves they order by time as before.
+- A set's time comes from its *name*, never from a file's mtime: copying, uploading or restoring files
+  changes mtimes.
 - Files are flat, named ``<set>.<member>``: ``<set>.postgres.pgdump.zst.age``, ``<set>.redis.rdb.zst.age``
   and ``<set>.manifest.json``. Flat names work the same in a directory and in a Drive folder, and a
-  listing alone tells which sets are complete (the manifest is written last, so a set without one is
-  incomplete, whatever else is there).
-- Retention follows restic: each ``keep_*`` rule keeps sets independently and a set survives if any
-  rule keeps it. On top, safety rules that no policy can override: the newest verified set (or, with
-  none verified yet, the newest complete set) is always kept; nothing is deleted while the newest
-  backup attempt failed; a complete set is never the last one deleted. Pure and order-independent,
-  which the property tests check.
+  listing alone tells which sets are complete (the manifest is written last).
+- Retention counts only sets it can vouch for. Whether a manifest authenticates is I/O (the engine
+  reads it and checks the MAC, the stack, the name and the member sizes) and arrives here as
+  ``authenticity``; this module only applies the policy. A set *counts* when it is complete, vouched
+  for, not rejected, and verified where verification is on. The ``keep_*`` rules (restic semantics:
+  each rule keeps sets independently, a set survives if any rule keeps it) choose only among counted
+  sets; the newest counted set is always kept. A set that does not count never takes a counted set's
+  place and is never deleted for being outside the rules, except an authentic one that is older
+  than the newest counted set (superseded and never verified, or rejected for its content). A set the
+  engine cannot vouch for (unsigned, unreadable, foreign, planted) is never deleted by retention: it
+  may be someone's data, and it is reported instead. Nothing is deleted while the newest backup
+  attempt failed.
+- Only an incomplete set's grace period reads the clock; which complete sets survive never depends on
+  ``now``, so a clock that is behind or jumps cannot change it. The property tests check this.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from reconciler.spec.model import RetentionSpec
 
 _TIME_FORMAT = "%Y%m%dT%H%M%SZ"
-_SET_RE = re.compile(r"^(?P<stack>[a-z0-9][a-z0-9_-]*)-(?P<time>\d{8}T\d{6}Z)-(?P<trigger>[a-z][a-z0-9-]*)$")
+_SET_RE = re.compile(
+    r"^(?P<stack>[a-z0-9][a-z0-9_-]*)-(?P<time>\d{8}T\d{6}Z)(?:-(?P<sequence>\d{1,15}))?"
+    r"-(?P<trigger>[a-z][a-z0-9-]*)$"
+)
 MANIFEST_SUFFIX = ".manifest.json"
 INCOMPLETE_GRACE = timedelta(hours=6)
+SEQUENCE_DIGITS = 6  # zero-padded, so that a directory listing sorts like the sets; more digits still parse
+MAX_SEQUENCE = 10**15 - 1
 
 
-def set_name(stack: str, created: datetime, trigger: str) -> str:
-    return f"{stack}-{created.astimezone(UTC).strftime(_TIME_FORMAT)}-{trigger}"
+def set_name(stack: str, created: datetime, trigger: str, sequence: int | None = None) -> str:
+    when = created.astimezone(UTC).strftime(_TIME_FORMAT)
+    if sequence is None:
+        return f"{stack}-{when}-{trigger}"
+    if not 0 < sequence <= MAX_SEQUENCE:
+        raise ValueError(f"set sequence {sequence} out of range")
+    return f"{stack}-{when}-{sequence:0{SEQUENCE_DIGITS}d}-{trigger}"
 
 
-def parse_set_name(name: str) -> tuple[str, datetime, str] | None:
+def _parse(name: str) -> tuple[str, datetime, str, int] | None:
     match = _SET_RE.match(name)
     if not match:
         return None
@@ -42,7 +66,25 @@ def parse_set_name(name: str) -> tuple[str, datetime, str] | None:
         created = datetime.strptime(match.group("time"), _TIME_FORMAT).replace(tzinfo=UTC)
     except ValueError:
         return None
-    return match.group("stack"), created, match.group("trigger")
+    sequence = int(match.group("sequence") or 0)
+    return match.group("stack"), created, match.group("trigger"), sequence
+
+
+def parse_set_name(name: str) -> tuple[str, datetime, str] | None:
+    """(stack, time, trigger) of a set name, or None when it is not one."""
+    parsed = _parse(name)
+    return parsed[:3] if parsed is not None else None
+
+
+def set_sequence(name: str) -> int:
+    """The set's own sequence number; 0 for a legacy name (or not a set name)."""
+    parsed = _parse(name)
+    return parsed[3] if parsed is not None else 0
+
+
+def next_sequence(known: Iterable[str], high_water: int = 0) -> int:
+    """The sequence of a new set: above every known set name and above the recorded high-water mark."""
+    return max([high_water, *(set_sequence(name) for name in known)]) + 1
 
 
 def split_file_name(file_name: str) -> tuple[str, str] | None:
@@ -78,6 +120,33 @@ class BackupSet:
     def size(self) -> int:
         return sum(f.size for f in self.files)
 
+    @property
+    def sequence(self) -> int:
+        return set_sequence(self.name)
+
+
+def order_key(backup_set: BackupSet) -> tuple[int, datetime, str]:
+    """Larger is newer: the sets' own sequence first, the time only among equal sequences (legacy sets)."""
+    return (backup_set.sequence, backup_set.created, backup_set.name)
+
+
+def newest_first(sets: Iterable[BackupSet]) -> list[BackupSet]:
+    return sorted(sets, key=order_key, reverse=True)
+
+
+def unique_copies(sets: Iterable[BackupSet]) -> dict[tuple[str, str], BackupSet]:
+    """One entry per (store, set): a copy listed twice keeps its more complete listing, whatever the order."""
+    unique: dict[tuple[str, str], BackupSet] = {}
+    for s in sets:
+        previous = unique.get((s.store, s.name))
+        if previous is None or (s.complete, len(s.files), s.files) > (
+            previous.complete,
+            len(previous.files),
+            previous.files,
+        ):
+            unique[(s.store, s.name)] = s
+    return unique
+
 
 def group_sets(files: Iterable[StoredFile], store: str, stack: str | None = None) -> list[BackupSet]:
     """Group a store's file listing into sets, newest first; unrelated files are ignored."""
@@ -97,7 +166,7 @@ def group_sets(files: Iterable[StoredFile], store: str, stack: str | None = None
                 name, parsed[0], parsed[1], parsed[2], store, tuple(sorted(members, key=lambda f: f.name))
             )
         )
-    return sorted(sets, key=lambda s: (s.created, s.name), reverse=True)
+    return newest_first(sets)
 
 
 @dataclass(frozen=True)
@@ -105,6 +174,7 @@ class RetentionDecision:
     keep: dict[str, tuple[str, ...]] = field(default_factory=dict)  # set name → reasons
     delete: tuple[str, ...] = ()
     held_back: str | None = None  # why nothing is deleted at all
+    counted: tuple[str, ...] = ()  # the sets the keep_* rules counted, newest first
 
 
 def _bucket(created: datetime, unit: str) -> tuple[int, ...]:
@@ -125,20 +195,43 @@ def retention(
     verified: frozenset[str] = frozenset(),
     newest_attempt_failed: bool = False,
     protected: frozenset[str] = frozenset(),
+    *,
+    authenticity: Mapping[str, str | None] | None = None,
+    require_verified: bool = True,
+    rejected: Mapping[str, str] | None = None,
 ) -> RetentionDecision:
-    """Which sets of one store to keep and which to delete, with the reason for each kept set."""
-    by_name = {s.name: s for s in sets}
-    ordered = sorted(by_name.values(), key=lambda s: (s.created, s.name), reverse=True)
-    complete = [s for s in ordered if s.complete]
-    incomplete = [s for s in ordered if not s.complete]
-    reasons: dict[str, list[str]] = {s.name: [] for s in ordered}
+    """Which sets of one store to keep and which to delete, with the reason for each kept set.
 
+    ``authenticity``: set name → None when the engine vouched for the set's manifest, else why not; a
+    complete set missing from it counts as unchecked (never counted, never deleted). ``verified``: sets
+    whose last verification passed, required to count when ``require_verified``. ``rejected``: sets of
+    this store rejected for their content, with the reason.
+    """
+    checked = authenticity or {}
+    refused = rejected or {}
+    ordered = newest_first({s.name: s for s in unique_copies(sets).values()}.values())
     if newest_attempt_failed:
         return RetentionDecision(
             {s.name: ("newest backup failed",) for s in ordered}, (), "the newest backup failed"
         )
 
-    for s in complete[: policy.keep_last]:
+    def doubt(s: BackupSet) -> str | None:
+        if s.name not in checked:
+            return "its manifest was not checked"
+        return checked[s.name]
+
+    def not_counted(s: BackupSet) -> str | None:
+        if s.name in refused:
+            return f"rejected: {refused[s.name]}"
+        if require_verified and s.name not in verified:
+            return "not verified yet"
+        return None
+
+    complete = [s for s in ordered if s.complete]
+    counted = [s for s in complete if doubt(s) is None and not_counted(s) is None]
+    reasons: dict[str, list[str]] = {s.name: [] for s in ordered}
+
+    for s in counted[: policy.keep_last]:
         reasons[s.name].append("last")
     for unit, count in (
         ("hourly", policy.keep_hourly),
@@ -147,7 +240,7 @@ def retention(
         ("monthly", policy.keep_monthly),
     ):
         seen: list[tuple[int, ...]] = []
-        for s in complete:
+        for s in counted:
             if len(seen) >= count:
                 break
             bucket = _bucket(s.created, unit)
@@ -155,23 +248,42 @@ def retention(
                 seen.append(bucket)
                 reasons[s.name].append(unit)
 
-    newest_verified = next((s for s in complete if s.name in verified), None)
-    anchor = newest_verified or (complete[0] if complete else None)
+    anchor = counted[0] if counted else None
     if anchor is not None:
-        reasons[anchor.name].append("newest verified" if newest_verified else "newest complete")
+        reasons[anchor.name].append("newest verified" if require_verified else "newest vouched for")
+
+    def newer_than_anchor(s: BackupSet) -> bool:
+        return anchor is None or order_key(s) > order_key(anchor)
+
     for s in ordered:
         if s.name in protected:
             reasons[s.name].append("protected")
-        if s.created > now:
-            reasons[s.name].append("dated in the future")
-    for s in incomplete:
-        if now - s.created < INCOMPLETE_GRACE:
-            reasons[s.name].append("incomplete, may still be in progress")
+        if not s.complete:
+            if now - s.created < INCOMPLETE_GRACE:
+                reasons[s.name].append("incomplete, may still be in progress")
+            elif newer_than_anchor(s):
+                reasons[s.name].append("incomplete, newer than every set retention counts")
+            continue
+        why = doubt(s)
+        if why is not None:
+            reasons[s.name].append(f"cannot vouch for it ({why}): never deleted by retention")
+            continue
+        why = not_counted(s)
+        if why is not None and newer_than_anchor(s):
+            reasons[s.name].append(f"newer than every set retention counts ({why})")
 
     delete = tuple(s.name for s in ordered if not reasons[s.name])
-    if complete and all(s.name in delete for s in complete):
+    if complete and all(s.name in delete for s in complete):  # implied by the rules above; kept as a guard
         return RetentionDecision(
             {s.name: ("never delete everything",) for s in ordered}, (), "would delete every set"
         )
     keep = {name: tuple(why) for name, why in reasons.items() if why}
-    return RetentionDecision(keep, delete)
+    held_back = None
+    if complete and anchor is None:
+        held_back = (
+            "no backup set can be counted yet (none is both vouched for and verified; "
+            "run `reconciler verify`)"
+            if require_verified
+            else "no backup set can be counted yet (none is vouched for)"
+        )
+    return RetentionDecision(keep, delete, held_back, tuple(s.name for s in counted))

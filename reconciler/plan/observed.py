@@ -96,6 +96,24 @@ class BackupsObservation:
         default_factory=dict
     )  # (store, set) → why it cannot be restored
     protected: frozenset[str] = frozenset()  # kept whatever retention says (see ProtectBackups)
+    # (store, set) → None when the engine vouched for the complete set's manifest, else why not; a
+    # complete set missing here was not checked (retention never counts nor deletes it)
+    authenticity: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    # Sets whose data a deliberate restore discarded: never restored on boot, but ordinary sets for
+    # retention (the pre-restore set is the way to undo that restore).
+    superseded: frozenset[str] = frozenset()
+
+    def not_for_restore(self) -> dict[tuple[str, str], str]:
+        """(store, set) → why restore on boot must not pick it: rejected for its content, or superseded."""
+        discarded = "superseded: a deliberate restore of an older set discarded its data"
+        stores = {s.store for s in self.sets}
+        return {
+            **{(store, name): discarded for store in stores for name in self.superseded},
+            **self.rejected,
+        }
+
+    def authenticity_in(self, store: str) -> dict[str, str | None]:
+        return {name: why for (where, name), why in self.authenticity.items() if where == store}
 
 
 @dataclass(frozen=True)

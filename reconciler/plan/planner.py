@@ -211,7 +211,7 @@ def _plan_empty_services(
     Returns the set names that retention must keep during this plan: the restore candidates, or the
     sets being protected before an empty start (their protection takes effect within this same plan).
     """
-    selection = select_restore(observed.backups.sets, observed.backups.rejected, now, desired.stack)
+    selection = select_restore(observed.backups.sets, observed.backups.not_for_restore(), now, desired.stack)
     warnings.extend(selection.warnings)
     if selection.candidates:
         pg = desired.services.postgres
@@ -276,7 +276,15 @@ def _plan_retention(
     for store in sorted({s.store for s in backups.sets}):
         sets = [s for s in backups.sets if s.store == store]
         decision = retention(
-            sets, desired.backup.retention, now, backups.verified, backups.newest_attempt_failed, protected
+            sets,
+            desired.backup.retention,
+            now,
+            backups.verified,
+            backups.newest_attempt_failed,
+            protected,
+            authenticity=backups.authenticity_in(store),
+            require_verified=desired.daemon.verify_new_sets,
+            rejected={name: why for (where, name), why in backups.rejected.items() if where == store},
         )
         if decision.held_back and decision.held_back != "would delete every set":
             warnings.append(f"retention of the {store} store is on hold: {decision.held_back}")

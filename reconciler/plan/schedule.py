@@ -7,16 +7,23 @@ Design decisions:
   The daemon asks both questions on every pass.
 - Pure, like the planner: ``now`` is an argument, so "a backup is due exactly when the newest complete
   local set is a cadence old" is a property the tests check over random set histories.
-- A set's age comes from its name (see ``backupsets``). A set dated in the future (a clock that jumped
-  back) does not count as fresh: trusting it would silence backups until the clock caught up.
+- "Newest" is the sets' own order (``backupsets.order_key``), never the host clock; only sets the
+  engine vouched for count (``authenticity``), so a planted set cannot pose as a fresh backup.
+- A set's age comes from its name and the clock. When the clock is *behind* the newest set (a Raspberry
+  Pi without a real-time clock after a power cut), its age cannot be measured: the set counts as fresh
+  (nothing says it is old) but a backup is due at once, because waiting for the clock to reach the set's
+  time could silence backups for days. The new set sorts after the old one by its sequence and dates
+  from the clock's own time, so from then on ages are measured again; at most one extra set per clock
+  jump. A clock that jumps forward makes the newest set look old: one backup is due, which is safe.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from reconciler.plan.backupsets import BackupSet
+from reconciler.plan.backupsets import BackupSet, order_key
 from reconciler.plan.observed import ObservedState
 from reconciler.spec.model import StateSpec
 from reconciler.spec.units import format_bytes
@@ -34,17 +41,38 @@ class BackupSchedule:
     fresh: bool  # newest set within backup.stale_after
 
 
-def backup_schedule(spec: StateSpec, sets: tuple[BackupSet, ...], now: datetime) -> BackupSchedule:
-    candidates = [s for s in sets if s.store == "local" and s.complete and s.stack == spec.stack]
-    dated = [s for s in candidates if s.created <= now + CLOCK_SKEW]
-    if not dated:
-        reason = "no complete local backup set exists"
-        if len(candidates) > len(dated):
-            reason = "every local backup set is dated in the future (has the clock jumped back?)"
-        return BackupSchedule(None, None, True, reason, now, False)
-    newest = max(dated, key=lambda s: (s.created, s.name))
-    age = max(now - newest.created, timedelta(0))
+def _counted_local(
+    spec: StateSpec, sets: tuple[BackupSet, ...], authenticity: Mapping[str, str | None] | None
+) -> list[BackupSet]:
+    """Complete local sets of this stack the engine vouched for (all of them when it did not check)."""
+    return [
+        s
+        for s in sets
+        if s.store == "local"
+        and s.complete
+        and s.stack == spec.stack
+        and (authenticity is None or (s.name in authenticity and authenticity[s.name] is None))
+    ]
+
+
+def backup_schedule(
+    spec: StateSpec,
+    sets: tuple[BackupSet, ...],
+    now: datetime,
+    authenticity: Mapping[str, str | None] | None = None,
+) -> BackupSchedule:
+    candidates = _counted_local(spec, sets, authenticity)
+    if not candidates:
+        return BackupSchedule(None, None, True, "no complete local backup set exists", now, False)
+    newest = max(candidates, key=order_key)
     cadence = spec.backup.cadence
+    if newest.created > now + CLOCK_SKEW:
+        reason = (
+            f"the host clock ({now:%Y-%m-%d %H:%M} UTC) is behind the newest set {newest.name}: its age "
+            "cannot be measured, so a set is taken now (it sorts after the old one by its sequence)"
+        )
+        return BackupSchedule(newest.name, None, True, reason, now, True)
+    age = max(now - newest.created, timedelta(0))
     due = age >= cadence
     reason = (
         f"the newest set {newest.name} is {_duration(age)} old (cadence {_duration(cadence)})"
@@ -62,19 +90,19 @@ def backup_schedule(spec: StateSpec, sets: tuple[BackupSet, ...], now: datetime)
 
 
 def set_to_verify(
-    spec: StateSpec, sets: tuple[BackupSet, ...], verified_or_tried: frozenset[str], now: datetime
+    spec: StateSpec,
+    sets: tuple[BackupSet, ...],
+    verified_or_tried: frozenset[str],
+    authenticity: Mapping[str, str | None] | None = None,
 ) -> str | None:
-    """The newest complete local set not verified (or tried) yet, when the daemon verifies new sets."""
+    """The newest complete local set (by the sets' own order, whatever the clock says) not verified or
+    tried yet, when the daemon verifies new sets."""
     if not spec.daemon.verify_new_sets:
         return None
-    complete = [
-        s
-        for s in sets
-        if s.store == "local" and s.complete and s.stack == spec.stack and s.created <= now + CLOCK_SKEW
-    ]
+    complete = _counted_local(spec, sets, authenticity)
     if not complete:
         return None
-    newest = max(complete, key=lambda s: (s.created, s.name))
+    newest = max(complete, key=order_key)
     return None if newest.name in verified_or_tried else newest.name
 
 

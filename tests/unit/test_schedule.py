@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from reconciler.daemon.loop import Backoff
 from reconciler.daemon.metrics import Snapshot
+from reconciler.plan.backupsets import order_key
 from reconciler.plan.observed import Filesystem, HostObservation, ObservedState, RamRoot
 from reconciler.plan.schedule import CLOCK_SKEW, backup_schedule, ram_headroom, set_to_verify
 from reconciler.spec.model import StateSpec
@@ -35,25 +36,56 @@ def test_a_backup_is_due_exactly_when_the_newest_complete_set_is_a_cadence_old(
     offsets: list[int], complete: list[bool]
 ) -> None:
     sets = tuple(
-        make_set(NOW - timedelta(seconds=offset), complete=complete[i] if i < len(complete) else True)
+        make_set(
+            NOW - timedelta(seconds=offset),
+            complete=complete[i] if i < len(complete) else True,
+            sequence=i + 1,
+            trigger=f"t{i}",
+        )
         for i, offset in enumerate(offsets)
     )
     schedule = backup_schedule(spec(), sets, NOW)
-    counted = [s for s in sets if s.complete and s.created <= NOW + CLOCK_SKEW]
+    counted = [s for s in sets if s.complete]
     if not counted:
         assert schedule.due and schedule.newest is None and not schedule.fresh
         return
-    newest = max(s.created for s in counted)
-    assert schedule.due == (NOW - newest >= timedelta(hours=1))
-    assert schedule.fresh == (NOW - newest <= timedelta(hours=2))
-    assert schedule.next_at == (NOW if schedule.due else newest + timedelta(hours=1))
+    newest = max(counted, key=order_key)  # the sets' own order: the last one taken
+    assert schedule.newest == newest.name
+    if newest.created > NOW + CLOCK_SKEW:  # the clock is behind the newest set: age unknown
+        assert schedule.due and schedule.fresh and schedule.age is None and "behind" in schedule.reason
+        return
+    age = NOW - newest.created
+    assert schedule.due == (age >= timedelta(hours=1))
+    assert schedule.fresh == (age <= timedelta(hours=2))
+    assert schedule.next_at == (NOW if schedule.due else newest.created + timedelta(hours=1))
     assert schedule.next_at >= NOW
 
 
-def test_sets_from_the_future_do_not_silence_backups() -> None:
-    future = make_set(NOW + timedelta(days=2))
-    schedule = backup_schedule(spec(), (future,), NOW)
-    assert schedule.due and "future" in schedule.reason
+def test_a_clock_behind_the_newest_set_gets_one_backup_then_ages_are_measured_again() -> None:
+    """Issue 12 item 7: after a power cut the Pi's clock is behind the newest set."""
+    newest = make_set(NOW + timedelta(days=2), sequence=7)
+    first = backup_schedule(spec(), (newest,), NOW)
+    assert first.due and first.fresh and "behind" in first.reason and first.newest == newest.name
+    taken = make_set(NOW, sequence=8)  # the set the daemon takes, named after the clock but numbered after
+    second = backup_schedule(spec(), (newest, taken), NOW + timedelta(minutes=10))
+    assert not second.due and second.newest == taken.name and second.fresh
+    assert second.next_at == NOW + timedelta(hours=1)
+
+
+def test_a_clock_that_jumps_forward_makes_one_backup_due() -> None:
+    newest = make_set(NOW - timedelta(minutes=5), sequence=3)
+    assert not backup_schedule(spec(), (newest,), NOW).due
+    jumped = backup_schedule(spec(), (newest,), NOW + timedelta(days=200))
+    assert jumped.due and not jumped.fresh
+
+
+def test_sets_it_cannot_vouch_for_do_not_count() -> None:
+    real = make_set(NOW - timedelta(hours=3), sequence=1)
+    planted = make_set(NOW - timedelta(minutes=1), sequence=99, trigger="x")
+    authenticity = {real.name: None, planted.name: "the manifest is not valid JSON"}
+    schedule = backup_schedule(spec(), (real, planted), NOW, authenticity)
+    assert schedule.due and schedule.newest == real.name
+    assert set_to_verify(spec(), (real, planted), frozenset(), authenticity) == real.name
 
 
 def test_other_stores_and_incomplete_sets_do_not_count() -> None:
@@ -61,17 +93,21 @@ def test_other_stores_and_incomplete_sets_do_not_count() -> None:
     assert backup_schedule(spec(), sets, NOW).due
 
 
-@given(ages)
-def test_the_set_to_verify_is_the_newest_complete_one_unless_already_tried(offsets: list[int]) -> None:
-    sets = tuple(make_set(NOW - timedelta(seconds=abs(o))) for o in offsets)
-    chosen = set_to_verify(spec(), sets, frozenset(), NOW)
+@given(st.lists(st.tuples(st.integers(-86400 * 30, 7 * 86400), st.integers(1, 50)), max_size=12))
+def test_the_set_to_verify_is_the_newest_complete_one_unless_already_tried(
+    raw: list[tuple[int, int]],
+) -> None:
+    sets = tuple(
+        make_set(NOW - timedelta(seconds=o), sequence=n, trigger=f"t{i}") for i, (o, n) in enumerate(raw)
+    )
+    chosen = set_to_verify(spec(), sets, frozenset())
     if not sets:
         assert chosen is None
         return
-    newest = max(sets, key=lambda s: (s.created, s.name))
+    newest = max(sets, key=order_key)  # even when it is dated ahead of the clock
     assert chosen == newest.name
-    assert set_to_verify(spec(), sets, frozenset({newest.name}), NOW) is None
-    assert set_to_verify(spec(daemon={"verify_new_sets": False}), sets, frozenset(), NOW) is None
+    assert set_to_verify(spec(), sets, frozenset({newest.name})) is None
+    assert set_to_verify(spec(daemon={"verify_new_sets": False}), sets, frozenset()) is None
 
 
 def observed(mem_available: int, tmpfs_size: int | None = None, tmpfs_used: int = 0) -> ObservedState:

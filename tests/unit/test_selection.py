@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler.plan.actions import InitService, ProtectBackups, RestoreFromBackup, simulate_all
-from reconciler.plan.backupsets import BackupSet
+from reconciler.plan.backupsets import BackupSet, order_key
 from reconciler.plan.observed import BackupsObservation
 from reconciler.plan.planner import plan
 from reconciler.plan.selection import CLOCK_SKEW_TOLERANCE, select_restore
@@ -30,17 +30,20 @@ def keep_last_only(desired: StateSpec) -> StateSpec:
 
 
 copies = st.tuples(
-    st.integers(-30, 24 * 30),  # hours ago (negative: dated in the future)
+    st.integers(-24 * 400, 24 * 30),  # hours ago (negative: ahead of the host clock)
     st.sampled_from(["local", "gdrive"]),
     st.booleans(),  # complete
     st.booleans(),  # rejected
+    st.one_of(st.none(), st.integers(1, 12)),  # the set's sequence (None: a legacy name)
 )
 
 
-def _build(raw: list[tuple[int, str, bool, bool]]) -> tuple[list[BackupSet], dict[tuple[str, str], str]]:
+def _build(
+    raw: list[tuple[int, str, bool, bool, int | None]],
+) -> tuple[list[BackupSet], dict[tuple[str, str], str]]:
     sets, rejected = [], {}
-    for hours, store, complete, bad in raw:
-        s = make_set(NOW - timedelta(hours=hours), complete, store=store)
+    for hours, store, complete, bad, sequence in raw:
+        s = make_set(NOW - timedelta(hours=hours), complete, store=store, sequence=sequence)
         sets.append(s)
         if bad:
             rejected[(store, s.name)] = "corrupt"
@@ -54,7 +57,7 @@ def _usable(sets: list[BackupSet], rejected: dict[tuple[str, str], str]) -> list
 
 @settings(max_examples=400)
 @given(st.lists(copies, max_size=30), st.randoms())
-def test_selection_properties(raw: list[tuple[int, str, bool, bool]], rnd: random.Random) -> None:
+def test_selection_properties(raw: list[tuple[int, str, bool, bool, int | None]], rnd: random.Random) -> None:
     sets, rejected = _build(raw)
     selection = select_restore(sets, rejected, NOW)
     usable = _usable(sets, rejected)
@@ -66,23 +69,26 @@ def test_selection_properties(raw: list[tuple[int, str, bool, bool]], rnd: rando
     # every usable copy is a candidate, once
     assert {(s.store, s.name) for s in selection.candidates} == {(s.store, s.name) for s in usable}
     assert len(selection.candidates) == len({(s.store, s.name) for s in usable})
-    # the newest usable copy from the past comes first
-    past = [s for s in usable if s.created <= NOW + CLOCK_SKEW_TOLERANCE]
-    if past:
+    # newest first by the sets' own order (sequence, then time), whatever the host clock says
+    keys = [order_key(s) for s in selection.candidates]
+    assert keys == sorted(keys, reverse=True)
+    if usable:
         assert selection.chosen is not None
-        assert selection.chosen.created == max(s.created for s in past)
+        assert order_key(selection.chosen) == max(order_key(s) for s in usable)
         assert selection.chosen.store == min(
-            (s.store for s in past if s.name == selection.chosen.name), key=lambda store: store != "local"
+            (s.store for s in usable if s.name == selection.chosen.name), key=lambda store: store != "local"
         )
     # local before gdrive for the same set
     order = [(s.name, s.store) for s in selection.candidates]
     for name, store in order:
         if store == "gdrive" and (name, "local") in order:
             assert order.index((name, "local")) < order.index((name, "gdrive"))
-    # future-dated copies come after every past copy, with a warning each
-    future = [s for s in selection.candidates if s.created > NOW + CLOCK_SKEW_TOLERANCE]
-    assert selection.candidates[len(selection.candidates) - len(future) :] == tuple(future)
-    assert len(selection.warnings) == len(future)
+    # the order never depends on the clock (a Pi that boots hours or a year behind, or jumps ahead)
+    for skew in (timedelta(days=-400), timedelta(hours=-6), timedelta(days=30)):
+        assert select_restore(sets, rejected, NOW + skew).candidates == selection.candidates
+    # a first candidate dated ahead of the clock earns one warning (the clock is probably behind)
+    ahead = selection.chosen is not None and selection.chosen.created > NOW + CLOCK_SKEW_TOLERANCE
+    assert len(selection.warnings) == int(ahead)
     # independent of listing order
     shuffled = list(sets)
     rnd.shuffle(shuffled)
@@ -94,9 +100,18 @@ def test_empty_input() -> None:
     assert selection.chosen is None and selection.candidates == () and selection.rejected == ()
 
 
+def vouched(sets: tuple[BackupSet, ...] | list[BackupSet]) -> BackupsObservation:
+    """The sets, every complete one vouched for by the engine and verified."""
+    return BackupsObservation(
+        tuple(sets),
+        frozenset(s.name for s in sets if s.complete),
+        authenticity={(s.store, s.name): None for s in sets if s.complete},
+    )
+
+
 def _world_with(sets: list[BackupSet], rejected: dict[tuple[str, str], str] | None = None, **spec_args: str):  # type: ignore[no-untyped-def]
     desired = spec(**spec_args)
-    world = replace(fresh_world(desired), backups=BackupsObservation(tuple(sets), rejected=rejected or {}))
+    world = replace(fresh_world(desired), backups=replace(vouched(sets), rejected=rejected or {}))
     return desired, world
 
 
@@ -144,7 +159,8 @@ def test_allow_empty_protects_the_old_sets_from_retention_forever() -> None:
     world = simulate_all(world, result.actions)
     # a month of hourly backups of the (empty) database later, with keep_last=1 only:
     empties = tuple(make_set(NOW - timedelta(hours=h, minutes=30)) for h in range(0, 24 * 30, 1))
-    world = replace(world, backups=replace(world.backups, sets=world.backups.sets + empties, rejected={}))
+    protected = world.backups.protected
+    world = replace(world, backups=replace(vouched(world.backups.sets + empties), protected=protected))
     strict = keep_last_only(spec())
     pruned = [a for a in plan(strict, world, NOW).actions if a.kind == "PruneBackups"]
     deleted = set(pruned[0].set_names)  # type: ignore[attr-defined]
@@ -156,18 +172,23 @@ def test_restore_candidates_are_never_pruned_in_the_same_plan() -> None:
     sets = [make_set(NOW - timedelta(hours=h)) for h in range(1, 40)]
     desired = spec()
     strict = keep_last_only(desired)
-    world = replace(fresh_world(desired), backups=BackupsObservation(tuple(sets)))
+    world = replace(fresh_world(desired), backups=vouched(sets))
     result = plan(strict, world, NOW)
     assert not [a for a in result.actions if a.kind == "PruneBackups"]
 
 
-def test_future_dated_set_is_tried_last_with_a_warning() -> None:
-    past, future = make_set(NOW - timedelta(hours=3)), make_set(NOW + timedelta(days=2))
-    desired, world = _world_with([past, future])
+def test_with_the_clock_behind_the_newest_set_is_still_restored_first() -> None:
+    """Issue 12 item 7: a Pi boots with its clock behind the newest set; that set must still win."""
+    older = make_set(NOW - timedelta(hours=3), sequence=1)
+    newest = make_set(NOW + timedelta(days=2), sequence=2)  # taken when the clock was right
+    desired, world = _world_with([older, newest])
     result = plan(desired, world, NOW)
     restore = next(a for a in result.actions if isinstance(a, RestoreFromBackup))
-    assert restore.candidates == (("local", past.name), ("local", future.name))
-    assert any("dated in the future" in w for w in result.warnings)
+    assert restore.candidates == (("local", newest.name), ("local", older.name))
+    assert any("clock is probably behind" in w for w in result.warnings)
+    # and a set taken while the clock was behind sorts after the older data by its sequence
+    behind = make_set(NOW - timedelta(days=30), sequence=3)
+    assert select_restore([older, newest, behind], {}, NOW).chosen == behind
 
 
 def test_sets_protected_by_an_empty_start_are_not_pruned_in_the_same_plan() -> None:
@@ -176,7 +197,7 @@ def test_sets_protected_by_an_empty_start_are_not_pruned_in_the_same_plan() -> N
     strict = keep_last_only(desired)
     world = replace(
         fresh_world(desired),
-        backups=BackupsObservation(tuple(real), rejected={("local", s.name): "bad" for s in real}),
+        backups=replace(vouched(real), rejected={("local", s.name): "bad" for s in real}),
     )
     result = plan(strict, world, NOW, allow_empty=True)
     assert any(isinstance(a, ProtectBackups) for a in result.actions)
