@@ -29,6 +29,7 @@ from reconciler.backup.create import create_set, identity_for_restore
 from reconciler.backup.restore import (
     CheckedSet,
     SetRejected,
+    classify_failure,
     load_and_check,
     restore_postgres,
     write_redis_rdb,
@@ -39,7 +40,8 @@ from reconciler.engine import status
 from reconciler.engine.context import StackContext
 from reconciler.engine.revision import state_revision
 from reconciler.engine.secrets import from_env_or_file
-from reconciler.errors import CommandFailed, PermanentError, ReconcilerError
+from reconciler.errors import CommandFailed, HostFault, PermanentError, ReconcilerError
+from reconciler.plan import faults
 from reconciler.plan.actions import RestoreFromBackup
 from reconciler.plan.backupsets import MANIFEST_SUFFIX, BackupSet, group_sets, retention
 from reconciler.runtimes.local import LocalRuntime, postgres_bindir
@@ -273,17 +275,25 @@ def _free_port() -> int:
 
 
 def verify(ctx: StackContext, set_name: str | None) -> dict[str, Any]:
-    """Restore a set into scratch servers on tmpfs, compare with its manifest, record the result."""
+    """Restore a set into scratch servers on tmpfs, compare with its manifest, record the result.
+
+    Only a content fault (``plan.faults``) fails the set: it is recorded as verified-and-failed and
+    rejected for restores. A host fault (the scratch server cannot start: too few file descriptors,
+    /dev/shm too small, a port taken) is reported with ``fault: host`` and recorded apart, in
+    ``last_verify_error``: the set stays a candidate and unverified, so the daemon tries it again.
+    """
     chosen = _choose(ctx, set_name)
     store = local_store(ctx)
     identity = identity_for_restore(ctx.spec)
     started = time.monotonic()
-    scratch = tempfile.mkdtemp(prefix="reconciler-verify-", dir="/dev/shm")
-    os.chmod(scratch, 0o755)
-    runtime = LocalRuntime(f"{ctx.spec.stack}-verify", os.path.join(scratch, "state"))
     result: dict[str, Any] = {"set": chosen, "verified_at": status.now_iso()}
+    scratch: str | None = None
+    runtime: LocalRuntime | None = None
     started_services: list[tuple[str, str]] = []
     try:
+        scratch = tempfile.mkdtemp(prefix="reconciler-verify-", dir="/dev/shm")
+        os.chmod(scratch, 0o755)
+        runtime = LocalRuntime(f"{ctx.spec.stack}-verify", os.path.join(scratch, "state"))
         checked = load_and_check(store, chosen, keys.mac_key(identity) if identity else None)
         postgres_member = checked.member("postgres")
         if postgres_member is not None:
@@ -310,24 +320,39 @@ def verify(ctx: StackContext, set_name: str | None) -> dict[str, Any]:
             runtime.start_service("redis", data_dir, port)
             started_services.append(("redis", data_dir))
             keys_now = rd.probe(runtime.endpoint("redis", port)).keys
-            expected = int(redis_member.get("check", {}).get("keys", keys_now))
+            check = redis_member.get("check", {})
+            expected = int(check.get("keys", keys_now))
+            expires = check.get("expires")
             result["redis_keys"] = keys_now
-            if keys_now != expected:
+            if not faults.redis_keys_consistent(
+                expected, None if expires is None else int(expires), keys_now
+            ):
                 raise SetRejected(
-                    chosen, f"redis holds {keys_now} keys after restore, the manifest says {expected}"
+                    chosen,
+                    f"redis holds {keys_now} keys after restore, the manifest says {expected}"
+                    + (f" ({expires} of them with a TTL)" if expires else ""),
                 )
         result.update(ok=True, seconds=round(time.monotonic() - started, 3))
-    except (SetRejected, ReconcilerError) as exc:
+    except SetRejected as exc:
         result.update(
-            ok=False, reason=getattr(exc, "reason", str(exc)), seconds=round(time.monotonic() - started, 3)
+            ok=False, fault="content", reason=exc.reason, seconds=round(time.monotonic() - started, 3)
         )
+    except Exception as exc:  # anything else is the host's: a server that cannot start, no fds, no space
+        reason = str(classify_failure(chosen, _os_error_text(exc)))
+        result.update(ok=False, fault="host", reason=reason, seconds=round(time.monotonic() - started, 3))
     finally:
         for name, data_dir in reversed(started_services):
             try:
+                assert runtime is not None
                 runtime.stop_service(name, data_dir)
             except ReconcilerError as exc:
                 log.warning("could not stop scratch %s: %s", name, exc)
-        shutil.rmtree(scratch, ignore_errors=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    if result.get("fault") == "host":
+        _update_records(ctx, last_verify_error=result)
+        log.warning("backup set %s could not be verified: %s", chosen, result["reason"])
+        return result
     _update_records(ctx, verified={chosen: result})
     if result["ok"]:
         document = records(ctx)
@@ -336,6 +361,14 @@ def verify(ctx: StackContext, set_name: str | None) -> dict[str, Any]:
     else:
         _reject(ctx, "local", chosen, f"verification failed: {result['reason']}")
     return result
+
+
+def _os_error_text(exc: BaseException) -> BaseException:
+    """An OSError raised by Python itself (mkdtemp, open) reads best as its errno text and file."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return HostFault(f"{exc.strerror}{where}")
+    return exc
 
 
 def prune_decision(ctx: StackContext) -> tuple[list[BackupSet], Any]:
@@ -437,13 +470,14 @@ def restore_empty_services(ctx: StackContext, action: RestoreFromBackup) -> str:
 
 @contextlib.contextmanager
 def _content_errors_reject(set_name: str) -> Iterator[None]:
-    """Failures while decrypting or loading a set's content reject the set (pg_restore, decryption)."""
+    """Classify what escapes a restore step by the one policy (``plan.faults``): a content fault (the
+    loader refuses the dump, decryption fails) rejects the set; a host fault propagates as HostFault."""
     try:
         yield
-    except SetRejected:
+    except (SetRejected, HostFault):
         raise
-    except (CommandFailed, PermanentError) as exc:
-        raise SetRejected(set_name, str(exc)) from None
+    except (CommandFailed, OSError) as exc:
+        raise classify_failure(set_name, exc) from None
 
 
 def _restore_fresh(
