@@ -339,6 +339,8 @@ def verify(ctx: StackContext, set_name: str | None) -> dict[str, Any]:
         )
     except Exception as exc:  # anything else is the host's: a server that cannot start, no fds, no space
         reason = str(classify_failure(chosen, _os_error_text(exc)))
+        if runtime is not None:
+            reason += _scratch_logs(runtime, reason)
         result.update(ok=False, fault="host", reason=reason, seconds=round(time.monotonic() - started, 3))
     finally:
         for name, data_dir in reversed(started_services):
@@ -361,6 +363,19 @@ def verify(ctx: StackContext, set_name: str | None) -> dict[str, Any]:
     else:
         _reject(ctx, "local", chosen, f"verification failed: {result['reason']}")
     return result
+
+
+def _scratch_logs(runtime: LocalRuntime, reason: str) -> str:
+    """The end of a scratch server's log that ``reason`` points to: the real cause is there (e.g. "Too
+    many open files"), and the file goes with the scratch directory."""
+    tails = []
+    for service in ("postgres", "redis"):
+        path = runtime.log_file(service)
+        if path in reason and os.path.exists(path):
+            with open(path, "rb") as handle:
+                lines = handle.read()[-4000:].decode(errors="replace").strip().splitlines()[-6:]
+            tails.append(f"; {service}'s log ends: " + " | ".join(line.strip() for line in lines))
+    return "".join(tails)
 
 
 def _os_error_text(exc: BaseException) -> BaseException:

@@ -51,6 +51,7 @@ HOST_SIGNATURES = (
     "no space left on device",
     "disk quota exceeded",
     "too many open files",
+    "insufficient file descriptors",
     "cannot allocate memory",
     "out of memory",
     "out of shared memory",

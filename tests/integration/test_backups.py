@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -309,3 +310,116 @@ def test_back_to_back_sets_get_names_in_the_order_they_were_taken(stack: Stack) 
     first_time, second_time = parse_set_name(first)[1], parse_set_name(second)[1]  # type: ignore[index]
     assert second_time > first_time, (first, second)
     assert backups.list_sets(ctx)[0].backup_set.name == second  # newest first
+
+
+def cli_under(stack: Stack, prefix: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI run under a wrapper that degrades the host (prlimit, a private mount namespace)."""
+    env = {**os.environ, **stack.env}
+    env.pop("RECONCILER_STATE", None)
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "reconciler", "-f", str(stack.state_file), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+
+
+def backup_records(stack: Stack) -> dict[str, Any]:
+    return dict(json.loads((stack.dir / ".reconciler" / "backups.json").read_text()))
+
+
+HOST_FAULTS = {
+    # the scratch server is refused file descriptors
+    "too few file descriptors": (["prlimit", "--nofile=40:40"], "insufficient file descriptors"),
+    # /dev/shm, where verify puts its scratch servers, is too small for them
+    "/dev/shm too small": (
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            'mount -t tmpfs -o size=512k tmpfs /dev/shm && exec "$@"',
+            "sh",
+        ],
+        "No space left on device",
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(HOST_FAULTS))
+def test_a_host_fault_during_verify_does_not_reject_the_set(stack: Stack, fault: str) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("this test mounts a tmpfs in a private mount namespace and needs root (CI runs as root)")
+    encrypted_stack(stack)
+    seed(stack, 200)
+    stack.cli("backup")
+    name = sets(stack)[0]["name"]
+    prefix, cause = HOST_FAULTS[fault]
+    result = cli_under(stack, prefix, "verify", name)
+    assert result.returncode == 1, result.stderr
+    assert "could not be verified" in result.stderr and "problem of this host" in result.stderr
+    assert cause in result.stderr, result.stderr
+    record = backup_records(stack)
+    assert f"local/{name}" not in record.get("rejected", {}), "a host fault must not reject the set"
+    assert name not in record.get("verified", {}), "the set stays unverified, so the daemon tries it again"
+    assert record["last_verify_error"]["fault"] == "host"
+    stack.cli("verify", name)  # the host is healthy again: the same set verifies
+    assert backup_records(stack)["verified"][name]["ok"] is True
+
+
+def context(stack: Stack) -> Any:
+    from reconciler.engine.context import StackContext, load_spec
+
+    return StackContext.build(load_spec(str(stack.state_file)), str(stack.state_file))
+
+
+def take_plain_sql_set(stack: Stack) -> str:
+    """A valid, signed set whose postgres member is a plain SQL dump (``pg_dump -Fp``), which
+    pg_restore refuses: made through the library, as a state.yaml allowing ``-Fp`` once did."""
+    from reconciler.backup.create import create_set
+    from reconciler.engine import backups
+
+    ctx = context(stack)
+    postgres = ctx.spec.services.postgres.model_copy(update={"dump_options": ["-Fp"]})
+    services = ctx.spec.services.model_copy(update={"postgres": postgres})
+    spec = ctx.spec.model_copy(update={"services": services}).with_base_dir(ctx.spec.base_dir)
+    store = backups.local_store(ctx)
+    document = create_set(
+        spec,
+        backups._endpoints(ctx),
+        ctx.pg_bindir(),
+        store,
+        "plain",
+        backups._set_time(store, spec.stack),
+        None,
+    )
+    return str(document["set"])
+
+
+def test_a_set_pg_restore_refuses_falls_back_to_the_older_set_on_boot_and_says_why(stack: Stack) -> None:
+    from tests.e2e.test_power_cut import power_cut
+
+    encrypted_stack(stack)
+    seed(stack, 300)
+    stack.cli("backup")
+    good = sets(stack)[0]["name"]
+    expected = snapshot(stack)
+    with pg(stack) as conn:
+        conn.execute("INSERT INTO discussions (title) VALUES ('after the good set')")
+    bad = take_plain_sql_set(stack)
+    assert sets(stack)[0]["name"] == bad
+    power_cut(stack)
+
+    stack.cli("apply")
+    assert snapshot(stack) == expected
+    restore = stack.status()["lastRestore"]
+    assert restore["set"] == good
+    reasons = {r["set"]: r["reason"] for r in restore["rejected"]}
+    assert set(reasons) == {bad}
+    # pg_restore's own words, not a guess about the identity file
+    assert "pg_restore: error: input file appears to be a text format dump" in reasons[bad]
+    assert "identity" not in reasons[bad] and "decrypt" not in reasons[bad]
