@@ -423,3 +423,84 @@ def test_a_set_pg_restore_refuses_falls_back_to_the_older_set_on_boot_and_says_w
     # pg_restore's own words, not a guess about the identity file
     assert "pg_restore: error: input file appears to be a text format dump" in reasons[bad]
     assert "identity" not in reasons[bad] and "decrypt" not in reasons[bad]
+
+
+def text_hash_stats(stack: Stack, recorded: bool) -> dict[str, list[Any]]:
+    """What PostgreSQL 13 computes for the manifest: hash_record_extended exists from 14 on, so every
+    table is hashed by its text form. Computed here in plain SQL, independently of the reconciler."""
+    stats: dict[str, list[Any]] = {}
+    with pg(stack) as conn:
+        tables = conn.execute(
+            "SELECT schemaname, tablename FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+        ).fetchall()
+        for schema, table in tables:
+            row = conn.execute(
+                f'SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM "{schema}"."{table}" t'
+            ).fetchone()
+            assert row is not None
+            stats[f"{schema}.{table}"] = [int(row[0]), str(row[1])] + (["text"] if recorded else [])
+    return stats
+
+
+def rewrite_manifest(stack: Stack, name: str, change: Any) -> None:
+    """Edit a set's manifest and sign it again with the stack's own identity (as its maker would)."""
+    from reconciler.backup import keys, manifest
+
+    path = stack.dir / "data" / "backups" / f"{name}.manifest.json"
+    document = manifest.decode(path.read_bytes())
+    change(document)
+    mac_key = keys.mac_key(keys.load(str(stack.dir / "keys" / "backup.key")))
+    path.write_bytes(manifest.encode(manifest.sign(document, mac_key)))
+
+
+@pytest.mark.parametrize("method_recorded", [True, False], ids=["method-recorded", "older-manifest"])
+def test_a_set_taken_on_postgresql_13_checks_and_restores_on_15(stack: Stack, method_recorded: bool) -> None:
+    """The Debian 11 -> 12 upgrade path: a set whose table checksums were computed the PostgreSQL 13 way.
+
+    No PostgreSQL 13 runs here, so its manifest is produced by recomputing the checksums with the only
+    method 13 has (the text form) and signing the manifest again with the stack's identity.
+    """
+    encrypted_stack(stack)
+    seed(stack, 400)
+    stack.cli("backup")
+    name = sets(stack)[0]["name"]
+    as_on_13 = text_hash_stats(stack, method_recorded)
+    expected = snapshot(stack)
+
+    def as_made_on_postgresql_13(document: dict[str, Any]) -> None:
+        member = next(m for m in document["members"] if m["service"] == "postgres")
+        assert set(member["check"]["tables"]) == set(as_on_13)
+        member["check"]["tables"] = as_on_13
+        member["server_version"] = "13.16 (Debian 13.16-0+deb11u1)"
+
+    rewrite_manifest(stack, name, as_made_on_postgresql_13)
+    stack.cli("verify", name)
+    assert backup_records(stack)["verified"][name]["ok"] is True
+    with pg(stack) as conn:
+        conn.execute("DELETE FROM discussions WHERE id % 2 = 0")
+    stack.cli("restore", name, "--yes")
+    assert snapshot(stack) == expected
+
+
+def test_redis_keys_that_expire_between_the_backup_and_verify_do_not_fail_the_set(stack: Stack) -> None:
+    import time
+
+    encrypted_stack(stack)
+    seed(stack, 50)
+    client = redis.Redis(port=stack.redis_port)
+    sessions = [f"session:{i}" for i in range(20)]
+    for key in sessions:
+        client.set(key, "short-lived", px=8000)
+    stack.cli("backup")
+    name = sets(stack)[0]["name"]
+    document = json.loads((stack.dir / "data" / "backups" / f"{name}.manifest.json").read_text())
+    check = next(m for m in document["members"] if m["service"] == "redis")["check"]
+    assert check["expires"] == len(sessions), "the keys with a TTL were in the snapshot"
+    deadline = time.monotonic() + 60
+    while client.exists(*sessions):  # poll the real expiry, no fixed sleep
+        assert time.monotonic() < deadline, "the keys never expired"
+        time.sleep(0.2)
+    result = json.loads(stack.cli("verify", name, "-o", "json").stdout)
+    assert result["ok"] is True
+    assert result["redis_keys"] == check["keys"] - len(sessions)
+    assert f"local/{name}" not in backup_records(stack).get("rejected", {})
