@@ -46,7 +46,7 @@ from reconciler.plan.actions import RestoreFromBackup
 from reconciler.plan.backupsets import MANIFEST_SUFFIX, BackupSet, group_sets, retention
 from reconciler.runtimes.local import LocalRuntime, postgres_bindir
 from reconciler.stores.local import LocalStore
-from reconciler.system import fs
+from reconciler.system import failpoints, fs
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +299,7 @@ def verify(ctx: StackContext, set_name: str | None) -> dict[str, Any]:
         if postgres_member is not None:
             data_dir = os.path.join(scratch, "postgres")
             port = _free_port()
+            failpoints.hit("verify.port-chosen", port=port)  # tests take the port here, as a race would
             runtime.init_service("postgres", data_dir)
             runtime.start_service("postgres", data_dir, port)
             started_services.append(("postgres", data_dir))

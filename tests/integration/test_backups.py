@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -330,23 +331,31 @@ def backup_records(stack: Stack) -> dict[str, Any]:
     return dict(json.loads((stack.dir / ".reconciler" / "backups.json").read_text()))
 
 
+# Takes the port verify just chose, the way a racing process would, and keeps it until killed.
+PORT_THIEF = """
+import os, signal, socket, sys
+sock = socket.socket()
+sock.bind(("127.0.0.1", int(os.environ["FAILPOINT_PORT"])))
+sock.listen()
+child = os.fork()
+if child:
+    with open(sys.argv[1], "w") as handle:
+        handle.write(str(child))
+    os._exit(0)
+signal.pause()
+"""
+
+UNSHARE = ["unshare", "--mount", "--propagation", "private", "sh", "-c"]
 HOST_FAULTS = {
     # the scratch server is refused file descriptors
     "too few file descriptors": (["prlimit", "--nofile=40:40"], "insufficient file descriptors"),
     # /dev/shm, where verify puts its scratch servers, is too small for them
     "/dev/shm too small": (
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            'mount -t tmpfs -o size=512k tmpfs /dev/shm && exec "$@"',
-            "sh",
-        ],
+        [*UNSHARE, 'mount -t tmpfs -o size=512k tmpfs /dev/shm && exec "$@"', "sh"],
         "No space left on device",
     ),
+    # another process binds the scratch server's port between verify's choice and the server's start
+    "a port taken": ([], "Address already in use"),
 }
 
 
@@ -359,7 +368,17 @@ def test_a_host_fault_during_verify_does_not_reject_the_set(stack: Stack, fault:
     stack.cli("backup")
     name = sets(stack)[0]["name"]
     prefix, cause = HOST_FAULTS[fault]
-    result = cli_under(stack, prefix, "verify", name)
+    thief, thief_pid = stack.dir / "port_thief.py", stack.dir / "port_thief.pid"
+    thief.write_text(PORT_THIEF)
+    if fault == "a port taken":
+        failpoint = f"verify.port-chosen=sh:{sys.executable} {thief} {thief_pid} >/dev/null 2>&1"
+        stack.env["RECONCILER_FAILPOINTS"] = failpoint
+    try:
+        result = cli_under(stack, prefix, "verify", name)
+    finally:
+        stack.env.pop("RECONCILER_FAILPOINTS", None)
+        if thief_pid.exists():
+            os.kill(int(thief_pid.read_text()), signal.SIGKILL)
     assert result.returncode == 1, result.stderr
     assert "could not be verified" in result.stderr and "problem of this host" in result.stderr
     assert cause in result.stderr, result.stderr
