@@ -59,16 +59,18 @@ def classified(set_name: str, stage: faults.Stage, message: str, detail: str = "
     )
 
 
-def classify_failure(set_name: str, exc: BaseException) -> Exception:
-    """Classify an error that escaped a restore step: a loader's exit by its stderr, the rest as host."""
+def classify_failure(
+    set_name: str, exc: BaseException, stage: faults.Stage = faults.Stage.SERVER
+) -> Exception:
+    """Classify an error that escaped a step of checking or restoring a set. ``stage`` says which
+    step: ``LOAD`` for the engine's loader (its stderr decides), ``SERVER`` (the default) for anything
+    around it, such as initdb or a server start, which is the host's whatever it printed."""
     if isinstance(exc, SetRejected | HostFault):
         return exc
     if isinstance(exc, CommandFailed):
-        tool = os.path.basename(exc.argv[0]) if exc.argv else "the loader"
-        return classified(
-            set_name, faults.Stage.LOAD, f"{tool} failed: {exc.stderr_tail.strip()}", exc.stderr_tail
-        )
-    return classified(set_name, faults.Stage.SERVER, str(exc) or type(exc).__name__)
+        tool = os.path.basename(exc.argv[0]) if exc.argv else "a command"
+        return classified(set_name, stage, f"{tool} failed: {exc.stderr_tail.strip()}", exc.stderr_tail)
+    return classified(set_name, stage, str(exc) or type(exc).__name__)
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,7 @@ def restore_postgres(
                 proc.widen_pipe(restore.stdin)
                 stream_member(store, member, identity, restore.stdin)
         except CommandFailed as exc:  # pg_restore's own stderr says whether the dump or the host failed
-            raise classify_failure(checked.name, exc) from None
+            raise classify_failure(checked.name, exc, faults.Stage.LOAD) from None
         expected = member.get("check", {}).get("tables")
         try:
             with pg.connect(endpoint, side) as conn:

@@ -383,7 +383,7 @@ def _os_error_text(exc: BaseException) -> BaseException:
     """An OSError raised by Python itself (mkdtemp, open) reads best as its errno text and file."""
     if isinstance(exc, OSError) and exc.strerror:
         where = f" ({exc.filename})" if exc.filename else ""
-        return HostFault(f"{exc.strerror}{where}")
+        return ReconcilerError(f"{exc.strerror}{where}")
     return exc
 
 
@@ -492,8 +492,10 @@ def _content_errors_reject(set_name: str) -> Iterator[None]:
         yield
     except (SetRejected, HostFault):
         raise
-    except (CommandFailed, OSError) as exc:
-        raise classify_failure(set_name, exc) from None
+    except CommandFailed as exc:
+        raise classify_failure(set_name, exc, faults.Stage.LOAD) from None
+    except OSError as exc:
+        raise classify_failure(set_name, exc, faults.Stage.WRITE) from None
 
 
 def _restore_fresh(

@@ -75,3 +75,27 @@ def test_only_keys_with_a_ttl_may_be_missing_after_a_restore(
 @given(st.integers(0, 10_000), st.integers(0, 10_010))
 def test_a_manifest_without_expires_only_bounds_the_count_from_above(keys: int, restored: int) -> None:
     assert redis_keys_consistent(keys, None, restored) == (restored <= keys)
+
+
+def test_the_restore_layer_raises_what_the_policy_says() -> None:
+    from reconciler.backup.restore import SetRejected, classify_failure
+    from reconciler.errors import CommandFailed, HostFault
+
+    refused = CommandFailed(
+        ["/usr/lib/postgresql/15/bin/pg_restore"],
+        1,
+        "pg_restore: error: input file appears to be a text format dump. Please use psql.\n",
+    )
+    rejected = classify_failure("s", refused, Stage.LOAD)
+    assert (
+        isinstance(rejected, SetRejected)
+        and "pg_restore failed: pg_restore: error: input file" in rejected.reason
+    )
+    full = CommandFailed(["pg_restore"], 1, "ERROR:  could not extend file: No space left on device")
+    assert isinstance(classify_failure("s", full, Stage.LOAD), HostFault)
+    # initdb or a server start failing is the host's, whatever it printed
+    odd = CommandFailed(["initdb"], 1, "initdb: error: something unexpected")
+    assert isinstance(classify_failure("s", odd), HostFault)
+    assert isinstance(classify_failure("s", RuntimeError("port 5432 is taken")), HostFault)
+    already = SetRejected("s", "sha256 does not match")
+    assert classify_failure("s", already, Stage.SERVER) is already
