@@ -74,3 +74,9 @@ class CommandFailed(ReconcilerError):
         super().__init__(
             f"`{' '.join(argv[:3])}{' ...' if len(argv) > 3 else ''}` exited {returncode}{detail}"
         )
+
+
+class HostFault(TransientError):
+    """The machine failed while checking or restoring a backup set (no file descriptors, a full tmpfs,
+    a port taken, a server that does not start): the set is not at fault, stays a candidate, and the
+    operation is retried. ``plan.faults`` is the policy that tells this apart from a content fault."""

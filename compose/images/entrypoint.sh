@@ -4,7 +4,7 @@
 # and runs the server as the postgres user; `redis-server` runs as the redis user in /data; anything
 # else is executed as given (the stand-in app, a shell).
 set -eu
-PG_BIN=/usr/lib/postgresql/15/bin
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}  # the base image sets it (13 on bullseye)
 case "${1:-}" in
   postgres)
     shift

@@ -8,6 +8,9 @@ Design decisions:
 - ``pg_dump -Fc -Z0`` streams through zstd and age straight into the store: nothing is buffered, no
   temporary dump file is written (on a RAM-mode host that file would sit in RAM).
 - Fail closed: with ``method: age`` and no recipients, nothing is written.
+- The manifest says how it can be checked: each table's entry is [rows, checksum, row-hash method]
+  (``record`` on PostgreSQL >= 14, ``text`` on 13 or for unhashable columns), so a server of another
+  major version recomputes with the same method; Redis's entry counts keys with a TTL separately.
 - The manifest is put last. Any failure before it leaves only member files without a manifest (an
   incomplete set, cleaned up by retention after a grace period); it never leaves a set that looks
   complete, and it never touches older sets.
@@ -98,7 +101,7 @@ def _store_member(
 def _backup_redis(
     endpoint: Endpoint, store: LocalStore, base: str, sealing: Sealing, progress: Progress | None
 ) -> dict[str, Any]:
-    rdb_path, keys_at_snapshot = rd.snapshot(endpoint)
+    rdb_path, keys_at_snapshot, expires_at_snapshot = rd.snapshot(endpoint)
     facts = rd.probe(endpoint)
     file_name = f"{base}.{MEMBER_SUFFIX['redis']}{sealing.suffix}"
     if endpoint.container is not None:  # the file is inside the container: stream it out through exec
@@ -118,7 +121,8 @@ def _backup_redis(
         "content": "redis-rdb",
         "server_version": facts.version,
         **member,
-        "check": {"keys": keys_at_snapshot},
+        # keys with a TTL may be gone by the time a restore loads the file: the check allows for them
+        "check": {"keys": keys_at_snapshot, "expires": expires_at_snapshot},
     }
 
 

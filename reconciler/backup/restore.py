@@ -7,6 +7,14 @@ Design decisions:
 - PostgreSQL restores into a fresh side database, whose per-table row counts and checksums must equal
   the manifest's before it replaces the live database by renames. A failed restore therefore never
   leaves a half-restored application database behind.
+- Every failure is classified by ``plan.faults`` (the one policy): a fault of the set's content raises
+  ``SetRejected`` (the caller remembers it and tries an older set); a fault of the host raises
+  ``HostFault`` (the set stays a candidate, the operation is retried). The message is the real cause:
+  pg_restore's own stderr, the errno of a failed write, age's or zstd's error, never a guess. A pipe
+  that breaks because pg_restore stopped reading is not the cause: pg_restore's exit and stderr are.
+- Checksums are recomputed with the method the manifest recorded per table (``record`` hashing needs
+  PostgreSQL >= 14, ``text`` works everywhere), so a set taken on PostgreSQL 13 checks on 15. A
+  method the restoring server cannot compute compares row counts only, never rejects the set.
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ from pyrage import x25519
 
 from reconciler.backup import manifest, pipeline
 from reconciler.databases import postgres as pg
-from reconciler.errors import PermanentError
+from reconciler.errors import CommandFailed, HostFault, PermanentError
+from reconciler.plan import faults
 from reconciler.plan.backupsets import MANIFEST_SUFFIX
 from reconciler.runtimes.base import Endpoint
 from reconciler.stores.local import LocalStore
@@ -38,6 +47,30 @@ class SetRejected(PermanentError):
         self.set_name = set_name
         self.reason = reason
         super().__init__(f"backup set {set_name} rejected: {reason}")
+
+
+def classified(set_name: str, stage: faults.Stage, message: str, detail: str = "") -> Exception:
+    """The exception the policy asks for: ``SetRejected`` for a content fault, else ``HostFault``."""
+    if faults.verdict(stage, detail or message) is faults.Verdict.REJECT:
+        return SetRejected(set_name, message)
+    return HostFault(
+        f"backup set {set_name} could not be checked or restored because of a problem of this host, "
+        f"not of the set (it stays a candidate; retry once the cause is fixed): {message}"
+    )
+
+
+def classify_failure(
+    set_name: str, exc: BaseException, stage: faults.Stage = faults.Stage.SERVER
+) -> Exception:
+    """Classify an error that escaped a step of checking or restoring a set. ``stage`` says which
+    step: ``LOAD`` for the engine's loader (its stderr decides), ``SERVER`` (the default) for anything
+    around it, such as initdb or a server start, which is the host's whatever it printed."""
+    if isinstance(exc, SetRejected | HostFault):
+        return exc
+    if isinstance(exc, CommandFailed):
+        tool = os.path.basename(exc.argv[0]) if exc.argv else "a command"
+        return classified(set_name, stage, f"{tool} failed: {exc.stderr_tail.strip()}", exc.stderr_tail)
+    return classified(set_name, stage, str(exc) or type(exc).__name__)
 
 
 @dataclass(frozen=True)
@@ -78,6 +111,8 @@ def _check_member(store: LocalStore, set_name: str, member: dict[str, Any]) -> N
                 size += len(chunk)
     except FileNotFoundError:
         raise SetRejected(set_name, f"member {name} is missing") from None
+    except OSError as exc:
+        raise classified(set_name, faults.Stage.WRITE, f"cannot read {name}: {exc.strerror or exc}") from None
     if size != member["size"]:
         raise SetRejected(
             set_name,
@@ -92,13 +127,40 @@ def _check_member(store: LocalStore, set_name: str, member: dict[str, Any]) -> N
 def stream_member(
     store: LocalStore, member: dict[str, Any], identity: x25519.Identity | None, out: BinaryIO
 ) -> None:
-    with store.open(str(member["file"])) as handle:
+    """Decrypt and decompress one member into ``out``, classifying what goes wrong.
+
+    A ``BrokenPipeError`` propagates untouched: the reader stopped, and its exit status says why.
+    Another OSError with an errno is the host's (the write side: a full tmpfs, no file descriptors);
+    pyrage's and zstd's errors (an OSError without errno, DecryptError, ZstdError) are the content's.
+    """
+    name = str(member["file"])
+    set_name = name.split(".", 1)[0]  # set names hold no dots
+    try:
+        handle = store.open(name)
+    except OSError as exc:
+        raise classified(set_name, faults.Stage.WRITE, f"cannot open {name}: {exc.strerror or exc}") from None
+    with handle:
         try:
             pipeline.decrypt_decompress(handle, out, identity)
-        except Exception as exc:  # pyrage raises its own types; report them plainly
-            if isinstance(exc, PermanentError):
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            if exc.errno is not None:
+                raise classified(
+                    set_name,
+                    faults.Stage.WRITE,
+                    f"writing the restored {member['service']} data failed: {exc.strerror}",
+                ) from None
+            raise SetRejected(set_name, f"cannot decrypt {name}: {exc}") from None
+        except Exception as exc:  # pyrage and zstandard raise their own types; report them plainly
+            if isinstance(exc, PermanentError | HostFault):
                 raise
-            raise PermanentError(f"cannot decrypt {member['file']}: {exc} (wrong identity file?)") from None
+            hint = (
+                " (the set is not encrypted to this identity)"
+                if "no matching keys" in str(exc).lower()
+                else ""
+            )
+            raise SetRejected(set_name, f"cannot decrypt {name}: {exc}{hint}") from None
 
 
 def restore_postgres(
@@ -110,7 +172,7 @@ def restore_postgres(
     database: str,
     owner: str,
     swap: bool = True,
-) -> dict[str, list[int | str]]:
+) -> dict[str, list[Any]]:
     """Restore into ``<database>__restoring``, check it against the manifest, then swap it in.
 
     ``swap=False`` leaves the checked side database staged (``engine/restore_op.py`` commits it later)."""
@@ -118,19 +180,37 @@ def restore_postgres(
     if member is None:
         raise SetRejected(checked.name, "it holds no postgres dump")
     side = f"{database}__restoring"
-    pg.recreate_database(endpoint, side, owner)
+    try:
+        pg.recreate_database(endpoint, side, owner)
+    except Exception as exc:
+        raise classify_failure(checked.name, exc) from None
     try:
         argv = pg.restore_argv(bindir, endpoint, side, owner)
-        with pg.tool(endpoint, argv, env=pg.RESTORE_ENV, stdin=proc.PIPE) as restore:
-            assert restore.stdin is not None
-            proc.widen_pipe(restore.stdin)
-            stream_member(store, member, identity, restore.stdin)
-            failpoints.hit("restore.pg_restore.streamed")
-        with pg.connect(endpoint, side) as conn:
-            restored = pg.table_stats(conn)
+        try:
+            with pg.tool(endpoint, argv, env=pg.RESTORE_ENV, stdin=proc.PIPE) as restore:
+                assert restore.stdin is not None
+                proc.widen_pipe(restore.stdin)
+                stream_member(store, member, identity, restore.stdin)
+                failpoints.hit("restore.pg_restore.streamed")
+        except CommandFailed as exc:  # pg_restore's own stderr says whether the dump or the host failed
+            raise classify_failure(checked.name, exc, faults.Stage.LOAD) from None
         expected = member.get("check", {}).get("tables")
-        if expected is not None and restored != expected:
-            differing = sorted(t for t in set(expected) | set(restored) if expected.get(t) != restored.get(t))
+        try:
+            with pg.connect(endpoint, side) as conn:
+                methods = {t: str(v[2]) for t, v in (expected or {}).items() if len(v) > 2 and v[2]}
+                restored = pg.table_stats(conn, methods)
+                differing = pg.stats_differ(expected, restored) if expected is not None else []
+                if differing and not methods:
+                    # A manifest from before methods were recorded, maybe taken on PostgreSQL 13 (text
+                    # hashing): recompute those tables with the text method before calling it a mismatch.
+                    retried = pg.table_stats(conn, dict.fromkeys(differing, "text"))
+                    restored.update({t: retried[t] for t in differing if t in retried})
+                    differing = pg.stats_differ(expected, restored)
+        except (SetRejected, HostFault):
+            raise
+        except Exception as exc:
+            raise classify_failure(checked.name, exc) from None
+        if differing:
             raise SetRejected(
                 checked.name, f"restored tables differ from the manifest: {', '.join(differing[:5])}"
             )
@@ -172,7 +252,11 @@ def write_redis_rdb(
         os.chown(tmp, *owner)
         os.chmod(tmp, 0o600)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):  # open, fsync, chown...
+            raise classified(
+                checked.name, faults.Stage.WRITE, f"cannot write {tmp}: {exc.strerror or exc}"
+            ) from None
         raise

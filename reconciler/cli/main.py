@@ -624,6 +624,8 @@ def verify(state: _State, set_name: str | None, output_format: str) -> None:
             f"{result['set']} verified: {result.get('tables', 0)} tables, {result.get('rows', 0)} rows, "
             f"{result.get('redis_keys', 0)} redis keys match the manifest ({result['seconds']:.1f} s)"
         )
+    elif result.get("fault") == "host":
+        state.out.error(f"{result['set']} could not be verified: {result['reason']}")
     else:
         state.out.error(f"{result['set']} FAILED verification: {result['reason']}")
     if not result["ok"]:

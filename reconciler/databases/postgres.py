@@ -12,6 +12,7 @@ Design decisions:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -163,34 +164,66 @@ ORDER BY 1, 2
 """
 
 
-def table_stats(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, list[int | str]]:
-    """Per table: [row count, order-independent checksum of every row].
+# How a row is hashed for the table checksums. ``record`` (hash_record_extended, PostgreSQL >= 14)
+# hashes the record itself; ``text`` (hashtextextended over the row's text form) works on every
+# version and for column types without a hash function (json, point). The manifest records the
+# method per table, and a check recomputes with the recorded one: the two give different sums.
+ROW_HASHES = {"record": "hash_record_extended(t, 0)", "text": "hashtextextended(t::text, 0)"}
+
+
+def table_stats(
+    conn: psycopg.Connection[tuple[object, ...]], methods: Mapping[str, str] | None = None
+) -> dict[str, list[Any]]:
+    """Per table: [row count, order-independent checksum of every row, the row-hash method used].
 
     The checksum is the sum of a 64-bit hash of each row, so it does not depend on physical order
-    (a restore or a VACUUM FULL reorders rows) but changes when any value of any row changes. It hashes
-    the record itself (``hash_record_extended``, ~3x faster than hashing each row's text form, and it
-    parallelises); a table with a column type that has no hash function falls back to the text form.
-    Compare checksums only between servers of the same PostgreSQL major version.
+    (a restore or a VACUUM FULL reorders rows) but changes when any value of any row changes. By
+    default it hashes the record itself (``record``, ~3x faster than hashing each row's text form, and
+    it parallelises), falling back to ``text`` where the record cannot be hashed (a json column, or a
+    server older than 14). ``methods`` forces a method per table (to recompute what a manifest
+    recorded); a forced method this server cannot compute yields the checksum ``None``.
     """
     from psycopg import errors, sql
 
-    stats: dict[str, list[int | str]] = {}
+    stats: dict[str, list[Any]] = {}
     for schema, table in conn.execute(_TABLES_QUERY).fetchall():
+        key = f"{schema}.{table}"
         name = sql.SQL("{}.{}").format(sql.Identifier(str(schema)), sql.Identifier(str(table)))
-        row = None
-        for row_hash in ("hash_record_extended(t, 0)", "hashtextextended(t::text, 0)"):
-            query = sql.SQL("SELECT count(*), coalesce(sum(" + row_hash + "), 0)::text FROM {} t").format(
-                name
-            )
+        forced = (methods or {}).get(key)
+        candidates = [forced] if forced in ROW_HASHES else list(ROW_HASHES)
+        row, used = None, None
+        for method in candidates:
+            assert method is not None
+            query = sql.SQL(
+                "SELECT count(*), coalesce(sum(" + ROW_HASHES[method] + "), 0)::text FROM {} t"
+            ).format(name)
             try:
                 with conn.transaction():
                     row = conn.execute(query).fetchone()
+                used = method
                 break
             except errors.UndefinedFunction:
-                continue  # e.g. a json or point column: no hash function for the record
-        assert row is not None
-        stats[f"{schema}.{table}"] = [int(row[0]), str(row[1])]  # type: ignore[call-overload]
+                continue  # e.g. a json or point column, or PostgreSQL 13: no hash function for the record
+        if row is None:  # the forced method cannot be computed here: count rows only
+            counted = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(name)).fetchone()
+            assert counted is not None
+            stats[key] = [int(counted[0]), None, forced]  # type: ignore[call-overload]
+            continue
+        stats[key] = [int(row[0]), str(row[1]), str(used)]  # type: ignore[call-overload]
     return stats
+
+
+def stats_differ(expected: Mapping[str, Any], restored: Mapping[str, Any]) -> list[str]:
+    """Tables whose row count or checksum differ; a checksum missing on either side is not compared
+    (a method the restoring server cannot compute), and old two-element entries compare as they are."""
+    differing = []
+    for table in sorted(set(expected) | set(restored)):
+        want, have = expected.get(table), restored.get(table)
+        counts_differ = want is None or have is None or int(want[0]) != int(have[0])
+        comparable = bool(want and have and want[1] is not None and have[1] is not None)
+        if counts_differ or (comparable and str(want[1]) != str(have[1])):  # type: ignore[index]
+            differing.append(table)
+    return differing
 
 
 def dump_argv(

@@ -22,6 +22,7 @@ class RedisFacts:
     keys: int
     used_memory: int
     version: str
+    expires: int = 0  # keys with a TTL (INFO keyspace ``expires=``)
 
 
 class RedisReplyError(Exception):
@@ -102,13 +103,13 @@ def _parse_info(text: str) -> dict[str, str]:
     return fields
 
 
-def _keys(info: dict[str, str]) -> int:
+def _keys(info: dict[str, str], field: str = "keys") -> int:
     return sum(
         int(part.split("=")[1])
         for name, value in info.items()
         if name.startswith("db")
         for part in value.split(",")
-        if part.startswith("keys=")
+        if part.startswith(f"{field}=")
     )
 
 
@@ -116,11 +117,14 @@ def probe(endpoint: Endpoint, timeout: float = 2.0) -> RedisFacts:
     """INFO: key count, used memory, version."""
     with Resp(endpoint, timeout) as conn:
         info = conn.info()
-    return RedisFacts(_keys(info), int(info.get("used_memory", "0")), info.get("redis_version", ""))
+    return RedisFacts(
+        _keys(info), int(info.get("used_memory", "0")), info.get("redis_version", ""), _keys(info, "expires")
+    )
 
 
-def snapshot(endpoint: Endpoint, timeout: float = 600) -> tuple[str, int]:
-    """BGSAVE and wait for *our* save; return (path of the fresh RDB file, keys when it started).
+def snapshot(endpoint: Endpoint, timeout: float = 600) -> tuple[str, int, int]:
+    """BGSAVE and wait for *our* save; return (path of the fresh RDB file, keys and keys with a TTL
+    when it started). Keys with a TTL may expire before a restore loads the file: a check allows that.
 
     Done means ``rdb_bgsave_in_progress:0`` and ``rdb_last_bgsave_status:ok`` after the save counter
     (``rdb_saves``, Redis >= 7) moved past its value before our BGSAVE, so an earlier save can never be
@@ -133,7 +137,8 @@ def snapshot(endpoint: Endpoint, timeout: float = 600) -> tuple[str, int]:
                 raise TransientError("a redis background save is stuck in progress")
             time.sleep(0.02)
         saves_before = int(conn.info("persistence")["rdb_saves"])
-        keys = _keys(conn.info("keyspace"))
+        keyspace = conn.info("keyspace")
+        keys, expires = _keys(keyspace), _keys(keyspace, "expires")
         try:
             conn.command("BGSAVE")
         except RedisReplyError as exc:
@@ -150,7 +155,7 @@ def snapshot(endpoint: Endpoint, timeout: float = 600) -> tuple[str, int]:
             time.sleep(0.01)
         if info["rdb_last_bgsave_status"] != "ok":
             raise TransientError("redis BGSAVE failed (rdb_last_bgsave_status:err); see the redis log")
-        return os.path.join(conn.config_get("dir"), conn.config_get("dbfilename")), keys
+        return os.path.join(conn.config_get("dir"), conn.config_get("dbfilename")), keys, expires
 
 
 def digest(endpoint: Endpoint) -> str:

@@ -34,6 +34,7 @@ from reconciler.backup import keys, vouch
 from reconciler.backup.create import create_set, identity_for_restore
 from reconciler.backup.restore import (
     SetRejected,
+    classify_failure,
     load_and_check,
     restore_postgres,
     write_redis_rdb,
@@ -44,6 +45,7 @@ from reconciler.engine import records, status
 from reconciler.engine.context import StackContext
 from reconciler.engine.revision import state_revision
 from reconciler.errors import PermanentError, ReconcilerError
+from reconciler.plan import faults
 from reconciler.plan.actions import RestoreFromBackup
 from reconciler.plan.backupsets import (
     MANIFEST_SUFFIX,
@@ -56,7 +58,7 @@ from reconciler.plan.backupsets import (
 )
 from reconciler.runtimes.local import LocalRuntime, postgres_bindir
 from reconciler.stores.local import LocalStore
-from reconciler.system import clock, fs
+from reconciler.system import clock, failpoints, fs
 
 log = logging.getLogger(__name__)
 
@@ -249,22 +251,31 @@ def _free_port() -> int:
 
 
 def verify(ctx: StackContext, set_name: str | None) -> dict[str, Any]:
-    """Restore a set into scratch servers on tmpfs, compare with its manifest, record the result."""
+    """Restore a set into scratch servers on tmpfs, compare with its manifest, record the result.
+
+    Only a content fault (``plan.faults``) fails the set: it is recorded as verified-and-failed and
+    rejected for restores. A host fault (the scratch server cannot start: too few file descriptors,
+    /dev/shm too small, a port taken) is reported with ``fault: host`` and recorded apart, in
+    ``last_verify_error``: the set stays a candidate and unverified, so the daemon tries it again.
+    """
     chosen = _choose(ctx, set_name)
     store = local_store(ctx)
     identity = identity_for_restore(ctx.spec)
     started = time.monotonic()
-    scratch = tempfile.mkdtemp(prefix="reconciler-verify-", dir="/dev/shm")
-    os.chmod(scratch, 0o755)
-    runtime = LocalRuntime(f"{ctx.spec.stack}-verify", os.path.join(scratch, "state"))
     result: dict[str, Any] = {"set": chosen, "verified_at": status.now_iso()}
+    scratch: str | None = None
+    runtime: LocalRuntime | None = None
     started_services: list[tuple[str, str]] = []
     try:
+        scratch = tempfile.mkdtemp(prefix="reconciler-verify-", dir="/dev/shm")
+        os.chmod(scratch, 0o755)
+        runtime = LocalRuntime(f"{ctx.spec.stack}-verify", os.path.join(scratch, "state"))
         checked = load_and_check(store, chosen, keys.mac_key(identity) if identity else None)
         postgres_member = checked.member("postgres")
         if postgres_member is not None:
             data_dir = os.path.join(scratch, "postgres")
             port = _free_port()
+            failpoints.hit("verify.port-chosen", port=port)  # tests take the port here, as a race would
             runtime.init_service("postgres", data_dir)
             runtime.start_service("postgres", data_dir, port)
             started_services.append(("postgres", data_dir))
@@ -286,28 +297,66 @@ def verify(ctx: StackContext, set_name: str | None) -> dict[str, Any]:
             runtime.start_service("redis", data_dir, port)
             started_services.append(("redis", data_dir))
             keys_now = rd.probe(runtime.endpoint("redis", port)).keys
-            expected = int(redis_member.get("check", {}).get("keys", keys_now))
+            check = redis_member.get("check", {})
+            expected = int(check.get("keys", keys_now))
+            expires = check.get("expires")
             result["redis_keys"] = keys_now
-            if keys_now != expected:
+            if not faults.redis_keys_consistent(
+                expected, None if expires is None else int(expires), keys_now
+            ):
                 raise SetRejected(
-                    chosen, f"redis holds {keys_now} keys after restore, the manifest says {expected}"
+                    chosen,
+                    f"redis holds {keys_now} keys after restore, the manifest says {expected}"
+                    + (f" ({expires} of them with a TTL)" if expires else ""),
                 )
         result.update(ok=True, seconds=round(time.monotonic() - started, 3))
-    except (SetRejected, ReconcilerError) as exc:
+    except SetRejected as exc:
         result.update(
-            ok=False, reason=getattr(exc, "reason", str(exc)), seconds=round(time.monotonic() - started, 3)
+            ok=False, fault="content", reason=exc.reason, seconds=round(time.monotonic() - started, 3)
         )
+    except Exception as exc:  # anything else is the host's: a server that cannot start, no fds, no space
+        reason = str(classify_failure(chosen, _os_error_text(exc)))
+        if runtime is not None:
+            reason += _scratch_logs(runtime, reason)
+        result.update(ok=False, fault="host", reason=reason, seconds=round(time.monotonic() - started, 3))
     finally:
         for name, data_dir in reversed(started_services):
             try:
+                assert runtime is not None
                 runtime.stop_service(name, data_dir)
             except ReconcilerError as exc:
                 log.warning("could not stop scratch %s: %s", name, exc)
-        shutil.rmtree(scratch, ignore_errors=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    if result.get("fault") == "host":  # the host's problem: the set is neither verified nor rejected
+        records.update(ctx, last_verify_error=result)
+        log.warning("backup set %s could not be verified: %s", chosen, result["reason"])
+        return result
     records.record_verification(ctx, chosen, result)  # one locked change: result and rejection together
     if not result["ok"]:
         log.warning("backup set %s (local) rejected: verification failed: %s", chosen, result["reason"])
     return result
+
+
+def _scratch_logs(runtime: LocalRuntime, reason: str) -> str:
+    """The end of a scratch server's log that ``reason`` points to: the real cause is there (e.g. "Too
+    many open files"), and the file goes with the scratch directory."""
+    tails = []
+    for service in ("postgres", "redis"):
+        path = runtime.log_file(service)
+        if path in reason and os.path.exists(path):
+            with open(path, "rb") as handle:
+                lines = handle.read()[-4000:].decode(errors="replace").strip().splitlines()[-6:]
+            tails.append(f"; {service}'s log ends: " + " | ".join(line.strip() for line in lines))
+    return "".join(tails)
+
+
+def _os_error_text(exc: BaseException) -> BaseException:
+    """An OSError raised by Python itself (mkdtemp, open) reads best as its errno text and file."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return ReconcilerError(f"{exc.strerror}{where}")
+    return exc
 
 
 def prune_decision(ctx: StackContext) -> tuple[list[BackupSet], RetentionDecision]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from reconciler.backup import vouch
 from reconciler.engine import backups, records
 from reconciler.engine.context import StackContext
-from reconciler.errors import PermanentError, ReconcilerError
+from reconciler.errors import PermanentError, ReconcilerError, TransientError
 from reconciler.plan.backupsets import MANIFEST_SUFFIX, BackupSet, group_sets, retention
 from reconciler.stores.gdrive import GdriveStore, file_md5
 from reconciler.system import clock, failpoints
@@ -163,7 +163,13 @@ def prune_remote(ctx: StackContext, store: GdriveStore) -> tuple[list[str], list
 
 
 def fetch_set(ctx: StackContext, set_name: str) -> None:
-    """Download a set from Drive into the local store, so the local checks and restore can run."""
+    """Download a set from Drive into the local store, so the local checks and restore can run.
+
+    A local file is kept only when its size *and* md5 equal Drive's: a local member with flipped bytes
+    of the same size (the corrupt local copy that made restore fall back to Drive in the first place)
+    is replaced by Drive's copy, never checked a second time in place of it. A download whose md5
+    differs from what Drive reports is a transfer fault (an error to retry), not the set's.
+    """
     store = drive_store(ctx)
     if store is None:
         raise PermanentError("backup.stores.gdrive is not enabled in state.yaml")
@@ -175,5 +181,13 @@ def fetch_set(ctx: StackContext, set_name: str) -> None:
     present = {f.name: f.size for f in local.list()}
     # members first, manifest last: an interrupted fetch leaves an incomplete (ignored) local set
     for stored in sorted(remote.files, key=lambda f: f.name.endswith(MANIFEST_SUFFIX)):
-        if present.get(stored.name) != stored.size:
-            store.download(stored.name, os.path.join(local.path, stored.name))
+        path = os.path.join(local.path, stored.name)
+        md5 = store.remote_md5(stored.name)
+        if present.get(stored.name) == stored.size and md5 is not None and file_md5(path) == md5:
+            continue
+        store.download(stored.name, path)
+        if md5 is not None and file_md5(path) != md5:
+            raise TransientError(
+                f"{stored.name} downloaded from {store.describe()} has md5 {file_md5(path)}, Drive reports "
+                f"{md5}: the transfer was damaged; it will be fetched again"
+            )

@@ -47,6 +47,7 @@ from reconciler.backup.create import identity_for_restore
 from reconciler.backup.restore import (
     CheckedSet,
     SetRejected,
+    classify_failure,
     load_and_check,
     restore_postgres,
     write_redis_rdb,
@@ -56,7 +57,8 @@ from reconciler.engine import backups, records, status
 from reconciler.engine.context import StackContext
 from reconciler.engine.journal import Journal
 from reconciler.engine.secrets import from_env_or_file
-from reconciler.errors import CommandFailed, PermanentError, ReconcilerError
+from reconciler.errors import CommandFailed, HostFault, PermanentError, ReconcilerError
+from reconciler.plan import faults
 from reconciler.plan.actions import RestoreFromBackup
 from reconciler.plan.backupsets import order_key
 from reconciler.runtimes.local import MARKER, read_marker
@@ -174,9 +176,13 @@ def restore_empty_services(ctx: StackContext, action: RestoreFromBackup) -> str:
             continue
         except Exception as exc:
             # Any other error (a server that does not start, a full tmpfs) is the host's, not the set's:
-            # it propagates, the set stays a candidate, and the next apply tries again from scratch.
+            # it propagates as a HostFault (transient: the daemon retries with backoff instead of
+            # stalling), the set stays a candidate, and the next apply tries again from scratch.
             journal.finish("rolled-back", error=str(exc), set=set_name)
-            raise
+            fault = classify_failure(set_name, exc)
+            if isinstance(fault, SetRejected):  # never from Stage.SERVER; kept for the type checker
+                raise fault from None
+            raise fault from exc
         outcome = {
             "set": set_name,
             "store": store_name,
@@ -210,9 +216,14 @@ def _record_restore(ctx: StackContext, **fields: Any) -> None:
 
 
 def _content_errors_reject(set_name: str, exc: BaseException) -> BaseException:
-    """Failures while decrypting or loading a set's content reject the set (pg_restore, decryption)."""
-    if isinstance(exc, CommandFailed | PermanentError) and not isinstance(exc, SetRejected):
-        return SetRejected(set_name, str(exc))
+    """Classify what escapes a restore step by the one policy (``plan.faults``): a content fault (the
+    loader refuses the dump, decryption fails) rejects the set; a host fault becomes HostFault."""
+    if isinstance(exc, SetRejected | HostFault):
+        return exc
+    if isinstance(exc, CommandFailed):
+        return classify_failure(set_name, exc, faults.Stage.LOAD)
+    if isinstance(exc, OSError):
+        return classify_failure(set_name, exc, faults.Stage.WRITE)
     return exc
 
 

@@ -25,7 +25,9 @@ def _armed() -> dict[str, str]:
     return points
 
 
-def hit(name: str) -> None:
+def hit(name: str, **context: object) -> None:
+    """``context`` reaches an ``sh:`` action as ``FAILPOINT_<NAME>`` variables (e.g. the port just
+    chosen, so a test can take it the way a racing process would)."""
     action = _armed().get(name) if _ENV in os.environ else None
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -34,4 +36,4 @@ def hit(name: str) -> None:
     elif action and action.startswith("sh:"):
         from reconciler.system import proc
 
-        proc.run(["sh", "-c", action[3:]])
+        proc.run(["sh", "-c", action[3:]], env={f"FAILPOINT_{k.upper()}": str(v) for k, v in context.items()})

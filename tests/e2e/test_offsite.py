@@ -92,7 +92,36 @@ def test_with_every_local_set_gone_a_power_cut_restores_from_drive(
     assert "(gdrive store)" in plan
     stack.cli("apply")
     assert snapshot(stack) == expected
-    assert stack.status()["lastRestore"]["store"] in ("local", "gdrive")
+    restore = stack.status()["lastRestore"]
+    assert (restore["store"], restore["rejected"]) == ("gdrive", []), "no local set existed to restore"
+
+
+def test_a_corrupt_local_copy_is_replaced_by_the_good_drive_copy_of_the_same_set(
+    stack: Stack, emulator: DriveEmulator
+) -> None:
+    """Flipped bytes of the same size in the newest local set: its Drive copy is downloaded and
+    restored, instead of checking the corrupt local file again and falling back to an older set."""
+    folder = offsite_stack(stack, emulator)
+    seed(stack, 300)
+    stack.cli("backup", "--trigger", "older")
+    seed(stack, 300)
+    stack.cli("backup", "--trigger", "newer")
+    expected = snapshot(stack)
+    newest = listing(stack)[0]
+    assert newest["stores"] == ["local", "gdrive"] and newest["name"].endswith("-newer")
+    member = next((stack.dir / "data" / "backups").glob(f"{newest['name']}.postgres.*"))
+    data = bytearray(member.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    member.write_bytes(bytes(data))
+    assert emulator.content(folder, member.name) != bytes(data), "the Drive copy is intact"
+    power_cut(stack)
+
+    stack.cli("apply")
+    assert snapshot(stack) == expected
+    restore = stack.status()["lastRestore"]
+    assert (restore["set"], restore["store"]) == (newest["name"], "gdrive")
+    assert [(r["set"], r["store"]) for r in restore["rejected"]] == [(newest["name"], "local")]
+    assert member.read_bytes() == emulator.content(folder, member.name), "the local copy was repaired"
 
 
 def test_a_drive_outage_keeps_the_backup_local_and_the_next_sync_catches_up(
@@ -103,13 +132,16 @@ def test_a_drive_outage_keeps_the_backup_local_and_the_next_sync_catches_up(
     emulator.inject("any", status=503, reason="backendError", times=10_000)
     result = stack.cli("backup")  # the local set is written; only the upload failed
     assert "upload to Google Drive failed" in result.stderr
-    assert listing_local_only(stack)
+    assert one_local_set(stack)
+    assert not any(n.endswith(".manifest.json") for n in emulator.names_in(folder)), (
+        "nothing complete on Drive"
+    )
     emulator.state.faults.clear()
     stack.cli("sync")
     assert any(n.endswith(".manifest.json") for n in emulator.names_in(folder))
 
 
-def listing_local_only(stack: Stack) -> bool:
+def one_local_set(stack: Stack) -> bool:
     sets = [p for p in (stack.dir / "data" / "backups").glob("*.manifest.json")]
     return len(sets) == 1
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -313,3 +315,215 @@ def test_back_to_back_sets_get_names_in_the_order_they_were_taken(stack: Stack) 
     second = backups.take_backup(ctx, "manual")["set"]
     assert set_sequence(second) > set_sequence(first) > 0, (first, second)
     assert backups.list_sets(ctx)[0].backup_set.name == second  # newest first
+
+
+def cli_under(stack: Stack, prefix: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI run under a wrapper that degrades the host (prlimit, a private mount namespace)."""
+    env = {**os.environ, **stack.env}
+    env.pop("RECONCILER_STATE", None)
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "reconciler", "-f", str(stack.state_file), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+
+
+def backup_records(stack: Stack) -> dict[str, Any]:
+    return dict(json.loads((stack.dir / ".reconciler" / "backups.json").read_text()))
+
+
+# Takes the port verify just chose, the way a racing process would, and keeps it until killed.
+PORT_THIEF = """
+import os, signal, socket, sys
+sock = socket.socket()
+sock.bind(("127.0.0.1", int(os.environ["FAILPOINT_PORT"])))
+sock.listen()
+child = os.fork()
+if child:
+    with open(sys.argv[1], "w") as handle:
+        handle.write(str(child))
+    os._exit(0)
+signal.pause()
+"""
+
+UNSHARE = ["unshare", "--mount", "--propagation", "private", "sh", "-c"]
+HOST_FAULTS = {
+    # the scratch server is refused file descriptors
+    "too few file descriptors": (["prlimit", "--nofile=40:40"], "insufficient file descriptors"),
+    # /dev/shm, where verify puts its scratch servers, is too small for them
+    "/dev/shm too small": (
+        [*UNSHARE, 'mount -t tmpfs -o size=512k tmpfs /dev/shm && exec "$@"', "sh"],
+        "No space left on device",
+    ),
+    # another process binds the scratch server's port between verify's choice and the server's start
+    "a port taken": ([], "Address already in use"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(HOST_FAULTS))
+def test_a_host_fault_during_verify_does_not_reject_the_set(stack: Stack, fault: str) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("this test mounts a tmpfs in a private mount namespace and needs root (CI runs as root)")
+    encrypted_stack(stack)
+    seed(stack, 200)
+    stack.cli("backup")
+    name = sets(stack)[0]["name"]
+    prefix, cause = HOST_FAULTS[fault]
+    thief, thief_pid = stack.dir / "port_thief.py", stack.dir / "port_thief.pid"
+    thief.write_text(PORT_THIEF)
+    if fault == "a port taken":
+        failpoint = f"verify.port-chosen=sh:{sys.executable} {thief} {thief_pid} >/dev/null 2>&1"
+        stack.env["RECONCILER_FAILPOINTS"] = failpoint
+    try:
+        result = cli_under(stack, prefix, "verify", name)
+    finally:
+        stack.env.pop("RECONCILER_FAILPOINTS", None)
+        if thief_pid.exists():
+            os.kill(int(thief_pid.read_text()), signal.SIGKILL)
+    assert result.returncode == 1, result.stderr
+    assert "could not be verified" in result.stderr and "problem of this host" in result.stderr
+    assert cause in result.stderr, result.stderr
+    record = backup_records(stack)
+    assert f"local/{name}" not in record.get("rejected", {}), "a host fault must not reject the set"
+    assert name not in record.get("verified", {}), "the set stays unverified, so the daemon tries it again"
+    assert record["last_verify_error"]["fault"] == "host"
+    stack.cli("verify", name)  # the host is healthy again: the same set verifies
+    assert backup_records(stack)["verified"][name]["ok"] is True
+
+
+def context(stack: Stack) -> Any:
+    from reconciler.engine.context import StackContext, load_spec
+
+    return StackContext.build(load_spec(str(stack.state_file)), str(stack.state_file))
+
+
+def take_plain_sql_set(stack: Stack) -> str:
+    """A valid, signed set whose postgres member is a plain SQL dump (``pg_dump -Fp``), which
+    pg_restore refuses: made through the library, as a state.yaml allowing ``-Fp`` once did."""
+    from reconciler.backup.create import create_set
+    from reconciler.engine import backups
+
+    ctx = context(stack)
+    postgres = ctx.spec.services.postgres.model_copy(update={"dump_options": ["-Fp"]})
+    services = ctx.spec.services.model_copy(update={"postgres": postgres})
+    spec = ctx.spec.model_copy(update={"services": services}).with_base_dir(ctx.spec.base_dir)
+    store = backups.local_store(ctx)
+    document = create_set(
+        spec,
+        backups._endpoints(ctx),
+        ctx.pg_bindir(),
+        store,
+        "plain",
+        backups._set_time(store, spec.stack),
+        None,
+    )
+    return str(document["set"])
+
+
+def test_a_set_pg_restore_refuses_falls_back_to_the_older_set_on_boot_and_says_why(stack: Stack) -> None:
+    from tests.e2e.test_power_cut import power_cut
+
+    encrypted_stack(stack)
+    seed(stack, 300)
+    stack.cli("backup")
+    good = sets(stack)[0]["name"]
+    expected = snapshot(stack)
+    with pg(stack) as conn:
+        conn.execute("INSERT INTO discussions (title) VALUES ('after the good set')")
+    bad = take_plain_sql_set(stack)
+    assert sets(stack)[0]["name"] == bad
+    power_cut(stack)
+
+    stack.cli("apply")
+    assert snapshot(stack) == expected
+    restore = stack.status()["lastRestore"]
+    assert restore["set"] == good
+    reasons = {r["set"]: r["reason"] for r in restore["rejected"]}
+    assert set(reasons) == {bad}
+    # pg_restore's own words, not a guess about the identity file
+    assert "pg_restore: error: input file appears to be a text format dump" in reasons[bad]
+    assert "identity" not in reasons[bad] and "decrypt" not in reasons[bad]
+
+
+def text_hash_stats(stack: Stack, recorded: bool) -> dict[str, list[Any]]:
+    """What PostgreSQL 13 computes for the manifest: hash_record_extended exists from 14 on, so every
+    table is hashed by its text form. Computed here in plain SQL, independently of the reconciler."""
+    stats: dict[str, list[Any]] = {}
+    with pg(stack) as conn:
+        tables = conn.execute(
+            "SELECT schemaname, tablename FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+        ).fetchall()
+        for schema, table in tables:
+            row = conn.execute(
+                f'SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM "{schema}"."{table}" t'
+            ).fetchone()
+            assert row is not None
+            stats[f"{schema}.{table}"] = [int(row[0]), str(row[1])] + (["text"] if recorded else [])
+    return stats
+
+
+def rewrite_manifest(stack: Stack, name: str, change: Any) -> None:
+    """Edit a set's manifest and sign it again with the stack's own identity (as its maker would)."""
+    from reconciler.backup import keys, manifest
+
+    path = stack.dir / "data" / "backups" / f"{name}.manifest.json"
+    document = manifest.decode(path.read_bytes())
+    change(document)
+    mac_key = keys.mac_key(keys.load(str(stack.dir / "keys" / "backup.key")))
+    path.write_bytes(manifest.encode(manifest.sign(document, mac_key)))
+
+
+@pytest.mark.parametrize("method_recorded", [True, False], ids=["method-recorded", "older-manifest"])
+def test_a_set_taken_on_postgresql_13_checks_and_restores_on_15(stack: Stack, method_recorded: bool) -> None:
+    """The Debian 11 -> 12 upgrade path: a set whose table checksums were computed the PostgreSQL 13 way.
+
+    No PostgreSQL 13 runs here, so its manifest is produced by recomputing the checksums with the only
+    method 13 has (the text form) and signing the manifest again with the stack's identity.
+    """
+    encrypted_stack(stack)
+    seed(stack, 400)
+    stack.cli("backup")
+    name = sets(stack)[0]["name"]
+    as_on_13 = text_hash_stats(stack, method_recorded)
+    expected = snapshot(stack)
+
+    def as_made_on_postgresql_13(document: dict[str, Any]) -> None:
+        member = next(m for m in document["members"] if m["service"] == "postgres")
+        assert set(member["check"]["tables"]) == set(as_on_13)
+        member["check"]["tables"] = as_on_13
+        member["server_version"] = "13.16 (Debian 13.16-0+deb11u1)"
+
+    rewrite_manifest(stack, name, as_made_on_postgresql_13)
+    stack.cli("verify", name)
+    assert backup_records(stack)["verified"][name]["ok"] is True
+    with pg(stack) as conn:
+        conn.execute("DELETE FROM discussions WHERE id % 2 = 0")
+    stack.cli("restore", name, "--yes")
+    assert snapshot(stack) == expected
+
+
+def test_redis_keys_that_expire_between_the_backup_and_verify_do_not_fail_the_set(stack: Stack) -> None:
+    import time
+
+    encrypted_stack(stack)
+    seed(stack, 50)
+    client = redis.Redis(port=stack.redis_port)
+    sessions = [f"session:{i}" for i in range(20)]
+    for key in sessions:
+        client.set(key, "short-lived", px=8000)
+    stack.cli("backup")
+    name = sets(stack)[0]["name"]
+    document = json.loads((stack.dir / "data" / "backups" / f"{name}.manifest.json").read_text())
+    check = next(m for m in document["members"] if m["service"] == "redis")["check"]
+    assert check["expires"] == len(sessions), "the keys with a TTL were in the snapshot"
+    deadline = time.monotonic() + 60
+    while client.exists(*sessions):  # poll the real expiry, no fixed sleep
+        assert time.monotonic() < deadline, "the keys never expired"
+        time.sleep(0.2)
+    result = json.loads(stack.cli("verify", name, "-o", "json").stdout)
+    assert result["ok"] is True
+    assert result["redis_keys"] == check["keys"] - len(sessions)
+    assert f"local/{name}" not in backup_records(stack).get("rejected", {})

@@ -1,0 +1,105 @@
+"""What rejects a backup set: the one policy, pure, used by verify and by every restore path.
+
+Design decisions:
+- A set is *rejected* (remembered per copy, never offered again, the next older set is tried) only for
+  a fault of its own content: the manifest's MAC, a member's size or sha256, age decryption or the zstd
+  stream, a dump the database engine refuses, or restored data that differs from the manifest. Those
+  faults do not go away by retrying, and rolling back to an older set is the right answer.
+- Everything else is a *host* fault: the scratch or target server does not initialise or start (too
+  few file descriptors, /dev/shm or the tmpfs too small, a port taken by a race), a connection is
+  refused, the disk is full, memory runs out. The set is innocent: rejecting it would roll the data
+  back to an older set for a problem of the machine, and the daemon would never try it again. A host
+  fault is an error to report and retry; the set stays a candidate.
+- The engine's loader (``pg_restore``) fails for both kinds of reasons, so its own stderr decides:
+  the host's signatures (errno texts, connection failures, resource exhaustion) make it a host fault;
+  anything else it prints (not a valid archive, a syntax error, an unsupported version) means the dump
+  itself is refused, a content fault. The signatures are errno texts from libc and PostgreSQL's own
+  messages for resource exhaustion, matched case-insensitively.
+- When a host fault hides behind a content symptom (a pipe closed because the loader died), the
+  loader's message is the evidence, never the symptom: callers classify the loader's exit, not the
+  broken pipe.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Stage(Enum):
+    """Where, in checking or restoring a set, a failure happened."""
+
+    AUTHENTICATE = "authenticate"  # the manifest is missing, malformed, unsigned, or its MAC fails
+    CHECKSUM = "checksum"  # a member is missing, or its size or sha256 differs from the manifest
+    DECRYPT = "decrypt"  # age or zstd refuse a member's bytes
+    LOAD = "load"  # the engine's loader (pg_restore) exited non-zero; ``detail`` is its stderr
+    COMPARE = "compare"  # the restored data differs from what the manifest recorded
+    SERVER = "server"  # a (scratch or target) server did not initialise, start, or accept a connection
+    WRITE = "write"  # writing restored data locally failed (a full tmpfs, no file descriptors)
+    FETCH = "fetch"  # a copy could not be fetched from a remote store
+
+
+class Verdict(Enum):
+    REJECT = "reject"  # the set's content is at fault: remember it, try the next older set
+    RETRY = "retry"  # the host is at fault: report, keep the set a candidate, try again later
+
+
+_CONTENT_STAGES = frozenset({Stage.AUTHENTICATE, Stage.CHECKSUM, Stage.DECRYPT, Stage.COMPARE})
+
+# Texts that mean "the machine", whoever prints them: libc's strerror for the errnos that are about
+# resources, and PostgreSQL's own messages for a server that is gone, full, or out of memory.
+HOST_SIGNATURES = (
+    "no space left on device",
+    "disk quota exceeded",
+    "too many open files",
+    "insufficient file descriptors",
+    "cannot allocate memory",
+    "out of memory",
+    "out of shared memory",
+    "could not resize shared memory",
+    "could not fork",
+    "resource temporarily unavailable",
+    "address already in use",
+    "connection refused",
+    "could not connect to server",
+    "connection to server",
+    "server closed the connection unexpectedly",
+    "terminating connection",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "too many connections",
+    "remaining connection slots are reserved",
+    "input/output error",
+    "read-only file system",
+    "timed out",
+)
+
+
+def host_signature(detail: str) -> str | None:
+    """The host-fault signature found in a tool's message, if any (lower case)."""
+    text = detail.lower()
+    return next((signature for signature in HOST_SIGNATURES if signature in text), None)
+
+
+def verdict(stage: Stage, detail: str = "") -> Verdict:
+    """Reject the set only for a fault of its content; a host fault is retried."""
+    if stage in _CONTENT_STAGES:
+        return Verdict.REJECT
+    if stage is Stage.LOAD:
+        return Verdict.RETRY if host_signature(detail) else Verdict.REJECT
+    return Verdict.RETRY
+
+
+def redis_keys_consistent(recorded_keys: int, recorded_expires: int | None, restored_keys: int) -> bool:
+    """Whether a restored Redis holds the keys its manifest recorded.
+
+    Keys with a TTL may expire between the snapshot and the check (Redis drops expired keys when it
+    loads an RDB), so up to ``recorded_expires`` keys may be missing; keys without a TTL may not, and
+    no key appears from nowhere. A manifest that did not record ``expires`` (older sets) only bounds the
+    count from above: the member's sha256, the manifest's MAC and Redis's own RDB checksum already
+    vouch for the bytes, and a good set must not be rejected for keys that merely expired.
+    """
+    if restored_keys > recorded_keys:
+        return False
+    if recorded_expires is None:
+        return True
+    return restored_keys >= recorded_keys - recorded_expires
