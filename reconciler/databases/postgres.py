@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from reconciler.errors import CommandFailed, TransientError
+from reconciler.errors import CommandFailed, PermanentError, TransientError
 from reconciler.runtimes.base import Endpoint
 from reconciler.system import proc
 
@@ -150,6 +150,29 @@ def ensure_role_and_database(endpoint: Endpoint, role: str, database: str, passw
                     sql.Identifier(database), sql.Identifier(role)
                 )
             )
+
+
+def run_script_as(endpoint: Endpoint, dbname: str, parts: list[tuple[bytes, bytes | None]]) -> None:
+    """Run an untrusted plain-SQL script in one transaction, logged in as ``endpoint.user``.
+
+    Over the wire protocol only (no psql, so no backslash commands); COPY data goes through COPY
+    FROM STDIN (``parts``: SQL text and None, or a COPY statement and its rows). Any server error rolls the whole script back and becomes a ``PermanentError``.
+    """
+    import psycopg
+
+    with connect(endpoint, dbname, autocommit=False) as conn:
+        if conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() != (False,):
+            raise PermanentError(f"refusing to run an untrusted script as {endpoint.user}: it is a superuser")
+        try:
+            with conn.transaction(), conn.cursor() as cursor:
+                for statements, copy_data in parts:
+                    if copy_data is None:
+                        cursor.execute(statements)  # untrusted SQL, no parameters: simple query protocol
+                    else:
+                        with cursor.copy(statements) as copy:
+                            copy.write(copy_data)
+        except psycopg.Error as exc:
+            raise PermanentError(str(exc).strip().splitlines()[0]) from None
 
 
 # -- backup support ---------------------------------------------------------------------------------

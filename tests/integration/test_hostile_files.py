@@ -1,0 +1,103 @@
+"""Hostile files: a legacy backup is a script, and whoever wrote it must not get a shell or a superuser.
+
+The legacy tokens are built here with the format's own KDF (PBKDF2-HMAC-SHA256, the fixed salt,
+100 000 iterations) over SQL that tries to escape: a psql shell command, and a ``RESET ROLE`` back to
+the superuser followed by ``CREATE ROLE ... SUPERUSER`` and ``COPY ... TO PROGRAM``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+from tests.conftest import Stack
+from tests.integration.test_backups import pg, seed, snapshot
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "hostile-" + uuid.uuid4().hex
+
+
+def legacy_file(directory: Path, sql: str) -> Path:
+    key = base64.urlsafe_b64encode(
+        hashlib.pbkdf2_hmac("sha256", PASSWORD.encode(), b"loomio-backup-salt", 100_000, 32)
+    )
+    path = directory / f"loomio_backup_{uuid.uuid4().hex[:6]}.sql.enc"
+    path.write_bytes(Fernet(key).encrypt(sql.encode()))
+    return path
+
+
+DUMP_HEAD = """SET client_encoding = 'UTF8';
+SELECT pg_catalog.set_config('search_path', '', false);
+CREATE TABLE public.users (id integer NOT NULL, name text);
+COPY public.users (id, name) FROM stdin;
+1\tann
+2\t\\N
+\\.
+"""
+
+
+def restore(stack: Stack, path: Path) -> str:
+    result = stack.cli(
+        "restore",
+        "--legacy",
+        str(path),
+        "--password-env",
+        "LEGACY_PW",
+        "--yes",
+        check=1,
+        env={"LEGACY_PW": PASSWORD},
+    )
+    return " ".join(
+        json.loads(line)["message"] for line in result.stderr.splitlines() if line.startswith("{")
+    )
+
+
+def roles(stack: Stack) -> set[str]:
+    with pg(stack, "postgres") as conn:
+        return {str(r[0]) for r in conn.execute("SELECT rolname FROM pg_roles")}
+
+
+def test_a_psql_shell_command_in_a_legacy_file_runs_nothing_and_changes_nothing(stack: Stack) -> None:
+    stack.write(stack.default_document())
+    stack.cli("apply")
+    seed(stack, 10)
+    before = snapshot(stack)
+    marker = Path(f"/tmp/pwned-{uuid.uuid4().hex}")
+    path = legacy_file(stack.dir, DUMP_HEAD + f"\\! touch {marker}\nSELECT 1;\n")
+    stderr = restore(stack, path)
+    assert not marker.exists(), "the legacy file ran a shell command"
+    assert "psql command `\\!` on line 8" in stderr and "Nothing was changed" in stderr, stderr
+    assert snapshot(stack) == before
+
+
+def test_a_legacy_file_cannot_act_beyond_the_application_role(stack: Stack) -> None:
+    stack.write(stack.default_document())
+    stack.cli("apply")
+    seed(stack, 10)
+    before = snapshot(stack)
+    evil = "evil_" + uuid.uuid4().hex[:8]
+    marker = Path(f"/tmp/pwned-{uuid.uuid4().hex}")
+    for attack in (
+        f"RESET ROLE; CREATE ROLE {evil} SUPERUSER;",
+        f"SET SESSION AUTHORIZATION postgres; CREATE ROLE {evil} SUPERUSER;",
+        f"COPY (SELECT 1) TO PROGRAM 'touch {marker}';",
+        f"ALTER ROLE app SUPERUSER; CREATE ROLE {evil};",
+    ):
+        stderr = restore(stack, legacy_file(stack.dir, DUMP_HEAD + attack + "\n"))
+        assert "was refused by postgres (it runs as role app, not as a superuser)" in stderr, stderr
+        assert "permission denied" in stderr or "must be superuser" in stderr, stderr
+        assert evil not in roles(stack), attack
+        assert not marker.exists(), attack
+    with pg(stack, "postgres") as conn:
+        assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = 'app'").fetchone() == (False,)
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'app_db__%'").fetchone() == (
+            0,
+        )
+    assert snapshot(stack) == before
