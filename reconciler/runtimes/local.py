@@ -169,6 +169,7 @@ class LocalRuntime:
                 ],
                 user=user,
                 timeout=300,
+                inherit_env=False,
             )
         marker = os.path.join(data_dir, MARKER)
         fs.atomic_write_json(marker, {"stack": self.stack, "service": service}, 0o600)
@@ -235,6 +236,7 @@ class LocalRuntime:
                 ],
                 user=user,
                 timeout=_START_TIMEOUT + 10,
+                inherit_env=False,
             )
         except CommandFailed as exc:
             raise PermanentError(
@@ -270,6 +272,7 @@ class LocalRuntime:
                 "local",
             ],
             user=user,
+            inherit_env=False,
         )
         deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline:

@@ -13,9 +13,11 @@ import json
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 from cryptography.fernet import Fernet
 
+from reconciler.runtimes.local import LocalRuntime
 from tests.conftest import Stack
 from tests.integration.test_backups import pg, seed, snapshot
 
@@ -101,3 +103,60 @@ def test_a_legacy_file_cannot_act_beyond_the_application_role(stack: Stack) -> N
             0,
         )
     assert snapshot(stack) == before
+
+
+def app_login(stack: Stack, password: str) -> bool:
+    try:
+        with psycopg.connect(
+            host="127.0.0.1",
+            port=stack.pg_port,
+            user="app",
+            password=password,
+            dbname="app_db",
+            connect_timeout=5,
+        ):
+            return True
+    except psycopg.OperationalError as exc:
+        assert "password authentication failed" in str(exc), exc
+        return False
+
+
+def test_the_role_password_is_reconciled_and_never_reaches_the_server_log_or_environment(
+    stack: Stack,
+) -> None:
+    first, second = "first-" + uuid.uuid4().hex, "second-" + uuid.uuid4().hex
+    document = stack.default_document()
+    document["services"]["postgres"]["password_env"] = "APP_DB_PASSWORD"
+    stack.write(document)
+    stack.env["APP_DB_PASSWORD"] = first
+    stack.cli("apply")
+    assert app_login(stack, first)
+    with pg(stack, "postgres") as conn:  # the most talkative server log there is
+        conn.execute("ALTER SYSTEM SET log_statement = 'all'")
+        conn.execute("ALTER SYSTEM SET log_min_error_statement = 'debug5'")
+        conn.execute("SELECT pg_reload_conf()")
+
+    stack.env["APP_DB_PASSWORD"] = second
+    plan = stack.cli("plan", check=2)
+    assert "set the password of role app" in plan.stdout, plan.stdout
+    stack.cli("apply")
+    assert app_login(stack, second) and not app_login(stack, first)
+    stack.cli("plan", check=0)
+
+    runtime = LocalRuntime(document["stack"], str(stack.dir / ".reconciler"))
+    server_log = Path(runtime.log_file("postgres")).read_text(errors="replace")
+    assert "ALTER SYSTEM SET log_statement" in server_log or "statement:" in server_log
+    postmaster = int((stack.ram_root / "postgres" / "postmaster.pid").read_text().split()[0])
+    redis_pid = int(Path(runtime.redis_pidfile()).read_text().split()[0])
+    for pid in (postmaster, redis_pid):
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert b"APP_DB_PASSWORD" not in environ and second.encode() not in environ, pid
+    for secret in (first, second):
+        assert secret not in server_log
+        assert secret not in plan.stdout + plan.stderr
+
+    del stack.env["APP_DB_PASSWORD"]
+    unset = stack.cli("plan", check=0)
+    assert "APP_DB_PASSWORD, which is not set" in unset.stdout + unset.stderr
+    stack.cli("apply")
+    assert app_login(stack, second)
