@@ -10,16 +10,25 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import stat
 import uuid
 from pathlib import Path
+from typing import BinaryIO
 
 import psycopg
 import pytest
 from cryptography.fernet import Fernet
 
+from reconciler.errors import PermanentError, ReconcilerError
 from reconciler.runtimes.local import LocalRuntime
+from reconciler.spec.model import GdriveStoreSpec
+from reconciler.stores.gdrive import GdriveStore
+from reconciler.stores.local import LocalStore
 from tests.conftest import Stack
 from tests.integration.test_backups import pg, seed, snapshot
+from tests.integration.test_gdrive import authorized_user_file, make_store
+from tests.support.gdrive_emulator import DriveEmulator
 
 pytestmark = pytest.mark.integration
 
@@ -160,3 +169,103 @@ def test_the_role_password_is_reconciled_and_never_reaches_the_server_log_or_env
     assert "APP_DB_PASSWORD, which is not set" in unset.stdout + unset.stderr
     stack.cli("apply")
     assert app_login(stack, second)
+
+
+# -- file modes ------------------------------------------------------------------------------------
+
+
+def test_store_files_are_private_from_the_first_byte_and_a_shared_directory_is_refused(
+    tmp_path: Path,
+) -> None:
+    old_umask = os.umask(0o022)
+    try:
+        store = LocalStore(str(tmp_path / "backups"))
+        seen: list[int] = []
+
+        def produce(out: BinaryIO) -> None:
+            out.write(b"plaintext with encryption: none")
+            seen.append(stat.S_IMODE(os.stat(tmp_path / "backups" / ".partial-s1.member").st_mode))
+
+        store.put_with("s1.member", produce)
+        assert seen == [0o600]
+        assert stat.S_IMODE(os.stat(tmp_path / "backups" / "s1.member").st_mode) == 0o600
+
+        loose = tmp_path / "loose"
+        loose.mkdir()
+        loose.chmod(0o755)
+        LocalStore(str(loose)).put_bytes("s2.member", b"x")
+        assert stat.S_IMODE(loose.stat().st_mode) == 0o700
+
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        shared.chmod(0o1777)
+        with pytest.raises(PermanentError, match="a directory of its own"):
+            LocalStore(str(shared)).put_bytes("s3.member", b"x")
+        assert list(shared.iterdir()) == []
+    finally:
+        os.umask(old_umask)
+
+
+def test_drive_downloads_are_private_and_a_leftover_is_never_a_set_member(
+    tmp_path: Path, emulator: DriveEmulator
+) -> None:
+    old_umask = os.umask(0o022)
+    try:
+        store = make_store(
+            emulator, authorized_user_file(tmp_path / "c.json", emulator), emulator.make_folder()
+        )
+        store.attempts = 2
+        source = tmp_path / "member.bin"
+        source.write_bytes(os.urandom(1024 * 1024))
+        store.upload("set-a.postgres.pgdump.zst.age", str(source))
+        local = LocalStore(str(tmp_path / "backups"))
+        local.ensure_private_dir()
+        emulator.inject("download", "drop", times=100)
+        with pytest.raises(ReconcilerError):
+            store.download(
+                "set-a.postgres.pgdump.zst.age", os.path.join(local.path, "set-a.postgres.pgdump.zst.age")
+            )
+        leftovers = list(Path(local.path).iterdir())
+        assert leftovers, "the interrupted download left nothing to check"
+        for leftover in leftovers:
+            assert leftover.name.startswith("."), leftover
+            assert stat.S_IMODE(leftover.stat().st_mode) == 0o600, leftover
+        assert local.list() == []
+        local.clean_partials()
+        assert list(Path(local.path).iterdir()) == []
+    finally:
+        os.umask(old_umask)
+
+
+def test_drive_credentials_other_users_can_read_are_refused(tmp_path: Path, emulator: DriveEmulator) -> None:
+    credentials = authorized_user_file(tmp_path / "c.json", emulator)
+    os.chmod(credentials, 0o644)
+    store = make_store(emulator, credentials, emulator.make_folder())
+    with pytest.raises(PermanentError, match=f"chmod 600 {credentials}"):
+        store.list()
+    assert "test-refresh-token-value" not in json.dumps(emulator.state.requests)
+
+
+def test_drive_api_url_only_names_this_machine(stack: Stack, tmp_path: Path, emulator: DriveEmulator) -> None:
+    document = stack.default_document()
+    credentials = authorized_user_file(tmp_path / "c.json", emulator)
+    document["backup"]["stores"] = {
+        "gdrive": {
+            "enabled": True,
+            "folder_id": "f",
+            "credentials_file": credentials,
+            "api_url": "https://drive.attacker.example/",
+        }
+    }
+    stack.write(document)
+    refused = stack.cli("validate", check=64)
+    assert "api_url may only name this machine" in refused.stdout + refused.stderr
+    document["backup"]["stores"]["gdrive"]["api_url"] = emulator.url
+    stack.write(document)
+    stack.cli("validate", check=0)
+
+    spec = GdriveStoreSpec.model_construct(
+        enabled=True, folder_id="f", credentials_file=credentials, api_url="http://192.0.2.1:9/"
+    )
+    with pytest.raises(PermanentError, match="not a loopback address"):
+        GdriveStore(spec, credentials).list()
