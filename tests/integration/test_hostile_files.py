@@ -219,7 +219,7 @@ def test_drive_downloads_are_private_and_a_leftover_is_never_a_set_member(
         source.write_bytes(os.urandom(1024 * 1024))
         store.upload("set-a.postgres.pgdump.zst.age", str(source))
         local = LocalStore(str(tmp_path / "backups"))
-        local.ensure_private_dir()
+        os.makedirs(local.path, mode=0o700)
         emulator.inject("download", "drop", times=100)
         with pytest.raises(ReconcilerError):
             store.download(
