@@ -250,7 +250,8 @@ def run_script_as(endpoint: Endpoint, dbname: str, parts: list[tuple[bytes, byte
     """Run an untrusted plain-SQL script in one transaction, logged in as ``endpoint.user``.
 
     Over the wire protocol only (no psql, so no backslash commands); COPY data goes through COPY
-    FROM STDIN (``parts``: SQL text and None, or a COPY statement and its rows). Any server error rolls the whole script back and becomes a ``PermanentError``.
+    FROM STDIN (``parts``: SQL text and None, or a COPY statement and its rows). Any server error
+    rolls the whole script back and becomes a ``PermanentError``.
     """
     import psycopg
 
