@@ -27,6 +27,7 @@ from reconciler.system import fs
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
+_SHARED_DIRS = frozenset({"/", "/tmp", "/var/tmp", "/dev/shm", "/run/shm", "/run", "/var", "/home"})
 _PARTIAL_PREFIX = ".partial-"
 
 
@@ -126,17 +127,17 @@ class LocalStore:
     def ensure_private_dir(self) -> None:
         """The store directory exists, is ours and is mode 0700 (a loose one is tightened).
 
-        A directory of someone else's, or a shared one (sticky bit, like /tmp), is refused: whoever
-        controls it could read sets written with ``encryption: none`` or swap files under us.
+        A directory of another user's, or one of the system's shared directories (/tmp, /dev/shm, ...),
+        is refused: whoever else can write there could read sets written with ``encryption: none`` or
+        swap files under us, and tightening /tmp would break the system. A dedicated mount (a tmpfs
+        root is 1777) is ours to tighten.
         """
         os.makedirs(self.path, mode=0o700, exist_ok=True)
         st = os.stat(self.path)
-        if st.st_uid != os.geteuid() or st.st_mode & stat.S_ISVTX:
-            owner = (
-                "another user" if st.st_uid != os.geteuid() else "everyone (sticky bit: a shared directory)"
-            )
+        if st.st_uid != os.geteuid() or os.path.realpath(self.path) in _SHARED_DIRS:
+            whose = "another user" if st.st_uid != os.geteuid() else "everyone (a shared system directory)"
             raise PermanentError(
-                f"the local store {self.path} belongs to {owner}; point backup.stores.local.path at a "
+                f"the local store {self.path} belongs to {whose}; point backup.stores.local.path at a "
                 "directory of its own (it is created with mode 0700)"
             )
         if stat.S_IMODE(st.st_mode) != 0o700:

@@ -174,7 +174,7 @@ def test_the_role_password_is_reconciled_and_never_reaches_the_server_log_or_env
 # -- file modes ------------------------------------------------------------------------------------
 
 
-def test_store_files_are_private_from_the_first_byte_and_a_shared_directory_is_refused(
+def test_store_files_are_private_from_the_first_byte_and_the_directory_is_kept_0700(
     tmp_path: Path,
 ) -> None:
     old_umask = os.umask(0o022)
@@ -196,12 +196,21 @@ def test_store_files_are_private_from_the_first_byte_and_a_shared_directory_is_r
         LocalStore(str(loose)).put_bytes("s2.member", b"x")
         assert stat.S_IMODE(loose.stat().st_mode) == 0o700
 
-        shared = tmp_path / "shared"
-        shared.mkdir()
-        shared.chmod(0o1777)
-        with pytest.raises(PermanentError, match="a directory of its own"):
-            LocalStore(str(shared)).put_bytes("s3.member", b"x")
-        assert list(shared.iterdir()) == []
+        sticky = tmp_path / "sticky"  # the case: an existing store directory of mode 1777
+        sticky.mkdir()
+        sticky.chmod(0o1777)
+        LocalStore(str(sticky)).put_bytes("s3.member", b"x")
+        assert stat.S_IMODE(sticky.stat().st_mode) == 0o700
+
+        foreign = tmp_path / "foreign"
+        foreign.mkdir()
+        os.chown(foreign, 65534, 65534)
+        with pytest.raises(PermanentError, match="belongs to another user"):
+            LocalStore(str(foreign)).put_bytes("s4.member", b"x")
+        assert list(foreign.iterdir()) == []
+        with pytest.raises(PermanentError, match="a shared system directory"):
+            LocalStore("/tmp").put_bytes(f"s5-{uuid.uuid4().hex}.member", b"x")
+        assert stat.S_IMODE(os.stat("/tmp").st_mode) == 0o1777
     finally:
         os.umask(old_umask)
 
