@@ -42,6 +42,7 @@ def credentials(path: Path, emulator: DriveEmulator) -> str:
             }
         )
     )
+    path.chmod(0o600)
     return str(path)
 
 

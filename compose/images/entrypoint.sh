@@ -15,10 +15,12 @@ case "${1:-}" in
     if [ ! -s "$PGDATA/PG_VERSION" ]; then
       user="${POSTGRES_USER:-postgres}"
       db="${POSTGRES_DB:-$user}"
-      auth=trust
+      # Over TCP always a password (scram-sha-256), never trust: without POSTGRES_PASSWORD nobody can log
+      # in over the network at all. The superuser connects over the socket (local trust), which only
+      # reaches processes in the container and whoever can enter the bind-mounted socket directory.
+      auth=scram-sha-256
       pwopt=
       if [ -n "${POSTGRES_PASSWORD:-}" ]; then
-        auth=scram-sha-256
         pwfile=$(mktemp)
         printf '%s' "$POSTGRES_PASSWORD" > "$pwfile"
         chown postgres "$pwfile"
@@ -35,14 +37,21 @@ case "${1:-}" in
         su postgres -s /bin/sh -c "$PG_BIN/pg_ctl -D '$PGDATA' -m fast -w stop" >/dev/null
       fi
     fi
+    # A data directory initialised by an older image may still trust the network: it never will again.
+    if grep -Eq '^host[[:space:]].*[[:space:]]trust[[:space:]]*$' "$PGDATA/pg_hba.conf"; then
+      sed -i -E 's/^(host[[:space:]].*[[:space:]])trust[[:space:]]*$/\1scram-sha-256/' "$PGDATA/pg_hba.conf"
+      chown postgres:postgres "$PGDATA/pg_hba.conf"
+    fi
     exec setpriv --reuid=postgres --regid=postgres --init-groups "$PG_BIN/postgres" -D "$PGDATA" -k /run/postgresql "$@"
     ;;
   redis-server)
+    # Protected mode: without a password, Redis answers only loopback clients (apps on the host network
+    # reach it on 127.0.0.1); everyone else gets an error, whatever --bind says.
     shift
     mkdir -p /data
     chown -R redis:redis /data
     cd /data
-    exec setpriv --reuid=redis --regid=redis --init-groups redis-server --dir /data --protected-mode no "$@"
+    exec setpriv --reuid=redis --regid=redis --init-groups redis-server --dir /data --protected-mode yes "$@"
     ;;
   *)
     exec "$@"

@@ -1,8 +1,11 @@
 """PostgreSQL: the queries and commands the reconciler needs, whatever the runtime.
 
 Design decisions:
-- Identifiers and literals are always composed with ``psycopg.sql`` (never string formatting), and
-  a password travels as a bound literal inside one statement that is not logged.
+- Identifiers and literals are always composed with ``psycopg.sql`` (never string formatting). A
+  role's password never reaches the server: it gets a SCRAM-SHA-256 verifier computed here (what
+  psql's ``\\password`` does), so neither a failing statement in the server log nor
+  ``log_statement = all`` can show it. Reconciling compares the stored verifier with one recomputed
+  from the desired password with the stored salt and iterations.
 - ``facts`` (run on every observation) asks ``psql`` instead of psycopg: importing psycopg costs
   ~78 ms here, a psql round trip ~15 ms, and ``plan`` must stay well under 300 ms as a whole. psql
   ships with the server binaries the local runtime needs anyway, and inside containers it is the
@@ -16,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from reconciler.errors import CommandFailed, TransientError
+from reconciler.errors import CommandFailed, PermanentError, TransientError
 from reconciler.runtimes.base import Endpoint
 from reconciler.system import proc
 
@@ -133,24 +136,139 @@ def facts(endpoint: Endpoint, database: str, bindir: str) -> PostgresFacts:
     )
 
 
+def _saslprep(password: str) -> bytes:
+    """SASLprep (RFC 4013) as PostgreSQL applies it; a password it rejects is used as raw UTF-8."""
+    import stringprep
+    import unicodedata
+
+    if password.isascii():
+        return password.encode()
+    mapped = "".join(
+        " " if stringprep.in_table_c12(ch) else "" if stringprep.in_table_b1(ch) else ch for ch in password
+    )
+    normalized = unicodedata.normalize("NFKC", mapped)
+    prohibited = (
+        stringprep.in_table_c12,
+        stringprep.in_table_c21,
+        stringprep.in_table_c22,
+        stringprep.in_table_c3,
+        stringprep.in_table_c4,
+        stringprep.in_table_c5,
+        stringprep.in_table_c6,
+        stringprep.in_table_c7,
+        stringprep.in_table_c8,
+        stringprep.in_table_c9,
+        stringprep.in_table_a1,
+    )
+    if any(check(ch) for ch in normalized for check in prohibited):
+        return password.encode()
+    return normalized.encode()
+
+
+def scram_verifier(password: str, salt: bytes | None = None, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores in pg_authid.rolpassword (as psql's \\password
+    computes it): the server only ever sees this, never the password."""
+    import base64
+    import hashlib
+    import hmac
+
+    salt = os.urandom(16) if salt is None else salt
+    salted = hashlib.pbkdf2_hmac("sha256", _saslprep(password), salt, iterations)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+    b64 = base64.b64encode
+    return (
+        f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}"
+        f"${b64(hashlib.sha256(client_key).digest()).decode()}:{b64(server_key).decode()}"
+    )
+
+
+def verifier_matches(stored: str | None, password: str) -> bool:
+    """Does a stored SCRAM verifier belong to ``password``? (Recomputed with its salt and iterations.)"""
+    import base64
+    import binascii
+    import hmac
+
+    if not stored or not stored.startswith("SCRAM-SHA-256$"):
+        return False  # no password, or an md5 one: reset it as SCRAM
+    try:
+        iterations, salt = stored.split("$")[1].split(":")
+        expected = scram_verifier(password, base64.b64decode(salt, validate=True), int(iterations))
+    except (ValueError, IndexError, binascii.Error):
+        return False
+    return hmac.compare_digest(expected, stored)
+
+
+def role_verifier(endpoint: Endpoint, role: str, bindir: str) -> str | None:
+    """The role's stored verifier (pg_authid, superuser only), or None when it has no password."""
+    argv = [os.path.join(bindir, "psql"), *client_args(endpoint), "-d", "postgres", "-XAtq"]
+    argv += ["-v", f"role={role}", "-v", "ON_ERROR_STOP=1"]
+    query = b"SELECT coalesce(rolpassword, '') FROM pg_authid WHERE rolname = :'role'"
+    try:
+        stdout = run_tool(endpoint, argv, query, timeout=10)
+    except CommandFailed as exc:
+        raise TransientError(
+            f"cannot query postgres on port {endpoint.port}: {exc.stderr_tail.strip()}"
+        ) from None
+    return stdout.decode().strip() or None
+
+
 def ensure_role_and_database(endpoint: Endpoint, role: str, database: str, password: str | None) -> None:
+    """Create the role and database when missing; set the role's password when it differs.
+
+    The password never leaves this process: the server gets a SCRAM verifier computed here, and the
+    session does not log its statements, even failing ones (``log_min_error_statement = panic``).
+    ``password=None`` leaves an existing role's password as it is.
+    """
     from psycopg import sql
 
     with connect(endpoint) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-        if not exists:
+        conn.execute("SET log_statement = 'none'")
+        conn.execute("SET log_min_error_statement = 'panic'")
+        row = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,)).fetchone()
+        if row is None:
             statement = sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role))
             if password is not None:
                 statement = sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                    sql.Identifier(role), sql.Literal(password)
+                    sql.Identifier(role), sql.Literal(scram_verifier(password))
                 )
             conn.execute(statement)
+        elif password is not None and not verifier_matches(str(row[0]) if row[0] else None, password):
+            conn.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(scram_verifier(password))
+                )
+            )
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
             conn.execute(
                 sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8'").format(
                     sql.Identifier(database), sql.Identifier(role)
                 )
             )
+
+
+def run_script_as(endpoint: Endpoint, dbname: str, parts: list[tuple[bytes, bytes | None]]) -> None:
+    """Run an untrusted plain-SQL script in one transaction, logged in as ``endpoint.user``.
+
+    Over the wire protocol only (no psql, so no backslash commands); COPY data goes through COPY
+    FROM STDIN (``parts``: SQL text and None, or a COPY statement and its rows). Any server error
+    rolls the whole script back and becomes a ``PermanentError``.
+    """
+    import psycopg
+
+    with connect(endpoint, dbname, autocommit=False) as conn:
+        if conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() != (False,):
+            raise PermanentError(f"refusing to run an untrusted script as {endpoint.user}: it is a superuser")
+        try:
+            with conn.transaction(), conn.cursor() as cursor:
+                for statements, copy_data in parts:
+                    if copy_data is None:
+                        cursor.execute(statements)  # untrusted SQL, no parameters: simple query protocol
+                    else:
+                        with cursor.copy(statements) as copy:
+                            copy.write(copy_data)
+        except psycopg.Error as exc:
+            raise PermanentError(str(exc).strip().splitlines()[0]) from None
 
 
 # -- backup support ---------------------------------------------------------------------------------

@@ -1,17 +1,24 @@
-"""Restore a legacy Loomio backup into the stack's PostgreSQL (side database, check, swap)."""
+"""Restore a legacy Loomio backup into the stack's PostgreSQL (side database, check, swap).
+
+Design decision: the decrypted SQL is hostile input (see ``reconciler.backup.legacy``). It never
+reaches psql, and it runs in a session whose *login* role is the application's role, not the
+superuser: ``RESET ROLE``, ``SET SESSION AUTHORIZATION`` or ``COPY ... PROGRAM`` cannot climb back to
+superuser rights, because the session never had them. The superuser only creates the empty side
+database (owned by the application's role) and swaps it in after the script succeeded and was
+checked; the script runs in one transaction, so a failing statement leaves nothing behind.
+"""
 
 from __future__ import annotations
 
-import os
+from dataclasses import replace
 
 from reconciler.backup import legacy
 from reconciler.databases import postgres as pg
 from reconciler.engine import backups
 from reconciler.engine.context import StackContext
 from reconciler.engine.secrets import from_env_or_file
-from reconciler.errors import CommandFailed, PermanentError
-from reconciler.runtimes.local import postgres_bindir
-from reconciler.system import fs, proc
+from reconciler.errors import PermanentError, ReconcilerError
+from reconciler.system import fs
 
 
 def restore_legacy(ctx: StackContext, path: str, password_env: str, safety_backup: bool = True) -> int:
@@ -21,31 +28,22 @@ def restore_legacy(ctx: StackContext, path: str, password_env: str, safety_backu
     password = from_env_or_file(password_env, None, "--password-env")
     assert password is not None
     sql = legacy.decrypt(path, password)  # before anything is touched: a wrong password changes nothing
+    parts = legacy.script_parts(sql, path)  # a psql command in the file stops here, too
+    del sql
     with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
         endpoint = backups._endpoints(ctx)["postgres"]
         if safety_backup:
             backups.take_backup_locked(ctx, "pre-restore", None)
         side = f"{spec.database}__restoring"
         pg.recreate_database(endpoint, side, spec.user)
-        argv = [
-            os.path.join(postgres_bindir(), "psql"),
-            *pg.client_args(endpoint),
-            "-d",
-            side,
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "--single-transaction",
-        ]
         try:
-            with proc.streaming(argv, stdin=proc.PIPE) as child:
-                assert child.stdin is not None
-                child.stdin.write(f'SET ROLE "{spec.user}";\n'.encode())
-                child.stdin.write(sql)
-        except CommandFailed:
+            pg.run_script_as(replace(endpoint, user=spec.user), side, [(p.sql, p.copy_data) for p in parts])
+        except ReconcilerError as exc:
             pg.drop_database(endpoint, side)
-            raise
+            raise PermanentError(
+                f"legacy backup {path} was refused by postgres (it runs as role {spec.user}, not as a "
+                f"superuser): {exc}. The database {spec.database} was not changed"
+            ) from None
         with pg.connect(endpoint, side) as conn:
             tables = len(pg.table_stats(conn))
         pg.swap_databases(endpoint, spec.database, side)

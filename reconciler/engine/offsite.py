@@ -174,7 +174,7 @@ def fetch_set(ctx: StackContext, set_name: str) -> None:
     if store is None:
         raise PermanentError("backup.stores.gdrive is not enabled in state.yaml")
     local = backups.local_store(ctx)
-    os.makedirs(local.path, mode=0o700, exist_ok=True)
+    local.ensure_private_dir()
     remote = next((s for s in remote_sets(ctx, store) if s.name == set_name), None)
     if remote is None or not remote.complete:
         raise PermanentError(f"backup set {set_name} is not complete on {store.describe()}")

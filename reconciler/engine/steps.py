@@ -8,6 +8,9 @@ mode-switch work builds on that property.
 
 from __future__ import annotations
 
+import logging
+import os
+
 from reconciler.databases import postgres as pg
 from reconciler.engine.context import StackContext
 from reconciler.engine.secrets import from_env_or_file
@@ -27,6 +30,8 @@ from reconciler.plan.actions import (
     SwitchMode,
 )
 from reconciler.spec.model import PostgresSpec
+
+log = logging.getLogger(__name__)
 
 
 def execute(action: Action, ctx: StackContext) -> None:
@@ -49,7 +54,16 @@ def execute(action: Action, ctx: StackContext) -> None:
             spec = ctx.spec.services.postgres
             assert isinstance(spec, PostgresSpec)
             password_file = ctx.spec.resolve(spec.password_file) if spec.password_file else None
-            password = from_env_or_file(spec.password_env, password_file, "services.postgres password")
+            password = None
+            if spec.password_env and spec.password_env not in os.environ:
+                log.warning(
+                    "services.postgres.password_env names %s, which is not set: role %s keeps the password it "
+                    "has (none when new); an application logging in with a password may fail",
+                    spec.password_env,
+                    owner,
+                )
+            else:
+                password = from_env_or_file(spec.password_env, password_file, "services.postgres password")
             pg.ensure_role_and_database(runtime.endpoint(name, spec.port), owner, database, password)
         case SwitchMode():
             from reconciler.engine.switch import start_switch

@@ -157,10 +157,13 @@ class EnsureDatabase(Action):
     create_role: bool
     create_database: bool
     known_missing: bool = True  # False: the server is down, so what exists is not known yet
+    set_password: bool = False  # the role exists with another password than the configured one
 
     def describe(self) -> str:
         if not self.known_missing:
             return f"ensure role {self.owner} and database {self.database} exist in {self.service_name}"
+        if self.set_password and not (self.create_role or self.create_database):
+            return f"set the password of role {self.owner} in {self.service_name} (it differs from the configured one)"
         parts = []
         if self.create_role:
             parts.append(f"role {self.owner}")
@@ -174,6 +177,7 @@ class EnsureDatabase(Action):
             service,
             roles=(service.roles or frozenset()) | {self.owner},
             databases=(service.databases or frozenset()) | {self.database},
+            role_password="" if service.role_password == "stale" else service.role_password,
         )
         return observed.with_service(changed)
 

@@ -55,6 +55,9 @@ class ServiceObservation:
     disk: DataDir = field(default_factory=lambda: DataDir(path=""))
     databases: frozenset[str] | None = None  # None: unknown (the server is not running)
     roles: frozenset[str] | None = None
+    # postgres: "stale" (the role's stored password is not the configured one) or "unset:<VAR>" (the
+    # configured password_env is not set); "" when there is nothing to say. Never a secret.
+    role_password: str = ""
     size_bytes: int | None = None  # database size (postgres) or used memory (redis)
     version: str | None = None
     # docker runtime: the container's configuration differs from what the reconciler would create

@@ -403,6 +403,11 @@ def _plan_service(
         return "blocked"
     if service.died:
         warnings.append(f"{name} was not running: its process had died")
+    if service.role_password.startswith("unset:"):
+        warnings.append(
+            f"{name}: services.{name}.password_env names {service.role_password[6:]}, which is not set: "
+            "the role's password is left as it is, and an application logging in with a password may fail"
+        )
     target_has_data = target.initialized and not target.stale
     running_elsewhere = service.running and service.data_dir is not None and service.data_dir != target.path
     other_has_data = running_elsewhere or (other.initialized and not other.stale)
@@ -468,8 +473,11 @@ def _ensure_database(spec: object, service: ServiceObservation, actions: list[Ac
         databases = service.databases if service.running else None
         create_role = roles is None or spec.user not in roles
         create_database = databases is None or spec.database not in databases
-        if create_role or create_database:
+        stale = service.running and service.role_password == "stale"
+        if create_role or create_database or stale:
             known = roles is not None and databases is not None
             actions.append(
-                EnsureDatabase(service.name, spec.database, spec.user, create_role, create_database, known)
+                EnsureDatabase(
+                    service.name, spec.database, spec.user, create_role, create_database, known, stale
+                )
             )

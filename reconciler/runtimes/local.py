@@ -10,6 +10,13 @@ Design decisions:
 - PostgreSQL listens on 127.0.0.1 (password auth, scram-sha-256) and on a unix socket in a 0700
   directory owned by the service user, where the superuser connects without a password: only root and
   the service user can reach that socket, which is what peer authentication would give us.
+- Run directories (sockets, pid files, server logs) live in ``<state_dir>/run`` when the service
+  users can reach it. A root user's checkout often cannot be reached (``/root`` is mode 0700): then
+  they live in ``/run/reconciler/<stack>-<hash of state_dir>`` (root-owned, mode 0755, on the
+  host's /run tmpfs, so they vanish at reboot like the servers do). The choice is a pure function of
+  the directories' modes, so every command (plan, apply, status, the daemon) finds the same place.
+  Data directories are the user's choice and are never moved: one the service user cannot reach is
+  refused by the planner with what to change.
 - A marker file in each data directory names the stack and service that own it. A non-empty directory
   without it (or without PG_VERSION) is "foreign" and never initialised over.
 """
@@ -34,6 +41,7 @@ log = logging.getLogger(__name__)
 MARKER = ".reconciler-service.json"
 SERVICE_USERS = {"postgres": "postgres", "redis": "redis"}
 _START_TIMEOUT = 60.0
+_PRIVATE_RUN_BASE = "/run/reconciler"
 _MAX_SOCKET_DIR = 90  # unix socket paths are limited to 107 bytes, ".s.PGSQL.NNNNN" included
 
 
@@ -68,15 +76,25 @@ class LocalRuntime:
     def account(self, service: str) -> tuple[str | None, int, int]:
         return host.service_account(SERVICE_USERS[service])
 
+    def run_root(self) -> str:
+        """``<state_dir>/run``, or a directory under /run when a service user cannot reach it."""
+        preferred = os.path.join(self.state_dir, "run")
+        accounts = [self.account(service)[1:] for service in SERVICE_USERS]
+        if all(host.reachable_by(os.path.join(preferred, "x"), uid, gid) for uid, gid in accounts):
+            return preferred
+        digest = hashlib.sha256(os.path.abspath(self.state_dir).encode()).hexdigest()[:12]
+        return os.path.join(_PRIVATE_RUN_BASE, f"{self.stack}-{digest}")
+
     def run_dir(self, service: str) -> str:
-        return os.path.join(self.state_dir, "run", service)
+        return os.path.join(self.run_root(), service)
 
     def socket_dir(self, service: str) -> str:
         preferred = self.run_dir(service)
         if len(preferred) <= _MAX_SOCKET_DIR:
             return preferred
         digest = hashlib.sha256(preferred.encode()).hexdigest()[:12]
-        return f"/tmp/reconciler-{digest}"
+        # As root, never a name in world-writable /tmp that another user could have created first.
+        return os.path.join(_PRIVATE_RUN_BASE if os.geteuid() == 0 else "/tmp", f"reconciler-{digest}")
 
     def log_file(self, service: str) -> str:
         return os.path.join(self.run_dir(service), f"{service}.log")
@@ -91,10 +109,16 @@ class LocalRuntime:
 
     def ensure_run_dir(self, service: str) -> None:
         _, uid, gid = self.account(service)
-        fs.ensure_dir(os.path.join(self.state_dir, "run"), 0o755)
+        root, sockets = self.run_root(), self.socket_dir(service)
+        if _PRIVATE_RUN_BASE + "/" in (
+            root[: len(_PRIVATE_RUN_BASE) + 1],
+            sockets[: len(_PRIVATE_RUN_BASE) + 1],
+        ):
+            fs.ensure_dir(_PRIVATE_RUN_BASE, 0o755, (0, 0))
+        fs.ensure_dir(root, 0o755)
         fs.ensure_dir(self.run_dir(service), 0o700, (uid, gid))
-        if self.socket_dir(service) != self.run_dir(service):
-            fs.ensure_dir(self.socket_dir(service), 0o700, (uid, gid))
+        if sockets != self.run_dir(service):
+            fs.ensure_dir(sockets, 0o700, (uid, gid))
 
     # -- RAM root -------------------------------------------------------------------------------
 
@@ -145,6 +169,7 @@ class LocalRuntime:
                 ],
                 user=user,
                 timeout=300,
+                inherit_env=False,
             )
         marker = os.path.join(data_dir, MARKER)
         fs.atomic_write_json(marker, {"stack": self.stack, "service": service}, 0o600)
@@ -211,6 +236,7 @@ class LocalRuntime:
                 ],
                 user=user,
                 timeout=_START_TIMEOUT + 10,
+                inherit_env=False,
             )
         except CommandFailed as exc:
             raise PermanentError(
@@ -246,6 +272,7 @@ class LocalRuntime:
                 "local",
             ],
             user=user,
+            inherit_env=False,
         )
         deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline:

@@ -49,6 +49,28 @@ from reconciler.spec.units import (
     share_between,
 )
 
+
+def is_loopback_url(url: str) -> bool:
+    """An http(s) URL whose host is a loopback address (127.0.0.0/8, ::1) or ``localhost``."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018  (raises ValueError on a malformed port)
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or parts.username or parts.password:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 SERVICE_KINDS: tuple[str, ...] = ("postgres", "redis")
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 CONTAINER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -494,9 +516,20 @@ class GdriveStoreSpec(_Strict):
     )
     api_url: str | None = _field(
         None,
-        description="Root URL of the Drive API; only for tests against a local emulator.",
+        description="Root URL of the Drive API; only for tests against a local emulator, so only a loopback "
+        "address (127.0.0.1, ::1, localhost) is accepted: the credentials and every backup go there.",
         example="http://127.0.0.1:8099/",
     )
+
+    @field_validator("api_url")
+    @classmethod
+    def _loopback_only(cls, value: str | None) -> str | None:
+        if value is not None and not is_loopback_url(value):
+            raise ValueError(
+                "api_url may only name this machine (http://127.0.0.1:PORT/, a Drive emulator for tests): "
+                "the Drive refresh token and every backup would be sent there. Remove it to use Google Drive"
+            )
+        return value
 
     @model_validator(mode="after")
     def _complete_when_enabled(self) -> GdriveStoreSpec:

@@ -11,7 +11,10 @@ Design decisions:
 - Retries (tenacity): exponential backoff with jitter on 429, 5xx, rate-limit 403s, timeouts and
   connection resets, honouring Retry-After. Permanent errors stop at once with what to do: a rejected
   credential (401), missing write access (403), a full Drive (storageQuotaExceeded), a missing folder.
-- Credential file contents never appear in messages: only its path does.
+- Credential file contents never appear in messages: only its path does. A credentials file other
+  users can read is refused (``chmod 600``), and ``api_url`` (the emulator in tests) must be a
+  loopback address: whoever can commit to state.yaml must not be able to send the refresh token and
+  the backups elsewhere.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 
 from reconciler.errors import PermanentError, TransientError
 from reconciler.plan.backupsets import StoredFile
-from reconciler.spec.model import GdriveStoreSpec
+from reconciler.spec.model import GdriveStoreSpec, is_loopback_url
 
 log = logging.getLogger(__name__)
 
@@ -149,18 +152,35 @@ class GdriveStore:
 
     # -- plumbing -------------------------------------------------------------------------
 
+    def _api_url(self) -> str | None:
+        """``api_url`` (loopback only, checked again here: the spec may not come from the loader)."""
+        url = self.spec.api_url
+        if url is not None and not is_loopback_url(url):
+            raise PermanentError(
+                f"backup.stores.gdrive.api_url {url} is not a loopback address; refusing to send the Drive "
+                "credentials or any backup there. Remove api_url to use Google Drive"
+            )
+        return url
+
     def _credentials(self) -> Any:
         credentials = self._load_credentials()
-        if self.spec.api_url and hasattr(credentials, "with_token_uri"):
+        api_url = self._api_url()
+        if api_url and hasattr(credentials, "with_token_uri"):
             # google-auth sends authorized-user refresh tokens only to Google's own token endpoint
             # (a credentials file cannot redirect them); an emulator in tests is the one exception.
-            credentials = credentials.with_token_uri(f"{self.spec.api_url.rstrip('/')}/token")
+            credentials = credentials.with_token_uri(f"{api_url.rstrip('/')}/token")
         return credentials
 
     def _load_credentials(self) -> Any:
         path = self.credentials_file
         try:
             with open(path, encoding="utf-8") as handle:
+                mode = os.fstat(handle.fileno()).st_mode
+                if mode & 0o077:
+                    raise PermanentError(
+                        f"Drive credentials file {path} is accessible to other users (mode {mode & 0o777:04o}); "
+                        f"run `chmod 600 {path}`"
+                    )
                 info = json.load(handle)
         except FileNotFoundError:
             raise PermanentError(
@@ -197,9 +217,10 @@ class GdriveStore:
             )
             with open(document_path, encoding="utf-8") as handle:
                 document = json.load(handle)
-            if self.spec.api_url:
-                document["rootUrl"] = self.spec.api_url
-                document["baseUrl"] = self.spec.api_url + document["servicePath"]
+            api_url = self._api_url()
+            if api_url:
+                document["rootUrl"] = api_url
+                document["baseUrl"] = api_url + document["servicePath"]
             transport = httplib2.Http(timeout=60)
             # Drive answers resumable-upload chunks with 308 "Resume Incomplete", which is not a redirect
             # (googleapiclient's own build_http() does the same).
@@ -409,8 +430,11 @@ class GdriveStore:
             self.list()
         if name not in self._ids:
             raise PermanentError(f"{name} is not in {self.describe()}")
-        tmp = f"{target}.downloading"
-        with open(tmp, "wb") as handle:
+        # A hidden ``.partial-`` name: never listed as a set member, removed by the store's clean-up,
+        # and 0600 from the first byte like every file the local store writes.
+        tmp = os.path.join(os.path.dirname(target), f".partial-{os.path.basename(target)}.downloading")
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "wb") as handle:
+            os.fchmod(handle.fileno(), 0o600)
             request = service.files().get_media(fileId=self._ids[name], **self._common())
             downloader = MediaIoBaseDownload(handle, request, chunksize=self.spec.chunk_size)
             done = False

@@ -3,7 +3,8 @@
 Design decision: every file is written under a hidden temporary name in the same directory, fsynced,
 renamed into place and the directory fsynced. A crash, a full disk or a killed process leaves at most
 a ``.partial`` file, which listings ignore and the next write removes; it never leaves a truncated
-file under a real name.
+file under a real name. Files are mode 0600 from their first byte (a set written with
+``encryption: none`` is plaintext) and the directory is kept 0700 (``ensure_private_dir``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import builtins
 import contextlib
 import errno
 import hashlib
+import logging
 import os
+import stat
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -21,7 +24,10 @@ from reconciler.plan.backupsets import StoredFile
 from reconciler.stores.base import PutResult
 from reconciler.system import fs
 
+log = logging.getLogger(__name__)
+
 CHUNK = 1024 * 1024
+_SHARED_DIRS = frozenset({"/", "/tmp", "/var/tmp", "/dev/shm", "/run/shm", "/run", "/var", "/home"})
 _PARTIAL_PREFIX = ".partial-"
 
 
@@ -92,11 +98,13 @@ class LocalStore:
     def put_with(self, name: str, produce: Callable[[BinaryIO], None]) -> PutResult:
         """Atomically store what ``produce`` writes into the stream it is given."""
         target = self._target(name)
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        self.ensure_private_dir()
         tmp = os.path.join(self.path, f"{_PARTIAL_PREFIX}{name}")
         writer: _HashingWriter | None = None
         try:
-            with open(tmp, "wb") as handle:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+            with open(os.open(tmp, flags, 0o600), "wb") as handle:
+                os.fchmod(handle.fileno(), 0o600)  # an old partial keeps its mode through O_TRUNC
                 writer = _HashingWriter(handle)
                 produce(writer)  # type: ignore[arg-type]
                 handle.flush()
@@ -115,6 +123,26 @@ class LocalStore:
                 ) from None
             raise
         return PutResult(writer.size, writer.digest.hexdigest())
+
+    def ensure_private_dir(self) -> None:
+        """The store directory exists, is ours and is mode 0700 (a loose one is tightened).
+
+        A directory of another user's, or one of the system's shared directories (/tmp, /dev/shm, ...),
+        is refused: whoever else can write there could read sets written with ``encryption: none`` or
+        swap files under us, and tightening /tmp would break the system. A dedicated mount (a tmpfs
+        root is 1777) is ours to tighten.
+        """
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        st = os.stat(self.path)
+        if st.st_uid != os.geteuid() or os.path.realpath(self.path) in _SHARED_DIRS:
+            whose = "another user" if st.st_uid != os.geteuid() else "everyone (a shared system directory)"
+            raise PermanentError(
+                f"the local store {self.path} belongs to {whose}; point backup.stores.local.path at a "
+                "directory of its own (it is created with mode 0700)"
+            )
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            log.warning("the local store %s had mode %04o; set to 0700", self.path, stat.S_IMODE(st.st_mode))
+            os.chmod(self.path, 0o700)
 
     def open(self, name: str) -> BinaryIO:
         return open(self._target(name), "rb")

@@ -5,7 +5,8 @@ Design decisions (borgmatic's "one subprocess choke point"):
   gives one place to log commands, drop privileges, enforce timeouts and turn failures into
   ``CommandFailed`` with the tail of stderr, and one place to audit for secrets.
 - Secrets never travel in argv (visible to every user in /proc/*/cmdline); callers pass them in
-  ``env`` (e.g. PGPASSWORD), and ``env`` is never logged.
+  ``env`` (e.g. PGPASSWORD), and ``env`` is never logged. Servers we start (``inherit_env=False``)
+  get a scrubbed environment: they outlive us, and /proc/<pid>/environ would keep our secrets.
 - ``user``: PostgreSQL refuses to run as root, so commands for a service run as that service's
   unprivileged system user when the reconciler itself runs as root.
 """
@@ -26,8 +27,14 @@ log = logging.getLogger(__name__)
 _STDERR_TAIL = 2000
 
 
-def _environment(env: Mapping[str, str] | None) -> dict[str, str]:
-    merged = dict(os.environ)
+# What a long-lived server started by us may inherit from our environment: nothing else. The
+# reconciler's environment holds secrets (POSTGRES_PASSWORD, BACKUP_ENCRYPTION_KEY, ...), and a server
+# that outlives us would keep them in /proc/<pid>/environ for as long as it runs.
+_SERVER_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ")
+
+
+def _environment(env: Mapping[str, str] | None, inherit: bool = True) -> dict[str, str]:
+    merged = dict(os.environ) if inherit else {k: os.environ[k] for k in _SERVER_ENV if k in os.environ}
     if env:
         merged.update(env)
     return merged
@@ -42,8 +49,13 @@ def run(
     timeout: float | None = 120,
     check: bool = True,
     input_bytes: bytes | None = None,
+    inherit_env: bool = True,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run a command to completion, capturing its output."""
+    """Run a command to completion, capturing its output.
+
+    ``inherit_env=False`` for servers (and programs that start them): they get only ``env`` and the
+    locale and PATH, never our secrets.
+    """
     argv = list(argv)
     log.debug("run %s", " ".join(argv))
     try:
@@ -51,7 +63,7 @@ def run(
             argv,
             input=input_bytes,
             capture_output=True,
-            env=_environment(env),
+            env=_environment(env, inherit_env),
             cwd=cwd,
             user=user,
             timeout=timeout,

@@ -54,6 +54,7 @@ def service_account_file(path: Path, emulator: DriveEmulator) -> str:
             }
         )
     )
+    path.chmod(0o600)
     return str(path)
 
 
@@ -163,6 +164,7 @@ def test_missing_folder_and_bad_credentials_are_explained(tmp_path: Path, emulat
         store.list()
     broken = tmp_path / "broken.json"
     broken.write_text('{"type": "authorized_user", "client_secret": "s3cr3t-v4lue"}')
+    broken.chmod(0o600)
     with pytest.raises(PermanentError, match="incomplete or malformed") as info:
         make_store(emulator, str(broken), emulator.make_folder()).list()
     assert "s3cr3t" not in str(info.value)
