@@ -30,6 +30,7 @@ import redis
 from reconciler.databases.postgres import table_stats
 from reconciler.plan.actions import SWITCH_STEPS
 from tests.conftest import Stack
+from tests.integration.test_docker_runtime import docker_document, docker_stack, engine  # noqa: F401
 
 pytestmark = pytest.mark.e2e
 
@@ -42,8 +43,8 @@ KILL_POINTS = [
 ]
 
 
-def prepare(stack: Stack, mode: str) -> dict[str, Any]:
-    stack.write(stack.default_document(mode))
+def prepare(stack: Stack, mode: str, document: dict[str, Any] | None = None) -> dict[str, Any]:
+    stack.write(document or stack.default_document(mode))
     stack.cli("apply")
     with psycopg.connect(**stack.pg_conninfo("app_db"), autocommit=True) as conn:
         conn.execute("SET ROLE app")
@@ -214,6 +215,7 @@ class Writer:
         self.acked: dict[str, list[int]] = {"postgres": [], "redis": []}
         self.errors: dict[str, str] = {}
         self.attempts = {name: stack.dir / f"writer-{name}.attempts" for name in self.acked}
+        self.stop_file = stack.dir / "writer.stop"  # a failpoint touches it to stop the writers
         self.stopping = threading.Event()
         self.threads = [
             threading.Thread(target=self._loop, args=(name, connect, write), daemon=True)
@@ -248,7 +250,7 @@ class Writer:
     def _loop(self, name: str, connect: Any, write: Any) -> None:
         conn = None
         n = 0
-        while not self.stopping.is_set():
+        while not self.stopping.is_set() and not self.stop_file.exists():
             n += 1
             try:
                 if conn is None:
@@ -387,14 +389,30 @@ def test_ram_lost_after_verify_in_a_switch_to_ram_copies_the_disk_copy_again(sta
     with writing(stack) as writer:
         stack.edit(mode="ram")
         # writes acknowledged after the (online) pre-switch backup exist only in the disk copy
-        points = {"switch.backup.after": writer.wait_for_attempts_shell(), "switch.verify.after": "kill"}
+        # and the writers stop there, so that on the old code verification passes and the kill is reached
+        stop = f"{writer.wait_for_attempts_shell()}; touch {writer.stop_file}"
+        points = {"switch.backup.after": stop, "switch.verify.after": "kill"}
         killed = stack.cli("apply", check=None, env=failpoints(**points))
         assert killed.returncode == -9, killed.stderr[-2000:]
         power_cut(stack)  # the machine reboots: every process gone, RAM empty
         stack.cli("apply")
-        writer.wait_for_acks(3)
     writer.assert_every_acknowledged_write_present()
     assert_converged(stack, "ram", original, set())
     history = [json.loads(p.read_text()) for p in (stack.dir / ".reconciler" / "journal-history").iterdir()]
     assert [h["status"] for h in history] == ["done"]
-    assert "lastRestore" not in stack.status(), "restored from a backup set instead of the disk copy"
+    assert stack.status()["lastRestore"] is None, "restored from a backup set instead of the disk copy"
+
+
+def test_on_docker_the_drain_closes_the_servers_not_only_the_app_containers(
+    request: pytest.FixtureRequest,
+) -> None:
+    """The writers are not in drain.containers: only closing the servers keeps them out of the window."""
+    dstack: Stack = request.getfixturevalue("docker_stack")
+    original = prepare(dstack, "ram", docker_document(dstack, "ram"))
+    with writing(dstack) as writer:
+        dstack.edit(mode="disk")
+        dstack.cli("apply", env=failpoints(**dangerous_windows(writer)))
+        writer.wait_for_acks(3)
+    writer.assert_every_acknowledged_write_present()
+    assert fingerprint(dstack) == original
+    dstack.cli("plan", check=0)
