@@ -198,7 +198,7 @@ def main() -> None:
             threads = writer.run()
             writer_wait_for_ack(writer, time.perf_counter())
         to_ram = switch(state, "ram", writer)
-        to_disk = switch(state, "disk", writer)
+        to_disk = switch(state, "disk", writer) if "failed" not in to_ram else {"failed": "not run"}
         if writer is not None:
             writer.stopping.set()
             for thread in threads:

@@ -161,14 +161,19 @@ def _answers(endpoint: Endpoint) -> bool:
     return True
 
 
-def move_redis(endpoint: Endpoint, to_port: int, kill_clients: bool) -> bool:
-    """Move Redis's listener from ``endpoint.port`` to ``to_port``; False if it does not answer there.
+def move_redis(endpoint: Endpoint, to_port: int, kill_clients: bool, expected_dir: str | None = None) -> bool:
+    """Move Redis's listener from ``endpoint.port`` to ``to_port``; False if it does not answer there
+    (or, with ``expected_dir``, if the Redis answering there serves another directory).
 
     With ``kill_clients`` every other client is disconnected in the same transaction.
     """
     if not _answers(endpoint):
         return False
     with rd.Resp(endpoint, timeout=10) as conn:
+        if expected_dir is not None and os.path.realpath(conn.config_get("dir")) != os.path.realpath(
+            expected_dir
+        ):
+            return False
         try:
             conn.command("MULTI")
             conn.command("CONFIG", "SET", "port", str(to_port))
@@ -191,8 +196,8 @@ def close_redis(endpoint: Endpoint, private: int) -> None:
         )
 
 
-def open_redis(endpoint: Endpoint, private: int) -> None:
+def open_redis(endpoint: Endpoint, private: int, expected_dir: str | None = None) -> None:
     """Back on the service port (a no-op when it already listens there)."""
     moved = Endpoint(endpoint.host, private, endpoint.user, endpoint.container)
-    if not move_redis(moved, endpoint.port, kill_clients=False) and not _answers(endpoint):
+    if not move_redis(moved, endpoint.port, False, expected_dir) and not _answers(endpoint):
         raise PermanentError(f"redis answers neither on port {private} nor on {endpoint.port}")

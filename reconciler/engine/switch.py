@@ -368,8 +368,9 @@ class _Switch:
             endpoint = self.ctx.runtime.endpoint(name, port)
             if name == "postgres":
                 drain.open_postgres(endpoint, directory)
-            else:
-                drain.open_redis(endpoint, self.private_port)
+            else:  # the Redis found on the private port must be ours (its dir), never another stack's
+                expected = directory if self.ctx.spec.runtime == "local" else None
+                drain.open_redis(endpoint, self.private_port, expected)
 
     def do_backup_after(self) -> Any:
         try:
@@ -452,19 +453,17 @@ class _Switch:
 
     def source_lost(self) -> bool:
         """A data directory to move is gone (RAM emptied by a reboot), so the old copy cannot be used."""
-        for name, source in zip(self.services, self.sources, strict=True):
-            marker = os.path.join(source, "PG_VERSION" if name == "postgres" else MARKER)
-            if not os.path.exists(marker):
-                return True
-        return False
+        return self._lost(self.sources)
 
     def target_lost(self) -> bool:
         """A verified new copy is gone (RAM emptied by a reboot)."""
-        for name, target in zip(self.services, self.targets, strict=True):
-            marker = os.path.join(target, "PG_VERSION" if name == "postgres" else MARKER)
-            if not os.path.exists(marker):
-                return True
-        return False
+        return self._lost(self.targets)
+
+    def _lost(self, directories: list[str]) -> bool:
+        return not all(
+            os.path.exists(os.path.join(directory, "PG_VERSION" if name == "postgres" else MARKER))
+            for name, directory in zip(self.services, directories, strict=True)
+        )
 
     def rollback(self) -> None:
         """Back to the old mode: new copies removed, services on the old data, opened, apps resumed.
@@ -477,7 +476,8 @@ class _Switch:
             observed = self.ctx.observe().services[name]
             if not (observed.running and observed.data_dir == source):
                 self.ctx.runtime.start_service(name, source, port)
-        self._open(self.sources)
+        if self.journal.step("drain")["status"] != "pending":
+            self._open(self.sources)
         self._start_drained()
 
     def remove_new_copies(self) -> None:
