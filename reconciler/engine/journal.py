@@ -7,8 +7,9 @@ Design decisions:
 - It records what the operation was asked to do (the payload, frozen at the start) rather than
   re-reading state.yaml: a state.yaml edited mid-operation is obeyed only once the operation reaches
   a safe point (done or rolled back).
-- ``past_point_of_no_return`` flips once verification passed; from then on the operation only goes
-  forward. Finished journals move to ``journal-history/`` for ``status`` and post-mortems.
+- ``past_point_of_no_return`` flips once verification passed, in the same atomic write that records
+  the ``verify`` step as done (a crash can never leave one without the other); from then on the
+  operation only goes forward. Finished journals move to ``journal-history/`` for ``status`` and post-mortems.
 """
 
 from __future__ import annotations
@@ -98,9 +99,18 @@ class Journal:
         step["started"] = _now()
         self.save()
 
-    def done(self, name: str, evidence: Any) -> None:
+    def done(self, name: str, evidence: Any, **fields: Any) -> None:
+        """Record a finished step, and ``fields`` (e.g. the point of no return) in the same write."""
         step = self.step(name)
         step.update(status="done", evidence=evidence, finished=_now())
+        self.doc.update(fields)
+        self.save()
+
+    def redo(self, names: list[str], **fields: Any) -> None:
+        """Steps to run again (their results were lost), and ``fields``, in one write."""
+        for name in names:
+            self.step(name).update(status="pending", evidence=None)
+        self.doc.update(fields)
         self.save()
 
     def set(self, **fields: Any) -> None:

@@ -32,7 +32,7 @@ from reconciler.backup.create import identity_for_restore
 from reconciler.backup.restore import load_and_check, restore_postgres
 from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
-from reconciler.engine import backups, records
+from reconciler.engine import backups, drain, records
 from reconciler.engine.context import StackContext
 from reconciler.engine.journal import Journal
 from reconciler.errors import PermanentError, ReconcilerError
@@ -63,7 +63,7 @@ def start_switch(ctx: StackContext, action: SwitchMode, progress: Progress | Non
         action.to_mode,
         spec_hash(ctx),
         action.step_names(),
-        asdict(action),
+        {**asdict(action), "private_port": drain.private_port()},
     )
     _drive(ctx, journal, progress)
 
@@ -92,13 +92,25 @@ def _drive(ctx: StackContext, journal: Journal, progress: Progress | None) -> No
         log.error("mode switch %s abandoned: %s", journal.id, reason)
         journal.finish("abandoned", error=reason)
         return
+    if journal.past_point_of_no_return and "retire" in journal.pending() and op.target_lost():
+        if op.source_lost():
+            raise PermanentError(
+                f"the mode switch {journal.id} passed verification, then both copies were lost: "
+                "restore from the newest backup set (`reconciler apply --allow-empty` is NOT the answer)"
+            )
+        # The verified new copy is gone (RAM emptied by a reboot after `verify`, before the old copy was
+        # retired). The old copy is now the only one and nothing has written to it since the fingerprint
+        # (it is closed to clients): going forward means copying it again, never retiring it.
+        log.warning("mode switch %s: the new copy was lost after verification; copying again", journal.id)
+        op.remove_new_copies()
+        journal.redo(["copy", "start", "verify"], past_point_of_no_return=False)
     started = time.monotonic()
     for name in journal.pending():
         if progress:
             progress(name)
-        failpoints.hit(f"switch.{name}.before")
         journal.start(name)
         try:
+            failpoints.hit(f"switch.{name}.before")  # inside: an injected error fails the step
             evidence = op.check(name)
             if evidence is None:
                 evidence = op.do(name)
@@ -116,9 +128,8 @@ def _drive(ctx: StackContext, journal: Journal, progress: Progress | None) -> No
                 f"the mode switch failed at step {name} and was rolled back (the stack runs in "
                 f"{journal.doc['from']} mode as before): {exc}"
             ) from None
-        journal.done(name, evidence)
-        if name == "verify":
-            journal.set(past_point_of_no_return=True)
+        # The point of no return is recorded in the same atomic write as the step that passed it.
+        journal.done(name, evidence, **({"past_point_of_no_return": True} if name == "verify" else {}))
         failpoints.hit(f"switch.{name}.after")
     journal.finish("done", seconds=round(time.monotonic() - started, 3))
 
@@ -136,6 +147,8 @@ class _Switch:
         self.ports: list[int] = list(payload["ports"])
         self.keep_old_copy: bool = bool(payload["keep_old_copy"])
         self.data_bytes: int = int(payload["data_bytes"])
+        # Redis listens here while closed to clients (journals from before it existed: a fresh one).
+        self.private_port: int = int(payload.get("private_port") or drain.private_port())
 
     # -- dispatch ----------------------------------------------------------------------------
 
@@ -169,10 +182,16 @@ class _Switch:
 
     def do_drain(self) -> Any:
         names = list(self.ctx.spec.drain.containers)
-        if not names or self.ctx.spec.runtime != "docker":
-            return {"containers": []}
-        stopped = self.ctx.runtime.stop_containers(names)
-        return {"containers": stopped}
+        stopped = (
+            self.ctx.runtime.stop_containers(names) if names and self.ctx.spec.runtime == "docker" else []
+        )
+        # The containers are the polite part; closing the servers is what guarantees that nothing
+        # writes between the fingerprint and the stop (engine/drain.py).
+        earlier = list(self.journal.doc.get("drained_containers") or [])  # a drain resumed after a crash
+        stopped = earlier + [name for name in stopped if name not in earlier]
+        self.journal.set(drained_containers=stopped)
+        terminated = self._close(self.sources, self.private_port)
+        return {"containers": stopped, "terminated_clients": terminated}
 
     def check_backup(self) -> Any:
         evidence = self.journal.evidence("backup")
@@ -257,17 +276,46 @@ class _Switch:
         running = all(
             observed.services[name].running and observed.services[name].data_dir == target
             for name, target in zip(self.services, self.targets, strict=True)
+            if not self._late(name)
         )
         return {"resumed": True} if running else None
 
     def do_start(self) -> Any:
+        """Started closed to clients: verification happens before anyone can write to the new copy."""
+        started = []
         for name, target, port in zip(self.services, self.targets, self.ports, strict=True):
-            self.ctx.runtime.start_service(name, target, port)
-        return {"started": self.services}
+            if self._late(name):
+                continue  # started in `resume`, after the point of no return
+            if name == "postgres":
+                drain.mark_postgres_closed(target)  # already there from the copy; a logical copy needs it
+            self.ctx.runtime.start_service(name, target, self._new_port(name, port))
+            started.append(name)
+        return {"started": started}
+
+    def _late(self, name: str) -> bool:
+        """Redis on the docker runtime: its container can only start on its own port, open to clients.
+
+        So it is verified offline (its RDB, written by the clean stop, byte-identical in both places)
+        and started only once past the point of no return: nothing it accepts is ever rolled back.
+        """
+        return name == "redis" and self.ctx.spec.runtime == "docker"
+
+    def _new_port(self, name: str, port: int) -> int:
+        """Redis's port while closed. The docker runtime cannot start a container on another port
+        than its own (a recreate), so there the new Redis is closed only by the drained apps."""
+        return self.private_port if name == "redis" and self.ctx.spec.runtime == "local" else port
 
     def do_verify(self) -> Any:
-        before = self.journal.evidence("fingerprint")
-        after = self._fingerprint(self.targets)
+        late = [name for name in self.services if self._late(name)]
+        before = {
+            k: v for k, v in self.journal.evidence("fingerprint").items() if k.split(":")[0] not in late
+        }
+        after = self._fingerprint(self.targets, skip=late)
+        for name in late:
+            index = self.services.index(name)
+            rdb = [_sha256(os.path.join(d, "dump.rdb")) for d in (self.sources[index], self.targets[index])]
+            after[f"{name}:dump.rdb"] = rdb[1]
+            before[f"{name}:dump.rdb"] = rdb[0]
         if after != before:
             differing = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
             raise PermanentError(
@@ -282,6 +330,8 @@ class _Switch:
             if not os.path.exists(source):
                 continue
             if self.keep_old_copy:
+                if name == "postgres":
+                    drain.mark_postgres_open(source)  # a safety copy someone may start by hand
                 self._write_marker(source, name, stale=True)
             else:
                 shutil.rmtree(source)
@@ -289,10 +339,36 @@ class _Switch:
         return {"retired": retired, "kept_as_stale": self.keep_old_copy}
 
     def do_resume(self) -> Any:
-        drained = (self.journal.evidence("drain") or {}).get("containers") or []
+        for name, target, port in zip(self.services, self.targets, self.ports, strict=True):
+            if self._late(name):
+                self.ctx.runtime.start_service(name, target, port)
+        self._open(self.targets)
+        return {"containers": self._start_drained()}
+
+    def _start_drained(self) -> list[str]:
+        drained = self.journal.doc.get("drained_containers") or []
         if drained:
             self.ctx.runtime.start_containers(list(drained))
-        return {"containers": drained}
+        return list(drained)
+
+    def _close(self, directories: list[str], private: int) -> int:
+        terminated = 0
+        for name, directory, port in zip(self.services, directories, self.ports, strict=True):
+            endpoint = self.ctx.runtime.endpoint(name, port)
+            if name == "postgres":
+                terminated += drain.close_postgres(endpoint, directory, port)
+            else:
+                drain.close_redis(endpoint, private)
+        return terminated
+
+    def _open(self, directories: list[str]) -> None:
+        for name, directory, port in zip(self.services, directories, self.ports, strict=True):
+            endpoint = self.ctx.runtime.endpoint(name, port)
+            if name == "postgres":
+                drain.open_postgres(endpoint, directory)
+            else:  # the Redis found on the private port must be ours (its dir), never another stack's
+                expected = directory if self.ctx.spec.runtime == "local" else None
+                drain.open_redis(endpoint, self.private_port, expected)
 
     def do_backup_after(self) -> Any:
         try:
@@ -348,14 +424,19 @@ class _Switch:
             runtime.stop_service("postgres", target)
         self._write_marker(target, "postgres")
 
-    def _fingerprint(self, directories: list[str]) -> dict[str, Any]:
+    def _fingerprint(self, directories: list[str], skip: list[str] | None = None) -> dict[str, Any]:
         observed = self.ctx.observe()
         result: dict[str, Any] = {}
         for name, directory in zip(self.services, directories, strict=True):
+            if name in (skip or []):
+                continue
             service = observed.services[name]
-            if not service.running or service.data_dir != directory or service.port is None:
+            if not service.running or service.data_dir != directory:
                 raise PermanentError(f"{name} is not running from {directory}; cannot fingerprint its data")
-            endpoint = self.ctx.runtime.endpoint(name, service.port)
+            port = self.ports[self.services.index(name)]
+            if name == "redis" and (directory in self.sources or self._new_port(name, port) != port):
+                port = self.private_port  # closed to clients: on its private port
+            endpoint = self.ctx.runtime.endpoint(name, port)
             if name == "postgres":
                 spec = self.ctx.spec.services.postgres
                 assert spec is not None
@@ -369,27 +450,40 @@ class _Switch:
     # -- rollback ----------------------------------------------------------------------------
 
     def source_lost(self) -> bool:
-        """A data directory to move is gone (RAM emptied by a reboot), so the old copy cannot be used.
+        """A data directory to move is gone (RAM emptied by a reboot), so the old copy cannot be used."""
+        return self._lost(self.sources)
 
-        A service still running from its source holds its data (a Redis that never saved has an empty
-        directory), and a directory holds data by the observer's own test, not only by our marker:
+    def target_lost(self) -> bool:
+        """A verified new copy is gone (RAM emptied by a reboot)."""
+        return self._lost(self.targets)
+
+    def _lost(self, directories: list[str]) -> bool:
+        """A service still running from the directory holds its data (a Redis that never saved has an
+        empty one), and a directory holds data by the observer's own test, not only by our marker:
         directories that Compose or an image's entrypoint initialised carry none."""
         observed = self.ctx.observe().services
-        for name, source in zip(self.services, self.sources, strict=True):
+        for name, directory in zip(self.services, directories, strict=True):
             service = observed.get(name)
-            if service is not None and service.running and service.data_dir == source:
+            if service is not None and service.running and service.data_dir == directory:
                 continue
-            if not holds_service_data(name, source):
+            if not holds_service_data(name, directory):
                 return True
         return False
 
     def rollback(self) -> None:
-        """Back to the old mode: new copies removed, services on the old data, apps resumed."""
+        """Back to the old mode: new copies removed, services on the old data, opened, apps resumed.
+
+        The new copies never accepted a client (started closed), so removing them discards nothing
+        any client was told was saved.
+        """
         self.remove_new_copies()
         for name, source, port in zip(self.services, self.sources, self.ports, strict=True):
             observed = self.ctx.observe().services[name]
             if not (observed.running and observed.data_dir == source):
                 self.ctx.runtime.start_service(name, source, port)
+        if self.journal.step("drain")["status"] != "pending":
+            self._open(self.sources)
+        self._start_drained()
 
     def remove_new_copies(self) -> None:
         """Stop anything running from the new copies, remove them (only ours), put set-aside dirs back."""
@@ -406,3 +500,11 @@ class _Switch:
                 shutil.rmtree(target, ignore_errors=True)
             if os.path.exists(self._aside(target)) and not os.path.exists(target):
                 os.rename(self._aside(target), target)
+
+
+def _sha256(path: str) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except FileNotFoundError:
+        return None
