@@ -35,7 +35,7 @@ from typing import IO, Any
 
 from reconciler.errors import CommandFailed, PermanentError, TransientError
 from reconciler.runtimes.base import Endpoint
-from reconciler.runtimes.local import MARKER, LocalRuntime
+from reconciler.runtimes.local import MARKER, LocalRuntime, read_marker
 from reconciler.system import fs, proc
 
 log = logging.getLogger(__name__)
@@ -134,13 +134,60 @@ class DockerRuntime:
     # -- services -------------------------------------------------------------------------------
 
     def init_service(self, service: str, data_dir: str) -> None:
-        """An empty 0700 directory; the image's entrypoint initialises it on first start, as it would a volume."""
+        """A data directory of the reconciler's own: empty, initialised by the image, then marked.
+
+        A container still running on this path is stopped first: nothing valid runs from a directory
+        that is being initialised (after a reboot, the restart policy may have started it on a fresh
+        directory). Content without the reconciler's marker (a database an image's entrypoint
+        initialised on its own) is set aside next to it, never deleted. PostgreSQL's image refuses to
+        initialise a directory holding any file, so its marker is written only after the container
+        has initialised it and answers; Redis needs no initialisation and is marked at once (a restore
+        then puts its RDB file in before the first start).
+        """
+        self._stop_serving(service, data_dir)
         if os.path.isdir(data_dir) and not fs.is_empty_dir(data_dir):
-            return
+            if read_marker(data_dir) is not None:
+                return
+            aside = f"{data_dir}.unclaimed-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            os.rename(data_dir, aside)
+            log.warning(
+                "%s: %s held data the reconciler did not create (no %s marker); kept as %s",
+                service,
+                data_dir,
+                MARKER,
+                aside,
+            )
         fs.ensure_dir(os.path.dirname(data_dir), 0o755)
         fs.ensure_dir(data_dir, 0o700)
         if service == "redis":
-            fs.atomic_write_json(os.path.join(data_dir, MARKER), {"service": service, "stack": self.stack})
+            self.claim_data_dir(service, data_dir)
+            return
+        port = self.spec.port(service)
+        container = self._ensure_container(service, data_dir, port)
+        container.reload()
+        if container.status != "running":
+            container.start()
+        self._wait_ready(service, container, port)
+        self.claim_data_dir(service, data_dir)
+        log.info("initialised %s data directory %s in container %s", service, data_dir, container.name)
+
+    def claim_data_dir(self, service: str, data_dir: str) -> None:
+        """Write the marker that makes ``data_dir`` the reconciler's own (owned like the directory)."""
+        marker = os.path.join(data_dir, MARKER)
+        st = os.stat(data_dir)
+        fs.atomic_write_json(marker, {"service": service, "stack": self.stack}, 0o600)
+        os.chown(marker, st.st_uid, st.st_gid)
+
+    def _stop_serving(self, service: str, data_dir: str) -> None:
+        container = self.find(service)
+        if container is None:
+            return
+        mount = data_mount(container.attrs, DATA_PATHS[service])
+        serves = mount is not None and os.path.normpath(str(mount.get("Source"))) == os.path.normpath(
+            data_dir
+        )
+        if serves and container.status in ("running", "restarting", "paused"):
+            self.stop_service(service, data_dir)
 
     def start_service(self, service: str, data_dir: str, port: int) -> None:
         container = self._ensure_container(service, data_dir, port)
@@ -205,16 +252,17 @@ class DockerRuntime:
             and mount.get("Type") == "bind"
             and os.path.normpath(str(mount.get("Source"))) == os.path.normpath(data_dir)
             and all(env.get(k) == v for k, v in wanted_env.items())
+            and not creates_missing_source(container.attrs, DATA_PATHS[service])
         ):
             return container
         return self._recreate(service, container, data_dir)
 
-    def _binds(self, service: str, data_dir: str) -> list[str]:
-        binds = [f"{data_dir}:{DATA_PATHS[service]}"]
-        if service == "postgres":
-            self.host_side.ensure_run_dir(service)
-            binds.append(f"{self.socket_dir(service)}:{PG_SOCKET_DIR}")
-        return binds
+    def _binds(self, service: str) -> list[str]:
+        """Binds Docker may create when missing: only the PostgreSQL socket directory (on disk)."""
+        if service != "postgres":
+            return []
+        self.host_side.ensure_run_dir(service)
+        return [f"{self.socket_dir(service)}:{PG_SOCKET_DIR}"]
 
     def _create(self, service: str, data_dir: str, port: int) -> Any:
         import docker.errors
@@ -257,7 +305,8 @@ class DockerRuntime:
                 "first (`docker pull`, or scripts/docker-images for the test images). Nothing was changed"
             ) from None
         host_config = self.client.api.create_host_config(
-            binds=self._binds(service, data_dir),
+            binds=self._binds(service),
+            mounts=[data_bind(data_dir, DATA_PATHS[service])],
             network_mode="host",
             restart_policy={"Name": "unless-stopped"},
         )
@@ -280,10 +329,9 @@ class DockerRuntime:
         target = DATA_PATHS[service]
         env = {**container_env(attrs), **self.desired_env(service)}
         config["Env"] = [f"{k}={v}" for k, v in env.items()]
-        binds = [b for b in host_config.get("Binds") or [] if _bind_target(b) != target]
-        binds.append(f"{data_dir}:{target}")
-        host_config["Binds"] = binds
+        host_config["Binds"] = [b for b in host_config.get("Binds") or [] if _bind_target(b) != target]
         host_config["Mounts"] = [m for m in host_config.get("Mounts") or [] if m.get("Target") != target]
+        host_config["Mounts"].append(data_bind(data_dir, target))
         host_config["Tmpfs"] = {k: v for k, v in (host_config.get("Tmpfs") or {}).items() if k != target}
         config["Volumes"] = {k: v for k, v in (config.get("Volumes") or {}).items() if k != target} or None
         networks = attrs.get("NetworkSettings", {}).get("Networks") or {}
@@ -403,6 +451,22 @@ def data_mount(attrs: dict[str, Any], target: str) -> dict[str, Any] | None:
         if mount.get("Target") == target and mount.get("Type") == "tmpfs":
             return {"Type": "tmpfs", "Destination": target, "Options": str(mount.get("TmpfsOptions") or "")}
     return None
+
+
+def data_bind(source: str, target: str) -> dict[str, Any]:
+    """The data mount: a bind whose missing source makes the container fail to start.
+
+    ``-v``/``Binds`` would have Docker create a missing source as an empty directory. After a reboot
+    the restart policy starts the container before the reconciler runs; the RAM directory is gone, and
+    the image's entrypoint would initialise an empty database in a directory Docker made up on plain
+    /dev/shm. With a ``Mounts`` bind the container stays down until the reconciler restores its data.
+    """
+    return {"Type": "bind", "Source": source, "Target": target, "ReadOnly": False}
+
+
+def creates_missing_source(attrs: dict[str, Any], target: str) -> bool:
+    """The container's data at ``target`` is a ``-v`` bind, which Docker re-creates empty when missing."""
+    return any(_bind_target(b) == target for b in attrs.get("HostConfig", {}).get("Binds") or [])
 
 
 def _bind_target(bind: str) -> str:
