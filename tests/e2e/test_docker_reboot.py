@@ -224,5 +224,12 @@ def test_the_shutdown_backup_is_taken_after_the_apps_are_drained(
         reboot(engine, stack)
         stack.cli("apply")
         assert ticks(stack) == acknowledged
+        # The drained app stays down through the reboot; the next daemon starts it once in sync.
+        app.reload()
+        assert app.status != "running"
+        again = RunningDaemon(stack)
+        daemons.append(again)
+        again.wait_event("AppsResumed")
+        again.wait_for("the app writing again", lambda: ticks(stack) > acknowledged)
     finally:
         app.remove(force=True)
