@@ -12,6 +12,7 @@ set. The daemon's SIGTERM backup must hold every write acknowledged before the a
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -47,6 +48,8 @@ def reboot(client: Any, stack: Stack) -> dict[str, str]:
     for service in SERVICES:
         with contextlib.suppress(Exception):
             client.containers.get(f"{name}-{service}").kill()
+    if os.path.ismount(stack.ram_root):  # ram.mount: auto: the dedicated tmpfs is gone too
+        subprocess.run(["umount", str(stack.ram_root)], check=True)
     for entry in stack.ram_root.iterdir():
         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     said = {}
@@ -114,11 +117,18 @@ def assert_empty_world_is_refused(stack: Stack, sets_before: list[str]) -> None:
     assert local_sets(stack) == sets_before
 
 
+@pytest.mark.parametrize("mount", ["never", "auto"])
 def test_docker_starting_the_containers_first_after_a_reboot_restores_the_newest_set(
-    docker_stack: Stack, engine: Any
+    docker_stack: Stack, engine: Any, mount: str
 ) -> None:
+    """``never``: ram.path on /dev/shm, wiped. ``auto``: the reconciler's own tmpfs at ram.path is gone,
+    and a directory Docker created there would sit on plain /dev/shm."""
     stack = docker_stack
+    document = stack.document()
+    document["ram"]["mount"] = mount
+    stack.write(document)
     stack.cli("apply")
+    assert os.path.ismount(stack.ram_root) == (mount == "auto")
     seed(stack, 300)
     before = snapshot(stack)
     stack.cli("backup")
