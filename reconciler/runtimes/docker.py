@@ -144,10 +144,15 @@ class DockerRuntime:
         has initialised it and answers; Redis needs no initialisation and is marked at once (a restore
         then puts its RDB file in before the first start).
         """
+        # Held before the stop: a Redis stopped on an empty directory saves its empty dataset there,
+        # which is nothing to keep. A PostgreSQL stopped while its entrypoint ran initdb leaves a
+        # partial cluster, which is set aside like any unclaimed content.
+        held = os.path.isdir(data_dir) and not fs.is_empty_dir(data_dir)
         self._stop_serving(service, data_dir)
-        if os.path.isdir(data_dir) and not fs.is_empty_dir(data_dir):
-            if read_marker(data_dir) is not None:
-                return
+        held = held or (service == "postgres" and os.path.isdir(data_dir) and not fs.is_empty_dir(data_dir))
+        if held and read_marker(data_dir) is not None:
+            return
+        if held:
             aside = f"{data_dir}.unclaimed-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
             os.rename(data_dir, aside)
             log.warning(

@@ -243,3 +243,38 @@ def test_the_shutdown_backup_is_taken_after_the_apps_are_drained(
         again.wait_for("the app writing again", lambda: ticks(stack) > acknowledged)
     finally:
         app.remove(force=True)
+
+
+def test_without_any_set_unmarked_data_is_kept_and_the_first_backup_adopts_it(
+    docker_stack: Stack, engine: Any
+) -> None:
+    stack = docker_stack
+    stack.cli("apply")
+    legacy_containers(engine, stack)
+    reboot(engine, stack)  # no set exists: the entrypoint's database is the only data there is
+    served_databases(stack)
+    stack.cli("apply")  # kept and served (nothing better exists), not set aside
+    assert not [p for p in stack.ram_root.iterdir() if ".unclaimed-" in p.name]
+    seed(stack, 50)
+    before = snapshot(stack)
+    stack.cli("backup")
+    # The backup made the data the reconciler's own: the set does not turn it into "no data".
+    assert stack.cli("plan").returncode == 0, stack.cli("plan", check=None).stdout
+    assert snapshot(stack) == before
+
+
+def test_the_shutdown_backup_is_skipped_when_the_apps_cannot_be_drained(
+    docker_stack: Stack, daemons: list[RunningDaemon]
+) -> None:
+    stack = docker_stack
+    document = stack.document()
+    document["drain"] = {"containers": [f"{document['stack']}-no-such-app"]}
+    document["daemon"] = {"resync": "2s", "backoff_max": "4s", "verify_new_sets": False}
+    stack.write(document)
+    daemon = RunningDaemon(stack)
+    daemons.append(daemon)
+    daemon.wait_event("BackupTaken")
+    assert daemon.stop(timeout=240) == 1
+    skipped = [e for e in daemon.events() if e["reason"] == "FinalBackupSkipped"]
+    assert skipped and "could not be drained" in skipped[0]["message"], daemon.reasons()
+    assert not [n for n in local_sets(stack) if n.endswith("-shutdown")]
