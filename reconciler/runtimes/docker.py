@@ -20,6 +20,12 @@ Design decisions:
   version always matches the server; their input and output stream through the Engine API socket
   (``ExecProcess``), with no temporary file in the container.
 - Engine errors become actionable messages: no socket, engine not answering, image missing.
+- RAM data is bound with a ``Mounts`` bind, never ``-v``: after a reboot the restart policy starts the
+  container before the reconciler runs, and Docker would create the missing RAM directory empty on
+  plain /dev/shm for the image's entrypoint to initialise an empty database in. With a ``Mounts`` bind
+  the start fails until the reconciler has restored the data. Data directories the reconciler made
+  carry its marker; ``init_service`` sets aside content without one (see docs/ARCHITECTURE.md,
+  "Docker after a reboot").
 """
 
 from __future__ import annotations
@@ -257,7 +263,10 @@ class DockerRuntime:
             and mount.get("Type") == "bind"
             and os.path.normpath(str(mount.get("Source"))) == os.path.normpath(data_dir)
             and all(env.get(k) == v for k, v in wanted_env.items())
-            and not creates_missing_source(container.attrs, DATA_PATHS[service])
+            and not (  # RAM data only: a disk directory does not vanish at a reboot
+                os.path.normpath(data_dir) == os.path.normpath(self.spec.ram_dir(service))
+                and creates_missing_source(container.attrs, DATA_PATHS[service])
+            )
         ):
             return container
         return self._recreate(service, container, data_dir)
