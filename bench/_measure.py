@@ -53,6 +53,19 @@ class Measurement:
         }
 
 
+def timed_run(argv: list[str], env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,)) -> float:
+    """Wall seconds of one run of ``argv``. A run that exits with a code outside ``ok`` is an error, never
+    a sample: a command that fails early is fast, and would make the figure look better than it is."""
+    start = time.perf_counter()
+    result = subprocess.run(argv, capture_output=True, env=env, check=False)
+    seconds = time.perf_counter() - start
+    if result.returncode not in ok:
+        raise RuntimeError(
+            f"{' '.join(argv[:4])} exited {result.returncode} (expected {ok}): {result.stderr.decode()[-800:]}"
+        )
+    return seconds
+
+
 def measure(argv: list[str], env: dict[str, str] | None = None, stdin: Any = None) -> Measurement:
     peak_tree = peak_own = 0
     done = threading.Event()

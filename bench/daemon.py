@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import timed_run
 from _stack import bench_stack, free_port, print_table, write_results
 from ruamel.yaml import YAML
 
@@ -106,14 +107,7 @@ def main() -> None:
         bare.wait()
         plan_times = []
         for _ in range(5):
-            start = time.perf_counter()
-            subprocess.run(
-                [sys.executable, "-m", "reconciler", "-f", str(state), "plan"],
-                capture_output=True,
-                env=ENV,
-                check=False,
-            )
-            plan_times.append(time.perf_counter() - start)
+            plan_times.append(timed_run([sys.executable, "-m", "reconciler", "-f", str(state), "plan"], ENV))
 
     latency = statistics.median(latencies)
     plan_time = statistics.median(plan_times)

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import timed_run
 from _stack import bench_stack, print_table, write_results
 
 # What a user's machine does: cache bytecode. (Some sandboxes set PYTHONDONTWRITEBYTECODE, which makes
@@ -30,13 +31,8 @@ ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
 def timed(argv: list[str], runs: int) -> list[float]:
-    subprocess.run(argv, capture_output=True, check=False, env=ENV)  # warm: page cache and bytecode
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(argv, capture_output=True, check=False, env=ENV)
-        samples.append(time.perf_counter() - start)
-    return samples
+    timed_run(argv, ENV)  # warm: page cache and bytecode
+    return [timed_run(argv, ENV) for _ in range(runs)]
 
 
 def main() -> None:

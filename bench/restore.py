@@ -29,6 +29,8 @@ from _stack import bench_stack, cli, print_table, write_results
 from dataset import generate
 from ruamel.yaml import YAML
 
+from reconciler.databases.postgres import RESTORE_ENV
+
 PY = sys.executable
 HERE = Path(__file__).resolve().parent
 
@@ -65,7 +67,9 @@ def main() -> None:
         cli(state, "backup")
         pg_args = ["-h", sock, "-p", str(port), "-U", "postgres"]
         legacy_file = state.parent / "legacy.sql.enc"
-        env = {"LEGACY_PASSWORD": "benchmark-password"}
+        # The baseline's psql gets the same server settings as our pg_restore (maintenance_work_mem,
+        # synchronous_commit): the comparison is of the pipelines, not of the settings.
+        env = {"LEGACY_PASSWORD": "benchmark-password", **RESTORE_ENV}
         measure(
             [
                 PY,

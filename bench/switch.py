@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -24,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stack import bench_stack, cli, print_table, write_results
 from dataset import generate
 from ruamel.yaml import YAML
+
+from reconciler.databases.postgres import RESTORE_ENV
 
 
 def _ts(text: str) -> float:
@@ -91,6 +94,7 @@ def main() -> None:
             ],
             check=True,
             stdout=subprocess.DEVNULL,
+            env={**os.environ, **RESTORE_ENV},  # the same server settings as our own restore path
         )
         legacy = time.perf_counter() - start
 

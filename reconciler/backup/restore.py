@@ -25,7 +25,7 @@ from reconciler.errors import PermanentError
 from reconciler.plan.backupsets import MANIFEST_SUFFIX
 from reconciler.runtimes.base import Endpoint
 from reconciler.stores.local import LocalStore
-from reconciler.system import proc
+from reconciler.system import failpoints, proc
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
@@ -109,8 +109,11 @@ def restore_postgres(
     bindir: str,
     database: str,
     owner: str,
+    swap: bool = True,
 ) -> dict[str, list[int | str]]:
-    """Restore into ``<database>__restoring``, check it against the manifest, then swap it in."""
+    """Restore into ``<database>__restoring``, check it against the manifest, then swap it in.
+
+    ``swap=False`` leaves the checked side database staged (``engine/restore_op.py`` commits it later)."""
     member = checked.member("postgres")
     if member is None:
         raise SetRejected(checked.name, "it holds no postgres dump")
@@ -122,6 +125,7 @@ def restore_postgres(
             assert restore.stdin is not None
             proc.widen_pipe(restore.stdin)
             stream_member(store, member, identity, restore.stdin)
+            failpoints.hit("restore.pg_restore.streamed")
         with pg.connect(endpoint, side) as conn:
             restored = pg.table_stats(conn)
         expected = member.get("check", {}).get("tables")
@@ -133,6 +137,9 @@ def restore_postgres(
     except BaseException:
         _drop_quietly(endpoint, side)
         raise
+    if not swap:
+        return restored
+    failpoints.hit("restore.postgres.before-swap")
     pg.swap_databases(endpoint, database, side)
     log.info("restored postgres database %s from %s", database, checked.name)
     return restored

@@ -170,7 +170,22 @@ def _show_plan(state: _State, ctx: StackContext, output_format: str, allow_empty
 @_guard
 def plan(state: _State, output_format: str) -> None:
     """Show what `apply` would change. Exit 0: in sync, 2: changes pending, 1: blocked or error."""
-    sys.exit(_show_plan(state, _context(state), output_format))
+    ctx = _context(state)
+    _note_uncommitted(state)
+    sys.exit(_show_plan(state, ctx, output_format))
+
+
+def _note_uncommitted(state: _State) -> None:
+    """GitOps: the daemon follows the commit; a human's plan/apply uses the file. Say when they differ."""
+    from reconciler.engine.revision import differs_from_commit
+
+    head = differs_from_commit(state.state_file)
+    if head:
+        state.out.err.print(
+            f"[yellow]note:[/] {state.state_file} has edits that are not committed (HEAD is {head}): this "
+            "command uses the file as it is; the daemon follows the commit until you commit them",
+            soft_wrap=True,
+        )
 
 
 @cli.command()
@@ -186,6 +201,7 @@ def plan(state: _State, output_format: str) -> None:
 def apply(state: _State, dry_run: bool, allow_empty: bool, output_format: str) -> None:
     """Converge the stack to state.yaml."""
     ctx = _context(state)
+    _note_uncommitted(state)
     if dry_run:
         sys.exit(_show_plan(state, ctx, output_format, allow_empty))
     result = _run_with_progress(state, ctx, "apply", allow_empty)
@@ -351,24 +367,59 @@ def schema(state: _State, check: bool, docs: bool, path: str | None) -> None:
 @click.option(
     "--out", "path", default=None, help="Identity file to create (default: backup.encryption.identity_file)."
 )
+@click.option(
+    "--add-recipient",
+    is_flag=True,
+    help="Also add the new recipient to backup.encryption.recipients in state.yaml (comments and layout kept).",
+)
 @click.pass_obj
 @_guard
-def keygen(state: _State, path: str | None) -> None:
-    """Create an age identity (mode 0600) and print the recipient to put in state.yaml."""
+def keygen(state: _State, path: str | None, add_recipient: bool) -> None:
+    """Create an age identity (mode 0600). The recipient (public key) goes to stdout, messages to stderr."""
     from reconciler.backup import keys
     from reconciler.errors import InvalidInput
 
+    spec = _load(state) if path is None or add_recipient else None
     if path is None:
-        spec = _load(state)
+        assert spec is not None
         if not spec.backup.encryption.identity_file:
             raise InvalidInput("give --out PATH or set backup.encryption.identity_file in state.yaml")
         path = spec.resolve(spec.backup.encryption.identity_file)
+    if spec is not None and add_recipient and spec.backup.encryption.method == "none":
+        raise InvalidInput(
+            "backup.encryption is 'none' in state.yaml; set it to age before adding a recipient"
+        )
     recipient = keys.generate(path)
     state.out.err.print(
-        f"wrote {path} (mode 0600). Keep a copy somewhere safe: without it no backup can be restored.\n"
-        "Add this recipient to backup.encryption.recipients in state.yaml:"
+        f"wrote {path} (mode 0600). Keep a copy somewhere safe: without it no backup can be restored.",
+        soft_wrap=True,
     )
-    print(recipient)
+    print(recipient, flush=True)  # first: if editing state.yaml fails below, the recipient is not lost
+    if add_recipient:
+        _add_recipient(state.state_file, recipient)
+        state.out.err.print(
+            f"added its recipient (printed on stdout) to backup.encryption.recipients in {state.state_file}",
+            soft_wrap=True,
+        )
+    else:
+        state.out.err.print(
+            "Its recipient (public key, printed on stdout) belongs in backup.encryption.recipients in "
+            "state.yaml; `reconciler keygen --add-recipient` puts it there.",
+            soft_wrap=True,
+        )
+
+
+def _add_recipient(state_file: str, recipient: str) -> None:
+    """Rewrite state.yaml (atomically, same mode, through a symlink) with the recipient added."""
+    from reconciler.engine.context import read_state_bytes
+    from reconciler.spec.edit import add_recipient
+    from reconciler.spec.loader import parse_state_bytes
+    from reconciler.system import fs
+
+    target = os.path.realpath(state_file)
+    text = add_recipient(read_state_bytes(target).decode("utf-8-sig"), recipient)
+    parse_state_bytes(text.encode(), source=state_file, base_dir=os.path.dirname(target))
+    fs.atomic_write_bytes(target, text.encode(), os.stat(target).st_mode & 0o7777)
 
 
 def _byte_progress(state: _State, title: str) -> Any:

@@ -24,6 +24,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -43,11 +44,12 @@ from reconciler.daemon.watch import StateWatcher
 from reconciler.engine import backups as engine_backups
 from reconciler.engine import events, status
 from reconciler.engine.apply import apply, compute_plan
-from reconciler.engine.context import StackContext, load_spec, state_file_digest, write_override
-from reconciler.engine.revision import state_revision
+from reconciler.engine.context import StackContext, read_state_bytes, state_file_digest, write_override
+from reconciler.engine.revision import committed_state, differs_from_commit, state_revision
 from reconciler.errors import LockHeld, PermanentError, ReconcilerError, SpecInvalid
 from reconciler.plan.observed import ObservedState
 from reconciler.plan.schedule import backup_schedule, ram_headroom, set_to_verify
+from reconciler.spec.loader import MAX_STATE_BYTES, parse_state_bytes
 from reconciler.spec.model import StateSpec
 from reconciler.system import fs
 
@@ -81,8 +83,10 @@ class Backoff:
 class Daemon:
     def __init__(self, state_file: str, on_ready: Callable[[Daemon], None] | None = None) -> None:
         self.state_file = os.path.abspath(state_file)
-        self.spec: StateSpec = load_spec(self.state_file)  # must be valid to start at all
-        self.spec_digest = state_file_digest(self.state_file)
+        data, self.revision = self._read_desired()
+        self.spec: StateSpec = self._parse(data, self.revision)  # must be valid to start at all
+        self.spec_digest = hashlib.sha256(data).hexdigest()
+        self.uncommitted_noted: str | None = None
         self.state_dir = self.spec.state_path
         self.on_ready = on_ready
         self.snapshot = Snapshot()
@@ -308,14 +312,47 @@ class Daemon:
 
     def _context(self) -> StackContext | None:
         try:
-            return StackContext.build(self.spec, self.state_file)
+            ctx = StackContext.build(self.spec, self.state_file)
+            ctx.revision = self.revision
+            return ctx
         except ReconcilerError as exc:
             self._stalled(("context", str(exc)), exc)
             return None
 
+    def _read_desired(self) -> tuple[bytes, str | None]:
+        """The desired state to follow: state.yaml as committed at HEAD in a git repository (GitOps:
+        commit, not save), else the file; with the commit it came from."""
+        committed = committed_state(self.state_file, MAX_STATE_BYTES)
+        if committed is not None:
+            return committed.data, committed.commit
+        return read_state_bytes(self.state_file), None
+
+    def _parse(self, data: bytes, revision: str | None = None) -> StateSpec:
+        source = self.state_file + (f" (commit {revision[:12]})" if revision else "")
+        return parse_state_bytes(data, source=source, base_dir=os.path.dirname(self.state_file))
+
+    def _note_uncommitted(self) -> None:
+        """One event per distinct uncommitted edit: saved but not committed is not applied."""
+        head = differs_from_commit(self.state_file) if self.revision else None
+        marker = f"{head}:{state_file_digest(self.state_file)}" if head else None
+        if marker and marker != self.uncommitted_noted:
+            events.emit(
+                self.state_dir,
+                "Normal",
+                "UncommittedEdit",
+                f"state.yaml has edits that are not committed; the daemon follows the commit {head} "
+                "until they are (GitOps: commit, not save)",
+            )
+        self.uncommitted_noted = marker
+
     def _reload(self) -> None:
         """Adopt a changed state.yaml if it is valid; otherwise report it and keep the last valid spec."""
-        digest = state_file_digest(self.state_file)
+        try:
+            data, revision = self._read_desired()
+        except Exception:  # unreadable now (a hostile replacement): the digest below reports it
+            data, revision = b"", None
+        digest = hashlib.sha256(data).hexdigest() if data else ""
+        self._note_uncommitted()
         if digest == self.spec_digest and self.invalid_digest is not None:
             self.invalid_digest = None
             events.emit(
@@ -325,16 +362,23 @@ class Daemon:
         if digest in (self.spec_digest, self.invalid_digest):
             return
         try:
-            spec = load_spec(self.state_file)
+            if not data:
+                read_state_bytes(self.state_file)  # raises with the reason the file cannot be read
+            spec = self._parse(data, revision)
             if spec.stack != self.spec.stack or spec.state_path != self.spec.state_path:
                 raise PermanentError(
                     "stack and state_dir cannot change while the daemon runs (its lock and status live "
                     "there); restart the daemon to adopt them"
                 )
-        except ReconcilerError as exc:
+        except Exception as exc:  # any failure, even a loader bug or MemoryError: report, keep the last spec
             self.invalid_digest = digest
             problems = [str(p) for p in exc.problems] if isinstance(exc, SpecInvalid) else []
-            message = f"state.yaml was not adopted: {exc}" + (": " + "; ".join(problems) if problems else "")
+            cause = (
+                str(exc) if isinstance(exc, ReconcilerError) else f"loading it failed ({type(exc).__name__})"
+            )
+            message = f"state.yaml was not adopted: {cause}" + (
+                ": " + "; ".join(problems) if problems else ""
+            )
             message += "; the daemon keeps the last valid spec"
             log.error(message)
             events.emit(self.state_dir, "Warning", "SpecInvalid", message)
@@ -342,9 +386,16 @@ class Daemon:
             self._flush()
             self.notifier.fail(message)
             return
-        self.spec, self.spec_digest, self.invalid_digest = spec, digest, None
+        self.spec, self.spec_digest, self.invalid_digest, self.revision = spec, digest, None, revision
         self.stalled_on = None  # a new spec is a new chance
-        events.emit(self.state_dir, "Normal", "SpecChanged", "adopted the new state.yaml")
+        events.emit(
+            self.state_dir,
+            "Normal",
+            "SpecChanged",
+            f"adopted state.yaml as committed in {revision[:12]}"
+            if revision
+            else "adopted the new state.yaml",
+        )
         self._note({"SpecValid": (True, "Valid", "state.yaml is valid and adopted")})
 
     @property
@@ -395,7 +446,7 @@ class Daemon:
                         ),
                         "Stalled": (False, "Converged", "the stack matches state.yaml"),
                     },
-                    lastAppliedRevision=state_revision(self.state_file),
+                    lastAppliedRevision=self.revision or state_revision(self.state_file),
                 )
         except PermanentError as exc:
             self._stalled(signature, exc)

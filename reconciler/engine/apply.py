@@ -128,5 +128,5 @@ def _record(ctx: StackContext, started_at: str, result: ApplyResult, error: Reco
         "runtime": ctx.spec.runtime,
     }
     if error is None:
-        fields["lastAppliedRevision"] = state_revision(ctx.state_file)
+        fields["lastAppliedRevision"] = ctx.revision or state_revision(ctx.state_file)
     status.record_run(ctx.status_path, run, conditions, **fields)

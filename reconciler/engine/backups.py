@@ -12,14 +12,13 @@ Design decisions:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +26,6 @@ from typing import Any
 from reconciler.backup import keys
 from reconciler.backup.create import create_set, identity_for_restore
 from reconciler.backup.restore import (
-    CheckedSet,
     SetRejected,
     load_and_check,
     restore_postgres,
@@ -38,8 +36,7 @@ from reconciler.databases import redis as rd
 from reconciler.engine import status
 from reconciler.engine.context import StackContext
 from reconciler.engine.revision import state_revision
-from reconciler.engine.secrets import from_env_or_file
-from reconciler.errors import CommandFailed, PermanentError, ReconcilerError
+from reconciler.errors import PermanentError, ReconcilerError
 from reconciler.plan.actions import RestoreFromBackup
 from reconciler.plan.backupsets import MANIFEST_SUFFIX, BackupSet, group_sets, retention
 from reconciler.runtimes.local import LocalRuntime, postgres_bindir
@@ -103,7 +100,10 @@ def _endpoints(ctx: StackContext) -> dict[str, Any]:
 def take_backup(
     ctx: StackContext, trigger: str = "manual", progress: Progress | None = None
 ) -> dict[str, Any]:
+    from reconciler.engine.restore_op import refuse_backup_of_incomplete_data
+
     with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
+        refuse_backup_of_incomplete_data(ctx)
         return _take_backup_locked(ctx, trigger, progress)
 
 
@@ -222,58 +222,11 @@ class RestoreResult:
 
 
 def restore(ctx: StackContext, set_name: str | None, safety_backup: bool = True) -> RestoreResult:
+    """``reconciler restore``: one journaled operation (``engine/restore_op.py``)."""
+    from reconciler.engine.restore_op import restore_set
+
     with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
-        started = time.monotonic()
-        chosen = _choose(ctx, set_name)
-        store = local_store(ctx)
-        identity = identity_for_restore(ctx.spec)
-        checked = load_and_check(store, chosen, keys.mac_key(identity) if identity else None)
-        endpoints = _endpoints(ctx)
-        safety = _take_backup_locked(ctx, "pre-restore", None)["set"] if safety_backup else None
-        tables = _restore_into(ctx, checked, identity, endpoints)
-        seconds = time.monotonic() - started
-        _update_records(
-            ctx,
-            last_restore={
-                "set": chosen,
-                "store": store.name,
-                "finished": status.now_iso(),
-                "seconds": round(seconds, 3),
-                "safety_backup": safety,
-                "rejected": [],
-            },
-        )
-        return RestoreResult(chosen, seconds, safety, tables)
-
-
-def _restore_into(ctx: StackContext, checked: CheckedSet, identity: Any, endpoints: dict[str, Any]) -> int:
-    tables = 0
-    spec = ctx.spec
-    if spec.services.postgres is not None and checked.member("postgres") is not None:
-        pgspec = spec.services.postgres
-        tables = len(
-            restore_postgres(
-                local_store(ctx),
-                checked,
-                identity,
-                endpoints["postgres"],
-                ctx.pg_bindir(),
-                pgspec.database,
-                pgspec.user,
-            )
-        )
-    if spec.services.redis is not None and checked.member("redis") is not None:
-        runtime = ctx.runtime
-        data_dir = ctx.observe().services["redis"].data_dir or spec.data_dir("redis")
-        _, uid, gid = runtime.account("redis")
-        runtime.stop_service("redis", data_dir)  # redis saves on shutdown: replace the file only afterwards
-        try:
-            write_redis_rdb(
-                local_store(ctx), checked, identity, os.path.join(data_dir, "dump.rdb"), (uid, gid)
-            )
-        finally:
-            runtime.start_service("redis", data_dir, spec.port("redis"))
-    return tables
+        return restore_set(ctx, set_name, safety_backup)
 
 
 def _free_port() -> int:
@@ -390,106 +343,7 @@ def _reject(ctx: StackContext, store: str, set_name: str, reason: str) -> None:
 
 
 def restore_empty_services(ctx: StackContext, action: RestoreFromBackup) -> str:
-    """Fill empty services from the first candidate set that passes every check; never start empty.
+    """Restore on boot: one journaled operation (``engine/restore_op.py``)."""
+    from reconciler.engine import restore_op
 
-    Each candidate is authenticated and checksummed before anything is initialised; a failure during
-    the restore itself stops what this attempt started and wipes what it initialised, then the next
-    candidate is tried. Every rejection is recorded, so the planner will not offer it again.
-    """
-    started = time.monotonic()
-    identity = identity_for_restore(ctx.spec)
-    mac = keys.mac_key(identity) if identity is not None else None
-    store = local_store(ctx)
-    rejected: list[dict[str, str]] = []
-    for store_name, set_name in action.candidates:
-        try:
-            if store_name == "gdrive":
-                from reconciler.engine.offsite import fetch_set
-
-                fetch_set(ctx, set_name)  # into the local store; the local checks follow
-            checked = load_and_check(store, set_name, mac)
-            _restore_fresh(ctx, action, checked, identity, store)
-        except SetRejected as exc:  # the set's content is at fault: remember it, try the next one
-            _reject(ctx, store_name, set_name, exc.reason)
-            rejected.append({"set": set_name, "store": store_name, "reason": exc.reason})
-            continue
-        # Any other error (a server that does not start, a full tmpfs) is the host's, not the set's:
-        # it propagates, the set stays a candidate, and the next apply tries again.
-        _update_records(
-            ctx,
-            last_restore={
-                "set": set_name,
-                "store": store_name,
-                "finished": status.now_iso(),
-                "trigger": "empty data",
-                "services": list(action.services),
-                "seconds": round(time.monotonic() - started, 3),
-                "rejected": rejected,
-            },
-        )
-        return set_name
-    _update_records(
-        ctx,
-        last_restore={
-            "set": None,
-            "finished": status.now_iso(),
-            "services": list(action.services),
-            "seconds": round(time.monotonic() - started, 3),
-            "rejected": rejected,
-        },
-    )
-    listing = "; ".join(f"{r['set']} ({r['store']}): {r['reason']}" for r in rejected)
-    raise PermanentError(
-        f"no backup set could be restored, so {' and '.join(action.services)} stay down instead of starting empty. "
-        f"Rejected: {listing}. Fix the backups or run `reconciler apply --allow-empty`"
-    )
-
-
-@contextlib.contextmanager
-def _content_errors_reject(set_name: str) -> Iterator[None]:
-    """Failures while decrypting or loading a set's content reject the set (pg_restore, decryption)."""
-    try:
-        yield
-    except SetRejected:
-        raise
-    except (CommandFailed, PermanentError) as exc:
-        raise SetRejected(set_name, str(exc)) from None
-
-
-def _restore_fresh(
-    ctx: StackContext, action: RestoreFromBackup, checked: CheckedSet, identity: Any, store: LocalStore
-) -> None:
-    runtime = ctx.runtime
-    initialised: list[str] = []
-    started_services: list[tuple[str, str]] = []
-    try:
-        for name, data_dir, port in zip(action.services, action.data_dirs, action.ports, strict=True):
-            if checked.member(name) is None:
-                raise SetRejected(checked.name, f"it holds no {name} member")
-            runtime.init_service(name, data_dir)
-            initialised.append(data_dir)
-            if name == "redis":
-                _, uid, gid = runtime.account("redis")
-                with _content_errors_reject(checked.name):
-                    write_redis_rdb(store, checked, identity, os.path.join(data_dir, "dump.rdb"), (uid, gid))
-            runtime.start_service(name, data_dir, port)
-            started_services.append((name, data_dir))
-            if name == "postgres":
-                pgspec = ctx.spec.services.postgres
-                assert pgspec is not None
-                password_file = ctx.spec.resolve(pgspec.password_file) if pgspec.password_file else None
-                password = from_env_or_file(pgspec.password_env, password_file, "services.postgres password")
-                endpoint = runtime.endpoint(name, port)
-                pg.ensure_role_and_database(endpoint, pgspec.user, pgspec.database, password)
-                restore_postgres(
-                    store, checked, identity, endpoint, ctx.pg_bindir(), pgspec.database, pgspec.user
-                )
-    except BaseException:
-        for name, data_dir in reversed(started_services):
-            try:
-                runtime.stop_service(name, data_dir)
-            except ReconcilerError as exc:
-                log.warning("could not stop %s after a failed restore: %s", name, exc)
-        for data_dir in initialised:  # only what this attempt created: empty but for the failed restore
-            shutil.rmtree(data_dir, ignore_errors=True)
-        raise
+    return restore_op.restore_empty_services(ctx, action)

@@ -9,11 +9,14 @@ user edits state.yaml: the edit is the human saying "try again".
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from typing import Any
 
+from reconciler.errors import InvalidInput
 from reconciler.observe.local import observe as observe_local
 from reconciler.plan.observed import ObservedState
 from reconciler.runtimes.base import Runtime
@@ -26,10 +29,45 @@ OVERRIDE_FILE = "mode-override.json"
 
 def state_file_digest(state_file: str) -> str:
     try:
-        with open(state_file, "rb") as handle:
-            return hashlib.sha256(handle.read()).hexdigest()
-    except OSError:
+        return hashlib.sha256(read_state_bytes(state_file)).hexdigest()
+    except (OSError, InvalidInput):
         return ""
+
+
+def read_state_bytes(state_file: str) -> bytes:
+    """The bytes of state.yaml, at most one more than the loader accepts (so it can say "too large").
+
+    Hostile files end here with ``InvalidInput`` rather than a crash or a hang: a directory, a FIFO or a
+    device (``/dev/zero``) is refused before reading (opened non-blocking, checked with fstat), a symlink
+    loop or a permission problem is named, and nothing beyond the size bound is ever read.
+    """
+    from reconciler.spec.loader import MAX_STATE_BYTES
+
+    try:
+        fd = os.open(state_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise InvalidInput(f"state file {state_file} not found (use -f/--file to point at another)") from None
+    except OSError as exc:
+        why = "is a symbolic link loop" if exc.errno == errno.ELOOP else f"cannot be opened: {exc.strerror}"
+        raise InvalidInput(f"state file {state_file} {why}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a pipe, socket or device)"
+            raise InvalidInput(f"state file {state_file} is {kind}; point -f/--file at the YAML file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_STATE_BYTES:
+            chunk = os.read(fd, MAX_STATE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise InvalidInput(f"state file {state_file} cannot be read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -38,6 +76,7 @@ class StackContext:
     runtime: Any  # LocalRuntime | DockerRuntime (runtimes/base.Runtime, plus runtime-specific helpers)
     state_file: str
     mode_override: dict[str, Any] | None = None  # set while the daemon's RAM-pressure fallback holds
+    revision: str | None = None  # the commit the spec was read from (the daemon follows HEAD), if any
 
     @classmethod
     def build(cls, spec: StateSpec, state_file: str) -> StackContext:
@@ -82,17 +121,10 @@ class StackContext:
 
 def load_spec(state_file: str) -> StateSpec:
     """Read and validate state.yaml; every problem is reported at once (``SpecInvalid``)."""
-    from reconciler.errors import InvalidInput
-    from reconciler.spec.loader import parse_state
+    from reconciler.spec.loader import parse_state_bytes
 
-    try:
-        with open(state_file, encoding="utf-8") as handle:
-            text = handle.read()
-    except FileNotFoundError:
-        raise InvalidInput(f"state file {state_file} not found (use -f/--file to point at another)") from None
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"{state_file} is not valid UTF-8 text (byte {exc.start})") from None
-    return parse_state(text, source=state_file, base_dir=os.path.dirname(os.path.abspath(state_file)))
+    data = read_state_bytes(state_file)
+    return parse_state_bytes(data, source=state_file, base_dir=os.path.dirname(os.path.abspath(state_file)))
 
 
 def read_override(state_dir: str, state_file: str) -> dict[str, Any] | None:

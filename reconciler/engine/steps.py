@@ -55,10 +55,10 @@ def execute(action: Action, ctx: StackContext) -> None:
             from reconciler.engine.switch import start_switch
 
             start_switch(ctx, action)
-        case ResumeOperation():
-            from reconciler.engine.switch import resume
+        case ResumeOperation(operation_kind=kind):
+            from reconciler.engine import restore_op, switch
 
-            resume(ctx)
+            (restore_op.resume if kind in restore_op.KINDS else switch.resume)(ctx)
         case RestoreFromBackup():
             from reconciler.engine.backups import restore_empty_services
 

@@ -37,7 +37,7 @@ from reconciler.engine.context import StackContext
 from reconciler.engine.journal import Journal
 from reconciler.errors import PermanentError, ReconcilerError
 from reconciler.plan.actions import SwitchMode
-from reconciler.runtimes.local import MARKER, postgres_bindir, read_marker
+from reconciler.runtimes.local import MARKER, holds_service_data, postgres_bindir, read_marker
 from reconciler.system import failpoints, fs
 
 log = logging.getLogger(__name__)
@@ -371,10 +371,17 @@ class _Switch:
     # -- rollback ----------------------------------------------------------------------------
 
     def source_lost(self) -> bool:
-        """A data directory to move is gone (RAM emptied by a reboot), so the old copy cannot be used."""
+        """A data directory to move is gone (RAM emptied by a reboot), so the old copy cannot be used.
+
+        A service still running from its source holds its data (a Redis that never saved has an empty
+        directory), and a directory holds data by the observer's own test, not only by our marker:
+        directories that Compose or an image's entrypoint initialised carry none."""
+        observed = self.ctx.observe().services
         for name, source in zip(self.services, self.sources, strict=True):
-            marker = os.path.join(source, "PG_VERSION" if name == "postgres" else MARKER)
-            if not os.path.exists(marker):
+            service = observed.get(name)
+            if service is not None and service.running and service.data_dir == source:
+                continue
+            if not holds_service_data(name, source):
                 return True
         return False
 

@@ -29,13 +29,22 @@ from reconciler.plan.observed import (
     ServiceObservation,
 )
 from reconciler.runtimes.base import Endpoint
-from reconciler.runtimes.local import MARKER, LocalRuntime, postgres_bindir, read_marker, read_pid
+from reconciler.runtimes.local import (
+    MARKER,
+    LocalRuntime,
+    holds_service_data,
+    postgres_bindir,
+    read_marker,
+    read_pid,
+)
 from reconciler.spec.model import PostgresSpec, StateSpec
 from reconciler.stores.local import LocalStore
 from reconciler.system import fs, host
 
 log = logging.getLogger(__name__)
 
+
+SUPERSEDED = "superseded: a deliberate restore of an older set discarded its data"
 
 ServiceObserver = Callable[[str, object, list[host.Mount], dict[str, int]], ServiceObservation]
 
@@ -68,7 +77,7 @@ def observe(
         name: probe(name, svc_spec, mounts, sockets) for name, svc_spec in spec.services.configured().items()
     }
     needs_restore = any(
-        not s.running
+        (not s.running or s.location(spec.mode).restore_incomplete)
         and not s.location(spec.mode).initialized
         and not s.location("disk" if spec.mode == "ram" else "ram").initialized
         for s in services.values()
@@ -129,6 +138,10 @@ def observe_backups(
         (key.partition("/")[0], key.partition("/")[2]): str(reason)
         for key, reason in record.get("rejected", {}).items()
     }
+    # Sets whose data a deliberate restore discarded (engine/restore_op.py): never restored on boot.
+    for name in record.get("superseded", []):
+        for store_name in ("local", "gdrive"):
+            rejected.setdefault((store_name, name), SUPERSEDED)
     return BackupsObservation(sets, verified, failed, rejected, frozenset(record.get("protected", [])))
 
 
@@ -137,22 +150,21 @@ def data_dir_facts(service: str, path: str, uid: int, gid: int, mounts: list[hos
     initialized = False
     foreign = False
     if exists:
-        if service == "postgres":
-            initialized = os.path.exists(os.path.join(path, "PG_VERSION"))
-        else:
-            initialized = any(
-                os.path.exists(os.path.join(path, name)) for name in (MARKER, "dump.rdb", "appendonlydir")
-            )
+        initialized = holds_service_data(service, path)
         if initialized:
             marker = read_marker(path)
             foreign = marker is not None and marker.get("service") != service
         else:
             foreign = any(entry != MARKER for entry in os.listdir(path))
     marker = read_marker(path) if exists else None
+    # A restore that has not completed left this directory: its content is no set's, so it is neither
+    # data to serve nor to back up; the planner restores it again (engine/restore_op.py).
+    incomplete = bool(marker and marker.get("restoring")) and not foreign
     return DataDir(
         path=path,
         exists=exists,
-        initialized=initialized and not foreign,
+        initialized=initialized and not foreign and not incomplete,
+        restore_incomplete=incomplete,
         foreign=foreign,
         reachable=host.reachable_by(path, uid, gid),
         filesystem=host.filesystem_of(path, mounts),

@@ -244,7 +244,13 @@ class RestoreFromBackup(Action):
     def simulate(self, observed: ObservedState) -> ObservedState:
         for name, data_dir, port in zip(self.services, self.data_dirs, self.ports, strict=True):
             service = observed.services[name]
-            location = replace(service.location(self.mode), exists=True, initialized=True, foreign=False)
+            location = replace(
+                service.location(self.mode),
+                exists=True,
+                initialized=True,
+                foreign=False,
+                restore_incomplete=False,
+            )
             service = (
                 replace(service, ram=location) if self.mode == "ram" else replace(service, disk=location)
             )

@@ -43,6 +43,7 @@ class DataDir:
     # docker runtime, RAM location: data without the reconciler's marker (an image's entrypoint
     # initialised it, e.g. after a reboot); not counted as data while backup sets exist
     unclaimed: bool = False
+    restore_incomplete: bool = False  # a restore into it never completed: not data (initialized=False)
 
 
 @dataclass(frozen=True)

@@ -114,15 +114,17 @@ def plan(desired: StateSpec, observed: ObservedState, now: datetime, allow_empty
     empty: list[str] = []
     switching: list[str] = []
     per_service: list[Action] = []
+    before_switch: list[Action] = []
     for name, spec in desired.services.configured().items():
         service = observed.services.get(name) or ServiceObservation(name=name)
-        verdict = _plan_service(desired, name, spec, service, per_service, blockers, warnings)
+        verdict = _plan_service(desired, name, spec, service, per_service, before_switch, blockers, warnings)
         if verdict == "empty":
             empty.append(name)
         elif verdict == "switch":
             switching.append(name)
 
     if switching:
+        actions.extend(before_switch)
         _plan_switch(desired, observed, switching, actions, blockers)
     protected = set(observed.backups.protected)
     if empty:
@@ -251,6 +253,13 @@ def _plan_empty_services(
         )
     for name in empty:
         service = observed.services.get(name) or ServiceObservation(name=name)
+        target = service.location(desired.mode)
+        if target.restore_incomplete:  # initdb never runs over it, and it is never served as it is
+            blockers.append(
+                f"{name}: {target.path} holds a restore that did not complete, and no backup set is left to "
+                "restore it from. Move the directory away to start empty, or bring the backup sets back"
+            )
+            continue
         _fresh_service(desired, name, desired.services.configured()[name], service, actions)
     return protect
 
@@ -290,6 +299,12 @@ def plan_down(desired: StateSpec, observed: ObservedState) -> Plan:
     return Plan(actions=tuple(actions), warnings=tuple(warnings))
 
 
+def _serves_from_below(data_dir: str | None, root: str) -> bool:
+    """A running service's data directory is the RAM root or below it (a service serving its disk
+    directory holds nothing a mount at the RAM root could hide)."""
+    return data_dir is not None and (data_dir == root or data_dir.startswith(root.rstrip("/") + "/"))
+
+
 def _plan_ram_root(
     desired: StateSpec, observed: ObservedState, actions: list[Action], blockers: list[str]
 ) -> None:
@@ -302,7 +317,8 @@ def _plan_ram_root(
         holding = [
             name
             for name in desired.services.configured()
-            if (svc := observed.services.get(name)) is not None and (svc.ram.initialized or svc.running)
+            if (svc := observed.services.get(name)) is not None
+            and (svc.ram.initialized or (svc.running and _serves_from_below(svc.data_dir, root.path)))
         ]
         if holding:
             blockers.append(
@@ -346,11 +362,13 @@ def _plan_service(
     spec: object,
     service: ServiceObservation,
     actions: list[Action],
+    before_switch: list[Action],
     blockers: list[str],
     warnings: list[str],
 ) -> str:
     """Plan one service. Returns "ok", "blocked", "empty" (no data anywhere: restore or initialise)
-    or "switch" (its data is in the other mode's location and must move)."""
+    or "switch" (its data is in the other mode's location and must move; what the switch needs first
+    goes to ``before_switch``)."""
     mode = desired.mode
     other_mode = "disk" if mode == "ram" else "ram"
     target = service.location(mode)
@@ -387,9 +405,23 @@ def _plan_service(
         )
         return "blocked"
     if other_has_data:
-        _ensure_database(spec, service, actions)  # runs after the switch, on the moved data
+        # Repairs come before the switch: its first act is a backup of the running services, so a dead
+        # service is started where its data is, and a missing role or database is created there (it
+        # moves with the data).
+        if not service.running:
+            reason = (
+                "its process died; the switch backs it up first"
+                if service.died
+                else "the switch backs it up first"
+            )
+            before_switch.append(StartService(name, other.path, desired.port(name), reason))
+        _ensure_database(spec, service, before_switch)
         return "switch"
     if not target_has_data:
+        if target.restore_incomplete:
+            warnings.append(
+                f"{name}: the restore into {target.path} did not complete; it is restored again (never served as it is)"
+            )
         return "empty"
     _running_service(desired, name, spec, service, actions)
     return "ok"

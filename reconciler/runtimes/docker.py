@@ -154,7 +154,7 @@ class DockerRuntime:
         # which is nothing to keep. A PostgreSQL stopped while its entrypoint ran initdb leaves a
         # partial cluster, which is set aside like any unclaimed content.
         held = os.path.isdir(data_dir) and not fs.is_empty_dir(data_dir)
-        self._stop_serving(service, data_dir)
+        self.stop_service(service, data_dir)  # only if it serves this directory
         held = held or (service == "postgres" and os.path.isdir(data_dir) and not fs.is_empty_dir(data_dir))
         if held and read_marker(data_dir) is not None:
             return
@@ -189,17 +189,6 @@ class DockerRuntime:
         fs.atomic_write_json(marker, {"service": service, "stack": self.stack}, 0o600)
         os.chown(marker, st.st_uid, st.st_gid)
 
-    def _stop_serving(self, service: str, data_dir: str) -> None:
-        container = self.find(service)
-        if container is None:
-            return
-        mount = data_mount(container.attrs, DATA_PATHS[service])
-        serves = mount is not None and os.path.normpath(str(mount.get("Source"))) == os.path.normpath(
-            data_dir
-        )
-        if serves and container.status in ("running", "restarting", "paused"):
-            self.stop_service(service, data_dir)
-
     def start_service(self, service: str, data_dir: str, port: int) -> None:
         container = self._ensure_container(service, data_dir, port)
         container.reload()
@@ -213,6 +202,13 @@ class DockerRuntime:
         if container is None:
             return
         container.reload()
+        mount = data_mount(container.attrs, DATA_PATHS[service])
+        if (
+            mount is not None
+            and mount.get("Type") == "bind"
+            and not _same_dir(str(mount.get("Source")), data_dir)
+        ):
+            return  # it serves another directory (the other mode's copy): stopping it is not asked for
         if container.status in ("running", "restarting", "paused"):
             if container.status == "paused":
                 container.unpause()
@@ -264,7 +260,7 @@ class DockerRuntime:
             and os.path.normpath(str(mount.get("Source"))) == os.path.normpath(data_dir)
             and all(env.get(k) == v for k, v in wanted_env.items())
             and not (  # RAM data only: a disk directory does not vanish at a reboot
-                os.path.normpath(data_dir) == os.path.normpath(self.spec.ram_dir(service))
+                _same_dir(data_dir, self.spec.ram_dir(service))
                 and creates_missing_source(container.attrs, DATA_PATHS[service])
             )
         ):
@@ -481,6 +477,10 @@ def data_bind(source: str, target: str) -> dict[str, Any]:
 def creates_missing_source(attrs: dict[str, Any], target: str) -> bool:
     """The container's data at ``target`` is a ``-v`` bind, which Docker re-creates empty when missing."""
     return any(_bind_target(b) == target for b in attrs.get("HostConfig", {}).get("Binds") or [])
+
+
+def _same_dir(a: str, b: str) -> bool:
+    return os.path.normpath(a) == os.path.normpath(b)
 
 
 def _bind_target(bind: str) -> str:

@@ -297,6 +297,13 @@ def read_pid(path: str) -> int | None:
     return int(first) if first.isdigit() else None
 
 
+def holds_service_data(service: str, data_dir: str) -> bool:
+    """The directory holds data of ``service``: PostgreSQL's PG_VERSION; for Redis our marker or a
+    snapshot/AOF (a directory Compose or an image's entrypoint created has no marker of ours)."""
+    names = ("PG_VERSION",) if service == "postgres" else (MARKER, "dump.rdb", "appendonlydir")
+    return any(os.path.exists(os.path.join(data_dir, name)) for name in names)
+
+
 def read_marker(data_dir: str) -> dict[str, str] | None:
     try:
         with open(os.path.join(data_dir, MARKER)) as handle:

@@ -1,14 +1,24 @@
-"""Turn the text of state.yaml into a validated ``StateSpec``, or into *every* problem at once.
+"""Turn the bytes of state.yaml into a validated ``StateSpec``, or into *every* problem at once.
 
 Design decisions:
-- ruamel.yaml's round-trip loader keeps the line and column of every key and value, so each error
-  points at ``file:line:column`` and names the key path (``services.postgres.port``). A syntax error
-  (bad indentation) stops parsing, so it is the one case reported alone.
+- Each error points at ``file:line:column`` and names the key path (``services.postgres.port``). A
+  syntax error (bad indentation) stops parsing, so it is the one case reported alone.
+- Input it does not understand must never crash, hang or run anything (issue 13). So the loader does
+  not use a YAML constructor at all: it reads ruamel.yaml's *event stream* (its scanner and parser are
+  iterative, not recursive) and builds plain dicts, lists and scalars itself, under bounds checked as
+  it goes: at most ``MAX_STATE_BYTES`` of input (checked before parsing: ruamel parses ~0.5 MB/s, so
+  64 KiB stays well under a second), at most ``MAX_DEPTH`` levels of nesting, and at most
+  ``MAX_VALUES`` values *after* alias expansion, so a "billion laughs" document is refused after ten
+  thousand values instead of growing to gigabytes. Scalars follow the YAML 1.2 core schema (null,
+  bool, int, float, str); any other tag (``!!binary``, ``!!set``, ``!!python/...``, a local ``!tag``)
+  is refused, keys must be plain text, duplicate keys and merge keys (``<<``) are refused, each with
+  its position.
 - Inline secrets are caught *before* pydantic runs, on the raw tree: a key such as ``password`` is a
   mistake wherever it appears, and the message says how to reference the secret instead. The secret's
   value is never echoed back, not even partially.
-- This module is pure: the caller reads the file and passes its text and name, so the loader can be
-  tested with hypothesis on generated documents and never touches the disk.
+- This module is pure: the caller reads the file and passes its bytes (``parse_state_bytes``) or text
+  (``parse_state``) and name, so the loader is fuzzed with hypothesis (any bytes → a valid spec or
+  ``SpecInvalid``, nothing else) and never touches the disk.
 """
 
 from __future__ import annotations
@@ -16,18 +26,34 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import (
+    AliasEvent,
+    CollectionEndEvent,
+    DocumentStartEvent,
+    Event,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceStartEvent,
+)
+from ruamel.yaml.reader import ReaderError
 
 from reconciler.errors import SpecInvalid, SpecProblem
 from reconciler.spec.model import StateSpec
 
 Path = tuple[str | int, ...]
+
+MAX_STATE_BYTES = 64 * 1024
+"""A state file is a few KiB; 64 KiB leaves room for comments and still parses in well under a second."""
+MAX_DEPTH = 32
+"""Nesting levels (mappings and lists); a state file needs five."""
+MAX_VALUES = 10_000
+"""Values in the document once aliases are expanded (each use of an alias counts its whole subtree)."""
 
 # Keys that name a secret; their `_env` / `_file` variants are the sanctioned references.
 _SECRET_KEY = re.compile(
@@ -59,29 +85,229 @@ class _Positions:
         return (1, 1)
 
 
-def _plain(node: Any, path: Path, positions: _Positions) -> Any:
-    """ruamel's tree → plain dicts/lists, recording where every key and value stands."""
-    if isinstance(node, CommentedMap):
-        result: dict[str, Any] = {}
-        for key in node:
-            child = (*path, str(key))
-            key_line, key_col = node.lc.key(key)
-            value_line, value_col = node.lc.value(key)
-            positions.keys[child] = (key_line + 1, key_col + 1)
-            positions.values[child] = (value_line + 1, value_col + 1)
-            result[str(key)] = _plain(node[key], child, positions)
-        return result
-    if isinstance(node, CommentedSeq):
-        items = []
-        for index, item in enumerate(node):
-            child = (*path, index)
-            line, col = node.lc.item(index)
-            positions.values[child] = (line + 1, col + 1)
-            items.append(_plain(item, child, positions))
-        return items
-    if isinstance(node, str):
-        return str(node)
-    return node
+_TAG = "tag:yaml.org,2002:"
+_SCALAR_TAGS = frozenset(_TAG + name for name in ("str", "int", "float", "bool", "null"))
+_NULL = frozenset({"", "~", "null", "Null", "NULL"})
+_BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+_INT = re.compile(r"^[-+]?[0-9]+$|^0o[0-7]+$|^0x[0-9a-fA-F]+$")
+_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
+_SPECIAL_FLOATS = {
+    **{
+        f"{sign}.{inf}": float(f"{sign or '+'}inf")
+        for sign in ("", "+", "-")
+        for inf in ("inf", "Inf", "INF")
+    },
+    **{f".{nan}": float("nan") for nan in ("nan", "NaN", "NAN")},
+}
+_MAX_NUMBER_CHARS = 64
+
+
+class _Refused(Exception):
+    """A construct the loader does not accept, at a position."""
+
+    def __init__(self, event: Event, path: Path, message: str) -> None:
+        super().__init__(message)
+        mark = event.start_mark
+        self.line: int = mark.line + 1 if mark else 1
+        self.column: int = mark.column + 1 if mark else 1
+        self.path = path
+        self.message = message
+
+
+def _scalar(event: ScalarEvent, path: Path) -> Any:
+    """A YAML 1.2 core-schema scalar: None, bool, int, float or str; other tags are refused."""
+    tag, text = event.tag, event.value
+    if tag not in (None, "!") and tag not in _SCALAR_TAGS:
+        raise _Refused(
+            event,
+            path,
+            f"the YAML tag {tag.replace(_TAG, '!!')[:40]} is not supported; state.yaml holds only text, "
+            "numbers, true/false, null, lists and mappings",
+        )
+    if tag == _TAG + "str" or tag == "!" or (tag is None and event.style is not None):
+        return text
+    value = _plain_scalar(event, path, text)
+    wanted = {_TAG + "int": int, _TAG + "float": float, _TAG + "bool": bool, _TAG + "null": type(None)}
+    if tag is not None and type(value) is not wanted[tag]:
+        raise _Refused(event, path, f"{text[:40]!r} is not a valid {tag.replace(_TAG, '!!')}")
+    return value
+
+
+def _plain_scalar(event: ScalarEvent, path: Path, text: str) -> Any:
+    if text in _NULL:
+        return None
+    if text in _BOOL:
+        return _BOOL[text]
+    if text in _SPECIAL_FLOATS:
+        return _SPECIAL_FLOATS[text]
+    is_int, is_float = bool(_INT.match(text)), bool(_FLOAT.match(text))
+    if (is_int or is_float) and len(text) > _MAX_NUMBER_CHARS:
+        raise _Refused(event, path, f"a number of {len(text)} characters is too long")
+    if is_int:
+        if text.startswith(("0o", "0x")):
+            return int(text[2:], 8 if text[1] == "o" else 16)
+        return int(text)
+    if is_float:
+        return float(text)
+    return text
+
+
+@dataclass
+class _Frame:
+    """A mapping or list being built."""
+
+    container: dict[str, Any] | list[Any]
+    path: Path
+    anchor: str | None
+    size: int = 1
+    key: str | None = None
+    first_seen: dict[str, int] = field(default_factory=dict)
+
+    def child_path(self) -> Path:
+        if isinstance(self.container, dict):
+            assert self.key is not None
+            return (*self.path, self.key)
+        return (*self.path, len(self.container))
+
+
+class _Builder:
+    """Events → plain values, with positions, under the nesting and expansion bounds."""
+
+    def __init__(self) -> None:
+        self.positions = _Positions({}, {})
+        self.stack: list[_Frame] = []
+        self.anchors: dict[str, tuple[Any, int]] = {}
+        self.open_anchors: set[str] = set()
+        self.total = 0
+        self.documents = 0
+        self.root: Any = None
+
+    def feed(self, event: Event) -> None:
+        if isinstance(event, DocumentStartEvent):
+            self.documents += 1
+            if self.documents > 1:
+                raise _Refused(event, (), "state.yaml holds one YAML document; remove the second '---'")
+            return
+        if isinstance(event, CollectionEndEvent):
+            frame = self.stack.pop()
+            if frame.anchor is not None:
+                self.open_anchors.discard(frame.anchor)
+                self.anchors[frame.anchor] = (frame.container, frame.size)
+            self._attach(frame.container, frame.size)
+            return
+        if not isinstance(event, ScalarEvent | AliasEvent | MappingStartEvent | SequenceStartEvent):
+            return  # stream and document boundaries
+        parent = self.stack[-1] if self.stack else None
+        if parent is not None and isinstance(parent.container, dict) and parent.key is None:
+            self._key(parent, event)
+            return
+        path = parent.child_path() if parent else ()
+        mark = event.start_mark
+        self.positions.values[path] = (mark.line + 1, mark.column + 1)
+        if isinstance(event, AliasEvent):
+            if event.anchor in self.open_anchors:
+                raise _Refused(event, path, f"alias *{event.anchor} refers to a node that contains it")
+            if event.anchor not in self.anchors:
+                raise _Refused(event, path, f"alias *{event.anchor} has no anchor &{event.anchor} before it")
+            value, size = self.anchors[event.anchor]
+            self._count(event, path, size)
+            self._attach(value, size)
+        elif isinstance(event, ScalarEvent):
+            self._count(event, path, 1)
+            value = _scalar(event, path)
+            if event.anchor is not None:
+                self.anchors[event.anchor] = (value, 1)
+            self._attach(value, 1)
+        else:
+            expected = _TAG + ("map" if isinstance(event, MappingStartEvent) else "seq")
+            if event.tag not in (None, "!", expected):
+                raise _Refused(
+                    event,
+                    path,
+                    f"the YAML tag {str(event.tag).replace(_TAG, '!!')[:40]} is not supported; state.yaml "
+                    "holds only text, numbers, true/false, null, lists and mappings",
+                )
+            if len(self.stack) >= MAX_DEPTH:
+                raise _Refused(event, path, f"nested deeper than {MAX_DEPTH} levels")
+            self._count(event, path, 1)
+            container: dict[str, Any] | list[Any] = {} if isinstance(event, MappingStartEvent) else []
+            if event.anchor is not None:
+                self.open_anchors.add(event.anchor)
+            self.stack.append(_Frame(container, path, event.anchor))
+
+    def _key(self, frame: _Frame, event: Event) -> None:
+        if not isinstance(event, ScalarEvent) or event.tag not in (None, "!", _TAG + "str"):
+            raise _Refused(
+                event, frame.path, "a key must be plain text (not a list, a mapping, an alias or a tag)"
+            )
+        key = event.value
+        mark = event.start_mark
+        if event.style is None and key == "<<":
+            raise _Refused(event, frame.path, "merge keys (<<) are not supported; write the keys out")
+        if key in frame.first_seen:
+            raise _Refused(
+                event,
+                (*frame.path, key),
+                f"duplicate key '{key[:40]}' (first on line {frame.first_seen[key]}); keep one",
+            )
+        self._count(event, frame.path, 1)
+        frame.first_seen[key] = mark.line + 1
+        frame.key = key
+        self.positions.keys[(*frame.path, key)] = (mark.line + 1, mark.column + 1)
+
+    def _count(self, event: Event, path: Path, size: int) -> None:
+        self.total += size
+        if self.total > MAX_VALUES:
+            raise _Refused(
+                event,
+                path,
+                f"the document expands to more than {MAX_VALUES} values (each use of an alias counts "
+                "everything under its anchor); a state file needs a few dozen",
+            )
+
+    def _attach(self, value: Any, size: int) -> None:
+        if not self.stack:
+            self.root = value
+            return
+        parent = self.stack[-1]
+        parent.size += size
+        if isinstance(parent.container, dict):
+            assert parent.key is not None
+            parent.container[parent.key] = value
+            parent.key = None
+        else:
+            parent.container.append(value)
+
+
+def _load_tree(text: str, source: str) -> tuple[Any, _Positions]:
+    builder = _Builder()
+    try:
+        for event in YAML(typ="safe", pure=True).parse(text):
+            builder.feed(event)
+    except _Refused as refused:
+        raise SpecInvalid(
+            [SpecProblem(source, refused.line, refused.column, _dotted(refused.path), refused.message)]
+        ) from None
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = " ".join(filter(None, [exc.problem, exc.context])) or "invalid YAML"
+        raise SpecInvalid(
+            [SpecProblem(source, line, col, "(syntax)", f"YAML syntax error: {problem}")]
+        ) from None
+    except ReaderError as exc:
+        before = text[: exc.position]
+        line, col = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        raise SpecInvalid(
+            [
+                SpecProblem(
+                    source, line, col, "(syntax)", f"character {exc.character!r} is not allowed in YAML"
+                )
+            ]
+        ) from None
+    except YAMLError as exc:
+        raise SpecInvalid([SpecProblem(source, 1, 1, "(syntax)", f"YAML error: {exc}")]) from None
+    return builder.root, builder.positions
 
 
 def _dotted(path: Sequence[str | int]) -> str:
@@ -159,43 +385,67 @@ def _friendly(error: Any, path: Path) -> str:
         return "required key is missing"
     if kind == "literal_error":
         expected = error.get("ctx", {}).get("expected", "")
-        return f"must be one of {expected} (got {error['input']!r})"
+        return f"must be one of {expected} (got {_short(error['input'])})"
     if kind == "value_error":
         return str(error["msg"]).removeprefix("Value error, ")
     if kind == "string_pattern_mismatch":
-        return f"{error['input']!r} does not match the required pattern {error['ctx']['pattern']}"
+        return f"{_short(error['input'])} does not match the required pattern {error['ctx']['pattern']}"
     return (
-        f"{error['msg']} (got {error['input']!r})"
+        f"{error['msg']} (got {_short(error['input'])})"
         if "input" in error and not isinstance(error["input"], dict | list)
         else str(error["msg"])
     )
 
 
+def _short(value: Any) -> str:
+    """A user's value for an error message, cut short (a 60 KB string must not become the message)."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:50]}...({len(text)} characters)"
+
+
+def parse_state_bytes(data: bytes, source: str = "state.yaml", base_dir: str = "/") -> StateSpec:
+    """Validate the bytes of a state file: bounded in size, UTF-8 (a BOM is allowed), then ``parse_state``."""
+    _check_size(len(data), source)
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SpecInvalid(
+            [SpecProblem(source, line, column, "(file)", f"not UTF-8 text (byte 0x{data[exc.start]:02x})")]
+        ) from None
+    return parse_state(text, source, base_dir)
+
+
+def _check_size(size: int, source: str) -> None:
+    if size > MAX_STATE_BYTES:
+        raise SpecInvalid(
+            [
+                SpecProblem(
+                    source,
+                    1,
+                    1,
+                    "(file)",
+                    f"the file is larger than {MAX_STATE_BYTES // 1024} KiB; a state file needs a few KiB. "
+                    "Is this the right file?",
+                )
+            ]
+        )
+
+
 def parse_state(text: str, source: str = "state.yaml", base_dir: str = "/") -> StateSpec:
     """Validate the text of a state file. Raises ``SpecInvalid`` listing every problem found."""
-    yaml = YAML(typ="rt")
-    yaml.allow_duplicate_keys = False
-    try:
-        tree = yaml.load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = " ".join(filter(None, [exc.problem, exc.context])) or "invalid YAML"
-        raise SpecInvalid(
-            [SpecProblem(source, line, col, "(syntax)", f"YAML syntax error: {problem}")]
-        ) from None
-    except YAMLError as exc:
-        raise SpecInvalid([SpecProblem(source, 1, 1, "(syntax)", f"YAML error: {exc}")]) from None
-
-    if tree is None:
+    _check_size(len(text), source)
+    _check_size(len(text.encode("utf-8", "surrogatepass")), source)
+    data, positions = _load_tree(text, source)
+    if data is None:
         raise SpecInvalid([SpecProblem(source, 1, 1, "(top level)", "the file is empty")])
-    if not isinstance(tree, CommentedMap):
+    if not isinstance(data, dict):
         raise SpecInvalid([SpecProblem(source, 1, 1, "(top level)", "expected a mapping of keys to values")])
 
-    positions = _Positions({}, {})
-    data = _plain(tree, (), positions)
     problems: list[SpecProblem] = []
-
     secret_paths: set[Path] = set()
     for path, message in _find_inline_secrets(data, ()):
         secret_paths.add(path)
@@ -213,6 +463,9 @@ def parse_state(text: str, source: str = "state.yaml", base_dir: str = "/") -> S
             line, col = positions.at(path, key=is_key)
             problems.append(SpecProblem(source, line, col, _dotted(path), _friendly(error, path)))
     else:
+        for key_path, message in spec.consistency_problems(base_dir):
+            line, col = positions.at(key_path)
+            problems.append(SpecProblem(source, line, col, _dotted(key_path), message))
         if not problems:
             return spec.with_base_dir(base_dir)
     problems.sort(key=lambda p: (p.line, p.column))

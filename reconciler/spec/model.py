@@ -11,19 +11,166 @@ Design decisions:
 - Paths stay as written; ``StateSpec.resolve`` makes them absolute against the directory that holds
   state.yaml, so the same file works from any working directory. This module is pure: it never
   touches the filesystem.
+- Input that cannot work is refused here, at validation, with its line and column, not by a crash or a
+  misbehaviour later (issue 13): every model is strict (``port: true`` is not port 1, ``6379.0`` is not
+  an integer); quantities carry limits documented in their descriptions (a minimum cadence, a minimum
+  tmpfs size: ``tmpfs_size: 0`` would mount an *unlimited* tmpfs); ports are unique across services and
+  the metrics endpoint; age recipients must be valid Bech32 keys; ``dump_options`` come from an
+  allow-list that keeps ``pg_dump -Fc`` output complete and restorable. Checks that need the
+  directory of state.yaml (system directories, data directories nested in each other or in the
+  backup store) are in ``StateSpec.layout_problems``, which the loader runs once the base directory is
+  known. What depends on the host (is there that much RAM?) stays a plan blocker.
 """
 
 from __future__ import annotations
 
 import posixpath
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
-from reconciler.spec.units import ByteSize, Duration, SizeOrShare, TmpfsSize
+from reconciler.spec.recipients import recipient_problem
+from reconciler.spec.units import (
+    ByteSize,
+    Duration,
+    SizeOrShare,
+    TmpfsSize,
+    bytes_between,
+    duration_between,
+    share_between,
+)
 
 SERVICE_KINDS: tuple[str, ...] = ("postgres", "redis")
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+CONTAINER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+IMAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$"
+MAX_PATH = 4096
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+ContainerName = Annotated[str, Field(pattern=CONTAINER_PATTERN)]
+ImageName = Annotated[str, Field(pattern=IMAGE_PATTERN)]
+MiB = 1024**2
+
+
+# Directories that belong to the system: never a data directory, a RAM root (a tmpfs mounted over
+# /etc would hide the host's configuration), a state directory or a backup store.
+_SYSTEM_DIRECTORIES = frozenset(
+    {
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/dev/shm",
+        "/etc",
+        "/home",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/libx32",
+        "/media",
+        "/mnt",
+        "/opt",
+        "/proc",
+        "/root",
+        "/run",
+        "/run/shm",
+        "/run/user",
+        "/sbin",
+        "/srv",
+        "/sys",
+        "/tmp",
+        "/usr",
+        "/usr/local",
+        "/var",
+        "/var/lib",
+        "/var/run",
+        "/var/tmp",
+    }
+)
+_SYSTEM_TREES = (
+    "/bin",
+    "/boot",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/proc",
+    "/sbin",
+    "/sys",
+    "/usr",
+)
+
+
+def _within(path: str, directory: str) -> bool:
+    """``path`` is ``directory`` or lies below it (both normalized and absolute)."""
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _is_system_directory(path: str) -> bool:
+    if path in _SYSTEM_DIRECTORIES or any(_within(path, tree) for tree in _SYSTEM_TREES):
+        return True
+    return _within(path, "/dev") and not _within(path, "/dev/shm")
+
+
+def _path_text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("a path cannot be empty")
+    if "\0" in value:
+        raise ValueError("a path cannot contain a NUL character")
+    if len(value) > MAX_PATH:
+        raise ValueError(f"a path is at most {MAX_PATH} characters long")
+    return value
+
+
+PathText = Annotated[str, AfterValidator(_path_text)]
+
+
+def _no_nul(value: str) -> str:
+    if "\0" in value:
+        raise ValueError("a PostgreSQL name cannot contain a NUL character")
+    return value
+
+
+SqlName = Annotated[str, Field(min_length=1, max_length=63), AfterValidator(_no_nul)]
+
+# pg_dump options that keep ``pg_dump -Fc`` output complete and restorable by ``pg_restore`` into the
+# application role, and that leave the connection and the output to the reconciler. Options taking a
+# value are written ``--option=value``. Anything else is refused with this list: -F/--format (the
+# format must stay custom), -f/--file (the dump must go to stdout), -Z (zstd compresses downstream),
+# -s/--schema-only and -a/--data-only (half a backup), -t/-n/-T/-N/--exclude-table-data (the manifest
+# checks every table), connection options (-h -p -U -d --role), -j (directory format only).
+_DUMP_FLAGS = frozenset(
+    {
+        "-O",
+        "--no-owner",
+        "-x",
+        "--no-privileges",
+        "--no-acl",
+        "--no-comments",
+        "--no-publications",
+        "--no-subscriptions",
+        "--no-security-labels",
+        "--no-tablespaces",
+        "--no-toast-compression",
+        "--no-table-access-method",
+        "--no-unlogged-table-data",
+        "--quote-all-identifiers",
+        "--serializable-deferrable",
+        "--enable-row-security",
+        "--load-via-partition-root",
+    }
+)
+_DUMP_VALUED = frozenset({"--lock-wait-timeout", "--extra-float-digits"})
 
 
 def _field(default: Any = ..., *, description: str, example: Any, **kwargs: Any) -> Any:
@@ -31,47 +178,90 @@ def _field(default: Any = ..., *, description: str, example: Any, **kwargs: Any)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, validate_default=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, validate_default=True, strict=True
+    )
 
 
 class PostgresSpec(_Strict):
     """A PostgreSQL server with one application database."""
 
-    database: str = _field(
-        description="Name of the application's database; created if missing.", example="loomio_production"
+    database: SqlName = _field(
+        description="Name of the application's database (at most 63 characters; not template0/template1); "
+        "created if missing.",
+        example="loomio_production",
     )
-    user: str = _field(description="Role that owns the database; created if missing.", example="loomio")
+    user: SqlName = _field(
+        description="Role that owns the database (at most 63 characters; PostgreSQL reserves names "
+        "starting with pg_); created if missing.",
+        example="loomio",
+    )
     password_env: Annotated[str, Field(pattern=ENV_NAME_PATTERN)] | None = _field(
         None,
         description="Name of the environment variable holding the role's password (never the password).",
         example="POSTGRES_PASSWORD",
     )
-    password_file: str | None = _field(
+    password_file: PathText | None = _field(
         None,
         description="Path of a file (mode 0600, outside the repository) holding the role's password.",
         example="/etc/reconciler/postgres.password",
     )
-    port: int = _field(5432, description="TCP port on 127.0.0.1.", example=5432, ge=1, le=65535)
-    disk_dir: str = _field(
+    port: Port = _field(
+        5432, description="TCP port on 127.0.0.1 (1-65535, unique in the file).", example=5432
+    )
+    disk_dir: PathText = _field(
         description="Data directory used in disk mode (relative paths are relative to state.yaml).",
         example="./data/postgres",
     )
     dump_options: list[str] = _field(
         default_factory=list,
-        description="Extra options appended to pg_dump when taking a backup.",
+        description="Extra options appended to `pg_dump -Fc` when taking a backup, from an allow-list that "
+        "keeps the dump complete and restorable: "
+        + ", ".join(sorted(_DUMP_FLAGS))
+        + ", "
+        + ", ".join(f"{o}=VALUE" for o in sorted(_DUMP_VALUED))
+        + ".",
         example=["--no-owner", "--no-acl"],
     )
-    container: str | None = _field(
+    container: ContainerName | None = _field(
         None,
         description="Container name (docker runtime only; default <stack>-postgres).",
         example="loomio-db",
     )
-    image: str | None = _field(
+    image: ImageName | None = _field(
         None,
         description="Image to create the container from when it does not exist (docker runtime only); "
         "an existing container keeps its own image.",
         example="postgres:15",
     )
+
+    @field_validator("user")
+    @classmethod
+    def _not_reserved_role(cls, value: str) -> str:
+        if value.lower().startswith("pg_"):
+            raise ValueError(f"role names starting with 'pg_' are reserved by PostgreSQL ({value!r})")
+        return value
+
+    @field_validator("database")
+    @classmethod
+    def _not_a_template(cls, value: str) -> str:
+        if value in ("template0", "template1"):
+            raise ValueError(f"{value} is PostgreSQL's template database; name the application's own")
+        return value
+
+    @field_validator("dump_options")
+    @classmethod
+    def _restorable_dump_options(cls, value: list[str]) -> list[str]:
+        for option in value:
+            name = option.split("=", 1)[0]
+            if option in _DUMP_FLAGS or (name in _DUMP_VALUED and "=" in option and option.split("=")[1]):
+                continue
+            allowed = ", ".join([*sorted(_DUMP_FLAGS), *(f"{o}=VALUE" for o in sorted(_DUMP_VALUED))])
+            raise ValueError(
+                f"pg_dump option {option[:40]!r} is not allowed: backups must stay complete, custom-format "
+                f"dumps that pg_restore can load. Allowed: {allowed}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_password_source(self) -> PostgresSpec:
@@ -83,17 +273,19 @@ class PostgresSpec(_Strict):
 class RedisSpec(_Strict):
     """A Redis server."""
 
-    port: int = _field(6379, description="TCP port on 127.0.0.1.", example=6379, ge=1, le=65535)
-    disk_dir: str = _field(
+    port: Port = _field(
+        6379, description="TCP port on 127.0.0.1 (1-65535, unique in the file).", example=6379
+    )
+    disk_dir: PathText = _field(
         description="Data directory used in disk mode (relative paths are relative to state.yaml).",
         example="./data/redis",
     )
-    container: str | None = _field(
+    container: ContainerName | None = _field(
         None,
         description="Container name (docker runtime only; default <stack>-redis).",
         example="loomio-redis",
     )
-    image: str | None = _field(
+    image: ImageName | None = _field(
         None,
         description="Image to create the container from when it does not exist (docker runtime only).",
         example="redis:7",
@@ -130,7 +322,7 @@ class ServicesSpec(_Strict):
 class DrainSpec(_Strict):
     """Application containers stopped while data moves and started again afterwards."""
 
-    containers: list[str] = _field(
+    containers: list[ContainerName] = _field(
         default_factory=list,
         description="Containers to stop before a mode switch or restore, in order; started in reverse.",
         example=["loomio-app", "loomio-worker"],
@@ -140,10 +332,11 @@ class DrainSpec(_Strict):
 class RamSpec(_Strict):
     """Where and how data lives in RAM mode."""
 
-    path: str = _field(
+    path: PathText = _field(
         "/dev/shm/reconciler/{stack}",
         description="Directory on tmpfs that holds each service's RAM-mode data directory. "
-        "{stack} is replaced by the stack's name.",
+        "{stack} is replaced by the stack's name. A directory of its own: not a system directory such "
+        "as / or /etc, and neither inside nor around a disk_dir, state_dir or the backup store.",
         example="/dev/shm/reconciler/{stack}",
     )
     mount: Literal["auto", "always", "never"] = _field(
@@ -152,12 +345,13 @@ class RamSpec(_Strict):
         "(use the tmpfs that `path` already lives on, such as /dev/shm), or `auto` (mount when running as root).",
         example="auto",
     )
-    tmpfs_size: TmpfsSize = _field(
+    tmpfs_size: Annotated[TmpfsSize, share_between(64 * MiB, 64 * 1024**4)] = _field(
         SizeOrShare(percent=50),
-        description="Size limit of the dedicated tmpfs: a size or a share of the host's RAM.",
+        description="Size limit of the dedicated tmpfs: a size from 64MiB to 64TiB, or a share of the host's "
+        "RAM from 1% to 100% (a size of 0 would mean no limit to tmpfs, so it is refused).",
         example="50%",
     )
-    min_headroom: ByteSize = _field(
+    min_headroom: Annotated[ByteSize, bytes_between(0)] = _field(
         1024**3,
         description="Host memory that must stay available in RAM mode; below it the reconciler warns "
         "or falls back to disk (see on_pressure) and refuses to enter RAM mode.",
@@ -185,7 +379,8 @@ class RamSpec(_Strict):
 
 
 class RetentionSpec(_Strict):
-    """Which backup sets to keep (restic's semantics: a set is kept when any rule keeps it)."""
+    """Which backup sets to keep (restic's semantics: a set is kept when any rule keeps it).
+    At least one rule must keep something."""
 
     keep_last: int = _field(24, description="Keep the newest N sets.", example=24, ge=0)
     keep_hourly: int = _field(
@@ -201,6 +396,15 @@ class RetentionSpec(_Strict):
         0, description="Keep the newest set of each of the last N months.", example=12, ge=0
     )
 
+    @model_validator(mode="after")
+    def _keeps_something(self) -> RetentionSpec:
+        if not any((self.keep_last, self.keep_hourly, self.keep_daily, self.keep_weekly, self.keep_monthly)):
+            raise ValueError(
+                "every keep_* rule is 0, so retention would keep no backup set; keep at least one "
+                "(e.g. keep_last: 1)"
+            )
+        return self
+
 
 class EncryptionSpec(_Strict):
     """How backup files are encrypted. Write `encryption: none` to store backups unencrypted on purpose."""
@@ -210,10 +414,11 @@ class EncryptionSpec(_Strict):
     )
     recipients: list[str] = _field(
         default_factory=list,
-        description="age public keys (age1...) that backups are encrypted to; safe to commit.",
+        description="age public keys (age1..., checked as Bech32 X25519 keys) that backups are encrypted "
+        "to; safe to commit. `reconciler keygen --add-recipient` adds one.",
         example=["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"],
     )
-    identity_file: str | None = _field(
+    identity_file: PathText | None = _field(
         None,
         description="Path of the age identity (secret key) file, mode 0600, outside the repository. "
         "Needed to restore and to authenticate backup manifests.",
@@ -231,15 +436,19 @@ class EncryptionSpec(_Strict):
     @classmethod
     def _recipients_are_public_keys(cls, value: list[str]) -> list[str]:
         for recipient in value:
-            if not recipient.startswith("age1"):
-                raise ValueError(f"{recipient[:12]!r}... is not an age public key (they start with 'age1')")
+            problem = recipient_problem(recipient)
+            if problem:
+                raise ValueError(
+                    f"{recipient[:12]!r}... is not an age public key: it {problem}. "
+                    "`reconciler keygen` prints a valid one"
+                )
         return value
 
 
 class LocalStoreSpec(_Strict):
     """Backup sets in a local directory."""
 
-    path: str = _field(
+    path: PathText = _field(
         "./data/backups",
         description="Directory holding backup sets (relative paths are relative to state.yaml).",
         example="./data/backups",
@@ -258,7 +467,7 @@ class GdriveStoreSpec(_Strict):
         description="Folders below folder_id to keep the sets in, created if missing.",
         example="reconciler/loomio",
     )
-    credentials_file: str | None = _field(
+    credentials_file: PathText | None = _field(
         None,
         description="Path of an OAuth authorized-user file (personal accounts) or a service-account key "
         "(Shared Drives), outside the repository.",
@@ -267,12 +476,15 @@ class GdriveStoreSpec(_Strict):
     drive_id: str | None = _field(
         None, description="Id of the Shared Drive that holds folder_id, if it is on one.", example="0AbCdEf"
     )
-    bandwidth_limit: ByteSize | None = _field(
-        None, description="Upload at most this many bytes per second (unset: no limit).", example="2MiB"
+    bandwidth_limit: Annotated[ByteSize, bytes_between(16 * 1024)] | None = _field(
+        None,
+        description="Upload at most this many bytes per second, at least 16KiB (unset: no limit).",
+        example="2MiB",
     )
-    chunk_size: ByteSize = _field(
+    chunk_size: Annotated[ByteSize, bytes_between(256 * 1024, 256 * MiB)] = _field(
         8 * 1024 * 1024,
-        description="Resumable upload chunk size (a multiple of 256 KiB); a dropped connection resends at most one.",
+        description="Resumable upload chunk size (a multiple of 256 KiB, from 256KiB to 256MiB; held in "
+        "memory); a dropped connection resends at most one.",
         example="8MiB",
     )
     retention: RetentionSpec | None = _field(
@@ -309,9 +521,13 @@ class StoresSpec(_Strict):
 class BackupSpec(_Strict):
     """Backups: how often, how long they are kept, how they are encrypted, where they go."""
 
-    cadence: Duration = _field(3600, description="Take a backup set this often.", example="1h")
+    cadence: Annotated[Duration, duration_between(timedelta(seconds=5), timedelta(days=30))] = _field(
+        3600, description="Take a backup set this often: from 5s to 30d.", example="1h"
+    )
     stale_after: Duration = _field(
-        7200, description="A newest backup older than this is reported as stale.", example="2h"
+        7200,
+        description="A newest backup older than this is reported as stale; longer than cadence.",
+        example="2h",
     )
     retention: RetentionSpec = _field(
         default_factory=RetentionSpec,
@@ -333,16 +549,16 @@ class BackupSpec(_Strict):
 class DaemonSpec(_Strict):
     """How `reconciler daemon` runs: resync period, retries, shutdown, metrics, notifications."""
 
-    resync: Duration = _field(
+    resync: Annotated[Duration, duration_between(timedelta(seconds=1), timedelta(days=1))] = _field(
         60,
-        description="Observe everything afresh at least this often (changes to state.yaml wake the "
-        "daemon at once); a random jitter of up to 10% spreads the wake-ups.",
+        description="Observe everything afresh at least this often, from 1s to 1d (changes to state.yaml "
+        "wake the daemon at once); a random jitter of up to 10% spreads the wake-ups.",
         example="1m",
     )
-    backoff_max: Duration = _field(
+    backoff_max: Annotated[Duration, duration_between(timedelta(seconds=2), timedelta(days=1))] = _field(
         300,
-        description="Longest wait between retries of a failing reconcile (exponential backoff with "
-        "jitter from 2 s up to this).",
+        description="Longest wait between retries of a failing reconcile, from 2s to 1d (exponential "
+        "backoff with jitter from 2 s up to this).",
         example="5m",
     )
     verify_new_sets: bool = _field(
@@ -356,15 +572,18 @@ class DaemonSpec(_Strict):
         description="On SIGTERM/SIGINT in RAM mode, take a last backup set before exiting.",
         example=True,
     )
-    shutdown_timeout: Duration = _field(
-        300,
-        description="Longest time a graceful shutdown may take (finishing the step in progress and the "
-        "final backup); the daemon then exits anyway, leaving the journal to resume the work.",
-        example="5m",
+    shutdown_timeout: Annotated[Duration, duration_between(timedelta(seconds=10), timedelta(days=1))] = (
+        _field(
+            300,
+            description="Longest time a graceful shutdown may take, from 10s to 1d (finishing the step in "
+            "progress and the final backup); the daemon then exits anyway, leaving the journal to resume the work.",
+            example="5m",
+        )
     )
     metrics_port: int | None = _field(
         9465,
-        description="Port of the Prometheus /metrics and /healthz endpoint on 127.0.0.1; null disables it.",
+        description="Port of the Prometheus /metrics and /healthz endpoint on 127.0.0.1 (not a service's "
+        "port; 0: any free port); null disables it.",
         example=9465,
         ge=0,
         le=65535,
@@ -395,9 +614,10 @@ class StateSpec(_Strict):
         description="`ram`: data directories on tmpfs, kept safe by backups; `disk`: on persistent storage.",
         example="ram",
     )
-    state_dir: str = _field(
+    state_dir: PathText = _field(
         ".reconciler",
-        description="Directory for the reconciler's own files: lock, status, journal, logs.",
+        description="Directory for the reconciler's own files: lock, status, journal, logs. Not a system "
+        "directory such as /etc.",
         example=".reconciler",
     )
     services: ServicesSpec = _field(
@@ -417,6 +637,98 @@ class StateSpec(_Strict):
     )
 
     _base_dir: str = PrivateAttr(default="/")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_is_a_number(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # True == 1 would pass Literal[1]
+            raise ValueError(f"must be 1 (got {value!r})")
+        return value
+
+    def consistency_problems(self, base_dir: str) -> list[tuple[tuple[str, ...], str]]:
+        """What no single option shows, as (key path, message): ports shared between services and the
+        metrics endpoint, stale_after not longer than cadence, and directories that cannot work
+        (``_layout_problems``). Pure: compares values and normalized paths only."""
+        problems: list[tuple[tuple[str, ...], str]] = []
+        taken: dict[int, str] = {}
+        ports: list[tuple[tuple[str, ...], int]] = [
+            (("services", name, "port"), svc.port) for name, svc in self.services.configured().items()
+        ]
+        if self.daemon.metrics_port:
+            ports.append((("daemon", "metrics_port"), self.daemon.metrics_port))
+        for path, port in ports:
+            where = ".".join(path)
+            if port in taken:
+                problems.append((path, f"port {port} is also {taken[port]}'s; each needs a port of its own"))
+            taken.setdefault(port, where)
+        if self.backup.stale_after <= self.backup.cadence:
+            problems.append(
+                (
+                    ("backup", "stale_after"),
+                    "stale_after must be longer than cadence, or every backup would be reported stale "
+                    "before the next one is due",
+                )
+            )
+        return problems + self._layout_problems(base_dir)
+
+    def _written(self, path: tuple[str, ...]) -> bool:
+        """Whether the option at ``path`` is in the file (not a default): where to point an error."""
+        node: Any = self
+        for part in path:
+            if not isinstance(node, BaseModel) or part not in node.model_fields_set:
+                return False
+            node = getattr(node, part)
+        return True
+
+    def _layout_problems(self, base_dir: str) -> list[tuple[tuple[str, ...], str]]:
+        """System directories, and data directories, the RAM root, the state directory and the local
+        store nested in each other or around the directory of state.yaml."""
+        spec = self.with_base_dir(base_dir)
+        owned: list[tuple[tuple[str, ...], str, str]] = [
+            (("services", name, "disk_dir"), f"services.{name}.disk_dir", spec.disk_dir(name))
+            for name in spec.services.configured()
+        ]
+        owned += [
+            (("ram", "path"), "ram.path", spec.ram_root),
+            (("state_dir",), "state_dir", spec.state_path),
+            (
+                ("backup", "stores", "local", "path"),
+                "backup.stores.local.path",
+                spec.resolve(spec.backup.stores.local.path),
+            ),
+        ]
+        problems: list[tuple[tuple[str, ...], str]] = []
+        usable = []
+        for path, name, directory in owned:
+            if _is_system_directory(directory):
+                problems.append(
+                    (path, f"{directory} is a system directory; {name} needs a directory of its own")
+                )
+            elif name != "state_dir" and _within(spec.base_dir, directory):
+                problems.append(
+                    (
+                        path,
+                        f"{directory} holds state.yaml's own directory; {name} needs a directory of its own",
+                    )
+                )
+            else:
+                usable.append((path, name, directory))
+        for index, (path, name, directory) in enumerate(usable):
+            for other_path, other_name, other in usable[:index]:
+                if not (_within(directory, other) or _within(other, directory)):
+                    continue
+                relation = (
+                    "is" if directory == other else ("is inside" if _within(directory, other) else "holds")
+                )
+                where = path if self._written(path) or not self._written(other_path) else other_path
+                problems.append(
+                    (
+                        where,
+                        f"{name} ({directory}) {relation} {other_name} ({other}); each needs a directory "
+                        "of its own, apart from the others",
+                    )
+                )
+        return problems
 
     def with_base_dir(self, base_dir: str) -> StateSpec:
         """The same spec, with relative paths anchored at ``base_dir`` (the directory of state.yaml)."""

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from ruamel.yaml import YAML
@@ -103,3 +107,80 @@ def test_colour_follows_no_color_and_the_flag(stack: Stack) -> None:
     assert "\x1b[" in stack.cli("plan", check=2, env=forced).stdout
     assert "\x1b[" not in stack.cli("plan", check=2, env={**forced, "NO_COLOR": "1"}).stdout
     assert "\x1b[" not in stack.cli("--no-color", "plan", check=2, env=forced).stdout
+
+
+def _bomb() -> str:
+    lines = ["version: 1", "stack: x", "mode: ram", "services: {redis: {disk_dir: ./r}}", "a0: &a0 [x]"]
+    lines += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, 10)]
+    return "\n".join(lines) + "\n"
+
+
+def _hostile(kind: str, path: Path) -> None:
+    if kind == "symlink loop":
+        os.symlink(path.name, path)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "endless device":
+        os.symlink("/dev/zero", path)
+    elif kind == "50 MB file":
+        path.write_text("version: 1\n" + ("#" * 1023 + "\n") * 50 * 1024)
+    elif kind == "billion laughs":
+        path.write_text(_bomb())
+
+
+HOSTILE = {
+    "symlink loop": "symbolic link loop",
+    "directory": "is a directory",
+    "fifo": "not a regular file",
+    "endless device": "not a regular file",
+    "50 MB file": ":1:1: (file): the file is larger than 64 KiB",
+    "billion laughs": "expands to more than 10000 values",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_a_hostile_state_file_exits_64_at_once_without_a_traceback(stack: Stack, kind: str) -> None:
+    """Issue 13: exit 64 with the cause, nothing changed, no traceback, within a second of CPU time
+    (CPU, not wall-clock, so a loaded machine does not make it flaky; the wall-clock timeout catches hangs)."""
+    _hostile(kind, stack.state_file)
+    for command in ("validate", "plan", "apply"):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        result = subprocess.run(
+            [sys.executable, "-m", "reconciler", "-f", str(stack.state_file), command],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+            env={k: v for k, v in os.environ.items() if k != "RECONCILER_STATE"},
+        )
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        assert result.returncode == 64, result.stderr
+        assert HOSTILE[kind] in result.stderr
+        assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr
+        assert cpu < 1.0, f"{command} used {cpu:.2f} s of CPU"
+    assert sorted(os.listdir(stack.dir)) == ["state.yaml"]
+
+
+def test_keygen_add_recipient_writes_the_key_and_edits_state_yaml_in_place(stack: Stack) -> None:
+    _example_in(stack)
+    original = stack.state_file.read_text()
+    os.chmod(stack.state_file, 0o640)
+    result = stack.cli("keygen", "--add-recipient")
+    recipient = result.stdout.strip()
+    assert result.stdout == recipient + "\n" and recipient.startswith("age1")  # stdout: the recipient only
+    assert "Keep a copy somewhere safe" in result.stderr and "added its recipient" in result.stderr
+    key = stack.dir / ".reconciler" / "backup.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert recipient in key.read_text()
+    edited = stack.state_file.read_text()
+    changed = [(a, b) for a, b in zip(original.splitlines(), edited.splitlines(), strict=True) if a != b]
+    assert len(changed) == 1 and f"recipients: [{recipient}]" in changed[0][1], changed
+    assert stack.state_file.stat().st_mode & 0o777 == 0o640
+    stack.cli("validate")
+    # Without --add-recipient, state.yaml is untouched and stderr says where the recipient goes.
+    other = stack.cli("keygen", "--out", str(stack.dir / "second.key"))
+    assert other.stdout.startswith("age1") and "--add-recipient" in other.stderr
+    assert stack.state_file.read_text() == edited

@@ -376,3 +376,40 @@ def _get(port: int, path: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
     except OSError:
         return 0, ""
+
+
+BOMB_LEVELS = 9  # 10^9 values once expanded: gigabytes, and a MemoryError, for a loader that expands aliases
+
+
+def test_a_hostile_edit_is_refused_and_the_daemon_keeps_running_on_its_last_spec(
+    stack: Stack, daemons: list[RunningDaemon]
+) -> None:
+    """Issue 13: a billion-laughs state.yaml killed the daemon with no event while /healthz said 200, and
+    a FIFO in its place would hang it. Each is now a SpecInvalid event; the daemon lives on."""
+    document = daemon_stack(stack)
+    daemon = start(stack, daemons)
+    text = stack.state_file.read_text()
+    bomb = ["a0: &a0 [x]"] + [
+        f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, BOMB_LEVELS + 1)
+    ]
+    mark = len(daemon.events())
+    stack.state_file.write_text(text + "\n".join(bomb) + "\n")
+    event = daemon.wait_event("SpecInvalid", after=mark)
+    assert "expands to more than 10000 values" in event["message"], event
+    assert daemon.process.poll() is None
+    assert _get(document["daemon"]["metrics_port"], "/healthz")[0] == 200
+
+    mark = len(daemon.events())
+    stack.state_file.unlink()
+    os.mkfifo(stack.state_file)
+    event = daemon.wait_event("SpecInvalid", after=mark)
+    assert "not a regular file" in event["message"], event
+    # Still converging on the last valid spec: a redis killed now is started again.
+    redis_pid = int((stack.dir / ".reconciler" / "run" / "redis" / "redis.pid").read_text())
+    os.kill(redis_pid, signal.SIGKILL)
+    daemon.wait_event("Converged", after=mark)
+
+    stack.state_file.unlink()
+    stack.state_file.write_text(text)
+    daemon.wait_event("SpecValid", after=mark)
+    assert daemon.stop() == 0

@@ -179,5 +179,8 @@ def test_ram_lost_in_the_middle_of_a_switch_to_disk_is_restored_from_the_pre_swi
     stack.cli("apply")
     assert_converged(stack, "disk", original, set())
     history = [json.loads(p.read_text()) for p in (stack.dir / ".reconciler" / "journal-history").iterdir()]
-    assert [h["status"] for h in history] == ["abandoned"]
+    assert sorted((h["kind"], h["status"]) for h in history) == [
+        ("mode switch", "abandoned"),
+        ("restore on boot", "done"),
+    ]
     assert stack.status()["lastRestore"]["set"].endswith("-pre-switch")

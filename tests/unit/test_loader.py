@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from reconciler.errors import SpecInvalid
+from reconciler.errors import InvalidInput, SpecInvalid
+from reconciler.spec.edit import add_recipient
 from reconciler.spec.loader import parse_state
 from reconciler.spec.model import StateSpec
 from reconciler.spec.schema import options_markdown, schema_text
@@ -59,8 +60,7 @@ def test_every_problem_is_reported_at_once_with_line_and_column() -> None:
     assert found == [
         "state.yaml:3:7: mode: must be one of 'ram' or 'disk' (got 'rma')",
         "state.yaml:9:5: services.postgres.prot: unknown key 'prot' (did you mean 'port'?)",
-        "state.yaml:10:11: services.postgres.port: Input should be a valid integer, "
-        "unable to parse string as an integer (got 'many')",
+        "state.yaml:10:11: services.postgres.port: Input should be a valid integer (got 'many')",
         "state.yaml:12:3: ram.tmpfs_sise: unknown key 'tmpfs_sise' (did you mean 'tmpfs_size'?)",
     ]
 
@@ -150,3 +150,60 @@ def test_options_reference_is_up_to_date() -> None:
     committed = (ROOT / "docs/OPTIONS.md").read_text()
     assert committed == options_markdown(), "docs/OPTIONS.md is stale: run `reconciler schema --docs`"
     assert "| `ram.tmpfs_size` |" in committed
+
+
+RECIPIENT = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+
+
+def _changed_lines(before: str, after: str) -> list[str]:
+    import difflib
+
+    return [
+        line
+        for line in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
+
+
+def test_the_example_names_its_schema_for_editors() -> None:
+    first = (ROOT / "state.yaml").read_text().splitlines()[0]
+    assert first == "# yaml-language-server: $schema=schemas/state.schema.json"
+    assert (ROOT / "schemas/state.schema.json").is_file()
+
+
+def test_add_recipient_changes_one_line_of_the_example_and_keeps_comments() -> None:
+    example = (ROOT / "state.yaml").read_text()
+    edited = add_recipient(example, RECIPIENT)
+    changed = _changed_lines(example, edited)
+    assert len(changed) == 2, changed
+    assert changed[1].startswith(f"+    recipients: [{RECIPIENT}]        # `reconciler keygen")
+    assert edited.startswith("# yaml-language-server: $schema=schemas/state.schema.json\n")
+    assert parse_state(edited).backup.encryption.recipients == [RECIPIENT]
+    assert add_recipient(edited, RECIPIENT) == edited  # already there: unchanged
+
+
+def test_add_recipient_keeps_a_four_space_block_layout() -> None:
+    text = MINIMAL.replace("  ", "    ") + (
+        "backup:\n    encryption:\n        recipients:\n            -   age1first  # the laptop\n"
+        "        identity_file: /k\n"
+    )
+    edited = add_recipient(text, RECIPIENT)
+    assert _changed_lines(text, edited) == [f"+            -   {RECIPIENT}"]
+
+
+def test_add_recipient_creates_the_list_under_an_existing_encryption() -> None:
+    text = MINIMAL + "backup:\n  encryption:\n    identity_file: /k  # secret\n"
+    edited = add_recipient(text, RECIPIENT)
+    assert _changed_lines(text, edited) == [f"+    recipients: [{RECIPIENT}]"]
+    assert parse_state(edited).backup.encryption.recipients == [RECIPIENT]
+
+
+def test_add_recipient_without_a_backup_section_round_trips() -> None:
+    edited = add_recipient("# top comment\n" + MINIMAL, RECIPIENT)
+    assert edited.startswith("# top comment\n")
+    assert parse_state(edited).backup.encryption.recipients == [RECIPIENT]
+
+
+def test_add_recipient_refuses_unencrypted_backups() -> None:
+    with pytest.raises(InvalidInput, match="'none'"):
+        add_recipient(MINIMAL + "backup: {encryption: none}\n", RECIPIENT)

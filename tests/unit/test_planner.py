@@ -152,6 +152,22 @@ def test_mode_change_with_data_is_one_journaled_switch() -> None:
     assert plan(spec("disk"), after, NOW).in_sync
 
 
+def test_repairs_that_the_switch_needs_come_before_it() -> None:
+    # The switch starts with a backup of the running services: a dead Redis is started where its data
+    # is, and a missing application database is created, before the switch, not after it.
+    ram = spec("ram")
+    world = simulate_all(fresh_world(ram), plan(ram, fresh_world(ram), NOW).actions)
+    pg, rd = world.services["postgres"], world.services["redis"]
+    world = world.with_service(replace(pg, roles=frozenset({"postgres"}), databases=frozenset({"postgres"})))
+    world = world.with_service(replace(rd, running=False, pid=4242, died=True, data_dir=None, port=None))
+    result = plan(spec("disk"), world, NOW)
+    assert kinds(result.actions) == ["EnsureDatabase", "StartService", "SwitchMode"]
+    start = result.actions[1]
+    assert isinstance(start, StartService) and start.data_dir == ram.ram_dir("redis")
+    after = simulate_all(world, result.actions)
+    assert plan(spec("disk"), after, NOW).in_sync
+
+
 def test_switch_into_ram_is_refused_when_the_data_does_not_fit() -> None:
     disk = spec("disk", services="postgres")
     world = simulate_all(fresh_world(disk), plan(disk, fresh_world(disk), NOW).actions)
@@ -226,6 +242,29 @@ def test_never_mount_over_existing_ram_data() -> None:
     world = world.with_service(replace(pg, ram=replace(pg.ram, exists=True, initialized=True)))
     result = plan(desired, world, NOW)
     assert result.actions == () and "would hide that data" in result.blockers[0]
+
+
+def test_a_service_running_from_its_disk_dir_does_not_block_mounting_the_ram_root() -> None:
+    # Compose started the containers on their disk directories; RAM mode is wanted: the RAM root holds
+    # nothing, so the tmpfs is mounted and the data moves there by a switch, not a blocker about data
+    # that is not there.
+    desired = spec(mount="always")
+    world = fresh_world(desired, is_root=True)
+    for name in ("postgres", "redis"):
+        svc = world.services[name]
+        world = world.with_service(
+            replace(
+                svc,
+                running=True,
+                pid=100,
+                port=desired.port(name),
+                data_dir=desired.disk_dir(name),
+                disk=replace(svc.disk, exists=True, initialized=True),
+            )
+        )
+    result = plan(desired, world, NOW)
+    assert not any("would hide that data" in b for b in result.blockers), result.blockers
+    assert "PrepareRamRoot" in kinds(result.actions)
 
 
 def test_tmpfs_resize_and_refusal_to_shrink_below_use() -> None:
@@ -379,3 +418,37 @@ def test_never_initialises_where_data_or_foreign_files_are(world: tuple[StateSpe
 def test_planning_is_deterministic(world: tuple[StateSpec, ObservedState]) -> None:
     desired, observed = world
     assert plan(desired, observed, NOW) == plan(desired, observed, NOW)
+
+
+@settings(max_examples=300)
+@given(worlds(), st.data())
+def test_a_restore_that_did_not_complete_is_never_in_sync(
+    world: tuple[StateSpec, ObservedState], data: st.DataObject
+) -> None:
+    """Issue 12 item 1: a data directory an interrupted restore left behind (its marker says
+    "restoring") is restored again, even while a server runs from it; it is never served as it is."""
+    desired, observed = world
+    name = data.draw(st.sampled_from(sorted(desired.services.configured())))
+    service = observed.services[name]
+    target = replace(
+        service.location(desired.mode), exists=True, initialized=False, foreign=False, restore_incomplete=True
+    )
+    running = data.draw(st.booleans())
+    service = replace(
+        service,
+        **({"ram": target} if desired.mode == "ram" else {"disk": target}),  # type: ignore[arg-type]
+        running=running,
+        pid=123 if running else None,
+        port=desired.port(name) if running else None,
+        data_dir=target.path if running else None,
+    )
+    result = plan(desired, observed.with_service(service), NOW)
+    assert not result.in_sync
+    from reconciler.plan.actions import RestoreFromBackup
+    from reconciler.plan.selection import select_restore
+
+    usable = select_restore(observed.backups.sets, observed.backups.rejected, NOW, "demo").chosen
+    restores = [a for a in result.actions if isinstance(a, RestoreFromBackup)]
+    other = service.location("disk" if desired.mode == "ram" else "ram")
+    if usable is not None and not result.blockers and not (other.initialized and not other.stale):
+        assert restores and name in restores[0].services

@@ -98,13 +98,18 @@ def test_the_newest_verified_set_survives_any_policy() -> None:
 
 times = st.integers(min_value=-48, max_value=24 * 90).map(lambda h: NOW - timedelta(hours=h, minutes=h % 7))
 histories = st.lists(st.tuples(times, st.booleans(), st.booleans()), max_size=40)
-policies = st.builds(
-    RetentionSpec,
-    keep_last=st.integers(0, 5),
-    keep_hourly=st.integers(0, 5),
-    keep_daily=st.integers(0, 5),
-    keep_weekly=st.integers(0, 3),
-    keep_monthly=st.integers(0, 2),
+policies = (
+    st.tuples(st.integers(0, 5), st.integers(0, 5), st.integers(0, 5), st.integers(0, 3), st.integers(0, 2))
+    .filter(any)
+    .map(  # a policy keeping nothing is refused at validation
+        lambda keep: RetentionSpec(
+            keep_last=keep[0],
+            keep_hourly=keep[1],
+            keep_daily=keep[2],
+            keep_weekly=keep[3],
+            keep_monthly=keep[4],
+        )
+    )
 )
 
 
