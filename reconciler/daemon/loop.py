@@ -227,32 +227,86 @@ class Daemon:
         code = EXIT_OK
         ctx = self._context()
         if ctx is not None and ctx.spec.mode == "ram" and ctx.spec.daemon.final_backup:
-            observed = ctx.observe()
-            if all(s.running for s in observed.services.values()):
-                try:
-                    document = engine_backups.take_backup(ctx, "shutdown")
-                    events.emit(
-                        self.state_dir,
-                        "Normal",
-                        "FinalBackup",
-                        f"final backup set {document['set']} taken before exit",
-                    )
-                except ReconcilerError as exc:
-                    code = EXIT_FINAL_BACKUP_FAILED
-                    events.emit(self.state_dir, "Warning", "FinalBackupFailed", f"final backup failed: {exc}")
-                    self.notifier.fail(f"final backup failed: {exc}")
-            else:
-                events.emit(
-                    self.state_dir,
-                    "Warning",
-                    "FinalBackupSkipped",
-                    "final backup skipped: not every service is running",
-                )
+            code = self._final_backup(ctx)
         events.emit(
             self.state_dir, "Normal", "Stopped", f"daemon stopped ({self._stop_signal or 'asked to stop'})"
         )
         self._write_daemon_status(running=False)
         return code
+
+    def _final_backup(self, ctx: StackContext) -> int:
+        """The RAM-mode backup at exit, taken only once the apps' writers are drained.
+
+        A backup taken while the apps still write misses every write acknowledged after its snapshot,
+        and at a host shutdown those are lost with the RAM. The apps (``drain.containers``) are
+        stopped first and left stopped: after a reboot they must not write into the stack before the
+        daemon has restored it; the next daemon start resumes them once the stack is in sync. If they
+        cannot be stopped, no backup is taken (it would not hold the last writes) and an event says so.
+        """
+        try:
+            drained = self._drain_apps(ctx)
+        except ReconcilerError as exc:
+            message = f"final backup skipped: the apps could not be drained first ({exc})"
+            events.emit(self.state_dir, "Warning", "FinalBackupSkipped", message)
+            self.notifier.fail(message)
+            return EXIT_FINAL_BACKUP_FAILED
+        observed = ctx.observe()
+        if not all(s.running for s in observed.services.values()):
+            events.emit(
+                self.state_dir,
+                "Warning",
+                "FinalBackupSkipped",
+                "final backup skipped: not every service is running",
+            )
+            return EXIT_OK
+        try:
+            document = engine_backups.take_backup(ctx, "shutdown")
+        except ReconcilerError as exc:
+            events.emit(self.state_dir, "Warning", "FinalBackupFailed", f"final backup failed: {exc}")
+            self.notifier.fail(f"final backup failed: {exc}")
+            return EXIT_FINAL_BACKUP_FAILED
+        after = f" after draining {', '.join(drained)}" if drained else ""
+        events.emit(
+            self.state_dir,
+            "Normal",
+            "FinalBackup",
+            f"final backup set {document['set']} taken{after} before exit",
+        )
+        return EXIT_OK
+
+    @property
+    def _drained_path(self) -> str:
+        return os.path.join(self.state_dir, "shutdown-drained.json")
+
+    def _drain_apps(self, ctx: StackContext) -> list[str]:
+        names = list(ctx.spec.drain.containers)
+        if not names:
+            return []
+        stopped = list(ctx.runtime.stop_containers(names))
+        recorded = fs.read_json(self._drained_path)
+        earlier = list(recorded.get("containers", [])) if isinstance(recorded, dict) else []
+        fs.atomic_write_json(
+            self._drained_path, {"containers": [*earlier, *(n for n in stopped if n not in earlier)]}
+        )
+        events.emit(
+            self.state_dir, "Normal", "AppsDrained", f"stopped {', '.join(names)} before the final backup"
+        )
+        return names
+
+    def _resume_apps(self, ctx: StackContext) -> None:
+        """Start the apps the last shutdown drained, now that the stack is in sync again."""
+        recorded = fs.read_json(self._drained_path)
+        names = list(recorded.get("containers", [])) if isinstance(recorded, dict) else []
+        if names:
+            try:
+                ctx.runtime.start_containers(names)
+                events.emit(self.state_dir, "Normal", "AppsResumed", f"started {', '.join(names)} again")
+            except Exception as exc:  # an engine error must not stop the loop; it is reported
+                message = f"could not start {', '.join(names)} again after the last shutdown: {exc}; start them by hand"
+                log.warning(message)
+                events.emit(self.state_dir, "Warning", "AppsNotResumed", message)
+        if recorded is not None:
+            os.unlink(self._drained_path)
 
     # ---- one pass -------------------------------------------------------------------------------
 
@@ -360,6 +414,7 @@ class Daemon:
                 return
             if self._converge(ctx, reasons):
                 ctx = self._context() or ctx
+                self._resume_apps(ctx)
                 self._upkeep(ctx)
         finally:
             self.pass_started = None

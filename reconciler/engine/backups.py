@@ -93,6 +93,17 @@ def _endpoints(ctx: StackContext) -> dict[str, Any]:
         service = observed.services[name]
         if not service.running or service.port is None:
             raise PermanentError(f"{name} is not running; run `reconciler apply` first")
+        # RAM data only: a disk directory made by Compose (no marker of ours) is the user's data.
+        ram = service.ram if service.data_dir == service.ram.path else None
+        if ram is not None and not ram.initialized:
+            raise PermanentError(
+                f"{name} serves {ram.path}, which holds no data the reconciler initialised, restored or "
+                "moved there (an empty database an image initialised by itself, e.g. after a reboot), while "
+                "backup sets exist: a backup of it would become the newest set. Nothing was backed up. "
+                "Run `reconciler apply` to restore the newest set first"
+            )
+        if ram is not None and ram.unclaimed:  # no set exists: it is the only data; adopt it
+            ctx.runtime.claim_data_dir(name, ram.path)
         endpoints[name] = ctx.runtime.endpoint(name, service.port)
     return endpoints
 

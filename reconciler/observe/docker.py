@@ -9,6 +9,11 @@ Design decisions:
   the service's name), so a stack started by ``docker compose up`` is adopted as it is.
 - The data directories are observed on the host exactly as for the local runtime (they are host
   directories bind-mounted into the containers); the container only tells which one it serves.
+- RAM data without the reconciler's marker is *unclaimed* (``DataDir.unclaimed``): after a reboot,
+  the restart policy starts a container whose entrypoint initialises an empty database there. While
+  a complete backup set exists it counts as no data, so it is never served as in sync nor backed up
+  (``disown_unclaimed``). A RAM data mount Docker would re-create when missing (``-v``) is drift: the
+  container is recreated with a ``Mounts`` bind that fails to start without its directory.
 - Database facts come from the server itself (psql through exec, RESP over loopback), so the
   database size is the one measured inside the container.
 """
@@ -17,12 +22,21 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from typing import Any
 
 from reconciler.observe.local import data_dir_facts, with_server_facts
 from reconciler.observe.local import observe as observe_host
 from reconciler.plan.observed import ObservedState, ServiceObservation
-from reconciler.runtimes.docker import DATA_PATHS, RAM_MODE_ENV, DockerRuntime, container_env, data_mount
+from reconciler.runtimes.docker import (
+    DATA_PATHS,
+    RAM_MODE_ENV,
+    DockerRuntime,
+    container_env,
+    creates_missing_source,
+    data_mount,
+)
+from reconciler.runtimes.local import read_marker
 from reconciler.spec.model import StateSpec
 from reconciler.system import host
 
@@ -60,7 +74,31 @@ def observe(spec: StateSpec, runtime: DockerRuntime) -> ObservedState:
     ) -> ServiceObservation:
         return _observe_service(spec, runtime, name, svc_spec, containers.get(name), mounts)
 
-    return observe_host(spec, runtime.host_side, probe)
+    return disown_unclaimed(observe_host(spec, runtime.host_side, probe))
+
+
+def disown_unclaimed(observed: ObservedState) -> ObservedState:
+    """RAM data without the reconciler's marker holds no data the planner may keep, while sets exist.
+
+    Only the reconciler creates directories under ``ram.path``; data there without its marker was made
+    by someone else, in practice an image's entrypoint initialising an empty database in a directory
+    Docker re-created after a reboot. Serving it (or backing it up, where it would become the newest
+    set) while real backup sets exist would replace the real data by nothing, so it counts as no data:
+    the planner restores the newest set and the runtime sets the directory aside first. With no
+    complete set anywhere, it is the only data there is and is kept as it is.
+    """
+    if not any(s.complete for s in observed.backups.sets):
+        return observed
+    for name, service in observed.services.items():
+        if service.ram.unclaimed and service.ram.initialized:
+            log.warning(
+                "%s: %s holds data the reconciler did not create (no marker): it is not served or backed "
+                "up; the newest backup set is restored instead",
+                name,
+                service.ram.path,
+            )
+            observed = observed.with_service(replace(service, ram=replace(service.ram, initialized=False)))
+    return observed
 
 
 def _observe_service(
@@ -73,6 +111,8 @@ def _observe_service(
 ) -> ServiceObservation:
     # The container's own user owns the files; reachability of host parents does not matter to a bind.
     ram = data_dir_facts(name, spec.ram_dir(name), 0, 0, mounts)
+    if ram.initialized and read_marker(ram.path) is None:
+        ram = replace(ram, unclaimed=True)
     disk = data_dir_facts(name, spec.disk_dir(name), 0, 0, mounts)
     if attrs is None:
         return ServiceObservation(name=name, ram=ram, disk=disk)
@@ -100,6 +140,8 @@ def _observe_service(
     env = container_env(attrs)
     if data_dir is not None and any(env.get(k) != v for k, v in wanted.items()):
         drift = f"{RAM_MODE_ENV}={env.get(RAM_MODE_ENV, '(unset)')}, want {wanted[RAM_MODE_ENV]}"
+    elif data_dir == ram.path and creates_missing_source(attrs, DATA_PATHS[name]):
+        drift = "its RAM data is a -v bind, which Docker re-creates empty after a reboot"
     port = spec.port(name)
     observation = ServiceObservation(
         name=name,

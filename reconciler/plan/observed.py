@@ -40,6 +40,9 @@ class DataDir:
     filesystem: Filesystem | None = None
     size_bytes: int = 0  # bytes of the files below it (0 when it does not exist)
     stale: bool = False  # a copy kept after a mode switch moved the data away: not authoritative
+    # docker runtime, RAM location: data without the reconciler's marker (an image's entrypoint
+    # initialised it, e.g. after a reboot); not counted as data while backup sets exist
+    unclaimed: bool = False
     restore_incomplete: bool = False  # a restore into it never completed: not data (initialized=False)
 
 

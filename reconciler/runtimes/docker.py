@@ -20,6 +20,12 @@ Design decisions:
   version always matches the server; their input and output stream through the Engine API socket
   (``ExecProcess``), with no temporary file in the container.
 - Engine errors become actionable messages: no socket, engine not answering, image missing.
+- RAM data is bound with a ``Mounts`` bind, never ``-v``: after a reboot the restart policy starts the
+  container before the reconciler runs, and Docker would create the missing RAM directory empty on
+  plain /dev/shm for the image's entrypoint to initialise an empty database in. With a ``Mounts`` bind
+  the start fails until the reconciler has restored the data. Data directories the reconciler made
+  carry its marker; ``init_service`` sets aside content without one (see docs/ARCHITECTURE.md,
+  "Docker after a reboot").
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from typing import IO, Any
 
 from reconciler.errors import CommandFailed, PermanentError, TransientError
 from reconciler.runtimes.base import Endpoint
-from reconciler.runtimes.local import MARKER, LocalRuntime
+from reconciler.runtimes.local import MARKER, LocalRuntime, read_marker
 from reconciler.system import fs, proc
 
 log = logging.getLogger(__name__)
@@ -134,13 +140,54 @@ class DockerRuntime:
     # -- services -------------------------------------------------------------------------------
 
     def init_service(self, service: str, data_dir: str) -> None:
-        """An empty 0700 directory; the image's entrypoint initialises it on first start, as it would a volume."""
-        if os.path.isdir(data_dir) and not fs.is_empty_dir(data_dir):
+        """A data directory of the reconciler's own: empty, initialised by the image, then marked.
+
+        A container still running on this path is stopped first: nothing valid runs from a directory
+        that is being initialised (after a reboot, the restart policy may have started it on a fresh
+        directory). Content without the reconciler's marker (a database an image's entrypoint
+        initialised on its own) is set aside next to it, never deleted. PostgreSQL's image refuses to
+        initialise a directory holding any file, so its marker is written only after the container
+        has initialised it and answers; Redis needs no initialisation and is marked at once (a restore
+        then puts its RDB file in before the first start).
+        """
+        # Held before the stop: a Redis stopped on an empty directory saves its empty dataset there,
+        # which is nothing to keep. A PostgreSQL stopped while its entrypoint ran initdb leaves a
+        # partial cluster, which is set aside like any unclaimed content.
+        held = os.path.isdir(data_dir) and not fs.is_empty_dir(data_dir)
+        self.stop_service(service, data_dir)  # only if it serves this directory
+        held = held or (service == "postgres" and os.path.isdir(data_dir) and not fs.is_empty_dir(data_dir))
+        if held and read_marker(data_dir) is not None:
             return
+        if held:
+            aside = f"{data_dir}.unclaimed-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            os.rename(data_dir, aside)
+            log.warning(
+                "%s: %s held data the reconciler did not create (no %s marker); kept as %s",
+                service,
+                data_dir,
+                MARKER,
+                aside,
+            )
         fs.ensure_dir(os.path.dirname(data_dir), 0o755)
         fs.ensure_dir(data_dir, 0o700)
         if service == "redis":
-            fs.atomic_write_json(os.path.join(data_dir, MARKER), {"service": service, "stack": self.stack})
+            self.claim_data_dir(service, data_dir)
+            return
+        port = self.spec.port(service)
+        container = self._ensure_container(service, data_dir, port)
+        container.reload()
+        if container.status != "running":
+            container.start()
+        self._wait_ready(service, container, port)
+        self.claim_data_dir(service, data_dir)
+        log.info("initialised %s data directory %s in container %s", service, data_dir, container.name)
+
+    def claim_data_dir(self, service: str, data_dir: str) -> None:
+        """Write the marker that makes ``data_dir`` the reconciler's own (owned like the directory)."""
+        marker = os.path.join(data_dir, MARKER)
+        st = os.stat(data_dir)
+        fs.atomic_write_json(marker, {"service": service, "stack": self.stack}, 0o600)
+        os.chown(marker, st.st_uid, st.st_gid)
 
     def start_service(self, service: str, data_dir: str, port: int) -> None:
         container = self._ensure_container(service, data_dir, port)
@@ -212,16 +259,20 @@ class DockerRuntime:
             and mount.get("Type") == "bind"
             and os.path.normpath(str(mount.get("Source"))) == os.path.normpath(data_dir)
             and all(env.get(k) == v for k, v in wanted_env.items())
+            and not (  # RAM data only: a disk directory does not vanish at a reboot
+                _same_dir(data_dir, self.spec.ram_dir(service))
+                and creates_missing_source(container.attrs, DATA_PATHS[service])
+            )
         ):
             return container
         return self._recreate(service, container, data_dir)
 
-    def _binds(self, service: str, data_dir: str) -> list[str]:
-        binds = [f"{data_dir}:{DATA_PATHS[service]}"]
-        if service == "postgres":
-            self.host_side.ensure_run_dir(service)
-            binds.append(f"{self.socket_dir(service)}:{PG_SOCKET_DIR}")
-        return binds
+    def _binds(self, service: str) -> list[str]:
+        """Binds Docker may create when missing: only the PostgreSQL socket directory (on disk)."""
+        if service != "postgres":
+            return []
+        self.host_side.ensure_run_dir(service)
+        return [f"{self.socket_dir(service)}:{PG_SOCKET_DIR}"]
 
     def _create(self, service: str, data_dir: str, port: int) -> Any:
         import docker.errors
@@ -264,7 +315,8 @@ class DockerRuntime:
                 "first (`docker pull`, or scripts/docker-images for the test images). Nothing was changed"
             ) from None
         host_config = self.client.api.create_host_config(
-            binds=self._binds(service, data_dir),
+            binds=self._binds(service),
+            mounts=[data_bind(data_dir, DATA_PATHS[service])],
             network_mode="host",
             restart_policy={"Name": "unless-stopped"},
         )
@@ -287,10 +339,9 @@ class DockerRuntime:
         target = DATA_PATHS[service]
         env = {**container_env(attrs), **self.desired_env(service)}
         config["Env"] = [f"{k}={v}" for k, v in env.items()]
-        binds = [b for b in host_config.get("Binds") or [] if _bind_target(b) != target]
-        binds.append(f"{data_dir}:{target}")
-        host_config["Binds"] = binds
+        host_config["Binds"] = [b for b in host_config.get("Binds") or [] if _bind_target(b) != target]
         host_config["Mounts"] = [m for m in host_config.get("Mounts") or [] if m.get("Target") != target]
+        host_config["Mounts"].append(data_bind(data_dir, target))
         host_config["Tmpfs"] = {k: v for k, v in (host_config.get("Tmpfs") or {}).items() if k != target}
         config["Volumes"] = {k: v for k, v in (config.get("Volumes") or {}).items() if k != target} or None
         networks = attrs.get("NetworkSettings", {}).get("Networks") or {}
@@ -410,6 +461,22 @@ def data_mount(attrs: dict[str, Any], target: str) -> dict[str, Any] | None:
         if mount.get("Target") == target and mount.get("Type") == "tmpfs":
             return {"Type": "tmpfs", "Destination": target, "Options": str(mount.get("TmpfsOptions") or "")}
     return None
+
+
+def data_bind(source: str, target: str) -> dict[str, Any]:
+    """The data mount: a bind whose missing source makes the container fail to start.
+
+    ``-v``/``Binds`` would have Docker create a missing source as an empty directory. After a reboot
+    the restart policy starts the container before the reconciler runs; the RAM directory is gone, and
+    the image's entrypoint would initialise an empty database in a directory Docker made up on plain
+    /dev/shm. With a ``Mounts`` bind the container stays down until the reconciler restores its data.
+    """
+    return {"Type": "bind", "Source": source, "Target": target, "ReadOnly": False}
+
+
+def creates_missing_source(attrs: dict[str, Any], target: str) -> bool:
+    """The container's data at ``target`` is a ``-v`` bind, which Docker re-creates empty when missing."""
+    return any(_bind_target(b) == target for b in attrs.get("HostConfig", {}).get("Binds") or [])
 
 
 def _same_dir(a: str, b: str) -> bool:

@@ -226,3 +226,30 @@ def test_containers_started_by_compose_are_found_by_their_labels(docker_stack: S
         assert status["services"]["redis"]["running"] and status["in_sync"]
     finally:
         engine.containers.get(f"{name}-redis-1").remove(force=True)
+
+
+def test_a_mode_switch_keeps_the_data_the_reconciler_own_and_binds_it_with_a_mount(
+    docker_stack: Stack, engine: Any
+) -> None:
+    """Disk → RAM with backup sets present: the moved RAM data carries the marker, so it is the
+    stack's data (not an image's fresh database to be replaced by a restore), and the container binds
+    it with a Mounts bind that Docker would not re-create empty after a reboot."""
+    stack = docker_stack
+    stack.edit(mode="disk")
+    stack.cli("apply")
+    seed(stack, 200)
+    stack.cli("backup")
+    seed(stack, 10)  # newer than the set: a restore instead of the moved data would lose these
+    before = snapshot(stack)
+    stack.edit(mode="ram")
+    stack.cli("apply")
+    assert stack.cli("plan").returncode == 0
+    assert snapshot(stack) == before
+    name = stack.document()["stack"]
+    for service, path in (("postgres", "/var/lib/postgresql/data"), ("redis", "/data")):
+        host_config = inspect(engine, f"{name}-{service}")["HostConfig"]
+        assert {"Type": "bind", "Source": str(stack.ram_root / service), "Target": path}.items() <= next(
+            m for m in host_config["Mounts"] if m["Target"] == path
+        ).items()
+        assert not [b for b in host_config.get("Binds") or [] if b.endswith(f":{path}")]
+        assert (stack.ram_root / service / ".reconciler-service.json").exists()
