@@ -500,6 +500,12 @@ class Daemon:
     def _upkeep(self, ctx: StackContext) -> None:
         observed = self._observe(ctx)
         assert observed is not None
+        down = [n for n in ctx.spec.services.configured() if not observed.services[n].running]
+        if down:  # died after the apply looked, before the watcher was armed: converge again at once
+            message = f"{' and '.join(down)} stopped running during the pass; converging again"
+            events.emit(self.state_dir, "Warning", "ServiceDown", message)
+            self.wake(message)
+            return
         if self._pressure(ctx, observed):
             return  # the fallback switch changed the stack; the next pass observes it afresh
         took = self._backup_if_due(ctx, observed)
