@@ -435,6 +435,7 @@ class Daemon:
         self._note({"Reconciling": (True, "Applying", why)})
         self._flush()
         result = apply(ctx, progress=self._step_event)
+        self._observe(ctx, quiet=True)  # what is reported from now on is the converged stack
         message = f"applied {len(result.executed)} step(s) in {result.seconds:.1f} s"
         events.emit(self.state_dir, "Normal", "Converged", message)
 
@@ -498,7 +499,8 @@ class Daemon:
         return self.stalled_on is not None or self.blocked_on is not None
 
     def _upkeep(self, ctx: StackContext) -> None:
-        observed = self._observe(ctx)
+        # The pass's own observation when nothing acted since (one observation per idle pass).
+        observed = self.observed if not self.observed_stale and self.observed else self._observe(ctx)
         assert observed is not None
         down = [n for n in ctx.spec.services.configured() if not observed.services[n].running]
         if down:  # died after the apply looked, before the watcher was armed: converge again at once
