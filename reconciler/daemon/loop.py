@@ -45,7 +45,7 @@ import tenacity
 from reconciler.daemon.metrics import MetricsServer, Snapshot
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.stall import blocker_key, world_key
-from reconciler.daemon.watch import ProcessWatcher, StateWatcher
+from reconciler.daemon.watch import ContainerWatcher, ProcessWatcher, StateWatcher
 from reconciler.engine import backups as engine_backups
 from reconciler.engine import events, status
 from reconciler.engine.apply import apply
@@ -112,6 +112,7 @@ class Daemon:
         self.observed: ObservedState | None = None  # the newest observation (what /metrics reports)
         self.observed_stale = True  # the engine acted since: observe again before publishing
         self.processes = ProcessWatcher(self._process_exited)
+        self.containers = ContainerWatcher(self._process_exited)
         self.last_error: str | None = None
         self.invalid_digest: str | None = None
         self.passes = 0
@@ -184,7 +185,10 @@ class Daemon:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         watcher = StateWatcher(self.state_file, self.wake)
         watcher.start()
-        self.processes.start()
+        if self.spec.runtime == "docker":
+            self.containers.start()
+        else:
+            self.processes.start()
         port = self.spec.daemon.metrics_port
         if port is not None:
             self.metrics = MetricsServer(self.snapshot, port, self._liveness)
@@ -211,6 +215,7 @@ class Daemon:
         finally:
             watcher.stop()
             self.processes.stop()
+            self.containers.stop()
             if self.metrics:
                 self.metrics.stop()
             for sig, handler in previous.items():
@@ -367,8 +372,9 @@ class Daemon:
         observed = self.observed
         if observed is not None:
             self.processes.arm({n: s.pid for n, s in observed.services.items() if s.running and s.pid})
+            self.containers.arm({n: s.container for n, s in observed.services.items() if s.container})
 
-    def _process_exited(self, name: str, pid: int) -> None:
+    def _process_exited(self, name: str, what: str) -> None:
         """From the watcher's thread: report the death at once and wake the loop to heal it."""
         self._service_up(name, False)
         ours = self.pass_started is not None  # our own steps stop services (a switch, a restore)
@@ -376,7 +382,7 @@ class Daemon:
             self.state_dir,
             "Normal" if ours else "Warning",
             "ProcessExited",
-            f"{name} (pid {pid}) exited" + ("" if ours else "; converging now"),
+            f"{name} ({what}) exited" + ("" if ours else "; converging now"),
         )
         self.wake(f"{name} exited")
 

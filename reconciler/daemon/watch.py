@@ -13,7 +13,14 @@ Design decisions:
   the local runtime's servers are daemonized (not our children, so ``waitpid`` cannot see them), but a
   pidfd becomes readable the moment its process exits, whoever its parent is. One thread blocks in
   ``poll`` on the pidfds plus a self-pipe (used to re-arm and to stop): zero CPU while nothing happens.
-  The docker runtime's containers are watched the same way through their main process's host pid.
+- The docker runtime's containers are watched through the Engine's event stream instead
+  (``ContainerWatcher``: ``die`` and ``destroy`` of the stack's containers). A pidfd of the container's
+  main process would work only while the reconciler shares the host's pid namespace; in a container
+  of its own (compose/) ``State.Pid`` means nothing to it. The stream is one long-lived request on
+  its own client (docker-py clients are not shared across threads here), blocking with no timeout;
+  when the engine goes away the watcher reconnects with a capped backoff, and the resync covers the gap.
+  ``docker rm -f`` sends ``die`` while the container still exists, marked for removal (it cannot be
+  started, nor its name reused): that ``die`` is skipped and the ``destroy`` that follows wakes the loop.
 - The loop re-arms the watcher after every pass with the pids it has just observed (level-triggered:
   the watcher remembers nothing the observation does not confirm). A pid that already fired is not
   armed again while the observation still names it (a zombie, or a pid of another pid namespace that
@@ -30,6 +37,7 @@ import os
 import select
 import threading
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +111,9 @@ class StateWatcher:
 
 
 class ProcessWatcher:
-    """Calls ``on_exit(service, pid)`` (from its own thread) the moment a watched process exits."""
+    """Calls ``on_exit(service, "pid N")`` (from its own thread) the moment a watched process exits."""
 
-    def __init__(self, on_exit: Callable[[str, int], None]) -> None:
+    def __init__(self, on_exit: Callable[[str, str], None]) -> None:
         self.on_exit = on_exit
         self._lock = threading.Lock()
         self._wanted: dict[str, int] = {}
@@ -168,7 +176,7 @@ class ProcessWatcher:
                         if exc.errno != errno.ESRCH:
                             raise
                         fired.add(pid)  # gone between the observation and now
-                        self.on_exit(name, pid)
+                        self.on_exit(name, f"pid {pid}")
                         continue
                     armed[fd] = (name, pid)
                     poller.register(fd, select.POLLIN)
@@ -180,9 +188,81 @@ class ProcessWatcher:
                     poller.unregister(fd)
                     os.close(fd)
                     fired.add(pid)
-                    self.on_exit(name, pid)
+                    self.on_exit(name, f"pid {pid}")
         except Exception as exc:  # the resync still heals; say why it is slower
             log.warning("watching service processes stopped (%s); deaths are noticed at the next resync", exc)
         finally:
             for fd in armed:
                 os.close(fd)
+
+
+class ContainerWatcher:
+    """Calls ``on_exit(service, "container X: die")`` when a watched container stops or is removed."""
+
+    EVENTS = ("die", "destroy")
+
+    def __init__(self, on_exit: Callable[[str, str], None]) -> None:
+        self.on_exit = on_exit
+        self._lock = threading.Lock()
+        self._wanted: dict[str, str] = {}  # container name → service
+        self._stopping = threading.Event()
+        self._stream: Any = None
+        self.thread = threading.Thread(target=self._run, name="container-watcher", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def arm(self, containers: dict[str, str]) -> None:
+        """Watch these containers (service name → container name) from now on."""
+        with self._lock:
+            self._wanted = {container: service for service, container in containers.items()}
+
+    def stop(self) -> None:
+        self._stopping.set()
+        stream = self._stream
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()  # unblocks the read in the watcher's thread
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        from reconciler.runtimes.docker import connect_engine
+
+        delay = 1.0
+        while not self._stopping.is_set():
+            try:
+                client = connect_engine()
+                self._stream = client.events(
+                    decode=True, filters={"type": "container", "event": list(self.EVENTS)}
+                )
+                if self._stopping.is_set():
+                    return
+                delay = 1.0
+                for event in self._stream:
+                    actor = event.get("Actor") or {}
+                    name = str((actor.get("Attributes") or {}).get("name", ""))
+                    with self._lock:
+                        service = self._wanted.get(name)
+                    action = str(event.get("Action") or event.get("status"))
+                    if service is not None and not (action == "die" and _being_removed(client, name)):
+                        self.on_exit(service, f"container {name}: {action}")
+            except Exception as exc:
+                if self._stopping.is_set():
+                    return
+                log.warning(
+                    "the Docker event stream failed (%s); reconnecting in %.0f s, the resync covers the gap",
+                    exc,
+                    delay,
+                )
+            if self._stopping.wait(delay):
+                return
+            delay = min(delay * 2, 60.0)
+
+
+def _being_removed(client: Any, name: str) -> bool:
+    try:
+        state = client.api.inspect_container(name).get("State") or {}
+    except Exception:  # gone already (404): the destroy event has been sent, or is on its way
+        return True
+    return bool(state.get("Status") == "removing")

@@ -19,13 +19,14 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import Stack
+from tests.conftest import Stack, free_port
 from tests.e2e.test_daemon import RunningDaemon, _get, _status_file, daemon_stack, daemons, local_sets
 from tests.integration.test_backups import seed
+from tests.integration.test_docker_runtime import docker_document, docker_stack, engine
 
 pytestmark = pytest.mark.e2e
 
-__all__ = ["daemons"]  # the fixture, re-used from test_daemon
+__all__ = ["daemons", "docker_stack", "engine"]  # fixtures, re-used from their modules
 
 SLOW_RESYNC = "5m"
 
@@ -210,3 +211,23 @@ def test_a_switch_failing_at_verify_stalls_without_retrying_and_every_failure_is
     again = daemon.wait_event("Stalled", after=mark, timeout=180)
     assert "failed at step verify" in again["message"]
     assert daemon.reasons()[mark:].count("Reconciling") == 1
+
+
+def test_a_removed_container_is_recreated_without_waiting_for_the_resync(
+    docker_stack: Stack, engine: Any, daemons: list[RunningDaemon]
+) -> None:
+    stack = docker_stack
+    document = docker_document(stack)
+    document["daemon"] = {"resync": SLOW_RESYNC, "backoff_max": "4s", "metrics_port": free_port()}
+    document["daemon"]["verify_new_sets"] = False
+    stack.write(document)
+    daemon = start(stack, daemons)
+    daemon.wait_event("BackupTaken")  # the first pass is over: the daemon is idle
+    mark = len(daemon.events())
+    container = f"{document['stack']}-redis"
+    engine.containers.get(container).remove(force=True)
+    exited = daemon.wait_event("ProcessExited", after=mark, timeout=30)
+    assert f"container {container}" in exited["message"], exited
+    daemon.wait_for("redis serving again", lambda: redis_serves(stack), timeout=60)
+    daemon.wait_event("Converged", after=mark, timeout=30)
+    assert engine.containers.get(container).status == "running"
