@@ -10,42 +10,35 @@ from hypothesis import strategies as st
 
 from reconciler.daemon.metrics import Snapshot
 from reconciler.daemon.stall import blocker_key, world_key
-from reconciler.plan.observed import (
-    DataDir,
-    Filesystem,
-    HostObservation,
-    ObservedState,
-    RamRoot,
-    ServiceObservation,
-)
+from reconciler.plan import observed as o
 
-TMPFS = Filesystem("/dev/shm", "tmpfs", size_bytes=1 << 30, used_bytes=0)
+TMPFS = o.Filesystem("/dev/shm", "tmpfs", size_bytes=1 << 30, used_bytes=0)
 
 
 def world(
     running: bool = True, pid: int = 100, size: int = 1000, used: int = 0, free: int = 1 << 30
-) -> ObservedState:
-    ram = DataDir(
+) -> o.ObservedState:
+    ram = o.DataDir(
         "/dev/shm/s/postgres",
         exists=True,
         initialized=True,
         filesystem=replace(TMPFS, used_bytes=used),
         size_bytes=size,
     )
-    postgres = ServiceObservation(
+    postgres = o.ServiceObservation(
         "postgres",
         running=running,
         pid=pid if running else None,
         port=5432 if running else None,
         data_dir=ram.path if running else None,
         ram=ram,
-        disk=DataDir("/srv/postgres"),
+        disk=o.DataDir("/srv/postgres"),
         size_bytes=size,
     )
-    return ObservedState(
+    return o.ObservedState(
         {"postgres": postgres},
-        RamRoot("/dev/shm/s", exists=True, filesystem=replace(TMPFS, used_bytes=used)),
-        HostObservation(mem_total=2 << 30, mem_available=free),
+        o.RamRoot("/dev/shm/s", exists=True, filesystem=replace(TMPFS, used_bytes=used)),
+        o.HostObservation(mem_total=2 << 30, mem_available=free),
     )
 
 
