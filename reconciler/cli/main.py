@@ -304,7 +304,9 @@ def status(state: _State, output_format: str) -> None:
         "blockers": list(the_plan.blockers),
         "services": services,
         "host": asdict(observed.host),
-        "conditions": recorded.get("conditions", []),
+        "conditions": status_file.live_conditions(
+            recorded.get("conditions", []), ctx.spec, observed, the_plan
+        ),
         "lastAppliedRevision": recorded.get("lastAppliedRevision"),
         "lastRun": recorded.get("lastRun"),
         "lastRestore": backup_records.get("last_restore"),

@@ -64,9 +64,10 @@ def status_text(document: dict[str, Any]) -> list[str]:
         mark = "[green]✓[/]" if good else "[red]✗[/]"
         if condition["type"] == "Reconciling":
             mark = "[yellow]…[/]" if condition["status"] == "True" else "·"
+        since = "observed now" if condition.get("observed") else f"since {condition['lastTransitionTime']}"
         lines.append(
             f"  {mark} {condition['type']}={condition['status']} {condition['reason']}: "
-            f"{_escape(str(condition['message']))} (since {condition['lastTransitionTime']})"
+            f"{_escape(str(condition['message']))} ({since})"
         )
     backup = document.get("lastBackup")
     if backup:

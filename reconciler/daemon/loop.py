@@ -13,7 +13,12 @@ Design decisions:
   and the RAM-pressure watch.
 - Errors are classified once (``errors.py``): a transient failure retries with capped exponential
   backoff and jitter (tenacity's wait strategy), reset by the next success; a permanent one sets
-  Stalled and stops retrying until state.yaml changes or the plan itself changes (the world moved).
+  Stalled and stops retrying until state.yaml or the observed world changes (``daemon/stall.py``
+  says what counts as a change). Every failed attempt is an event, not only the first.
+- Healing does not wait for the resync: the process watcher (``watch.ProcessWatcher``) wakes the loop
+  the instant a service process exits, and the loop re-arms it after every pass with the pids it has
+  just observed. What the daemon publishes (metrics, ``/healthz``) comes from the newest observation,
+  so a dead service is reported as down at once, not after the next pass.
   An invalid edit of state.yaml is reported and ignored: the daemon keeps converging to the last
   valid spec rather than stopping, because the stack still needs its backups.
 - Signals only set flags; the pass in progress runs to its end (every step is journaled or idempotent,
@@ -40,14 +45,16 @@ import tenacity
 
 from reconciler.daemon.metrics import MetricsServer, Snapshot
 from reconciler.daemon.notify import Notifier
-from reconciler.daemon.watch import StateWatcher
+from reconciler.daemon.stall import blocker_key, world_key
+from reconciler.daemon.watch import ContainerWatcher, ProcessWatcher, StateWatcher
 from reconciler.engine import backups as engine_backups
 from reconciler.engine import events, records, status
-from reconciler.engine.apply import apply, compute_plan
+from reconciler.engine.apply import apply
 from reconciler.engine.context import StackContext, read_state_bytes, state_file_digest, write_override
 from reconciler.engine.revision import committed_state, differs_from_commit, state_revision
 from reconciler.errors import LockHeld, PermanentError, ReconcilerError, SpecInvalid
 from reconciler.plan.observed import ObservedState
+from reconciler.plan.planner import plan
 from reconciler.plan.schedule import backup_schedule, ram_headroom, set_to_verify
 from reconciler.spec.loader import MAX_STATE_BYTES, parse_state_bytes
 from reconciler.spec.model import StateSpec
@@ -104,7 +111,13 @@ class Daemon:
         self.next_backup_try = 0.0
         self.next_offsite: float = 0.0
         self.offsite_pending = True  # check Drive once at start: uploads may have failed while we were down
-        self.stalled_on: tuple[Any, ...] | None = None
+        self.stalled_on: tuple[Any, ...] | None = None  # the world key of a failed attempt, or None
+        self.blocked_on: tuple[str, ...] | None = None  # the blockers of a blocked plan, figures blanked
+        self.observed: ObservedState | None = None  # the newest observation (what /metrics reports)
+        self.observed_stale = True  # the engine acted since: observe again before publishing
+        self.processes = ProcessWatcher(self._process_exited)
+        self.containers = ContainerWatcher(self._process_exited)
+        self.last_error: str | None = None
         self.invalid_digest: str | None = None
         self.passes = 0
         self.errors = 0
@@ -176,6 +189,10 @@ class Daemon:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         watcher = StateWatcher(self.state_file, self.wake)
         watcher.start()
+        if self.spec.runtime == "docker":
+            self.containers.start()
+        else:
+            self.processes.start()
         port = self.spec.daemon.metrics_port
         if port is not None:
             self.metrics = MetricsServer(self.snapshot, port, self._liveness)
@@ -187,6 +204,7 @@ class Daemon:
             f"daemon started (pid {os.getpid()}) for stack {self.spec.stack}"
             + (f"; metrics on http://127.0.0.1:{self.metrics.port}/metrics" if self.metrics else ""),
         )
+        self.snapshot.set("reconciler_spec_valid", 1, "1 when state.yaml is valid and adopted.")
         self._write_daemon_status(running=True)
         if self.on_ready:
             self.on_ready(self)
@@ -200,6 +218,8 @@ class Daemon:
             return self._shutdown()
         finally:
             watcher.stop()
+            self.processes.stop()
+            self.containers.stop()
             if self.metrics:
                 self.metrics.stop()
             for sig, handler in previous.items():
@@ -316,7 +336,7 @@ class Daemon:
             ctx.revision = self.revision
             return ctx
         except ReconcilerError as exc:
-            self._stalled(("context", str(exc)), exc)
+            self._blocked(exc)
             return None
 
     def _read_desired(self) -> tuple[bytes, str | None]:
@@ -359,6 +379,7 @@ class Daemon:
                 self.state_dir, "Normal", "SpecValid", "state.yaml is back to the adopted, valid spec"
             )
             self._note({"SpecValid": (True, "Valid", "state.yaml is valid and adopted")})
+            self.snapshot.set("reconciler_spec_valid", 1, "1 when state.yaml is valid and adopted.")
         if digest in (self.spec_digest, self.invalid_digest):
             return
         try:
@@ -372,6 +393,7 @@ class Daemon:
                 )
         except Exception as exc:  # any failure, even a loader bug or MemoryError: report, keep the last spec
             self.invalid_digest = digest
+            self.snapshot.set("reconciler_spec_valid", 0, "1 when state.yaml is valid and adopted.")
             problems = [str(p) for p in exc.problems] if isinstance(exc, SpecInvalid) else []
             cause = (
                 str(exc) if isinstance(exc, ReconcilerError) else f"loading it failed ({type(exc).__name__})"
@@ -387,7 +409,8 @@ class Daemon:
             self.notifier.fail(message)
             return
         self.spec, self.spec_digest, self.invalid_digest, self.revision = spec, digest, None, revision
-        self.stalled_on = None  # a new spec is a new chance
+        self.stalled_on = self.blocked_on = None  # a new spec is a new chance
+        self.snapshot.set("reconciler_spec_valid", 1, "1 when state.yaml is valid and adopted.")
         events.emit(
             self.state_dir,
             "Normal",
@@ -407,6 +430,7 @@ class Daemon:
         self.pass_started = time.monotonic()
         self.snapshot.add("reconciler_reconcile_total", 1, "Reconcile passes run.")
         log.debug("pass %d (%s)", self.passes, ", ".join(sorted(reasons)))
+        ctx: StackContext | None = None
         try:
             self._reload()
             ctx = self._context()
@@ -417,24 +441,74 @@ class Daemon:
                 self._resume_apps(ctx)
                 self._upkeep(ctx)
         finally:
+            if ctx is not None and self.observed_stale:
+                self._observe(ctx, quiet=True)
+            self._arm_watcher()
             self.pass_started = None
             self.last_pass_end = time.monotonic()
             self._write_daemon_status(running=True)
 
+    # ---- observation: the newest one is what the daemon reports --------------------------------
+
+    def _observe(self, ctx: StackContext, quiet: bool = False) -> ObservedState | None:
+        try:
+            observed = ctx.observe()
+        except ReconcilerError as exc:
+            if not quiet:
+                raise
+            log.warning("could not observe the stack: %s", exc)
+            return None
+        self.observed, self.observed_stale = observed, False
+        wanted = set(ctx.spec.services.configured())
+        for name, service in observed.services.items():
+            if name in wanted:
+                self._service_up(name, service.running)
+        return observed
+
+    def _service_up(self, name: str, up: bool) -> None:
+        self.snapshot.set_labelled(
+            "reconciler_service_up",
+            {"service": name},
+            1 if up else 0,
+            "1 while the service state.yaml wants is running (from the newest observation).",
+            only=False,
+        )
+
+    def _arm_watcher(self) -> None:
+        observed = self.observed
+        if observed is not None:
+            self.processes.arm({n: s.pid for n, s in observed.services.items() if s.running and s.pid})
+            self.containers.arm({n: s.container for n, s in observed.services.items() if s.container})
+
+    def _process_exited(self, name: str, what: str) -> None:
+        """From the watcher's thread: report the death at once and wake the loop to heal it."""
+        self._service_up(name, False)
+        ours = self.pass_started is not None  # our own steps stop services (a switch, a restore)
+        events.emit(
+            self.state_dir,
+            "Normal" if ours else "Warning",
+            "ProcessExited",
+            f"{name} ({what}) exited" + ("" if ours else "; converging now"),
+        )
+        self.wake(f"{name} exited")
+
     def _converge(self, ctx: StackContext, reasons: set[str]) -> bool:
         """Apply when the plan is not empty; True when the stack is in sync afterwards."""
-        signature: tuple[Any, ...] = ("error", self.spec_digest)
+        attempted = False
         try:
-            the_plan = compute_plan(ctx)
-            signature = (self.spec_digest, tuple(a.describe() for a in the_plan.actions), the_plan.blockers)
+            observed = self._observe(ctx)
+            assert observed is not None
+            key = (self.spec_digest, ctx.spec.mode, world_key(observed))
             if self.stalled_on is not None:
-                if self.stalled_on == signature:
+                if self.stalled_on == key:
                     return False
-                log.info("the plan changed since the daemon stalled; trying again")
+                log.info("state.yaml or the observed world changed since the daemon stalled; trying again")
+            the_plan = plan(ctx.spec, observed, datetime.now(UTC))
             if not the_plan.in_sync:
                 if the_plan.blockers:
                     raise PermanentError("; ".join(the_plan.blockers))
                 steps = "; ".join(a.describe() for a in the_plan.actions)
+                attempted = True
                 self._apply(ctx, f"{steps} (woken by: {', '.join(sorted(reasons))})")
             else:
                 self._note(
@@ -449,14 +523,18 @@ class Daemon:
                     lastAppliedRevision=self.revision or state_revision(self.state_file),
                 )
         except PermanentError as exc:
-            self._stalled(signature, exc)
+            if attempted:
+                after = self._observe(ctx, quiet=True)  # what the failed attempt left is the baseline
+                self._stalled((self.spec_digest, ctx.spec.mode, world_key(after) if after else None), exc)
+            else:
+                self._blocked(exc)
             return False
         except ReconcilerError as exc:
             self._transient(exc)
             return False
         finally:
             self._note({"Reconciling": (False, "Idle", "no reconcile in progress")})
-        self.stalled_on = None
+        self.stalled_on = self.blocked_on = None
         self.next_retry = None
         if self.reconcile_backoff.succeeded():
             events.emit(self.state_dir, "Normal", "Recovered", "reconcile succeeded again")
@@ -464,10 +542,12 @@ class Daemon:
         return True
 
     def _apply(self, ctx: StackContext, why: str) -> None:
+        self.observed_stale = True
         events.emit(self.state_dir, "Normal", "Reconciling", why)
         self._note({"Reconciling": (True, "Applying", why)})
         self._flush()
         result = apply(ctx, progress=self._step_event)
+        self._observe(ctx, quiet=True)  # what is reported from now on is the converged stack
         message = f"applied {len(result.executed)} step(s) in {result.seconds:.1f} s"
         events.emit(self.state_dir, "Normal", "Converged", message)
 
@@ -475,24 +555,49 @@ class Daemon:
         events.emit(self.state_dir, "Normal", "Step", f"step {index}/{total}: {action.describe()}")
 
     def _stalled(self, signature: tuple[Any, ...], exc: ReconcilerError) -> None:
-        self.errors += 1
-        self.snapshot.add("reconciler_reconcile_errors_total", 1, "Reconcile passes that failed.")
-        first = self.stalled_on is None
+        """An attempt failed for good: report it (every time) and wait for state.yaml or the world."""
         self.stalled_on = signature
+        self.blocked_on = None
+        message = f"{exc}. The daemon stops retrying until state.yaml or the stack changes"
+        self._failed(exc, message, "Stalled")
+        self._note({"Stalled": (True, type(exc).__name__, str(exc)), "Ready": (False, "Stalled", str(exc))})
+        log.error("stalled: %s", message)
+        events.emit(self.state_dir, "Warning", "Stalled", message)
+        self.notifier.fail(message)
+
+    def _blocked(self, exc: ReconcilerError) -> None:
+        """The plan refuses to act (nothing attempted): re-planned every pass, reported when it changes."""
+        key = blocker_key(str(exc).split("; "))
+        new = key != self.blocked_on
+        self.blocked_on = key
         self.next_retry = None
         message = f"{exc}. The daemon stops retrying until state.yaml or the stack changes"
         self._note({"Stalled": (True, type(exc).__name__, str(exc)), "Ready": (False, "Stalled", str(exc))})
-        if first:
+        if new:
+            self._failed(exc, message, "Stalled")
             log.error("stalled: %s", message)
             events.emit(self.state_dir, "Warning", "Stalled", message)
             self.notifier.fail(message)
 
-    def _transient(self, exc: ReconcilerError) -> None:
+    def _failed(self, exc: ReconcilerError, message: str, reason: str) -> None:
         self.errors += 1
         self.snapshot.add("reconciler_reconcile_errors_total", 1, "Reconcile passes that failed.")
+        self.snapshot.set(
+            "reconciler_last_error_timestamp_seconds", time.time(), "When the last error happened."
+        )
+        self.snapshot.set_labelled(
+            "reconciler_last_error",
+            {"reason": reason, "error": type(exc).__name__},
+            1,
+            "The last error's kind.",
+        )
+        self.last_error = message
+
+    def _transient(self, exc: ReconcilerError) -> None:
         delay = self.reconcile_backoff.failed()
         self.next_retry = time.monotonic() + delay
         message = f"{exc}; retrying in {delay:.0f} s (attempt {self.reconcile_backoff.failures})"
+        self._failed(exc, message, "ReconcileFailed")
         log.warning("reconcile failed: %s", message)
         events.emit(self.state_dir, "Warning", "ReconcileFailed", message)
         self._note({"Ready": (False, "ReconcileFailed", str(exc))})
@@ -501,8 +606,20 @@ class Daemon:
 
     # ---- upkeep: what time drives ---------------------------------------------------------------
 
+    @property
+    def stalled(self) -> bool:
+        return self.stalled_on is not None or self.blocked_on is not None
+
     def _upkeep(self, ctx: StackContext) -> None:
-        observed = ctx.observe()
+        # The pass's own observation when nothing acted since (one observation per idle pass).
+        observed = self.observed if not self.observed_stale and self.observed else self._observe(ctx)
+        assert observed is not None
+        down = [n for n in ctx.spec.services.configured() if not observed.services[n].running]
+        if down:  # died after the apply looked, before the watcher was armed: converge again at once
+            message = f"{' and '.join(down)} stopped running during the pass; converging again"
+            events.emit(self.state_dir, "Warning", "ServiceDown", message)
+            self.wake(message)
+            return
         if self._pressure(ctx, observed):
             return  # the fallback switch changed the stack; the next pass observes it afresh
         took = self._backup_if_due(ctx, observed)
@@ -663,9 +780,10 @@ class Daemon:
             from reconciler.plan.backupsets import parse_set_name
 
             parsed = parse_set_name(str(newest))
-            if parsed:
-                age = (datetime.now(UTC) - parsed[1]).total_seconds()
-                self.snapshot.set("reconciler_backup_age_seconds", age, "Age of the newest backup set.")
+            if parsed:  # the age is computed at every scrape from this timestamp
+                self.snapshot.set_age(
+                    "reconciler_backup_age_seconds", parsed[1].timestamp(), "Age of the newest backup set."
+                )
             self.snapshot.set(
                 "reconciler_last_backup_size_bytes", last.get("size"), "Size of the last backup set."
             )
@@ -682,7 +800,7 @@ class Daemon:
     def _write_daemon_status(self, running: bool) -> None:
         spec = self._effective_mode()
         self.snapshot.set("reconciler_up", 1 if running else 0, "1 while the daemon runs.")
-        self.snapshot.set("reconciler_stalled", 1 if self.stalled_on else 0, "1 while the daemon is Stalled.")
+        self.snapshot.set("reconciler_stalled", 1 if self.stalled else 0, "1 while the daemon is Stalled.")
         self.snapshot.set_labelled(
             "reconciler_mode",
             {"mode": spec, "runtime": self.spec.runtime, "stack": self.spec.stack},
@@ -698,7 +816,7 @@ class Daemon:
                 "passes": self.passes,
                 "errors": self.errors,
                 "lastPass": status.now_iso(),
-                "stalled": self.stalled_on is not None,
+                "stalled": self.stalled,
             },
             mode=spec,
         )
@@ -721,8 +839,20 @@ class Daemon:
         return str(override["mode"]) if override else self.spec.mode
 
     def _liveness(self) -> tuple[bool, str]:
-        if self.stalled_on is not None:
-            return False, "stalled: see `reconciler status`"
+        if self.stalled:
+            return False, "stalled: see `reconciler status`" + (
+                f" ({self.last_error})" if self.last_error else ""
+            )
+        down = sorted(
+            dict(labels)["service"]
+            for labels, up in self.snapshot.labelled_values("reconciler_service_up").items()
+            if not up and dict(labels)["service"] in self.spec.services.configured()
+        )
+        if down:
+            return (
+                False,
+                f"{' and '.join(down)} down (state.yaml wants {'them' if len(down) > 1 else 'it'} running)",
+            )
         resync = self.spec.daemon.resync.total_seconds()
         started = self.pass_started
         if started is not None:

@@ -2,11 +2,15 @@
 
 Design decisions:
 - The HTTP thread never observes anything itself: a scrape must not start a ``psql`` or stat a data
-  directory, and must answer while a long backup runs. It renders the last snapshot.
+  directory, and must answer while a long backup runs. It renders the last snapshot, but a snapshot
+  of *facts*, not of derived figures: the newest backup's timestamp is stored and its age computed at
+  scrape time (an age frozen between passes is a lie), and each service's ``up`` comes from the newest
+  observation, which the process watcher overrides the instant a process exits.
 - Loopback only: the figures describe someone's database host; exposing them is the user's choice
   (a reverse proxy), not ours.
-- ``/healthz`` answers 503 when the loop is Stalled or has not finished a pass for three resync
-  periods (plus the time a pass in progress is allowed), so a supervisor can tell wedged from busy.
+- ``/healthz`` answers 503 when the loop is Stalled, when a service state.yaml wants is down, or when
+  the loop has not finished a pass for three resync periods (plus the time a pass in progress is
+  allowed), so a supervisor can tell wedged from busy, and a dead database from a healthy stack.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ class Snapshot:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.gauges: dict[str, tuple[str, float]] = {}
-        self.labelled: dict[str, tuple[str, dict[str, str], float]] = {}
+        self.labelled: dict[str, tuple[str, dict[tuple[tuple[str, str], ...], float]]] = {}
+        self.ages: dict[str, tuple[str, float]] = {}  # name → (help, unix time the age counts from)
         self.health: dict[str, Any] = {"ok": True, "reason": "starting"}
 
     def set(self, name: str, value: float | None, help_text: str) -> None:
@@ -37,9 +42,27 @@ class Snapshot:
             else:
                 self.gauges[name] = (help_text, float(value))
 
-    def set_labelled(self, name: str, labels: dict[str, str], value: float, help_text: str) -> None:
+    def set_labelled(
+        self, name: str, labels: dict[str, str], value: float, help_text: str, only: bool = True
+    ) -> None:
+        """One series of a labelled metric; ``only`` drops the metric's other series (e.g. the old mode)."""
+        key = tuple(sorted(labels.items()))
         with self._lock:
-            self.labelled[name] = (help_text, labels, float(value))
+            series = {} if only else dict(self.labelled.get(name, ("", {}))[1])
+            series[key] = float(value)
+            self.labelled[name] = (help_text, series)
+
+    def labelled_values(self, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+        with self._lock:
+            return dict(self.labelled.get(name, ("", {}))[1])
+
+    def set_age(self, name: str, since: float | None, help_text: str) -> None:
+        """A gauge rendered as ``now - since`` (unix seconds) at every scrape."""
+        with self._lock:
+            if since is None:
+                self.ages.pop(name, None)
+            else:
+                self.ages[name] = (help_text, float(since))
 
     def add(self, name: str, amount: float, help_text: str) -> None:
         with self._lock:
@@ -52,17 +75,18 @@ class Snapshot:
 
     def render(self) -> str:
         lines: list[str] = []
+        now = time.time()
         with self._lock:
-            for name, (help_text, value) in sorted(self.gauges.items()):
+            gauges = dict(self.gauges)
+            gauges.update({name: (text, max(now - since, 0.0)) for name, (text, since) in self.ages.items()})
+            for name, (help_text, value) in sorted(gauges.items()):
                 kind = "counter" if name.endswith("_total") else "gauge"
                 lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {_number(value)}"]
-            for name, (help_text, labels, value) in sorted(self.labelled.items()):
-                rendered = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-                lines += [
-                    f"# HELP {name} {help_text}",
-                    f"# TYPE {name} gauge",
-                    f"{name}{{{rendered}}} {_number(value)}",
-                ]
+            for name, (help_text, series) in sorted(self.labelled.items()):
+                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+                for labels, value in sorted(series.items()):
+                    rendered = ",".join(f'{k}="{_label(v)}"' for k, v in labels)
+                    lines.append(f"{name}{{{rendered}}} {_number(value)}")
         return "\n".join(lines) + "\n"
 
     def health_document(self) -> dict[str, Any]:
@@ -72,6 +96,10 @@ class Snapshot:
 
 def _number(value: float) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 class MetricsServer:

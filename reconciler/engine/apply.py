@@ -6,6 +6,10 @@ Design decisions:
 - After executing, the engine observes again and plans again. Success means that second plan is
   empty; anything else is reported as "did not converge" with what remains, so a step that silently
   failed to take effect cannot be mistaken for success.
+- Retention that the apply's own actions made due belongs to the same apply: a switch or a restore
+  takes new backup sets, which can make older ones fall out of retention. The second plan then holds
+  only ``PruneBackups``; those are carried out too (one more round, never more), so a successful
+  switch does not end in "did not converge" and the daemon does not show Stalled for nothing.
 - Progress goes to the caller through a callback (the CLI renders it with rich on a terminal); the
   engine never prints.
 """
@@ -23,7 +27,7 @@ from reconciler.engine.context import StackContext
 from reconciler.engine.revision import state_revision
 from reconciler.engine.steps import execute
 from reconciler.errors import PermanentError, PlanBlocked, ReconcilerError
-from reconciler.plan.actions import Action, ResumeOperation
+from reconciler.plan.actions import Action, PruneBackups, ResumeOperation
 from reconciler.plan.planner import Plan, plan, plan_down
 from reconciler.system import fs
 
@@ -71,6 +75,9 @@ def apply(ctx: StackContext, progress: Progress | None = None, allow_empty: bool
                 raise PlanBlocked(list(the_plan.blockers))
             result.executed += _run_actions(ctx, the_plan, progress)
             after = compute_plan(ctx, allow_empty)
+            if result.executed and _only_retention(after):
+                result.executed += _run_actions(ctx, after, progress)
+                after = compute_plan(ctx, allow_empty)
             if not after.in_sync:
                 remaining = "; ".join(a.describe() for a in after.actions) or "; ".join(after.blockers)
                 raise PermanentError(f"apply did not converge; still to do: {remaining}")
@@ -81,6 +88,15 @@ def apply(ctx: StackContext, progress: Progress | None = None, allow_empty: bool
         result.seconds = time.monotonic() - started
         _record(ctx, started_at, result, error=None)
         return result
+
+
+def _only_retention(the_plan: Plan) -> bool:
+    """True when all that is left is retention (made due by the sets this apply just took)."""
+    return (
+        bool(the_plan.actions)
+        and not the_plan.blockers
+        and all(isinstance(a, PruneBackups) for a in the_plan.actions)
+    )
 
 
 def down(ctx: StackContext, progress: Progress | None = None) -> ApplyResult:

@@ -3,14 +3,27 @@
 Design decision: a condition's ``lastTransitionTime`` changes only when its status flips, so a reader
 can tell "failing since 3 hours" from "failing again". The file is the daemon's and apply's shared
 report; ``reconciler status`` reads it and adds a live observation.
+
+Design decision: a recorded condition is a claim about the moment it was written. ``Ready`` is what a
+reader acts on, so whenever conditions are *shown* it is recomputed from a fresh observation
+(``live_conditions``): a dead Redis next to "Ready=True InSync" was the status lying. When the
+recorded and the observed status agree, the recorded condition stays (its reason is usually the more
+specific one: "Stalled: the switch failed at verify", "Stopped by `reconciler down`"); when they
+disagree, the observation wins and the condition is marked ``observed`` (its transition time is
+then the time of the observation, because when the world changed is not known).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.system import fs
+
+if TYPE_CHECKING:
+    from reconciler.plan.observed import ObservedState
+    from reconciler.plan.planner import Plan
+    from reconciler.spec.model import StateSpec
 
 HISTORY = 20
 
@@ -65,3 +78,38 @@ def record_run(path: str, run: dict[str, Any], conditions: Conditions, **fields:
 
 def condition(document: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return next((c for c in document.get("conditions", []) if c.get("type") == kind), None)
+
+
+def observed_ready(spec: StateSpec, observed: ObservedState, the_plan: Plan) -> tuple[bool, str, str]:
+    """Ready as the world is now: every wanted service running, nothing but retention left to do."""
+    from reconciler.plan.actions import PruneBackups
+
+    down = []
+    for name in spec.services.configured():
+        service = observed.services.get(name)
+        if service is None or not service.running:
+            died = service is not None and service.died
+            down.append(f"{name} is not running" + (" (its process died)" if died else ""))
+    if down:
+        return False, "ServiceDown", "; ".join(down)
+    if the_plan.blockers:
+        return False, "Blocked", "; ".join(the_plan.blockers)
+    pending = [a.describe() for a in the_plan.actions if not isinstance(a, PruneBackups)]
+    if pending:
+        return False, "OutOfSync", "still to do: " + "; ".join(pending)
+    return True, "InSync", f"stack in {spec.mode} mode with every service running"
+
+
+def live_conditions(
+    conditions: list[dict[str, Any]], spec: StateSpec, observed: ObservedState, the_plan: Plan
+) -> list[dict[str, Any]]:
+    """The recorded conditions with ``Ready`` recomputed from ``observed`` (see the module docstring)."""
+    ready, reason, message = observed_ready(spec, observed, the_plan)
+    recorded = next((c for c in conditions if c.get("type") == "Ready"), None)
+    if recorded is not None and recorded.get("status") == ("True" if ready else "False"):
+        return conditions
+    result = set_condition(conditions, "Ready", ready, reason, message)
+    for condition in result:
+        if condition["type"] == "Ready":
+            condition["observed"] = True
+    return result
