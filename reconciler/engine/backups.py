@@ -404,10 +404,44 @@ def prune_decision(ctx: StackContext) -> tuple[list[BackupSet], RetentionDecisio
     )
 
 
+def checked_prune_decision(ctx: StackContext) -> RetentionDecision:
+    """``prune_decision``, but before anything goes every counted set that no verification vouched
+    for is checksummed (its members' sha256, as a restore checks them first); a rotten one is rejected
+    and the decision made again.
+
+    Why: a set is vouched for from its manifest and the members' sizes alone (cheap enough for every
+    ``plan``), and bit rot keeps the size. With ``verify_new_sets: false`` such a set counted, and
+    ``keep_last: 1`` deleted the only set that restores. Sets checksummed once are remembered
+    (``checksummed`` in the records), so a prune reads each set's members at most once.
+    """
+    identity = identity_for_restore(ctx.spec)
+    mac = keys.mac_key(identity) if identity else None
+    store = local_store(ctx)
+    while True:
+        _, decision = prune_decision(ctx)
+        if not decision.delete:
+            return decision
+        record = records.read(ctx)
+        done = record.document.get("checksummed")
+        done = done if isinstance(done, dict) else {}
+        unchecked = [n for n in decision.counted if n not in record.verified and n not in done]
+        rotten = False
+        for name in unchecked:
+            try:
+                load_and_check(store, name, mac)
+            except SetRejected as exc:
+                _reject(ctx, "local", name, exc.reason)
+                rotten = True
+                continue
+            records.update(ctx, checksummed={name: clock.now_iso()})
+        if not rotten:
+            return decision
+
+
 def prune(ctx: StackContext) -> list[str]:
     """Apply retention to the local store under the stack lock; returns the deleted set names."""
     with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
-        _, decision = prune_decision(ctx)
+        decision = checked_prune_decision(ctx)
         delete_sets(ctx, decision.delete)
         return list(decision.delete)
 

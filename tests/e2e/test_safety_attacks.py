@@ -3,13 +3,23 @@ the fall-back to an older set, run through the real CLI against real servers."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from tests.conftest import Stack
 from tests.e2e.test_offsite import offsite_stack
 from tests.e2e.test_power_cut import power_cut
-from tests.e2e.test_store_hostile import backups_dir
-from tests.integration.test_backups import backup_records, encrypted_stack, pg, seed, sets, snapshot
+from tests.e2e.test_store_hostile import ONLY_LAST, backups_dir, local_sets, plant_on_drive
+from tests.integration.test_backups import (
+    backup_records,
+    encrypted_stack,
+    member_file,
+    pg,
+    seed,
+    sets,
+    snapshot,
+)
 from tests.support.gdrive_emulator import DriveEmulator
 
 pytestmark = pytest.mark.e2e
@@ -75,3 +85,65 @@ def test_a_set_taken_after_the_records_and_local_sets_were_lost_sorts_after_ever
     stack.cli("apply")
     assert stack.status()["lastRestore"]["set"] == listed[0]
     assert snapshot(stack) == expected
+
+
+def test_with_verification_off_a_newest_set_with_flipped_bytes_does_not_make_the_good_set_go(
+    stack: Stack,
+) -> None:
+    """Bit rot keeps a member's size: the manifest authenticates and every size matches, so the set
+    is vouched for from its manifest alone. With ``verify_new_sets: false`` it counted, and
+    ``keep_last: 1`` deleted the good older set: the next restore found nothing it could use."""
+    encrypted_stack(stack, **ONLY_LAST)
+    stack.edit(daemon={"verify_new_sets": False})
+    seed(stack, 300)
+    stack.cli("backup", "--trigger", "good")
+    expected = snapshot(stack)
+    seed(stack, 50)
+    stack.cli("backup", "--trigger", "rotten")
+    good, rotten = (s["name"] for s in reversed(sets(stack)))
+    assert rotten.endswith("-rotten") and good.endswith("-good")
+    path = member_file(stack, rotten, "postgres")
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
+    path.write_bytes(bytes(data))
+
+    stack.cli("prune")
+    assert good in local_sets(stack), "the only set that restores must not be deleted"
+    power_cut(stack)
+    stack.cli("apply")
+    assert snapshot(stack) == expected
+    assert stack.status()["lastRestore"]["set"] == good
+
+
+def test_a_set_planted_on_drive_with_a_huge_sequence_does_not_fill_the_disk_before_its_manifest_is_checked(
+    stack: Stack, emulator: DriveEmulator
+) -> None:
+    """Someone with write access to the shared Drive folder plants a set whose name sorts first (a
+    huge sequence) with a large member. Restore on boot tries it first; its members were downloaded
+    before its manifest was checked, so the local disk filled up: a host fault, retried on every
+    boot, and the real sets were never tried."""
+    folder = offsite_stack(stack, emulator)
+    stack.edit(daemon={"verify_new_sets": False})
+    seed(stack, 100)
+    stack.cli("backup", "--trigger", "real")
+    stack.cli("sync")
+    expected = snapshot(stack)
+    planted = f"{stack.document()['stack']}-20991231T235959Z-999999999999-x"
+    plant_on_drive(emulator, folder, f"{planted}.postgres.dump.zst.age", b"\0" * (24 * 1024 * 1024))
+    plant_on_drive(emulator, folder, f"{planted}.manifest.json", b"garbage\n")
+
+    power_cut(stack)
+    store = backups_dir(stack)
+    for path in store.iterdir():
+        path.unlink()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "small-store", str(store)], check=True)
+    try:
+        result = stack.cli("apply", check=None)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert snapshot(stack) == expected
+        restore = stack.status()["lastRestore"]
+        assert [r["set"] for r in restore["rejected"]] == [planted]
+        assert not any(p.name.startswith(planted) for p in store.iterdir())
+    finally:
+        subprocess.run(["umount", str(store)], check=True)
