@@ -147,3 +147,36 @@ def test_a_set_planted_on_drive_with_a_huge_sequence_does_not_fill_the_disk_befo
         assert not any(p.name.startswith(planted) for p in store.iterdir())
     finally:
         subprocess.run(["umount", str(store)], check=True)
+
+
+def test_a_full_local_disk_while_fetching_from_drive_names_the_cause_and_rejects_nothing(
+    stack: Stack, emulator: DriveEmulator
+) -> None:
+    """The local store fills up while a real set is fetched from Drive for a restore on boot: the
+    host's fault (the set stays a candidate), reported as errno's words, not as "failed: OSError"."""
+    offsite_stack(stack, emulator)
+    stack.edit(daemon={"verify_new_sets": False})
+    with pg(stack) as conn:
+        conn.execute("SET ROLE app")
+        conn.execute(
+            "CREATE TABLE blobs AS SELECT md5(g::text) || md5((g * 7)::text) AS b FROM generate_series(1, 60000) g"
+        )
+    stack.cli("backup")
+    stack.cli("sync")
+    name = sets(stack)[0]["name"]
+
+    power_cut(stack)
+    store = backups_dir(stack)
+    for path in store.iterdir():
+        path.unlink()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tiny-store", str(store)], check=True
+    )
+    try:
+        result = stack.cli("apply", check=None)
+    finally:
+        subprocess.run(["umount", str(store)], check=True)
+    assert result.returncode != 0
+    assert "No space left on device" in result.stderr, result.stderr[-3000:]
+    assert "problem of this host" in result.stderr
+    assert f"gdrive/{name}" not in backup_records(stack).get("rejected", {})
