@@ -20,8 +20,8 @@ Design decisions:
   was:``/``LINE``/``QUERY``, a bad input value or an identifier in double quotes. A log table whose
   rows say "Request timed out" must not turn a dump the server refuses into a "host fault" retried
   forever (never rejected, never falling back to an older set, and blaming the machine). So the
-  signatures are looked for before the first echo line, outside double-quoted text, and never after
-  an unclosed quote. Not closed: a value that itself contains double quotes around a signature
+  signatures are looked for in each message (from a ``pg_restore:`` line) before its first echo
+  line, outside double-quoted text, and never after an unclosed quote. Not closed: a value that itself contains double quotes around a signature
   (``"x" no space left on device "y"``) still reads as the server's words; PostgreSQL does not
   escape quotes inside the values it echoes, so text alone cannot tell them apart
   (``tests/unit/test_faults.py``, strict xfail).
@@ -92,14 +92,25 @@ _QUOTED = re.compile(r'"[^"]*"')
 
 
 def own_words(detail: str) -> str:
-    """The part of a loader's message that is its own and the server's words, not the dump's text."""
-    kept: list[str] = []
-    for line in detail.splitlines():
-        if line.strip().lower().startswith(_ECHO_LINES):
-            break
-        kept.append(line)
-    text = _QUOTED.sub("<quoted>", "\n".join(kept))  # quoted identifiers, paths and input values
-    return text.split('"', 1)[0]  # an unclosed quote: the rest is the dump's
+    """The part of a loader's message that is its own and the server's words, not the dump's text.
+
+    Each message (from a line starting with ``pg_restore:``) counts up to its first echo line; its
+    double-quoted text is dropped, and so is everything after a quote left open."""
+    messages: list[list[str]] = [[]]
+    for line in detail.split("\n"):  # PostgreSQL ends lines with \n only
+        if line.startswith("pg_restore:"):
+            messages.append([])
+        messages[-1].append(line)
+    words = []
+    for lines in messages:
+        kept: list[str] = []
+        for line in lines:
+            if line.strip().lower().startswith(_ECHO_LINES):
+                break
+            kept.append(line)
+        text = _QUOTED.sub("<quoted>", "\n".join(kept))  # quoted identifiers, paths and input values
+        words.append(text.split('"', 1)[0])  # an unclosed quote: the rest is the dump's
+    return "\n".join(words)
 
 
 def host_signature(detail: str) -> str | None:

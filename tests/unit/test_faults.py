@@ -112,6 +112,17 @@ def test_real_refusals_that_echo_host_words_reject_the_set() -> None:
         assert verdict(Stage.LOAD, stderr) is Verdict.REJECT, stderr
 
 
+def test_an_earlier_message_with_echo_lines_does_not_hide_a_later_host_fault() -> None:
+    """Cutting at the first echo line must not reject a good set whose real failure comes after it."""
+    stderr = (
+        'pg_restore: warning: could not execute query: ERROR:  role "x" does not exist\n'
+        "Command was: ALTER TABLE public.t OWNER TO x;\n"
+        'pg_restore: error: could not execute query: ERROR:  could not extend file "base/1/2": '
+        "No space left on device\nHINT:  Check free disk space.\n"
+    )
+    assert verdict(Stage.LOAD, stderr) is Verdict.RETRY
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="PostgreSQL does not escape double quotes inside the values it echoes: a value shaped "
