@@ -125,7 +125,35 @@ def _new_set_position(ctx: StackContext) -> tuple[datetime, int]:
     Planted names do not count, so they cannot push the numbers up; the caller holds the stack lock."""
     record = records.read(ctx)
     vouched = [name for name, why in vouch_local(ctx).items() if why is None]
-    return clock.now(), next_sequence([*vouched, *record.remote_sets], record.sequence)
+    return clock.now(), next_sequence([*vouched, *_drive_sets_known(ctx, record)], record.sequence)
+
+
+def _drive_sets_known(ctx: StackContext, record: records.BackupRecords) -> tuple[str, ...]:
+    """The Drive sets the last sync vouched for; when no sync is on record (``backups.json`` lost with
+    the state directory, a new checkout next to data that lives on), Drive is asked now. Otherwise the
+    first set taken would be numbered below every older set on Drive: restore on boot would bring back
+    the older data, and Drive retention would count the new set as the oldest. Drive out of reach:
+    the set is still taken (a backup beats none) and the next one asks again."""
+    from reconciler.engine.offsite import drive_store, remote_sets, vouch_remote
+
+    if "remote_sets" in record.document:
+        return record.remote_sets
+    store = drive_store(ctx, attempts=2, deadline=30)
+    if store is None:
+        return ()
+    try:
+        sets = [s for s in remote_sets(ctx, store) if s.complete]
+        vouched = sorted(name for name, why in vouch_remote(ctx, store, sets).items() if why is None)
+    except ReconcilerError as exc:
+        log.warning(
+            "no Drive sync on record and %s is out of reach (%s): the new set may be numbered below "
+            "older sets on Drive until a later set is taken with Drive reachable",
+            store.describe(),
+            exc,
+        )
+        return ()
+    records.update(ctx, remote_sets=vouched)
+    return tuple(vouched)
 
 
 def take_backup_locked(ctx: StackContext, trigger: str, progress: Progress | None) -> dict[str, Any]:
@@ -387,10 +415,44 @@ def prune_decision(ctx: StackContext) -> tuple[list[BackupSet], RetentionDecisio
     )
 
 
+def checked_prune_decision(ctx: StackContext) -> RetentionDecision:
+    """``prune_decision``, but before anything goes every counted set that no verification vouched
+    for is checksummed (its members' sha256, as a restore checks them first); a rotten one is rejected
+    and the decision made again.
+
+    Why: a set is vouched for from its manifest and the members' sizes alone (cheap enough for every
+    ``plan``), and bit rot keeps the size. With ``verify_new_sets: false`` such a set counted, and
+    ``keep_last: 1`` deleted the only set that restores. Sets checksummed once are remembered
+    (``checksummed`` in the records), so a prune reads each set's members at most once.
+    """
+    identity = identity_for_restore(ctx.spec)
+    mac = keys.mac_key(identity) if identity else None
+    store = local_store(ctx)
+    while True:
+        _, decision = prune_decision(ctx)
+        if not decision.delete:
+            return decision
+        record = records.read(ctx)
+        done = record.document.get("checksummed")
+        done = done if isinstance(done, dict) else {}
+        unchecked = [n for n in decision.counted if n not in record.verified and n not in done]
+        rotten = False
+        for name in unchecked:
+            try:
+                load_and_check(store, name, mac)
+            except SetRejected as exc:
+                _reject(ctx, "local", name, exc.reason)
+                rotten = True
+                continue
+            records.update(ctx, checksummed={name: clock.now_iso()})
+        if not rotten:
+            return decision
+
+
 def prune(ctx: StackContext) -> list[str]:
     """Apply retention to the local store under the stack lock; returns the deleted set names."""
     with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
-        _, decision = prune_decision(ctx)
+        decision = checked_prune_decision(ctx)
         delete_sets(ctx, decision.delete)
         return list(decision.delete)
 

@@ -25,6 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from reconciler.backup import vouch
+from reconciler.backup.restore import SetRejected
 from reconciler.engine import backups, records
 from reconciler.engine.context import StackContext
 from reconciler.errors import PermanentError, ReconcilerError, TransientError
@@ -178,6 +179,12 @@ def fetch_set(ctx: StackContext, set_name: str) -> None:
     remote = next((s for s in remote_sets(ctx, store) if s.name == set_name), None)
     if remote is None or not remote.complete:
         raise PermanentError(f"backup set {set_name} is not complete on {store.describe()}")
+    # Its manifest is checked before any member is fetched: a set planted in a shared folder (a huge
+    # sequence sorts it first) would otherwise fill the local disk with its members, a "host fault"
+    # retried on every boot before any real set is tried.
+    doubt = vouch_remote(ctx, store, [remote]).get(set_name, "its manifest could not be checked")
+    if doubt is not None:
+        raise SetRejected(set_name, f"its copy on {store.describe()} cannot be vouched for: {doubt}")
     present = {f.name: f.size for f in local.list()}
     # members first, manifest last: an interrupted fetch leaves an incomplete (ignored) local set
     for stored in sorted(remote.files, key=lambda f: f.name.endswith(MANIFEST_SUFFIX)):

@@ -82,8 +82,10 @@ def execute(action: Action, ctx: StackContext) -> None:
 
             protect(ctx, names)
         case PruneBackups(set_names=names):
-            from reconciler.engine.backups import delete_sets
+            from reconciler.engine.backups import checked_prune_decision, delete_sets
 
-            delete_sets(ctx, names)
+            # the planner vouched from manifests alone: members are checksummed before anything goes
+            keep = set(checked_prune_decision(ctx).delete)
+            delete_sets(ctx, [name for name in names if name in keep])
         case _:
             raise NotImplementedError(f"no step for {action.kind}")

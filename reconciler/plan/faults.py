@@ -15,6 +15,16 @@ Design decisions:
   anything else it prints (not a valid archive, a syntax error, an unsupported version) means the dump
   itself is refused, a content fault. The signatures are errno texts from libc and PostgreSQL's own
   messages for resource exhaustion, matched case-insensitively.
+- Only the loader's and the server's *own words* are evidence. PostgreSQL echoes the dump back in its
+  errors: the failing row in ``DETAIL``, the COPY line in ``CONTEXT``, the statement after ``Command
+  was:``/``LINE``/``QUERY``, a bad input value or an identifier in double quotes. A log table whose
+  rows say "Request timed out" must not turn a dump the server refuses into a "host fault" retried
+  forever (never rejected, never falling back to an older set, and blaming the machine). So the
+  signatures are looked for in each message (from a ``pg_restore:`` line) before its first echo
+  line, outside double-quoted text, and never after an unclosed quote. Not closed: a value that itself contains double quotes around a signature
+  (``"x" no space left on device "y"``) still reads as the server's words; PostgreSQL does not
+  escape quotes inside the values it echoes, so text alone cannot tell them apart
+  (``tests/unit/test_faults.py``, strict xfail).
 - When a host fault hides behind a content symptom (a pipe closed because the loader died), the
   loader's message is the evidence, never the symptom: callers classify the loader's exit, not the
   broken pipe.
@@ -22,6 +32,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 
 
@@ -74,9 +85,37 @@ HOST_SIGNATURES = (
 )
 
 
+# Lines in which PostgreSQL or pg_restore echo the dump's own text (the failing row, the COPY line, the
+# statement): whatever they contain is data, never evidence about the machine.
+_ECHO_LINES = ("detail:", "context:", "hint:", "line ", "query:", "statement:", "command was:", "where:")
+_QUOTED = re.compile(r'"[^"]*"')
+
+
+def own_words(detail: str) -> str:
+    """The part of a loader's message that is its own and the server's words, not the dump's text.
+
+    Each message (from a line starting with ``pg_restore:``) counts up to its first echo line; its
+    double-quoted text is dropped, and so is everything after a quote left open."""
+    messages: list[list[str]] = [[]]
+    for line in detail.split("\n"):  # PostgreSQL ends lines with \n only
+        if line.startswith("pg_restore:"):
+            messages.append([])
+        messages[-1].append(line)
+    words = []
+    for lines in messages:
+        kept: list[str] = []
+        for line in lines:
+            if line.strip().lower().startswith(_ECHO_LINES):
+                break
+            kept.append(line)
+        text = _QUOTED.sub("<quoted>", "\n".join(kept))  # quoted identifiers, paths and input values
+        words.append(text.split('"', 1)[0])  # an unclosed quote: the rest is the dump's
+    return "\n".join(words)
+
+
 def host_signature(detail: str) -> str | None:
-    """The host-fault signature found in a tool's message, if any (lower case)."""
-    text = detail.lower()
+    """The host-fault signature found in a tool's own words, if any (lower case)."""
+    text = own_words(detail).lower()
     return next((signature for signature in HOST_SIGNATURES if signature in text), None)
 
 

@@ -279,6 +279,10 @@ class GdriveStore:
             return PermanentError(f"{where} does not exist or is not shared with these credentials (404)")
         if isinstance(exc, TypeError | ValueError | AttributeError | KeyError):
             return exc  # a bug of ours, not Drive's: keep it visible
+        if isinstance(exc, OSError) and exc.strerror and not status:
+            # this host failed (a full disk while writing a download), not Drive: say so, with errno's text
+            where_local = f" ({exc.filename})" if exc.filename else ""
+            return PermanentError(f"Drive {what} failed on this host: {exc.strerror}{where_local}")
         return PermanentError(f"Drive {what} failed: {status or type(exc).__name__} {reason}".strip())
 
     def _common(self) -> dict[str, Any]:
