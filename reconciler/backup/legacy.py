@@ -19,14 +19,16 @@ as the application's role, never as a superuser.
 from __future__ import annotations
 
 import base64
+import os
 import re
+import stat
 from dataclasses import dataclass
 
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
-from reconciler.errors import PermanentError
+from reconciler.errors import InvalidInput, PermanentError
 
 SALT = b"loomio-backup-salt"
 ITERATIONS = 100_000
@@ -49,11 +51,7 @@ def derive_key(password: str) -> bytes:
 
 
 def decrypt(path: str, password: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            token = handle.read().strip()
-    except FileNotFoundError:
-        raise PermanentError(f"legacy backup {path} does not exist") from None
+    token = _read_regular_file(path).strip()
     try:
         return Fernet(derive_key(password)).decrypt(token)
     except InvalidToken:
@@ -61,6 +59,24 @@ def decrypt(path: str, password: str) -> bytes:
             f"cannot decrypt {path}: wrong password (the installation's BACKUP_ENCRYPTION_KEY) or a damaged "
             "file. Nothing was changed"
         ) from None
+
+
+def _read_regular_file(path: str) -> bytes:
+    """The file's bytes; a directory, FIFO or device is refused before reading (opened non-blocking,
+    checked with fstat), so `restore --legacy` can neither hang on a pipe nor read /dev/zero forever."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise InvalidInput(f"legacy backup {path} does not exist") from None
+    except OSError as exc:
+        raise InvalidInput(f"legacy backup {path} cannot be opened: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a pipe, socket or device)"
+        raise InvalidInput(f"legacy backup {path} is {kind}; give the *.sql.enc file")
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
 
 
 def script_parts(sql: bytes, path: str) -> list[ScriptPart]:

@@ -184,3 +184,30 @@ def test_keygen_add_recipient_writes_the_key_and_edits_state_yaml_in_place(stack
     other = stack.cli("keygen", "--out", str(stack.dir / "second.key"))
     assert other.stdout.startswith("age1") and "--add-recipient" in other.stderr
     assert stack.state_file.read_text() == edited
+
+
+def test_restore_legacy_of_a_directory_fifo_or_device_exits_64_with_the_cause(stack: Stack) -> None:
+    stack.write(stack.default_document())
+    fifo = stack.dir / "legacy.fifo"
+    os.mkfifo(fifo)
+    for path, cause in (
+        (stack.dir, "is a directory"),
+        (fifo, "not a regular file"),
+        ("/dev/zero", "not a regular file"),
+        (stack.dir / "missing.sql.enc", "does not exist"),
+    ):
+        result = stack.cli(
+            "restore",
+            "--legacy",
+            str(path),
+            "--password-env",
+            "LEGACY_PW",
+            "--yes",
+            check=64,
+            env={"LEGACY_PW": "x"},
+        )
+        assert (
+            cause in result.stderr
+            and "Traceback" not in result.stderr
+            and "internal error" not in result.stderr
+        )
