@@ -1,0 +1,80 @@
+"""Hostile-input review (issue 13 follow-up): attacks that got past the first round of defences.
+
+The application role owns its database, so it (or a legacy file, which runs as it) can create
+functions, operators and casts there. Whatever the reconciler later runs *as the superuser* inside
+that database must not resolve to one of them: PostgreSQL picks an exact-type match in ``public``
+over a ``pg_catalog`` function that needs a cast (the CVE-2018-1058 class), and the owner of a
+table's row type may create a cast from it to ``text``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Stack
+from tests.integration.test_backups import pg, seed
+from tests.integration.test_hostile_files import PASSWORD, legacy_file
+
+pytestmark = pytest.mark.integration
+
+_BODY = """
+BEGIN
+  IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+    EXECUTE 'COPY (SELECT 1) TO ''{marker}''';
+    EXECUTE 'ALTER ROLE app SUPERUSER';
+  END IF;
+  RETURN 0;
+END"""
+
+_TROJANS = """
+CREATE TABLE public.bait (id integer);
+INSERT INTO public.bait VALUES (1);
+CREATE FUNCTION public.hash_record_extended(public.bait, integer) RETURNS bigint
+  LANGUAGE plpgsql AS $fn${body}$fn$;
+CREATE FUNCTION public.hashtextextended(text, integer) RETURNS bigint
+  LANGUAGE plpgsql AS $fn${body}$fn$;
+CREATE FUNCTION public.bait_text(public.bait) RETURNS text
+  LANGUAGE plpgsql AS $fn$BEGIN PERFORM public.hashtextextended('x'::text, 0); RETURN 'bait'; END$fn$;
+CREATE CAST (public.bait AS text) WITH FUNCTION public.bait_text(public.bait);
+"""
+
+
+def trojans(marker: Path) -> str:
+    """SQL (for the application role) planting functions and a cast that, when a superuser calls
+    them, write ``marker`` as the server (``COPY ... TO`` a file needs superuser rights and is allowed
+    in the read-only transaction a backup reads in) and make the application role a superuser."""
+    return _TROJANS.format(body=_BODY.format(marker=marker))
+
+
+def assert_not_run(stack: Stack, marker: Path) -> None:
+    assert not marker.exists(), "the superuser ran a function the application role planted"
+    with pg(stack, "postgres") as conn:
+        assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = 'app'").fetchone() == (False,)
+
+
+def test_a_backup_never_runs_the_application_roles_functions_as_the_superuser(stack: Stack) -> None:
+    stack.write(stack.default_document())
+    stack.cli("apply")
+    seed(stack, 10)
+    marker = Path(f"/tmp/pwned-{uuid.uuid4().hex}")
+    with pg(stack) as conn:
+        conn.execute("SET ROLE app")
+        conn.execute(trojans(marker))
+    stack.cli("backup")
+    assert_not_run(stack, marker)
+
+
+def test_a_legacy_file_cannot_plant_functions_the_superuser_then_runs(stack: Stack) -> None:
+    stack.write(stack.default_document())
+    stack.cli("apply")
+    marker = Path(f"/tmp/pwned-{uuid.uuid4().hex}")
+    path = legacy_file(stack.dir, "SET client_encoding = 'UTF8';\n" + trojans(marker))
+    stack.cli(
+        "restore",
+        *("--legacy", str(path), "--password-env", "LEGACY_PW", "--yes", "--no-safety-backup"),
+        env={"LEGACY_PW": PASSWORD},
+    )
+    assert_not_run(stack, marker)
