@@ -138,6 +138,13 @@ def _within(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
+def _normalized(path: str) -> str:
+    """``posixpath.normpath``, but ``//etc`` is ``/etc``: POSIX lets normpath keep exactly two leading
+    slashes (implementation-defined), Linux treats them as one, and every check here compares text."""
+    normal = posixpath.normpath(path)
+    return "/" + normal.lstrip("/") if normal.startswith("//") else normal
+
+
 def _is_system_directory(path: str) -> bool:
     if path in _SYSTEM_DIRECTORIES or any(_within(path, tree) for tree in _SYSTEM_TREES):
         return True
@@ -766,7 +773,7 @@ class StateSpec(_Strict):
     def with_base_dir(self, base_dir: str) -> StateSpec:
         """The same spec, with relative paths anchored at ``base_dir`` (the directory of state.yaml)."""
         copy = self.model_copy()
-        copy._base_dir = posixpath.normpath(base_dir)
+        copy._base_dir = _normalized(base_dir)
         return copy
 
     @property
@@ -774,7 +781,7 @@ class StateSpec(_Strict):
         return self._base_dir
 
     def resolve(self, path: str) -> str:
-        return posixpath.normpath(posixpath.join(self._base_dir, path))
+        return _normalized(posixpath.join(self._base_dir, path))
 
     @property
     def ram_root(self) -> str:
