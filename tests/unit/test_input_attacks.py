@@ -14,23 +14,9 @@ from hypothesis import strategies as st
 
 from reconciler.errors import SpecInvalid
 from reconciler.spec.loader import parse_state
+from tests.unit.test_hostile_spec import BASE as HOSTILE_BASE
 
-BASE = """\
-version: 1
-stack: demo
-mode: ram
-services:
-  postgres:
-    database: app
-    user: app
-    disk_dir: ./data/pg
-  redis:
-    disk_dir: ./data/redis
-backup:
-  cadence: 1h
-ram:
-  tmpfs_size: 25%
-"""
+BASE = HOSTILE_BASE + "backup:\n  cadence: 1h\nram:\n  tmpfs_size: 25%\n"
 
 
 def _problems(text: str) -> list[tuple[int, int, str, str]]:
