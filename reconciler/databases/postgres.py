@@ -176,6 +176,13 @@ def _saslprep(password: str) -> bytes:
     )
     if any(check(ch) for ch in normalized for check in prohibited):
         return password.encode()
+    # RFC 3454 section 6 (bidi), as PostgreSQL's pg_saslprep and libpq check it: right-to-left letters
+    # exclude left-to-right ones, and must start and end the string. A password failing it is used raw.
+    if any(stringprep.in_table_d1(ch) for ch in normalized) and (
+        any(stringprep.in_table_d2(ch) for ch in normalized)
+        or not (stringprep.in_table_d1(normalized[0]) and stringprep.in_table_d1(normalized[-1]))
+    ):
+        return password.encode()
     return normalized.encode()
 
 

@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from psycopg import sql
 
 from tests.conftest import Stack
 from tests.integration.test_backups import pg, seed
@@ -94,3 +95,36 @@ def test_a_directory_name_in_state_yaml_runs_no_shell_command(stack: Stack, key:
     result = stack.cli("apply", check=None)
     assert not marker.exists(), "a directory name in state.yaml ran a shell command"
     assert result.returncode == 64 and "through /bin/sh" in result.stderr, result.stderr
+
+
+# Passwords where SASLprep matters: each maps, normalizes or is prohibited differently, and the
+# verifier computed here must be the one PostgreSQL (and libpq, when the application logs in) derive.
+TRICKY_PASSWORDS = [
+    'it\'s "quoted" \\ back`slash` $(x) ;--',
+    "naïve café ✓ 🔑",
+    "soft\u00adhyphen and\u00a0nbsp",
+    "Ⅸ ﬁ ² ｆｕｌｌ",
+    "ﬁשלוםa",  # right-to-left letters with left-to-right ones: SASLprep's bidi rule fails, raw bytes
+    "שלום ﬁ",  # a right-to-left password that does not end right-to-left: raw bytes too
+    "שﬁלום",  # starts and ends right-to-left, a left-to-right letter inside: raw bytes
+    "\u0627\u0644\u0639\u0631\u0628\u064a\u0629",  # Arabic, all right-to-left: SASLprep applies
+    "tab\there",  # a control character: prohibited, raw bytes
+]
+
+
+def test_the_verifier_computed_here_is_the_one_postgresql_derives(stack: Stack) -> None:
+    """A mismatch means the application cannot log in while observation reports the password in sync."""
+    from reconciler.databases.postgres import verifier_matches
+
+    stack.write(stack.default_document())
+    stack.cli("apply")
+    mismatched = []
+    with pg(stack, "postgres") as conn:
+        conn.execute("SET password_encryption = 'scram-sha-256'")
+        for password in TRICKY_PASSWORDS:
+            conn.execute(sql.SQL("ALTER ROLE app PASSWORD {}").format(sql.Literal(password)))
+            row = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = 'app'").fetchone()
+            assert row is not None and str(row[0]).startswith("SCRAM-SHA-256$")
+            if not verifier_matches(str(row[0]), password):
+                mismatched.append(password)
+    assert mismatched == []
