@@ -268,6 +268,49 @@ def ensure_role_and_database(endpoint: Endpoint, role: str, database: str, passw
             )
 
 
+RoleState = tuple[str | None, list[tuple[int, list[str]]]]
+"""A role's stored verifier and its settings (``ALTER ROLE ... [IN DATABASE ...] SET``) by database oid."""
+
+
+def role_state(endpoint: Endpoint, role: str) -> RoleState:
+    """What a role may change about itself (superuser session): its password and its settings."""
+    with connect(endpoint) as conn:
+        row = conn.execute("SELECT oid, rolpassword FROM pg_authid WHERE rolname = %s", (role,)).fetchone()
+        if row is None:
+            return (None, [])
+        settings = conn.execute(
+            "SELECT setdatabase, setconfig FROM pg_db_role_setting WHERE setrole = %s ORDER BY 1", (row[0],)
+        ).fetchall()
+    return (
+        None if row[1] is None else str(row[1]),
+        [(int(str(db)), [str(c) for c in config or []]) for db, config in settings],  # type: ignore[attr-defined]
+    )
+
+
+def put_role_state(endpoint: Endpoint, role: str, state: RoleState) -> None:
+    """Put back what ``role_state`` read (the verifier as is; the settings rows exactly)."""
+    from psycopg import sql
+
+    password, settings = state
+    with connect(endpoint, autocommit=False) as conn:
+        conn.execute("SET log_statement = 'none'")
+        conn.execute("SET log_min_error_statement = 'panic'")
+        conn.execute(
+            sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(password) if password is not None else sql.SQL("NULL")
+            )
+        )
+        oid = conn.execute("SELECT oid FROM pg_authid WHERE rolname = %s", (role,)).fetchone()
+        assert oid is not None
+        conn.execute("DELETE FROM pg_db_role_setting WHERE setrole = %s", (oid[0],))
+        for database, config in settings:
+            conn.execute(
+                "INSERT INTO pg_db_role_setting (setdatabase, setrole, setconfig) VALUES (%s, %s, %s)",
+                (database, oid[0], config),
+            )
+        conn.commit()
+
+
 def run_script_as(endpoint: Endpoint, dbname: str, parts: list[tuple[bytes, bytes | None]]) -> None:
     """Run an untrusted plain-SQL script in one transaction, logged in as ``endpoint.user``.
 

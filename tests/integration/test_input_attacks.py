@@ -128,3 +128,44 @@ def test_the_verifier_computed_here_is_the_one_postgresql_derives(stack: Stack) 
             if not verifier_matches(str(row[0]), password):
                 mismatched.append(password)
     assert mismatched == []
+
+
+def _role_state(stack: Stack) -> tuple[object, ...]:
+    with pg(stack, "postgres") as conn:
+        row = conn.execute(
+            "SELECT a.rolpassword, (SELECT array_agg(s.setdatabase::text || ':' || array_to_string(s.setconfig, ',')"
+            " ORDER BY s.setdatabase) FROM pg_db_role_setting s WHERE s.setrole = a.oid)"
+            " FROM pg_authid a WHERE a.rolname = 'app'"
+        ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "ALTER ROLE app PASSWORD 'known-to-the-attacker';",
+        "ALTER ROLE app SET default_transaction_read_only = on;",
+        "COMMIT; ALTER ROLE app PASSWORD 'known-to-the-attacker'; ALTER ROLE app SET statement_timeout = 1;"
+        " SELECT 1/0;",
+    ],
+    ids=["password", "setting", "commit-then-fail"],
+)
+def test_a_legacy_file_cannot_change_the_application_role_itself(stack: Stack, attack: str) -> None:
+    """The script runs logged in as the application role, which may change its own password and
+    settings; they outlive the side database (and a ``COMMIT`` in the script escapes its transaction)."""
+    document = stack.default_document()
+    document["services"]["postgres"]["password_env"] = "APP_DB_PASSWORD"
+    stack.write(document)
+    stack.env["APP_DB_PASSWORD"] = "the-real-one-" + uuid.uuid4().hex
+    stack.cli("apply")
+    before = _role_state(stack)
+    path = legacy_file(stack.dir, "SET client_encoding = 'UTF8';\n" + attack + "\n")
+    result = stack.cli(
+        "restore",
+        *("--legacy", str(path), "--password-env", "LEGACY_PW", "--yes", "--no-safety-backup"),
+        check=None,
+        env={"LEGACY_PW": PASSWORD},
+    )
+    assert result.returncode != 0, "a legacy file that changes the application role was restored"
+    assert _role_state(stack) == before
