@@ -311,6 +311,18 @@ def put_role_state(endpoint: Endpoint, role: str, state: RoleState) -> None:
         conn.commit()
 
 
+def database_settings(endpoint: Endpoint, database: str) -> list[str]:
+    """A database's own settings (``ALTER DATABASE ... SET``, for every role) and a connection limit."""
+    with connect(endpoint) as conn:
+        rows = conn.execute(
+            "SELECT unnest(s.setconfig) FROM pg_database d JOIN pg_db_role_setting s ON s.setdatabase = d.oid"
+            " WHERE d.datname = %s UNION ALL"
+            " SELECT 'CONNECTION LIMIT ' || datconnlimit FROM pg_database WHERE datname = %s AND datconnlimit <> -1",
+            (database, database),
+        ).fetchall()
+    return sorted(str(row[0]) for row in rows)
+
+
 def run_script_as(endpoint: Endpoint, dbname: str, parts: list[tuple[bytes, bytes | None]]) -> None:
     """Run an untrusted plain-SQL script in one transaction, logged in as ``endpoint.user``.
 

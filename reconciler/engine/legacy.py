@@ -52,6 +52,7 @@ def restore_legacy(ctx: StackContext, path: str, password_env: str, safety_backu
             ) from None
         try:
             _keep_role(endpoint, spec.user, role_before, path)
+            _plain_database(endpoint, side, path)
         except PermanentError:
             pg.drop_database(endpoint, side)
             raise
@@ -71,3 +72,15 @@ def _keep_role(endpoint: Endpoint, role: str, before: pg.RoleState, path: str) -
         f"legacy backup {path} changes role {role} itself (ALTER ROLE: its password or settings); a backup "
         f"may hold data only. The role was put back as it was and the database was not changed"
     )
+
+
+def _plain_database(endpoint: Endpoint, database: str, path: str) -> None:
+    """Settings the script gave its database (``ALTER DATABASE ... SET``, a connection limit) would
+    follow it into the live database: ``default_transaction_read_only`` or ``CONNECTION LIMIT 0``
+    would shut the application out. A plain dump never sets them, so such a file is refused."""
+    changed = pg.database_settings(endpoint, database)
+    if changed:
+        raise PermanentError(
+            f"legacy backup {path} changes its database's own settings ({', '.join(changed)[:200]}); a "
+            "backup may hold data only. The database was not changed"
+        )

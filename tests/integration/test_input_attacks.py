@@ -148,10 +148,15 @@ def _role_state(stack: Stack) -> tuple[object, ...]:
         "ALTER ROLE app SET default_transaction_read_only = on;",
         "COMMIT; ALTER ROLE app PASSWORD 'known-to-the-attacker'; ALTER ROLE app SET statement_timeout = 1;"
         " SELECT 1/0;",
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on',"
+        " current_database()); END $$;",
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I CONNECTION LIMIT 0', current_database()); END $$;",
     ],
-    ids=["password", "setting", "commit-then-fail"],
+    ids=["password", "setting", "commit-then-fail", "database-setting", "connection-limit"],
 )
-def test_a_legacy_file_cannot_change_the_application_role_itself(stack: Stack, attack: str) -> None:
+def test_a_legacy_file_cannot_change_the_application_role_or_its_database_settings(
+    stack: Stack, attack: str
+) -> None:
     """The script runs logged in as the application role, which may change its own password and
     settings; they outlive the side database (and a ``COMMIT`` in the script escapes its transaction)."""
     document = stack.default_document()
@@ -169,3 +174,11 @@ def test_a_legacy_file_cannot_change_the_application_role_itself(stack: Stack, a
     )
     assert result.returncode != 0, "a legacy file that changes the application role was restored"
     assert _role_state(stack) == before
+    with pg(stack, "postgres") as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase"
+            " WHERE d.datname = 'app_db'"
+        ).fetchone() == (0,)
+        assert conn.execute("SELECT datconnlimit FROM pg_database WHERE datname = 'app_db'").fetchone() == (
+            -1,
+        )
