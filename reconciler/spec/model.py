@@ -253,13 +253,13 @@ class PostgresSpec(_Strict):
     """A PostgreSQL server with one application database."""
 
     database: SqlName = _field(
-        description="Name of the application's database (at most 63 characters; not template0/template1); "
-        "created if missing.",
+        description="Name of the application's database (at most 63 characters; not postgres, template0 "
+        "or template1); created if missing.",
         example="loomio_production",
     )
     user: SqlName = _field(
-        description="Role that owns the database (at most 63 characters; PostgreSQL reserves names "
-        "starting with pg_); created if missing.",
+        description="Role that owns the database (at most 63 characters; not postgres, the superuser; "
+        "PostgreSQL reserves names starting with pg_); created if missing.",
         example="loomio",
     )
     password_env: Annotated[str, Field(pattern=ENV_NAME_PATTERN)] | None = _field(
@@ -306,6 +306,11 @@ class PostgresSpec(_Strict):
     def _not_reserved_role(cls, value: str) -> str:
         if value.lower().startswith("pg_"):
             raise ValueError(f"role names starting with 'pg_' are reserved by PostgreSQL ({value!r})")
+        if value == "postgres":
+            raise ValueError(
+                "postgres is the superuser the reconciler itself uses; the application's role must be its own "
+                "(it is the boundary a legacy restore runs behind, and it gets the application's password)"
+            )
         return value
 
     @field_validator("database")
@@ -313,6 +318,11 @@ class PostgresSpec(_Strict):
     def _not_a_template(cls, value: str) -> str:
         if value in ("template0", "template1"):
             raise ValueError(f"{value} is PostgreSQL's template database; name the application's own")
+        if value == "postgres":
+            raise ValueError(
+                "postgres is the maintenance database the reconciler connects to (a restore would replace it); "
+                "name the application's own"
+            )
         return value
 
     @field_validator("dump_options")

@@ -94,3 +94,17 @@ def test_plain_directory_names_with_spaces_and_unicode_stay_valid() -> None:
         BASE.replace("disk_dir: ./data/pg", "disk_dir: ./Daten für pg (alt)"), base_dir="/srv/app"
     )
     assert spec.disk_dir("postgres") == "/srv/app/Daten für pg (alt)"
+
+
+@pytest.mark.parametrize(
+    ("original", "forged", "where"),
+    [
+        ("user: app", "user: postgres", "services.postgres.user"),
+        ("database: app", "database: postgres", "services.postgres.database"),
+    ],
+)
+def test_the_application_cannot_be_given_the_superuser_or_the_maintenance_database(
+    original: str, forged: str, where: str
+) -> None:
+    problems = _problems(BASE.replace(original, forged))
+    assert [p[2] for p in problems] == [where] and "postgres is the" in problems[0][3], problems
