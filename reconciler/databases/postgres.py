@@ -10,6 +10,15 @@ Design decisions:
   ~78 ms here, a psql round trip ~15 ms, and ``plan`` must stay well under 300 ms as a whole. psql
   ships with the server binaries the local runtime needs anyway, and inside containers it is the
   only client there is.
+- The application role owns its database, so it can create functions, operators and casts there.
+  Every session the reconciler opens as the superuser therefore resolves names in ``pg_catalog``
+  only (``SAFE_SEARCH_PATH``: ``connect`` sets it at login, the psql queries set it first):
+  PostgreSQL prefers an exact-type match in ``public`` to a ``pg_catalog`` function that needs a
+  cast, so ``hash_record_extended(t, 0)`` would otherwise call ``public.hash_record_extended(t,
+  integer)`` with superuser rights (CVE-2018-1058). Casts are not schema-qualified and the owner of a
+  table's row type may create one to ``text``, so a row is turned into text by calling
+  ``record_out`` itself, never by ``::text``. Only ``run_script_as`` (a session that logs in as the
+  application role) keeps the default search path.
 """
 
 from __future__ import annotations
@@ -37,6 +46,9 @@ _FACTS_QUERY = (
 )
 
 CONNECT_TIMEOUT = 5
+SAFE_SEARCH_PATH = "pg_catalog, pg_temp"
+"""Where superuser sessions resolve unqualified names: the catalog only (pg_temp explicitly last)."""
+_SAFE_PREAMBLE = f"SET search_path = {SAFE_SEARCH_PATH};\n".encode()
 
 
 @dataclass(frozen=True)
@@ -85,8 +97,9 @@ def run_tool(endpoint: Endpoint, argv: list[str], input_bytes: bytes, timeout: f
 
 
 def connect(
-    endpoint: Endpoint, dbname: str = "postgres", autocommit: bool = True
+    endpoint: Endpoint, dbname: str = "postgres", autocommit: bool = True, *, safe_search_path: bool = True
 ) -> psycopg.Connection[tuple[object, ...]]:
+    """A session; unless ``safe_search_path`` is False it resolves names in ``pg_catalog`` only."""
     import psycopg
 
     try:
@@ -97,6 +110,7 @@ def connect(
             dbname=dbname,
             connect_timeout=CONNECT_TIMEOUT,
             autocommit=autocommit,
+            options=f"-c search_path={SAFE_SEARCH_PATH.replace(' ', '')}" if safe_search_path else None,
         )
     except psycopg.OperationalError as exc:
         raise TransientError(
@@ -119,7 +133,7 @@ def facts(endpoint: Endpoint, database: str, bindir: str) -> PostgresFacts:
         "ON_ERROR_STOP=1",
     ]
     try:
-        stdout = run_tool(endpoint, argv, _FACTS_QUERY.encode(), timeout=10)
+        stdout = run_tool(endpoint, argv, _SAFE_PREAMBLE + _FACTS_QUERY.encode(), timeout=10)
     except CommandFailed as exc:
         raise TransientError(
             f"cannot query postgres on port {endpoint.port}: {exc.stderr_tail.strip()}"
@@ -161,6 +175,13 @@ def _saslprep(password: str) -> bytes:
         stringprep.in_table_a1,
     )
     if any(check(ch) for ch in normalized for check in prohibited):
+        return password.encode()
+    # RFC 3454 section 6 (bidi), as PostgreSQL's pg_saslprep and libpq check it: right-to-left letters
+    # exclude left-to-right ones, and must start and end the string. A password failing it is used raw.
+    if any(stringprep.in_table_d1(ch) for ch in normalized) and (
+        any(stringprep.in_table_d2(ch) for ch in normalized)
+        or not (stringprep.in_table_d1(normalized[0]) and stringprep.in_table_d1(normalized[-1]))
+    ):
         return password.encode()
     return normalized.encode()
 
@@ -205,7 +226,7 @@ def role_verifier(endpoint: Endpoint, role: str, bindir: str) -> str | None:
     argv += ["-v", f"role={role}", "-v", "ON_ERROR_STOP=1"]
     query = b"SELECT coalesce(rolpassword, '') FROM pg_authid WHERE rolname = :'role'"
     try:
-        stdout = run_tool(endpoint, argv, query, timeout=10)
+        stdout = run_tool(endpoint, argv, _SAFE_PREAMBLE + query, timeout=10)
     except CommandFailed as exc:
         raise TransientError(
             f"cannot query postgres on port {endpoint.port}: {exc.stderr_tail.strip()}"
@@ -247,6 +268,61 @@ def ensure_role_and_database(endpoint: Endpoint, role: str, database: str, passw
             )
 
 
+RoleState = tuple[str | None, list[tuple[int, list[str]]]]
+"""A role's stored verifier and its settings (``ALTER ROLE ... [IN DATABASE ...] SET``) by database oid."""
+
+
+def role_state(endpoint: Endpoint, role: str) -> RoleState:
+    """What a role may change about itself (superuser session): its password and its settings."""
+    with connect(endpoint) as conn:
+        row = conn.execute("SELECT oid, rolpassword FROM pg_authid WHERE rolname = %s", (role,)).fetchone()
+        if row is None:
+            return (None, [])
+        settings = conn.execute(
+            "SELECT setdatabase, setconfig FROM pg_db_role_setting WHERE setrole = %s ORDER BY 1", (row[0],)
+        ).fetchall()
+    return (
+        None if row[1] is None else str(row[1]),
+        [(int(str(db)), [str(c) for c in config or []]) for db, config in settings],  # type: ignore[attr-defined]
+    )
+
+
+def put_role_state(endpoint: Endpoint, role: str, state: RoleState) -> None:
+    """Put back what ``role_state`` read (the verifier as is; the settings rows exactly)."""
+    from psycopg import sql
+
+    password, settings = state
+    with connect(endpoint, autocommit=False) as conn:
+        conn.execute("SET log_statement = 'none'")
+        conn.execute("SET log_min_error_statement = 'panic'")
+        conn.execute(
+            sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(password) if password is not None else sql.SQL("NULL")
+            )
+        )
+        oid = conn.execute("SELECT oid FROM pg_authid WHERE rolname = %s", (role,)).fetchone()
+        assert oid is not None
+        conn.execute("DELETE FROM pg_db_role_setting WHERE setrole = %s", (oid[0],))
+        for database, config in settings:
+            conn.execute(
+                "INSERT INTO pg_db_role_setting (setdatabase, setrole, setconfig) VALUES (%s, %s, %s)",
+                (database, oid[0], config),
+            )
+        conn.commit()
+
+
+def database_settings(endpoint: Endpoint, database: str) -> list[str]:
+    """A database's own settings (``ALTER DATABASE ... SET``, for every role) and a connection limit."""
+    with connect(endpoint) as conn:
+        rows = conn.execute(
+            "SELECT unnest(s.setconfig) FROM pg_database d JOIN pg_db_role_setting s ON s.setdatabase = d.oid"
+            " WHERE d.datname = %s UNION ALL"
+            " SELECT 'CONNECTION LIMIT ' || datconnlimit FROM pg_database WHERE datname = %s AND datconnlimit <> -1",
+            (database, database),
+        ).fetchall()
+    return sorted(str(row[0]) for row in rows)
+
+
 def run_script_as(endpoint: Endpoint, dbname: str, parts: list[tuple[bytes, bytes | None]]) -> None:
     """Run an untrusted plain-SQL script in one transaction, logged in as ``endpoint.user``.
 
@@ -256,7 +332,7 @@ def run_script_as(endpoint: Endpoint, dbname: str, parts: list[tuple[bytes, byte
     """
     import psycopg
 
-    with connect(endpoint, dbname, autocommit=False) as conn:
+    with connect(endpoint, dbname, autocommit=False, safe_search_path=False) as conn:
         if conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() != (False,):
             raise PermanentError(f"refusing to run an untrusted script as {endpoint.user}: it is a superuser")
         try:
@@ -286,7 +362,12 @@ ORDER BY 1, 2
 # hashes the record itself; ``text`` (hashtextextended over the row's text form) works on every
 # version and for column types without a hash function (json, point). The manifest records the
 # method per table, and a check recomputes with the recorded one: the two give different sums.
-ROW_HASHES = {"record": "hash_record_extended(t, 0)", "text": "hashtextextended(t::text, 0)"}
+# Both run with the safe search path; ``text`` calls record_out (what ``t::text`` does unless the
+# table's owner created a cast from its row type).
+ROW_HASHES = {
+    "record": "hash_record_extended(t, 0)",
+    "text": "hashtextextended(textin(record_out(t)), 0)",
+}
 
 
 def table_stats(

@@ -5,7 +5,10 @@ reaches psql, and it runs in a session whose *login* role is the application's r
 superuser: ``RESET ROLE``, ``SET SESSION AUTHORIZATION`` or ``COPY ... PROGRAM`` cannot climb back to
 superuser rights, because the session never had them. The superuser only creates the empty side
 database (owned by the application's role) and swaps it in after the script succeeded and was
-checked; the script runs in one transaction, so a failing statement leaves nothing behind.
+checked; the script runs in one transaction, so a failing statement leaves nothing behind. What the
+application role may change about *itself* (its password, its settings) is outside the side database
+and outside that transaction once the script says ``COMMIT``: it is read before the script and put
+back afterwards, and a file that changed it is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from reconciler.engine import backups
 from reconciler.engine.context import StackContext
 from reconciler.engine.secrets import from_env_or_file
 from reconciler.errors import PermanentError, ReconcilerError
+from reconciler.runtimes.base import Endpoint
 from reconciler.system import fs
 
 
@@ -36,15 +40,47 @@ def restore_legacy(ctx: StackContext, path: str, password_env: str, safety_backu
             backups.take_backup_locked(ctx, "pre-restore", None)
         side = f"{spec.database}__restoring"
         pg.recreate_database(endpoint, side, spec.user)
+        role_before = pg.role_state(endpoint, spec.user)
         try:
             pg.run_script_as(replace(endpoint, user=spec.user), side, [(p.sql, p.copy_data) for p in parts])
         except ReconcilerError as exc:
             pg.drop_database(endpoint, side)
+            _keep_role(endpoint, spec.user, role_before, path)
             raise PermanentError(
                 f"legacy backup {path} was refused by postgres (it runs as role {spec.user}, not as a "
                 f"superuser): {exc}. The database {spec.database} was not changed"
             ) from None
+        try:
+            _keep_role(endpoint, spec.user, role_before, path)
+            _plain_database(endpoint, side, path)
+        except PermanentError:
+            pg.drop_database(endpoint, side)
+            raise
         with pg.connect(endpoint, side) as conn:
             tables = len(pg.table_stats(conn))
         pg.swap_databases(endpoint, spec.database, side)
         return tables
+
+
+def _keep_role(endpoint: Endpoint, role: str, before: pg.RoleState, path: str) -> None:
+    """The script may change its login role's password and settings, which outlive the side database
+    (and a ``COMMIT`` in the script escapes its transaction): put them back, and refuse the file."""
+    if pg.role_state(endpoint, role) == before:
+        return
+    pg.put_role_state(endpoint, role, before)
+    raise PermanentError(
+        f"legacy backup {path} changes role {role} itself (ALTER ROLE: its password or settings); a backup "
+        f"may hold data only. The role was put back as it was and the database was not changed"
+    )
+
+
+def _plain_database(endpoint: Endpoint, database: str, path: str) -> None:
+    """Settings the script gave its database (``ALTER DATABASE ... SET``, a connection limit) would
+    follow it into the live database: ``default_transaction_read_only`` or ``CONNECTION LIMIT 0``
+    would shut the application out. A plain dump never sets them, so such a file is refused."""
+    changed = pg.database_settings(endpoint, database)
+    if changed:
+        raise PermanentError(
+            f"legacy backup {path} changes its database's own settings ({', '.join(changed)[:200]}); a "
+            "backup may hold data only. The database was not changed"
+        )

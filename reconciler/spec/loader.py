@@ -307,7 +307,23 @@ def _load_tree(text: str, source: str) -> tuple[Any, _Positions]:
         ) from None
     except YAMLError as exc:
         raise SpecInvalid([SpecProblem(source, 1, 1, "(syntax)", f"YAML error: {exc}")]) from None
+    except (ValueError, OverflowError):  # ruamel's scanner: chr() of an escape beyond U+10FFFF
+        line, col, problem = _bad_escape(text)
+        raise SpecInvalid([SpecProblem(source, line, col, "(syntax)", problem)]) from None
     return builder.root, builder.positions
+
+
+_LONG_ESCAPE = re.compile(r"\\U([0-9A-Fa-f]{8})")
+
+
+def _bad_escape(text: str) -> tuple[int, int, str]:
+    """Where the first ``\\U`` escape beyond U+10FFFF is (ruamel lets it out as a ValueError/OverflowError)."""
+    for match in _LONG_ESCAPE.finditer(text):
+        if int(match.group(1), 16) > 0x10FFFF:
+            before = text[: match.start()]
+            line, col = before.count("\n") + 1, match.start() - (before.rfind("\n") + 1) + 1
+            return line, col, f"the escape {match.group(0)} names no Unicode character (at most \\U0010FFFF)"
+    return 1, 1, "YAML syntax error: an invalid value in the text"
 
 
 def _dotted(path: Sequence[str | int]) -> str:

