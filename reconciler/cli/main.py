@@ -26,6 +26,7 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 if TYPE_CHECKING:
     from reconciler.cli.output import Output
     from reconciler.engine.context import StackContext
+    from reconciler.errors import SpecInvalid
     from reconciler.spec.model import StateSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -273,7 +274,7 @@ def status(state: _State, output_format: str) -> None:
     from reconciler.engine import status as status_file
     from reconciler.plan.planner import plan as make_plan
 
-    ctx = _context(state)
+    ctx, invalid = _context_or_last_valid(state)
     observed = ctx.observe()
     the_plan = make_plan(ctx.spec, observed, datetime.now(UTC))
     recorded = status_file.load(ctx.status_path)
@@ -304,9 +305,10 @@ def status(state: _State, output_format: str) -> None:
         "blockers": list(the_plan.blockers),
         "services": services,
         "host": asdict(observed.host),
-        "conditions": status_file.live_conditions(
-            recorded.get("conditions", []), ctx.spec, observed, the_plan
+        "conditions": _with_spec_validity(
+            status_file.live_conditions(recorded.get("conditions", []), ctx.spec, observed, the_plan), invalid
         ),
+        "specErrors": [str(p) for p in invalid.problems] if invalid else [],
         "lastAppliedRevision": recorded.get("lastAppliedRevision"),
         "lastRun": recorded.get("lastRun"),
         "lastRestore": backup_records.get("last_restore"),
@@ -320,6 +322,45 @@ def status(state: _State, output_format: str) -> None:
     else:
         for line in status_text(document):
             state.out.out.print(line)
+
+
+def _context_or_last_valid(state: _State) -> tuple[StackContext, SpecInvalid | None]:
+    """The stack's context; with an invalid state.yaml, the one of the spec last adopted, and the errors
+    (the commands that show the stack must still show it while the file is broken)."""
+    from reconciler.engine.context import StackContext, last_valid_spec
+    from reconciler.errors import SpecInvalid
+
+    try:
+        return _context(state), None
+    except SpecInvalid as exc:
+        spec = last_valid_spec(state.state_file)
+        if spec is None:
+            raise
+        for problem in exc.problems:
+            sys.stderr.write(f"{problem}\n")
+        state.out.err.print(
+            f"[yellow]state.yaml is invalid ({len(exc.problems)} problem(s) above); showing the stack under the "
+            "spec last adopted[/]",
+            soft_wrap=True,
+        )
+        return StackContext.build(spec, state.state_file), exc
+
+
+def _with_spec_validity(
+    conditions: list[dict[str, Any]], invalid: SpecInvalid | None
+) -> list[dict[str, Any]]:
+    from reconciler.engine.status import set_condition
+
+    if invalid is None:
+        return conditions
+    problems = "; ".join(str(p) for p in invalid.problems[:3])
+    return set_condition(
+        conditions,
+        "SpecValid",
+        False,
+        "Invalid",
+        f"state.yaml is invalid: {problems}; the last valid spec is shown",
+    )
 
 
 def _daemon_status(ctx: StackContext, recorded: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -676,8 +717,8 @@ def events(state: _State, limit: int, warnings: bool, output_format: str) -> Non
     """Show what the daemon noticed and did (the events log), oldest first."""
     from reconciler.engine import events as event_log
 
-    spec = _load(state)
-    found = event_log.read(spec.state_path)
+    ctx, _ = _context_or_last_valid(state)
+    found = event_log.read(ctx.state_dir)
     if warnings:
         found = [e for e in found if e.get("type") == "Warning"]
     if limit:
@@ -686,7 +727,7 @@ def events(state: _State, limit: int, warnings: bool, output_format: str) -> Non
         state.out.json(found)
         return
     if not found:
-        state.out.out.print(f"no events yet in {event_log.events_path(spec.state_path)}")
+        state.out.out.print(f"no events yet in {event_log.events_path(ctx.state_dir)}")
     for event in found:
         colour = "yellow" if event.get("type") == "Warning" else "green"
         message = str(event.get("message", "")).replace("[", "\\[")

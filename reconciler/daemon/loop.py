@@ -50,7 +50,13 @@ from reconciler.daemon.watch import ContainerWatcher, ProcessWatcher, StateWatch
 from reconciler.engine import backups as engine_backups
 from reconciler.engine import events, records, status
 from reconciler.engine.apply import apply
-from reconciler.engine.context import StackContext, read_state_bytes, state_file_digest, write_override
+from reconciler.engine.context import (
+    StackContext,
+    read_state_bytes,
+    remember_valid_spec,
+    state_file_digest,
+    write_override,
+)
 from reconciler.engine.revision import committed_state, differs_from_commit, state_revision
 from reconciler.errors import LockHeld, PermanentError, ReconcilerError, SpecInvalid
 from reconciler.plan.observed import ObservedState
@@ -92,6 +98,7 @@ class Daemon:
         self.state_file = os.path.abspath(state_file)
         data, self.revision = self._read_desired()
         self.spec: StateSpec = self._parse(data, self.revision)  # must be valid to start at all
+        remember_valid_spec(self.spec.state_path, data)
         self.spec_digest = hashlib.sha256(data).hexdigest()
         self.uncommitted_noted: str | None = None
         self.state_dir = self.spec.state_path
@@ -409,6 +416,7 @@ class Daemon:
             self.notifier.fail(message)
             return
         self.spec, self.spec_digest, self.invalid_digest, self.revision = spec, digest, None, revision
+        remember_valid_spec(self.state_dir, data)
         self.stalled_on = self.blocked_on = None  # a new spec is a new chance
         self.snapshot.set("reconciler_spec_valid", 1, "1 when state.yaml is valid and adopted.")
         events.emit(

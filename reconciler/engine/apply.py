@@ -16,6 +16,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -23,10 +24,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from reconciler.engine import status
-from reconciler.engine.context import StackContext
+from reconciler.engine.context import StackContext, read_state_bytes, remember_valid_spec
 from reconciler.engine.revision import state_revision
 from reconciler.engine.steps import execute
-from reconciler.errors import PermanentError, PlanBlocked, ReconcilerError
+from reconciler.errors import InvalidInput, PermanentError, PlanBlocked, ReconcilerError
 from reconciler.plan.actions import Action, PruneBackups, ResumeOperation
 from reconciler.plan.planner import Plan, plan, plan_down
 from reconciler.system import fs
@@ -128,6 +129,9 @@ def _record(ctx: StackContext, started_at: str, result: ApplyResult, error: Reco
         "error": str(error) if error else None,
     }
     if error is None:
+        if ctx.revision is None:  # the daemon remembers what it adopts itself (the commit's bytes)
+            with contextlib.suppress(InvalidInput, OSError):
+                remember_valid_spec(ctx.state_dir, read_state_bytes(ctx.state_file))
         conditions = {
             "Ready": (True, "InSync", f"stack in {ctx.spec.mode} mode with every service running"),
             "Stalled": (False, "Converged", "the last apply converged"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import stat
 from dataclasses import dataclass
 from typing import Any
@@ -140,3 +141,53 @@ def write_override(state_dir: str, state_file: str, mode: str, reason: str, sinc
         os.path.join(state_dir, OVERRIDE_FILE),
         {"mode": mode, "reason": reason, "since": since, "state_sha256": state_file_digest(state_file)},
     )
+
+
+LAST_VALID_FILE = "last-valid-state.yaml"
+
+
+def remember_valid_spec(state_dir: str, data: bytes) -> None:
+    """Keep the bytes of the state.yaml last adopted (by `apply` or the daemon) in the state directory,
+    so that `status` and `events` can still show the stack while the file is invalid. Written only when
+    it changed (the state directory may be on an SD card)."""
+    path = os.path.join(state_dir, LAST_VALID_FILE)
+    try:
+        with open(path, "rb") as handle:
+            if handle.read() == data:
+                return
+    except OSError:
+        pass
+    try:
+        os.makedirs(state_dir, exist_ok=True)
+        fs.atomic_write_bytes(path, data, 0o600)
+    except OSError:  # a convenience for `status`: never the reason an apply or a daemon fails
+        return
+
+
+def last_valid_spec(state_file: str) -> StateSpec | None:
+    """The spec last adopted for this state file, when the file itself is invalid now: looked for in the
+    default state directory and in the one the invalid file names (read by a plain line match, never by
+    parsing what failed to parse). None when there is none or it is not valid either."""
+    from reconciler.spec.loader import MAX_STATE_BYTES, parse_state_bytes
+
+    base = os.path.dirname(os.path.abspath(state_file))
+    candidates = [os.path.join(base, ".reconciler")]
+    try:
+        with open(state_file, "rb") as handle:
+            head = handle.read(MAX_STATE_BYTES)
+        named = re.search(rb"^state_dir:[ \t]*['\"]?([^'\"#\s]+)", head, re.MULTILINE)
+        if named:
+            candidates.insert(0, os.path.join(base, named.group(1).decode("utf-8", "replace")))
+    except OSError:
+        pass
+    for directory in candidates:
+        path = os.path.join(directory, LAST_VALID_FILE)
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_STATE_BYTES + 1)
+            spec = parse_state_bytes(data, source=f"{state_file} (last valid: {path})", base_dir=base)
+        except (OSError, InvalidInput):
+            continue
+        if os.path.normpath(spec.state_path) == os.path.normpath(directory):
+            return spec
+    return None

@@ -211,3 +211,33 @@ def test_restore_legacy_of_a_directory_fifo_or_device_exits_64_with_the_cause(st
             and "Traceback" not in result.stderr
             and "internal error" not in result.stderr
         )
+
+
+def test_status_and_events_show_the_stack_under_the_last_valid_spec_while_state_yaml_is_invalid(
+    stack: Stack,
+) -> None:
+    stack.write(stack.default_document())
+    stack.cli("apply")
+    text = stack.state_file.read_text()
+    stack.state_file.write_text(text.replace("mode: ram", "mode: rma"))
+
+    result = stack.cli("status", "-o", "json")
+    document = json.loads(result.stdout)
+    assert document["services"]["postgres"]["running"] and document["services"]["redis"]["running"]
+    assert document["mode"] == "ram" and document["specErrors"], document
+    valid = next(c for c in document["conditions"] if c["type"] == "SpecValid")
+    assert valid["status"] == "False" and "mode" in valid["message"]
+    assert "mode" in result.stderr and "last adopted" in result.stderr
+    stack.cli("events")
+    stack.cli("plan", check=64)  # commands that act on the file still refuse it
+
+    fresh = stack.dir / "other"
+    fresh.mkdir()
+    (fresh / "state.yaml").write_text("version: 1\nstack: [\n")
+    never = subprocess.run(
+        [sys.executable, "-m", "reconciler", "-f", str(fresh / "state.yaml"), "status"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert never.returncode == 64  # no spec was ever adopted there: only the errors to show
