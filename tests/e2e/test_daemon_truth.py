@@ -162,6 +162,9 @@ def retention_of_one(document: dict[str, Any]) -> None:
 def test_apply_carries_out_the_retention_its_own_switch_made_due(stack: Stack) -> None:
     document = stack.default_document("ram")
     retention_of_one(document)
+    # Retention counts verified sets only when verification is on; here it counts the sets it vouches
+    # for, so the switch's own sets make the old one due within the same apply.
+    document["daemon"] = {**document.get("daemon", {}), "verify_new_sets": False}
     stack.write(document)
     stack.cli("apply")
     seed(stack, 100)
