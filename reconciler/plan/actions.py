@@ -318,6 +318,8 @@ class SwitchMode(Action):
     expected_downtime_seconds: float
     keep_old_copy: bool
     backup_while_drained: bool = False
+    # The longest the drained apps may take to stop (drain.stop_timeout; 0 when none are drained).
+    drain_stop_timeout_seconds: float = 0
 
     @property
     def service(self) -> str | None:
@@ -326,9 +328,15 @@ class SwitchMode(Action):
     def describe(self) -> str:
         from reconciler.spec.units import format_bytes
 
+        bound = (
+            f", up to {self.expected_downtime_seconds + self.drain_stop_timeout_seconds:.1f} s if the apps take "
+            f"their whole drain.stop_timeout to stop"
+            if self.drain_stop_timeout_seconds
+            else ""
+        )
         return (
             f"switch {' and '.join(self.services)} from {self.from_mode} to {self.to_mode} mode "
-            f"({format_bytes(self.data_bytes)}, expected write downtime ~{self.expected_downtime_seconds:.1f} s)"
+            f"({format_bytes(self.data_bytes)}, expected write downtime ~{self.expected_downtime_seconds:.1f} s{bound})"
         )
 
     def step_names(self) -> list[str]:

@@ -192,6 +192,11 @@ def _plan_switch(
             ),
             keep_old_copy=to_mode == "ram" and desired.ram.keep_disk_copy,
             backup_while_drained=desired.ram.switch_backup == "drained",
+            drain_stop_timeout_seconds=(
+                desired.drain.stop_timeout.total_seconds()
+                if desired.runtime == "docker" and desired.drain.containers
+                else 0
+            ),
         )
     )
 

@@ -226,7 +226,7 @@ class DockerRuntime:
             except docker.errors.NotFound:
                 raise PermanentError(f"drain.containers names {name}, but no such container exists") from None
             if container.status in ("running", "restarting"):
-                container.stop(timeout=_STOP_TIMEOUT)
+                container.stop(timeout=int(self.spec.drain.stop_timeout.total_seconds()))
                 stopped.append(name)
         return stopped
 

@@ -403,6 +403,12 @@ class DrainSpec(_Strict):
         description="Containers to stop before a mode switch or restore, in order; started in reverse.",
         example=["loomio-app", "loomio-worker"],
     )
+    stop_timeout: Annotated[Duration, duration_between(timedelta(seconds=1), timedelta(minutes=10))] = _field(
+        10,
+        description="How long a drained container gets to stop after SIGTERM before it is killed (docker "
+        "runtime): from 1s to 10m. Part of the write downtime `plan` shows for a mode switch.",
+        example="10s",
+    )
 
 
 class RamSpec(_Strict):

@@ -452,3 +452,23 @@ def test_a_restore_that_did_not_complete_is_never_in_sync(
     other = service.location("disk" if desired.mode == "ram" else "ram")
     if usable is not None and not result.blockers and not (other.initialized and not other.stale):
         assert restores and name in restores[0].services
+
+
+def test_the_switch_estimate_includes_the_drained_apps_stop_timeout_on_docker() -> None:
+    text = """
+version: 1
+stack: demo
+runtime: docker
+mode: disk
+services:
+  postgres: {database: app, user: app, port: 5433, disk_dir: /srv/pg}
+drain: {containers: [demo-app], stop_timeout: 25s}
+ram: {path: /dev/shm/rc/demo, mount: never}
+"""
+    disk = parse_state(text, "state.yaml", "/srv")
+    ram = parse_state(text.replace("mode: disk", "mode: ram"), "state.yaml", "/srv")
+    world = simulate_all(fresh_world(disk), plan(disk, fresh_world(disk), NOW).actions)
+    switch = plan(ram, world, NOW).actions[-1]
+    assert isinstance(switch, SwitchMode) and switch.drain_stop_timeout_seconds == 25
+    assert f"up to {switch.expected_downtime_seconds + 25:.1f} s" in switch.describe()
+    assert "drain.stop_timeout" in switch.describe()
