@@ -43,6 +43,7 @@ from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
 from reconciler.engine import records, status
 from reconciler.engine.context import StackContext
+from reconciler.engine.journal import Journal
 from reconciler.engine.revision import state_revision
 from reconciler.errors import PermanentError, ReconcilerError
 from reconciler.plan import faults
@@ -401,6 +402,12 @@ def _os_error_text(exc: BaseException) -> BaseException:
 def prune_decision(ctx: StackContext) -> tuple[list[BackupSet], RetentionDecision]:
     """Retention of the local store: which sets go, with the reason each kept set stays."""
     sets = [listing.backup_set for listing in list_sets(ctx)]
+    pending = Journal.load(ctx.state_dir)
+    if pending is not None:
+        # An interrupted operation may depend on any set (a restore past its point of no return on the
+        # set it chose, an abandoned switch on its pre-switch set): nothing is deleted until it completes.
+        reason = f"the {pending.doc.get('kind')} {pending.id} did not complete; run `reconciler apply` first"
+        return sets, RetentionDecision({s.name: (reason,) for s in sets}, (), reason)
     record = records.read(ctx)
     return sets, retention(
         sets,
@@ -412,6 +419,7 @@ def prune_decision(ctx: StackContext) -> tuple[list[BackupSet], RetentionDecisio
         authenticity=vouch_local(ctx, sets),
         require_verified=ctx.spec.daemon.verify_new_sets,
         rejected=record.rejected_in("local"),
+        superseded=record.superseded,
     )
 
 

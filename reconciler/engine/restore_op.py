@@ -24,8 +24,9 @@ Design decisions:
   it served before. The point of no return is the first commit (the database swap, then the RDB
   replaced while Redis is stopped); from there a resumed operation only goes forward.
 - After a deliberate restore, what the stack serves is what the next boot restores. At the point of
-  no return every set newer than the chosen one (the ``pre-restore`` safety set included) is recorded
-  as *superseded* in ``backups.json``; boot-restore selection never offers a superseded set, so a power
+  no return every set restore on boot would try before the chosen one (every set after it in the sets'
+  own order, the ``pre-restore`` safety set included; ``plan/selection.py`` ``superseded_by_restore``)
+  is recorded as *superseded* in ``backups.json``; boot-restore selection never offers a superseded set, so a power
   cut before the post-restore backup still brings back the chosen set. The operation then takes a
   ``post-restore`` set, which becomes the newest. The superseded sets stay in the store: a deliberate
   ``reconciler restore <pre-restore set>`` undoes the restore (and un-supersedes that set).
@@ -60,7 +61,7 @@ from reconciler.engine.secrets import from_env_or_file
 from reconciler.errors import CommandFailed, HostFault, PermanentError, ReconcilerError
 from reconciler.plan import faults
 from reconciler.plan.actions import RestoreFromBackup
-from reconciler.plan.backupsets import order_key
+from reconciler.plan.selection import superseded_by_restore
 from reconciler.runtimes.local import MARKER, read_marker
 from reconciler.stores.local import LocalStore
 from reconciler.system import failpoints, fs
@@ -244,6 +245,11 @@ def _restore_fresh(
                 raise SetRejected(checked.name, f"it holds no {name} member")
             initialised.append(data_dir)
             runtime.init_service(name, data_dir)
+            # Flagged as soon as initdb ran: from then on the directory is no set's data (the defence that
+            # does not depend on the journal). The docker runtime leaves the directory empty for the
+            # image's entrypoint, which initialises only an empty one: there the flag follows the start.
+            if not fs.is_empty_dir(data_dir):
+                mark_restoring(data_dir, ctx.spec.stack, name, operation)
             failpoints.hit(f"restore.boot.{name}.init")
             if name == "redis":
                 _, uid, gid = runtime.account("redis")
@@ -446,14 +452,13 @@ class _Restore:
         return {"set": backups.take_backup_locked(self.ctx, "pre-restore", None)["set"]}
 
     def do_supersede(self) -> Any:
-        """Record every set newer than the chosen one as superseded (effective from the commit on).
+        """Record every set boot could prefer to the chosen one as superseded (effective from the commit on).
 
         The intended change goes into the journal first, so a rollback knows exactly what to undo even
         when the reconciler died between the two writes."""
         # Drive too: a set newer than the chosen one that only Drive still holds must not win at boot.
         listed = [listing.backup_set for listing in backups.list_sets(self.ctx, with_remote=True)]
-        chosen = next(s for s in listed if s.name == self.set_name)
-        newer = {s.name for s in listed if order_key(s) > order_key(chosen)}  # the sets' own order
+        newer = set(superseded_by_restore(listed, self.set_name))  # the sets' own order, as boot uses
         with records.changing(self.ctx) as document:
             current = set(document.get("superseded", []))
             change = {"added": sorted(newer - current), "unsuperseded": self.set_name in current}
