@@ -203,6 +203,7 @@ class SetListing:
     backup_set: BackupSet
     verified: dict[str, Any] | None
     stores: tuple[str, ...] = ("local",)
+    superseded: bool = False  # a deliberate restore discarded its data: restore on boot never uses it
 
     def to_dict(self, now: datetime) -> dict[str, Any]:
         s = self.backup_set
@@ -215,14 +216,17 @@ class SetListing:
             "complete": s.complete,
             "stores": list(self.stores),
             "verified": self.verified,
+            "superseded": self.superseded,
         }
 
 
 def list_sets(ctx: StackContext, with_remote: bool = False) -> list[SetListing]:
     """Local sets; with ``with_remote``, also those on Drive (a set in both is listed once, both stores)."""
-    verified = records.read(ctx).verifications
+    record = records.read(ctx)
+    verified = record.verifications
+    superseded = record.superseded
     sets = group_sets(local_store(ctx).list(), "local", ctx.spec.stack)
-    listings = [SetListing(s, verified.get(s.name)) for s in sets]
+    listings = [SetListing(s, verified.get(s.name), superseded=s.name in superseded) for s in sets]
     if not with_remote:
         return listings
     from reconciler.engine.offsite import drive_store, remote_sets
@@ -239,10 +243,11 @@ def list_sets(ctx: StackContext, with_remote: bool = False) -> list[SetListing]:
     for listing in listings:
         other = remote.pop(listing.backup_set.name, None)
         both = other is not None and other.complete
-        merged.append(
-            SetListing(listing.backup_set, listing.verified, ("local", "gdrive") if both else ("local",))
-        )
-    merged += [SetListing(s, verified.get(s.name), ("gdrive",)) for s in remote.values()]
+        stores = ("local", "gdrive") if both else ("local",)
+        merged.append(SetListing(listing.backup_set, listing.verified, stores, listing.superseded))
+    merged += [
+        SetListing(s, verified.get(s.name), ("gdrive",), s.name in superseded) for s in remote.values()
+    ]
     order = {s.name: index for index, s in enumerate(newest_first(entry.backup_set for entry in merged))}
     return sorted(merged, key=lambda entry: order[entry.backup_set.name])
 
