@@ -44,6 +44,13 @@ def test_a_restore_on_boot_whose_journal_is_lost_is_not_served_empty(stack: Stac
     assert snapshot(stack) == newest, "an empty, freshly initialised database was served as data"
 
 
+def verify_all(stack: Stack) -> None:
+    """Verify every set, as the daemon does after each backup: only verified sets count for retention
+    (``daemon.verify_new_sets``), and a retention that counts nothing deletes nothing."""
+    for name in set_names(stack):
+        stack.cli("verify", name)
+
+
 def test_prune_during_an_interrupted_restore_keeps_the_set_it_restores(stack: Stack) -> None:
     """Past its point of no return a deliberate restore has superseded every newer set; retention did not
     know that, kept the (superseded) newest sets and deleted the chosen one, so the next power cut found
@@ -54,6 +61,7 @@ def test_prune_during_an_interrupted_restore_keeps_the_set_it_restores(stack: St
     older = snapshot(stack)
     seed(stack, 500)
     stack.cli("backup", "--trigger", "newer")
+    verify_all(stack)
     chosen = next(s["name"] for s in sets(stack) if s["trigger"] == "older")
     kill_at(stack, "restore.commit-redis.after", "restore", chosen, "--yes")
     stack.cli("prune", check=None)  # a cron job, or a hand-run prune
@@ -72,6 +80,7 @@ def test_retention_keeps_the_set_restore_on_boot_would_choose(stack: Stack) -> N
     older = snapshot(stack)
     seed(stack, 500)
     stack.cli("backup", "--trigger", "newer")
+    verify_all(stack)
     chosen = next(s["name"] for s in sets(stack) if s["trigger"] == "older")
     stack.cli("restore", chosen, "--yes", "--no-safety-backup")
     post = next(s["name"] for s in sets(stack) if s["trigger"] == "post-restore")
