@@ -404,21 +404,24 @@ def take_plain_sql_set(stack: Stack) -> str:
     """A valid, signed set whose postgres member is a plain SQL dump (``pg_dump -Fp``), which
     pg_restore refuses: made through the library, as a state.yaml allowing ``-Fp`` once did."""
     from reconciler.backup.create import create_set
-    from reconciler.engine import backups
+    from reconciler.engine import backups, records
 
     ctx = context(stack)
     postgres = ctx.spec.services.postgres.model_copy(update={"dump_options": ["-Fp"]})
     services = ctx.spec.services.model_copy(update={"postgres": postgres})
     spec = ctx.spec.model_copy(update={"services": services}).with_base_dir(ctx.spec.base_dir)
     store = backups.local_store(ctx)
+    created, sequence = backups._new_set_position(ctx)  # named and numbered like every set the engine takes
+    records.note_sequence(ctx, sequence)
     document = create_set(
         spec,
         backups._endpoints(ctx),
         ctx.pg_bindir(),
         store,
         "plain",
-        backups._set_time(store, spec.stack),
+        created,
         None,
+        sequence=sequence,
     )
     return str(document["set"])
 
