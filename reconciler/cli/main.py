@@ -557,7 +557,7 @@ def sync(state: _State) -> None:
 @click.pass_obj
 @_guard
 def list_backups(state: _State, output_format: str) -> None:
-    """List backup sets: name, age, size, store, complete, verified."""
+    """List backup sets: name, age, size, store, complete (superseded: never restored on boot), verified."""
     from datetime import UTC, datetime
 
     from reconciler.engine import backups
@@ -591,7 +591,7 @@ def list_backups(state: _State, output_format: str) -> None:
             format_duration(timedelta(seconds=max(entry["age_seconds"], 0))),
             format_bytes(entry["size"]),
             ",".join(entry["stores"]),
-            "yes" if entry["complete"] else "NO",
+            ("yes, superseded" if entry["superseded"] else "yes") if entry["complete"] else "NO",
             mark,
         )
     state.out.out.print(table)

@@ -43,6 +43,7 @@ from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
 from reconciler.engine import records, status
 from reconciler.engine.context import StackContext
+from reconciler.engine.journal import Journal
 from reconciler.engine.revision import state_revision
 from reconciler.errors import PermanentError, ReconcilerError
 from reconciler.plan import faults
@@ -202,6 +203,7 @@ class SetListing:
     backup_set: BackupSet
     verified: dict[str, Any] | None
     stores: tuple[str, ...] = ("local",)
+    superseded: bool = False  # a deliberate restore discarded its data: restore on boot never uses it
 
     def to_dict(self, now: datetime) -> dict[str, Any]:
         s = self.backup_set
@@ -214,14 +216,17 @@ class SetListing:
             "complete": s.complete,
             "stores": list(self.stores),
             "verified": self.verified,
+            "superseded": self.superseded,
         }
 
 
 def list_sets(ctx: StackContext, with_remote: bool = False) -> list[SetListing]:
     """Local sets; with ``with_remote``, also those on Drive (a set in both is listed once, both stores)."""
-    verified = records.read(ctx).verifications
+    record = records.read(ctx)
+    verified = record.verifications
+    superseded = record.superseded
     sets = group_sets(local_store(ctx).list(), "local", ctx.spec.stack)
-    listings = [SetListing(s, verified.get(s.name)) for s in sets]
+    listings = [SetListing(s, verified.get(s.name), superseded=s.name in superseded) for s in sets]
     if not with_remote:
         return listings
     from reconciler.engine.offsite import drive_store, remote_sets
@@ -238,10 +243,11 @@ def list_sets(ctx: StackContext, with_remote: bool = False) -> list[SetListing]:
     for listing in listings:
         other = remote.pop(listing.backup_set.name, None)
         both = other is not None and other.complete
-        merged.append(
-            SetListing(listing.backup_set, listing.verified, ("local", "gdrive") if both else ("local",))
-        )
-    merged += [SetListing(s, verified.get(s.name), ("gdrive",)) for s in remote.values()]
+        stores = ("local", "gdrive") if both else ("local",)
+        merged.append(SetListing(listing.backup_set, listing.verified, stores, listing.superseded))
+    merged += [
+        SetListing(s, verified.get(s.name), ("gdrive",), s.name in superseded) for s in remote.values()
+    ]
     order = {s.name: index for index, s in enumerate(newest_first(entry.backup_set for entry in merged))}
     return sorted(merged, key=lambda entry: order[entry.backup_set.name])
 
@@ -401,6 +407,12 @@ def _os_error_text(exc: BaseException) -> BaseException:
 def prune_decision(ctx: StackContext) -> tuple[list[BackupSet], RetentionDecision]:
     """Retention of the local store: which sets go, with the reason each kept set stays."""
     sets = [listing.backup_set for listing in list_sets(ctx)]
+    pending = Journal.load(ctx.state_dir)
+    if pending is not None:
+        # An interrupted operation may depend on any set (a restore past its point of no return on the
+        # set it chose, an abandoned switch on its pre-switch set): nothing is deleted until it completes.
+        reason = f"the {pending.doc.get('kind')} {pending.id} did not complete; run `reconciler apply` first"
+        return sets, RetentionDecision({s.name: (reason,) for s in sets}, (), reason)
     record = records.read(ctx)
     return sets, retention(
         sets,
@@ -412,6 +424,7 @@ def prune_decision(ctx: StackContext) -> tuple[list[BackupSet], RetentionDecisio
         authenticity=vouch_local(ctx, sets),
         require_verified=ctx.spec.daemon.verify_new_sets,
         rejected=record.rejected_in("local"),
+        superseded=record.superseded,
     )
 
 

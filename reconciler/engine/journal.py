@@ -67,11 +67,12 @@ class Journal:
 
     @classmethod
     def load(cls, state_dir: str) -> Journal | None:
-        path = cls.path_in(state_dir)
-        document = fs.read_json(path)
-        if not isinstance(document, dict) or document.get("status") != "running":
+        from reconciler.observe.local import read_journal  # the one reader, which refuses a foreign file
+
+        document = read_journal(state_dir)
+        if document is None or document.get("status") != "running":
             return None
-        return cls(path, document)
+        return cls(cls.path_in(state_dir), document)
 
     @property
     def id(self) -> str:

@@ -9,6 +9,13 @@ checked; the script runs in one transaction, so a failing statement leaves nothi
 application role may change about *itself* (its password, its settings) is outside the side database
 and outside that transaction once the script says ``COMMIT``: it is read before the script and put
 back afterwards, and a file that changed it is refused.
+
+Not journaled (unlike ``engine/restore_op.py``), so two rules keep it from losing data:
+- it refuses to start while a restore or switch is incomplete (``reconciler apply`` first): its
+  pre-restore backup would copy data no set holds, and the resumed operation would overwrite it;
+- a ``post-restore`` set is taken right after the swap, so the next boot restores the imported data and
+  not the newest set from before it. Known gap: a power cut between the swap and that set (seconds)
+  brings back the data from before the import; the legacy file can be imported again.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ def restore_legacy(ctx: StackContext, path: str, password_env: str, safety_backu
     parts = legacy.script_parts(sql, path)  # a psql command in the file stops here, too
     del sql
     with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
+        from reconciler.engine.restore_op import refuse_backup_of_incomplete_data
+
+        refuse_backup_of_incomplete_data(ctx)
         endpoint = backups._endpoints(ctx)["postgres"]
         if safety_backup:
             backups.take_backup_locked(ctx, "pre-restore", None)
@@ -59,6 +69,14 @@ def restore_legacy(ctx: StackContext, path: str, password_env: str, safety_backu
         with pg.connect(endpoint, side) as conn:
             tables = len(pg.table_stats(conn))
         pg.swap_databases(endpoint, spec.database, side)
+        try:
+            backups.take_backup_locked(ctx, "post-restore", None)
+        except ReconcilerError as exc:
+            raise PermanentError(
+                f"the legacy backup was imported ({tables} tables), but the backup after it failed: {exc}. "
+                "Until a backup succeeds, the next boot restores the data from before the import; "
+                "run `reconciler backup` now"
+            ) from None
         return tables
 
 

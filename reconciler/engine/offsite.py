@@ -147,6 +147,7 @@ def prune_remote(ctx: StackContext, store: GdriveStore) -> tuple[list[str], list
         authenticity=authenticity,
         require_verified=ctx.spec.daemon.verify_new_sets,
         rejected=record.rejected_in(store.name),
+        superseded=record.superseded,
     )
     if decision.held_back:
         log.info("Drive retention on hold: %s", decision.held_back)

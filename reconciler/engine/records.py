@@ -84,6 +84,16 @@ class BackupRecords:
         return {name: reason for (where, name), reason in self.rejected.items() if where == store}
 
     @property
+    def superseded(self) -> frozenset[str]:
+        """Sets a deliberate restore discarded: restore on boot never uses them."""
+        value = self.document.get("superseded")
+        return (
+            frozenset(name for name in value if isinstance(name, str))
+            if isinstance(value, list)
+            else frozenset()
+        )
+
+    @property
     def protected(self) -> frozenset[str]:
         value = self.document.get("protected")
         return frozenset(str(v) for v in value) if isinstance(value, list) else frozenset()

@@ -24,8 +24,9 @@ Design decisions:
   it served before. The point of no return is the first commit (the database swap, then the RDB
   replaced while Redis is stopped); from there a resumed operation only goes forward.
 - After a deliberate restore, what the stack serves is what the next boot restores. At the point of
-  no return every set newer than the chosen one (the ``pre-restore`` safety set included) is recorded
-  as *superseded* in ``backups.json``; boot-restore selection never offers a superseded set, so a power
+  no return every set restore on boot would try before the chosen one (every set after it in the sets'
+  own order, the ``pre-restore`` safety set included; ``plan/selection.py`` ``superseded_by_restore``)
+  is recorded as *superseded* in ``backups.json``; boot-restore selection never offers a superseded set, so a power
   cut before the post-restore backup still brings back the chosen set. The operation then takes a
   ``post-restore`` set, which becomes the newest. The superseded sets stay in the store: a deliberate
   ``reconciler restore <pre-restore set>`` undoes the restore (and un-supersedes that set).
@@ -60,8 +61,8 @@ from reconciler.engine.secrets import from_env_or_file
 from reconciler.errors import CommandFailed, HostFault, PermanentError, ReconcilerError
 from reconciler.plan import faults
 from reconciler.plan.actions import RestoreFromBackup
-from reconciler.plan.backupsets import order_key
-from reconciler.runtimes.local import MARKER, read_marker
+from reconciler.plan.selection import superseded_by_restore
+from reconciler.runtimes.local import MARKER, holds_service_data, read_marker
 from reconciler.stores.local import LocalStore
 from reconciler.system import failpoints, fs
 
@@ -244,6 +245,11 @@ def _restore_fresh(
                 raise SetRejected(checked.name, f"it holds no {name} member")
             initialised.append(data_dir)
             runtime.init_service(name, data_dir)
+            # Flagged as soon as initdb ran: from then on the directory is no set's data (the defence that
+            # does not depend on the journal). The docker runtime leaves the directory empty for the
+            # image's entrypoint, which initialises only an empty one: there the flag follows the start.
+            if not fs.is_empty_dir(data_dir):
+                mark_restoring(data_dir, ctx.spec.stack, name, operation)
             failpoints.hit(f"restore.boot.{name}.init")
             if name == "redis":
                 _, uid, gid = runtime.account("redis")
@@ -322,7 +328,13 @@ def restore_set(ctx: StackContext, set_name: str | None, safety_backup: bool) ->
         chosen,
         _spec_hash(ctx),
         [step for step in RESTORE_STEPS if step not in skip],
-        {"set": chosen},
+        # Where the data is, frozen like the switch's parameters: a state.yaml edited while the restore is
+        # interrupted (another mode, directory or port) is obeyed only after it reaches a safe point.
+        {
+            "set": chosen,
+            "data_dirs": {name: spec.data_dir(name) for name in spec.services.configured()},
+            "ports": {name: spec.port(name) for name in spec.services.configured()},
+        },
     )
     evidence = _drive(ctx, journal)
     safety = (evidence.get("safety-backup") or {}).get("set")
@@ -408,7 +420,10 @@ class _Restore:
     def __init__(self, ctx: StackContext, journal: Journal) -> None:
         self.ctx = ctx
         self.journal = journal
-        self.set_name: str = journal.doc["payload"]["set"]
+        payload = journal.doc["payload"]
+        self.set_name: str = payload["set"]
+        self._dirs: dict[str, str] = payload.get("data_dirs") or {}
+        self._ports: dict[str, int] = payload.get("ports") or {}
         self.steps = [step["name"] for step in journal.doc["steps"]]
         self.services = [
             name
@@ -424,8 +439,14 @@ class _Restore:
         store = backups.local_store(self.ctx)
         return load_and_check(store, self.set_name, keys.mac_key(identity) if identity else None), identity
 
+    def _dir(self, name: str) -> str:
+        return self._dirs.get(name) or self.ctx.spec.data_dir(name)
+
+    def _port(self, name: str) -> int:
+        return int(self._ports.get(name) or self.ctx.spec.port(name))
+
     def _endpoint(self, name: str) -> Any:
-        return self.ctx.runtime.endpoint(name, self.ctx.spec.port(name))
+        return self.ctx.runtime.endpoint(name, self._port(name))
 
     @property
     def _database(self) -> str:
@@ -438,7 +459,7 @@ class _Restore:
         return f"{self._database}__restoring"
 
     def _incoming(self) -> str:
-        return os.path.join(self.ctx.spec.data_dir("redis"), INCOMING_RDB)
+        return os.path.join(self._dir("redis"), INCOMING_RDB)
 
     # -- steps -----------------------------------------------------------------------------------
 
@@ -446,14 +467,13 @@ class _Restore:
         return {"set": backups.take_backup_locked(self.ctx, "pre-restore", None)["set"]}
 
     def do_supersede(self) -> Any:
-        """Record every set newer than the chosen one as superseded (effective from the commit on).
+        """Record every set boot could prefer to the chosen one as superseded (effective from the commit on).
 
         The intended change goes into the journal first, so a rollback knows exactly what to undo even
         when the reconciler died between the two writes."""
         # Drive too: a set newer than the chosen one that only Drive still holds must not win at boot.
         listed = [listing.backup_set for listing in backups.list_sets(self.ctx, with_remote=True)]
-        chosen = next(s for s in listed if s.name == self.set_name)
-        newer = {s.name for s in listed if order_key(s) > order_key(chosen)}  # the sets' own order
+        newer = set(superseded_by_restore(listed, self.set_name))  # the sets' own order, as boot uses
         with records.changing(self.ctx) as document:
             current = set(document.get("superseded", []))
             change = {"added": sorted(newer - current), "unsuperseded": self.set_name in current}
@@ -492,12 +512,12 @@ class _Restore:
 
     def do_commit_redis(self) -> Any:
         runtime = self.ctx.runtime
-        data_dir = self.ctx.spec.data_dir("redis")
+        data_dir = self._dir("redis")
         runtime.stop_service("redis", data_dir)  # redis saves on shutdown: replace the file only afterwards
         if os.path.exists(self._incoming()):
             os.replace(self._incoming(), os.path.join(data_dir, "dump.rdb"))
             fs.fsync_dir(data_dir)
-        runtime.start_service("redis", data_dir, self.ctx.spec.port("redis"))
+        runtime.start_service("redis", data_dir, self._port("redis"))
         return {"replaced": True}
 
     def do_backup_after(self) -> Any:
@@ -510,15 +530,24 @@ class _Restore:
     # -- safe points -----------------------------------------------------------------------------
 
     def data_lost(self) -> bool:
+        """The directories the restore works on (as frozen in the journal, whatever state.yaml says now)
+        hold no data: a reboot emptied RAM. Observed like any data directory where it is one of the
+        service's locations (on docker, a database an image's entrypoint re-created after a reboot is
+        no data), else by its files."""
         observed = self.ctx.observe()
-        mode = self.ctx.spec.mode
-        return any(not observed.services[name].location(mode).initialized for name in self.services)
+        for name in self.services:
+            service = observed.services[name]
+            directory = self._dir(name)
+            location = next((loc for loc in (service.ram, service.disk) if loc.path == directory), None)
+            if not (location.initialized if location is not None else holds_service_data(name, directory)):
+                return True
+        return False
 
     def ensure_running(self) -> None:
         observed = self.ctx.observe()
         for name in self.services:
             if not observed.services[name].running:
-                self.ctx.runtime.start_service(name, self.ctx.spec.data_dir(name), self.ctx.spec.port(name))
+                self.ctx.runtime.start_service(name, self._dir(name), self._port(name))
 
     def rollback(self) -> None:
         """Before the point of no return: drop what was staged, forget the supersession."""

@@ -15,12 +15,12 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, NoReturn
 
 from reconciler.backup import vouch
 from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
-from reconciler.errors import ReconcilerError
+from reconciler.errors import PermanentError, ReconcilerError
 from reconciler.plan.backupsets import group_sets
 from reconciler.plan.observed import (
     BackupsObservation,
@@ -148,8 +148,40 @@ def _role_password(spec: StateSpec, pgspec: PostgresSpec, runtime: Any, service:
 
 
 def read_journal(state_dir: str) -> dict[str, Any] | None:
-    document = fs.read_json(os.path.join(state_dir, "journal.json"))
-    return document if isinstance(document, dict) else None
+    """The running operation's journal, or None; a journal.json this reconciler did not write is refused.
+
+    A planted, hand-truncated or other-version file used to crash every command (``KeyError``) or be
+    acted on; an operation may be half done, so it is neither ignored nor guessed at."""
+    path = os.path.join(state_dir, "journal.json")
+    try:
+        document = fs.read_json(path)
+    except (ValueError, OSError) as exc:
+        return _not_a_journal(path, f"unreadable: {exc}")
+    if document is None:
+        return None
+    if not isinstance(document, dict):
+        return _not_a_journal(path, "not a JSON object")
+    if document.get("status") not in ("running", "done", "rolled-back", "abandoned", "failed"):
+        return _not_a_journal(path, "no known status")
+    if document["status"] != "running":
+        return None
+    expected = {"id": str, "kind": str, "from": str, "to": str, "payload": dict, "steps": list}
+    wrong = [key for key, kind in expected.items() if not isinstance(document.get(key), kind)]
+    for step in document.get("steps") or []:
+        if not (isinstance(step, dict) and isinstance(step.get("name"), str) and "status" in step):
+            wrong.append("steps[]")
+            break
+    if wrong:
+        return _not_a_journal(path, f"missing or malformed: {', '.join(wrong)}")
+    return document
+
+
+def _not_a_journal(path: str, what: str) -> NoReturn:
+    raise PermanentError(
+        f"{path} is not a journal this reconciler wrote ({what}). An operation (a mode switch or a restore) "
+        "may be half done: check that the services serve the data you expect (or restore a backup set), "
+        "then move the file away and run `reconciler apply`"
+    )
 
 
 def observe_backups(

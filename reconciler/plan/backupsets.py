@@ -19,7 +19,10 @@ Design decisions:
   ``authenticity``; this module only applies the policy. A set *counts* when it is complete, vouched
   for, not rejected, and verified where verification is on. The ``keep_*`` rules (restic semantics:
   each rule keeps sets independently, a set survives if any rule keeps it) choose only among counted
-  sets; the newest counted set is always kept. A set that does not count never takes a counted set's
+  sets; the newest counted set is always kept, and so is the newest set restore on boot would choose
+  (complete, neither rejected nor superseded by a deliberate restore): after a restore whose
+  post-restore set was lost, the superseded sets are newer and may count, and only that set holds
+  what the stack serves. A set that does not count never takes a counted set's
   place and is never deleted for being outside the rules, except an authentic one that is older
   than the newest counted set (superseded and never verified, or rejected for its content). A set the
   engine cannot vouch for (unsigned, unreadable, foreign, planted) is never deleted by retention: it
@@ -199,13 +202,17 @@ def retention(
     authenticity: Mapping[str, str | None] | None = None,
     require_verified: bool = True,
     rejected: Mapping[str, str] | None = None,
+    superseded: frozenset[str] = frozenset(),
 ) -> RetentionDecision:
     """Which sets of one store to keep and which to delete, with the reason for each kept set.
 
     ``authenticity``: set name → None when the engine vouched for the set's manifest, else why not; a
     complete set missing from it counts as unchecked (never counted, never deleted). ``verified``: sets
     whose last verification passed, required to count when ``require_verified``. ``rejected``: sets of
-    this store rejected for their content, with the reason.
+    this store rejected for their content, with the reason. ``superseded``: sets a deliberate restore
+    discarded; ordinary sets for the ``keep_*`` rules, but the newest complete set restore on boot would
+    choose (by the sets' own order, neither rejected nor superseded) is always kept, counted or not: it
+    holds what the stack serves when the set taken after a restore is lost.
     """
     checked = authenticity or {}
     refused = rejected or {}
@@ -251,6 +258,10 @@ def retention(
     anchor = counted[0] if counted else None
     if anchor is not None:
         reasons[anchor.name].append("newest verified" if require_verified else "newest vouched for")
+
+    boot_choice = next((s for s in complete if s.name not in refused and s.name not in superseded), None)
+    if boot_choice is not None:
+        reasons[boot_choice.name].append("newest set restore on boot would choose")
 
     def newer_than_anchor(s: BackupSet) -> bool:
         return anchor is None or order_key(s) > order_key(anchor)

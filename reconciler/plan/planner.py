@@ -290,6 +290,7 @@ def _plan_retention(
             authenticity=backups.authenticity_in(store),
             require_verified=desired.daemon.verify_new_sets,
             rejected={name: why for (where, name), why in backups.rejected.items() if where == store},
+            superseded=backups.superseded,
         )
         if decision.held_back and decision.held_back != "would delete every set":
             warnings.append(f"retention of the {store} store is on hold: {decision.held_back}")

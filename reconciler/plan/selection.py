@@ -71,3 +71,18 @@ def select_restore(
         if s.created > now + CLOCK_SKEW_TOLERANCE
     )
     return Selection(tuple(usable), tuple(ruled_out), warnings)
+
+
+def superseded_by_restore(sets: Iterable[BackupSet], chosen: str) -> frozenset[str]:
+    """The sets a deliberate restore of ``chosen`` must take out of restore on boot.
+
+    Exactly the sets restore on boot would try before ``chosen``: those after it in the sets' own order
+    (``order_key``, the pre-restore safety set included), whatever their dates say. The hostile review
+    found the rule written with dates: a chosen set dated in the future (the clock was ahead when it was
+    taken) left the pre-restore set, dated today and tried first at boot, to bring the discarded data
+    back. Boot order and this rule share ``order_key``, so at any later time and whatever the clock,
+    boot chooses ``chosen`` until a newer set is taken (property-tested).
+    """
+    by_name = {s.name: s for s in sets}
+    target = order_key(by_name[chosen])
+    return frozenset(name for name, s in by_name.items() if order_key(s) > target)

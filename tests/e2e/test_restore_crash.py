@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis
 
 from tests.conftest import Stack
 from tests.e2e.test_power_cut import power_cut
@@ -78,10 +79,13 @@ def assert_serves(stack: Stack, expected: Any, sets_before: set[str]) -> None:
 def two_generations(stack: Stack) -> tuple[Any, Any]:
     """An older set and a newer one with different content; returns (older, newer) snapshots."""
     encrypted_stack(stack)
+    client = redis.Redis(port=stack.redis_port)
     seed(stack, 3000)
+    client.set("generation", "older")  # seed writes the same keys each time: Redis must differ too
     stack.cli("backup", "--trigger", "older")
     older = snapshot(stack)
     seed(stack, 500)
+    client.set("generation", "newer")
     stack.cli("backup", "--trigger", "newer")
     return older, snapshot(stack)
 

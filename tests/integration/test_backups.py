@@ -411,11 +411,18 @@ def take_plain_sql_set(stack: Stack) -> str:
     services = ctx.spec.services.model_copy(update={"postgres": postgres})
     spec = ctx.spec.model_copy(update={"services": services}).with_base_dir(ctx.spec.base_dir)
     store = backups.local_store(ctx)
-    created, sequence = backups._new_set_position(ctx)
-    document = create_set(
-        spec, backups._endpoints(ctx), ctx.pg_bindir(), store, "plain", created, None, sequence=sequence
-    )
+    created, sequence = backups._new_set_position(ctx)  # named and numbered like every set the engine takes
     records.note_sequence(ctx, sequence)
+    document = create_set(
+        spec,
+        backups._endpoints(ctx),
+        ctx.pg_bindir(),
+        store,
+        "plain",
+        created,
+        None,
+        sequence=sequence,
+    )
     return str(document["set"])
 
 

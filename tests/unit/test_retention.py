@@ -333,6 +333,65 @@ def test_retention_counts_and_deletes_only_what_it_can_vouch_for(
         }
 
 
+@settings(max_examples=300, deadline=None)
+@given(histories, policies, st.booleans(), st.sets(st.integers(0, 39)))
+def test_retention_keeps_the_set_restore_on_boot_would_choose(
+    raw: list[tuple[int, int | None, bool, str, bool, bool, bool, bool]],
+    policy: RetentionSpec,
+    require_verified: bool,
+    marked: set[int],
+) -> None:
+    """Whatever a deliberate restore superseded, the newest set restore on boot would still choose (by the
+    sets' own order, neither rejected nor superseded) is kept: it used to lose to newer superseded sets
+    that counted, and with them the data the stack serves after a lost post-restore set."""
+    store = Store(raw)
+    superseded = frozenset(s.name for i, s in enumerate(store.sets.values()) if i in marked)
+    decision = retention(
+        store.listing,
+        policy,
+        NOW,
+        store.verified,
+        authenticity=store.authenticity,
+        require_verified=require_verified,
+        rejected=store.rejected,
+        superseded=superseded,
+    )
+    usable = newest_first(
+        s
+        for s in store.sets.values()
+        if s.complete and s.name not in store.rejected and s.name not in superseded
+    )
+    if usable:
+        assert usable[0].name not in decision.delete
+        assert "newest set restore on boot would choose" in decision.keep[usable[0].name]
+    # superseded sets are ordinary sets otherwise: nothing else is kept that the rules would delete
+    plain = store.decide(policy, require_verified)
+    assert set(decision.delete) == set(plain.delete) - {usable[0].name if usable else ""}
+
+
+def test_a_lost_post_restore_set_does_not_make_retention_delete_the_restored_set() -> None:
+    older = make_set(NOW - timedelta(hours=5), True, trigger="older", sequence=1)
+    newer = make_set(NOW - timedelta(hours=4), True, trigger="newer", sequence=2)
+    pre = make_set(NOW - timedelta(hours=1), True, trigger="pre-restore", sequence=3)
+    sets = [older, newer, pre]
+    vouched = {s.name: None for s in sets}
+
+    def decide(superseded: frozenset[str]) -> RetentionDecision:
+        return retention(
+            sets,
+            RetentionSpec(keep_last=1),
+            NOW,
+            authenticity=vouched,
+            require_verified=False,
+            superseded=superseded,
+        )
+
+    assert decide(frozenset()).delete == (newer.name, older.name)
+    decision = decide(frozenset({newer.name, pre.name}))
+    assert decision.delete == (newer.name,)
+    assert decision.keep[older.name] == ("newest set restore on boot would choose",)
+
+
 @settings(max_examples=200, deadline=None)
 @given(histories, policies, st.booleans())
 def test_retention_is_idempotent(

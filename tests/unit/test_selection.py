@@ -13,7 +13,7 @@ from reconciler.plan.actions import InitService, ProtectBackups, RestoreFromBack
 from reconciler.plan.backupsets import BackupSet, order_key
 from reconciler.plan.observed import BackupsObservation
 from reconciler.plan.planner import plan
-from reconciler.plan.selection import CLOCK_SKEW_TOLERANCE, select_restore
+from reconciler.plan.selection import CLOCK_SKEW_TOLERANCE, select_restore, superseded_by_restore
 from reconciler.spec.model import RetentionSpec, StateSpec
 from tests.unit.test_planner import NOW, fresh_world, spec
 from tests.unit.test_retention import make_set as _make_set
@@ -214,3 +214,24 @@ def test_sets_of_the_same_second_are_ordered_as_listings_and_retention_order_the
 
     listed = group_sets([*first.files, *second.files], "local", "demo")
     assert listed[0].name == selection.candidates[0].name
+
+
+@settings(max_examples=400)
+@given(st.lists(copies, min_size=1, max_size=30), st.data(), st.integers(-24 * 400, 24 * 400))
+def test_after_a_deliberate_restore_boot_chooses_the_restored_set_until_a_newer_one_exists(
+    raw: list[tuple[int, str, bool, bool, int | None]], data: st.DataObject, later_hours: int
+) -> None:
+    """Whatever the clock said when the sets were taken (a chosen set dated in the future included) and
+    whatever it says at boot, restore on boot prefers the set a deliberate restore chose over every set
+    it did not supersede, and supersedes nothing boot would try after it."""
+    sets, _ = _build(raw)
+    complete = [s for s in sets if s.complete]
+    if not complete:
+        return
+    chosen = data.draw(st.sampled_from(complete))
+    superseded = superseded_by_restore(sets, chosen.name)
+    assert chosen.name not in superseded
+    discarded = {(store, name): "superseded" for name in superseded for store in ("local", "gdrive")}
+    boot = select_restore(sets, discarded, NOW + timedelta(hours=later_hours))
+    assert boot.chosen is not None and boot.chosen.name == chosen.name
+    assert all(order_key(s) > order_key(chosen) for s in sets if s.name in superseded)
