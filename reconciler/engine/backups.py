@@ -70,11 +70,6 @@ def local_store(ctx: StackContext) -> LocalStore:
     return LocalStore(ctx.spec.resolve(ctx.spec.backup.stores.local.path))
 
 
-# Old private names of the records functions, kept while the restore/verify code moves to
-# ``records.update`` / ``records.reject`` (new code calls the records module directly).
-_update_records = records.update
-
-
 def _mac_key(ctx: StackContext) -> bytes | None:
     identity = identity_for_restore(ctx.spec)
     return keys.mac_key(identity) if identity is not None else None
@@ -193,9 +188,6 @@ def take_backup_locked(ctx: StackContext, trigger: str, progress: Progress | Non
         },
     )
     return document
-
-
-_take_backup_locked = take_backup_locked  # old name, kept while callers move to the public one
 
 
 @dataclass(frozen=True)
