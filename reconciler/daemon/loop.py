@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
+from reconciler.daemon import shutdown
 from reconciler.daemon.metrics import MetricsServer, Snapshot
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.stall import blocker_key, world_key
@@ -51,11 +52,11 @@ from reconciler.daemon.tasks.backup import ScheduledBackup
 from reconciler.daemon.tasks.base import Backoff, Upkeep, UpkeepTask
 from reconciler.daemon.tasks.offsite import OffsiteSync
 from reconciler.daemon.tasks.pressure import RamPressure
+from reconciler.daemon.tasks.publish import BackupMetrics
 from reconciler.daemon.tasks.services import ServicesRunning
 from reconciler.daemon.tasks.verify import VerifyNewest
 from reconciler.daemon.watch import ContainerWatcher, ProcessWatcher, StateWatcher
-from reconciler.engine import backups as engine_backups
-from reconciler.engine import events, records, status
+from reconciler.engine import events, status
 from reconciler.engine.apply import apply
 from reconciler.engine.context import (
     StackContext,
@@ -73,8 +74,6 @@ from reconciler.system import fs
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FINAL_BACKUP_FAILED = 1
 EXIT_SHUTDOWN_TIMEOUT = 3
 
 
@@ -108,6 +107,7 @@ class Daemon:
             self.backup,
             VerifyNewest(self),
             self.offsite,
+            BackupMetrics(self, self.backup),
         ]
         self.stalled_on: tuple[Any, ...] | None = None  # the world key of a failed attempt, or None
         self.blocked_on: tuple[str, ...] | None = None  # the blockers of a blocked plan, figures blanked
@@ -239,89 +239,15 @@ class Daemon:
         os._exit(EXIT_SHUTDOWN_TIMEOUT)
 
     def _shutdown(self) -> int:
-        code = EXIT_OK
+        code = shutdown.EXIT_OK
         ctx = self._context()
         if ctx is not None and ctx.spec.mode == "ram" and ctx.spec.daemon.final_backup:
-            code = self._final_backup(ctx)
+            code = shutdown.final_backup(self.state_dir, self.notifier, ctx)
         events.emit(
             self.state_dir, "Normal", "Stopped", f"daemon stopped ({self._stop_signal or 'asked to stop'})"
         )
         self._write_daemon_status(running=False)
         return code
-
-    def _final_backup(self, ctx: StackContext) -> int:
-        """The RAM-mode backup at exit, taken only once the apps' writers are drained.
-
-        A backup taken while the apps still write misses every write acknowledged after its snapshot,
-        and at a host shutdown those are lost with the RAM. The apps (``drain.containers``) are
-        stopped first and left stopped: after a reboot they must not write into the stack before the
-        daemon has restored it; the next daemon start resumes them once the stack is in sync. If they
-        cannot be stopped, no backup is taken (it would not hold the last writes) and an event says so.
-        """
-        try:
-            drained = self._drain_apps(ctx)
-        except ReconcilerError as exc:
-            message = f"final backup skipped: the apps could not be drained first ({exc})"
-            events.emit(self.state_dir, "Warning", "FinalBackupSkipped", message)
-            self.notifier.fail(message)
-            return EXIT_FINAL_BACKUP_FAILED
-        observed = ctx.observe()
-        if not all(s.running for s in observed.services.values()):
-            events.emit(
-                self.state_dir,
-                "Warning",
-                "FinalBackupSkipped",
-                "final backup skipped: not every service is running",
-            )
-            return EXIT_OK
-        try:
-            document = engine_backups.take_backup(ctx, "shutdown")
-        except ReconcilerError as exc:
-            events.emit(self.state_dir, "Warning", "FinalBackupFailed", f"final backup failed: {exc}")
-            self.notifier.fail(f"final backup failed: {exc}")
-            return EXIT_FINAL_BACKUP_FAILED
-        after = f" after draining {', '.join(drained)}" if drained else ""
-        events.emit(
-            self.state_dir,
-            "Normal",
-            "FinalBackup",
-            f"final backup set {document['set']} taken{after} before exit",
-        )
-        return EXIT_OK
-
-    @property
-    def _drained_path(self) -> str:
-        return os.path.join(self.state_dir, "shutdown-drained.json")
-
-    def _drain_apps(self, ctx: StackContext) -> list[str]:
-        names = list(ctx.spec.drain.containers)
-        if not names:
-            return []
-        stopped = list(ctx.runtime.stop_containers(names))
-        recorded = fs.read_json(self._drained_path)
-        earlier = list(recorded.get("containers", [])) if isinstance(recorded, dict) else []
-        fs.atomic_write_json(
-            self._drained_path, {"containers": [*earlier, *(n for n in stopped if n not in earlier)]}
-        )
-        events.emit(
-            self.state_dir, "Normal", "AppsDrained", f"stopped {', '.join(names)} before the final backup"
-        )
-        return names
-
-    def _resume_apps(self, ctx: StackContext) -> None:
-        """Start the apps the last shutdown drained, now that the stack is in sync again."""
-        recorded = fs.read_json(self._drained_path)
-        names = list(recorded.get("containers", [])) if isinstance(recorded, dict) else []
-        if names:
-            try:
-                ctx.runtime.start_containers(names)
-                events.emit(self.state_dir, "Normal", "AppsResumed", f"started {', '.join(names)} again")
-            except Exception as exc:  # an engine error must not stop the loop; it is reported
-                message = f"could not start {', '.join(names)} again after the last shutdown: {exc}; start them by hand"
-                log.warning(message)
-                events.emit(self.state_dir, "Warning", "AppsNotResumed", message)
-        if recorded is not None:
-            os.unlink(self._drained_path)
 
     # ---- one pass -------------------------------------------------------------------------------
 
@@ -434,7 +360,7 @@ class Daemon:
                 return
             if self._converge(ctx, reasons):
                 ctx = self._context() or ctx
-                self._resume_apps(ctx)
+                shutdown.resume_apps(self.state_dir, ctx)
                 self._upkeep(ctx)
         finally:
             if ctx is not None and self.observed_stale:
@@ -616,7 +542,6 @@ class Daemon:
             task.run(upkeep)
             if upkeep.stop:
                 return  # the next pass observes the stack afresh
-        self._publish(ctx)
 
     def apply_now(self, ctx: StackContext, why: str) -> None:
         """Converge at once from an upkeep task (the RAM-pressure fallback); a failure retries like a pass."""
@@ -626,30 +551,6 @@ class Daemon:
             self._transient(exc)
         finally:
             self.note({"Reconciling": (False, "Idle", "no reconcile in progress")})
-
-    def _publish(self, ctx: StackContext) -> None:
-        last = records.read(ctx).last_success
-        newest = last.get("set")
-        if newest:
-            from reconciler.plan.backupsets import parse_set_name
-
-            parsed = parse_set_name(str(newest))
-            if parsed:  # the age is computed at every scrape from this timestamp
-                self.snapshot.set_age(
-                    "reconciler_backup_age_seconds", parsed[1].timestamp(), "Age of the newest backup set."
-                )
-            self.snapshot.set(
-                "reconciler_last_backup_size_bytes", last.get("size"), "Size of the last backup set."
-            )
-            self.snapshot.set(
-                "reconciler_last_backup_duration_seconds", last.get("seconds"), "Duration of the last backup."
-            )
-        if self.backup.next_at:
-            self.snapshot.set(
-                "reconciler_next_backup_timestamp_seconds",
-                self.backup.next_at.timestamp(),
-                "When the next backup is due.",
-            )
 
     def _write_daemon_status(self, running: bool) -> None:
         spec = self._effective_mode()

@@ -9,7 +9,8 @@ order after a pass that ended in sync, and sleeps until the earliest wake-up:
 2. ``pressure.RamPressure``: RAM headroom (and the fallback to disk mode);
 3. ``backup.ScheduledBackup``: a backup that has come due (with its own retry backoff);
 4. ``verify.VerifyNewest``: verify the newest unverified set, then run retention;
-5. ``offsite.OffsiteSync``: Drive uploads (after a backup, after a failure, once per cadence).
+5. ``offsite.OffsiteSync``: Drive uploads (after a backup, after a failure, once per cadence);
+6. ``publish.BackupMetrics``: the backup metrics (age, size, next due).
 
 A task that changed the stack (the fallback switch) ends the upkeep of this pass (``Upkeep.stop``):
 the next pass observes the stack afresh.
