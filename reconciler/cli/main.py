@@ -214,6 +214,9 @@ def apply(state: _State, dry_run: bool, allow_empty: bool, output_format: str) -
                 "in_sync": True,
             }
         )
+    elif result.plan.not_for_host is not None:  # hosts: this machine leaves the stack alone
+        for note in result.plan.notes:
+            state.out.out.print(f"{note}.", markup=False)
     elif result.executed:
         state.out.out.print(
             f"[green]Applied {len(result.executed)} step{'s' if len(result.executed) != 1 else ''} "
@@ -268,15 +271,13 @@ def down(state: _State) -> None:
 @_guard
 def status(state: _State, output_format: str) -> None:
     """Show services, where their data lives, conditions and the last run."""
-    from datetime import UTC, datetime
-
     from reconciler.cli.render import status_text
     from reconciler.engine import status as status_file
-    from reconciler.plan.planner import plan as make_plan
+    from reconciler.engine.apply import plan_observed
 
     ctx, invalid = _context_or_last_valid(state)
     observed = ctx.observe()
-    the_plan = make_plan(ctx.spec, observed, datetime.now(UTC))
+    the_plan = plan_observed(ctx, observed)
     recorded = status_file.load(ctx.status_path)
     backup_records = _backup_records(ctx)
     services = {}
@@ -316,6 +317,7 @@ def status(state: _State, output_format: str) -> None:
         "nextScheduledBackup": recorded.get("nextScheduledBackup"),
         "daemon": _daemon_status(ctx, recorded.get("daemon")),
         "modeOverride": ctx.mode_override,
+        "forThisHost": ctx.host.to_dict() if ctx.host else None,
     }
     if output_format == "json":
         state.out.json(document)

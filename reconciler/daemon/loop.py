@@ -43,6 +43,7 @@ from typing import Any
 
 import tenacity
 
+from reconciler.daemon.hostgate import back_for_this_host, idle_not_for_host
 from reconciler.daemon.metrics import MetricsServer, Snapshot
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.stall import blocker_key, world_key
@@ -253,7 +254,7 @@ class Daemon:
     def _shutdown(self) -> int:
         code = EXIT_OK
         ctx = self._context()
-        if ctx is not None and ctx.spec.mode == "ram" and ctx.spec.daemon.final_backup:
+        if ctx is not None and ctx.for_this_host and ctx.spec.mode == "ram" and ctx.spec.daemon.final_backup:
             code = self._final_backup(ctx)
         events.emit(
             self.state_dir, "Normal", "Stopped", f"daemon stopped ({self._stop_signal or 'asked to stop'})"
@@ -444,6 +445,11 @@ class Daemon:
             ctx = self._context()
             if ctx is None:
                 return
+            if not ctx.for_this_host:  # hosts: idle cheaply, watching state.yaml only
+                idle_not_for_host(self, ctx)
+                ctx = None
+                return
+            back_for_this_host(self)
             if self._converge(ctx, reasons):
                 ctx = self._context() or ctx
                 self._resume_apps(ctx)

@@ -13,7 +13,7 @@ Design decisions:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from reconciler.plan.actions import (
@@ -32,6 +32,7 @@ from reconciler.plan.actions import (
     SwitchMode,
 )
 from reconciler.plan.backupsets import retention
+from reconciler.plan.hosts import HostVerdict
 from reconciler.plan.observed import ObservedState, ServiceObservation
 from reconciler.plan.selection import select_restore
 from reconciler.spec.model import PostgresSpec, StateSpec
@@ -47,6 +48,7 @@ class Plan:
     blockers: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    not_for_host: str | None = None  # why this host leaves the stack alone (``hosts:``); no actions then
 
     @property
     def in_sync(self) -> bool:
@@ -59,6 +61,8 @@ class Plan:
         if self.blockers:
             count = len(self.blockers)
             return f"Plan blocked: {count} problem{'s' if count != 1 else ''} must be resolved first."
+        if self.not_for_host is not None:
+            return "No changes: the stack is not for this host."
         if not self.actions:
             return "No changes: the stack is in sync."
         c = self.counts()
@@ -72,6 +76,8 @@ class Plan:
             "blockers": list(self.blockers),
             "warnings": list(self.warnings),
             "counts": self.counts(),
+            "notes": list(self.notes),
+            "notForThisHost": self.not_for_host,
         }
 
 
@@ -87,6 +93,38 @@ SWITCH_FIXED_SECONDS = 3.0  # stop, start and verify of small servers
 BACKUP_BYTES_PER_SECOND = 100 * 1024**2  # bench/backup.py: ~12 s for a 1.1 GB database
 CHECKSUM_BYTES_PER_SECOND = 1024**3  # bench/switch.py: per-table checksums of a 1.1 GB database in ~1 s
 CHANGED_SHARE = 0.1  # assumed share of the data directory rewritten between pre-copy and stop
+
+
+def not_for_host(verdict: HostVerdict) -> Plan:
+    """The plan on a host that ``hosts:`` leaves out: nothing at all, and why.
+
+    Not "desired: nothing": a host that stops matching never stops, deletes or backs up anything
+    (running services are left alone); it needs no observation either, so it is decided before any.
+    """
+    reason = verdict.stack_reason or ""
+    return Plan(
+        not_for_host=reason,
+        notes=(
+            f"not for this host: {reason}",
+            "nothing is started, stopped, restored, backed up or deleted here; if this host no longer "
+            "matches, services of this stack still running here are left alone: `reconciler down` stops them",
+        ),
+    )
+
+
+def plan_for_host(
+    desired: StateSpec,
+    observed: ObservedState,
+    now: datetime,
+    verdict: HostVerdict | None,
+    allow_empty: bool = False,
+) -> Plan:
+    """``plan`` behind the host conditions: ``desired`` already holds only this host's services
+    (``hosts.for_this_host``); the services left out are named in the notes."""
+    if verdict is not None and not verdict.matches:
+        return not_for_host(verdict)
+    the_plan = plan(desired, observed, now, allow_empty)
+    return replace(the_plan, notes=the_plan.notes + verdict.notes()) if verdict is not None else the_plan
 
 
 def plan(desired: StateSpec, observed: ObservedState, now: datetime, allow_empty: bool = False) -> Plan:
