@@ -57,10 +57,14 @@ def _load(state: _State) -> StateSpec:
     return load_spec(state.state_file)
 
 
-def _context(state: _State) -> StackContext:
+def _context(state: _State, acting: str | None = None) -> StackContext:
+    """``acting``: a command that changes the stack or its backups, refused where ``hosts:`` leaves it out."""
     from reconciler.engine.context import StackContext
 
-    return StackContext.build(_load(state), state.state_file)
+    ctx = StackContext.build(_load(state), state.state_file)
+    if acting:
+        ctx.require_this_host(acting)
+    return ctx
 
 
 def _guard(func: F) -> F:
@@ -497,7 +501,7 @@ def backup(state: _State, trigger: str, output_format: str) -> None:
     from reconciler.engine import backups
     from reconciler.spec.units import format_bytes
 
-    ctx = _context(state)
+    ctx = _context(state, "backup")
     with _byte_progress(state, "backup") as bar:
         tasks: dict[str, Any] = {}
 
@@ -547,7 +551,7 @@ def sync(state: _State) -> None:
     """Upload complete local sets missing on Google Drive, then apply Drive's retention."""
     from reconciler.engine import offsite
 
-    ctx = _context(state)
+    ctx = _context(state, "sync")
     result = offsite.sync(ctx)
     state.out.out.print(
         f"uploaded {len(result.uploaded)} set(s) ({result.bytes_sent} bytes), pruned {len(result.pruned)} on Drive"
@@ -623,7 +627,7 @@ def restore(
     from reconciler.engine import backups
     from reconciler.errors import InvalidInput
 
-    ctx = _context(state)
+    ctx = _context(state, "restore")
     if legacy_file:
         if not password_env:
             raise InvalidInput("--legacy needs --password-env VARIABLE (the legacy BACKUP_ENCRYPTION_KEY)")
@@ -685,7 +689,7 @@ def prune(state: _State, dry_run: bool) -> None:
     """Delete backup sets that the retention policy no longer keeps."""
     from reconciler.engine import backups
 
-    ctx = _context(state)
+    ctx = _context(state, "prune")
     _, decision = backups.prune_decision(ctx)
     if decision.held_back:
         state.out.out.print(f"nothing pruned: {decision.held_back}")

@@ -106,6 +106,11 @@ class StackContext:
         return cls(spec, runtime, state_file, override, host=verdict, full_spec=full_spec)
 
     @property
+    def skipped_services(self) -> frozenset[str]:
+        """Services ``hosts:`` leaves to other hosts (their sets are not this host's to rotate)."""
+        return frozenset(self.host.skipped) if self.host is not None else frozenset()
+
+    @property
     def for_this_host(self) -> bool:
         """False when state.yaml's ``hosts:`` leaves this machine out: nothing is done here."""
         return self.host is None or self.host.matches

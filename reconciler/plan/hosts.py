@@ -14,6 +14,12 @@ Design decisions:
   spec (never started, backed up, restored, drained or moved by a switch here) but never stopped.
 - A stack whose every service is excluded is not for this host either: there is nothing to run, and
   the daemon may idle rather than observe servers it does not manage.
+- A stack split across hosts (postgres here, redis there) may share a store (one Drive folder named
+  in the one state.yaml). A host then reads sets by their members (file names, no content): restore
+  on boot never tries a set that holds none of its services (another host's set), and retention never
+  counts nor deletes a set that holds a member of a service it does not run (someone else's data;
+  that host's retention decides). A set taken before the split holds both: it is a restore candidate
+  here (only this host's members are restored) and is left to the other host's retention.
 - A reason names the actual hostname and every failed condition, but never the actual value of an
   environment variable (it may be private); the expected one is in state.yaml anyway.
 """
@@ -24,7 +30,8 @@ import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from reconciler.spec.model import HostsSpec, StateSpec
+from reconciler.plan.backupsets import BackupSet, split_file_name
+from reconciler.spec.model import SERVICE_KINDS, HostsSpec, StateSpec
 
 
 @dataclass(frozen=True)
@@ -125,3 +132,29 @@ def referenced(spec: StateSpec) -> tuple[frozenset[str], frozenset[str]]:
     files = frozenset(h.file_exists for h in conditions if h is not None and h.file_exists is not None)
     names = frozenset(name for h in conditions if h is not None for name in (h.env or {}))
     return files, names
+
+
+def set_services(backup_set: BackupSet) -> frozenset[str]:
+    """The services a set holds a member of, from its file names (``<set>.postgres.pgdump.zst.age``)."""
+    found = set()
+    for stored in backup_set.files:
+        split = split_file_name(stored.name)
+        if split is not None and split[1].split(".", 1)[0] in SERVICE_KINDS:
+            found.add(split[1].split(".", 1)[0])
+    return frozenset(found)
+
+
+def restorable_here(
+    sets: tuple[BackupSet, ...], ours: frozenset[str], skipped: frozenset[str]
+) -> tuple[BackupSet, ...]:
+    """Restore candidates on a host that runs ``ours`` of a split stack: not another host's sets."""
+    if not skipped:
+        return sets
+    return tuple(s for s in sets if not s.complete or set_services(s) & ours or not set_services(s))
+
+
+def retained_here(sets: tuple[BackupSet, ...], skipped: frozenset[str]) -> tuple[BackupSet, ...]:
+    """The sets this host's retention may count and delete: none that holds a service it does not run."""
+    if not skipped:
+        return sets
+    return tuple(s for s in sets if not set_services(s) & skipped)

@@ -32,7 +32,7 @@ from reconciler.plan.actions import (
     SwitchMode,
 )
 from reconciler.plan.backupsets import retention
-from reconciler.plan.hosts import HostVerdict
+from reconciler.plan.hosts import HostVerdict, restorable_here, retained_here
 from reconciler.plan.observed import ObservedState, ServiceObservation
 from reconciler.plan.selection import select_restore
 from reconciler.spec.model import PostgresSpec, StateSpec
@@ -123,15 +123,24 @@ def plan_for_host(
     (``hosts.for_this_host``); the services left out are named in the notes."""
     if verdict is not None and not verdict.matches:
         return not_for_host(verdict)
-    the_plan = plan(desired, observed, now, allow_empty)
+    skipped = frozenset(verdict.skipped) if verdict is not None else frozenset()
+    the_plan = plan(desired, observed, now, allow_empty, skipped)
     return replace(the_plan, notes=the_plan.notes + verdict.notes()) if verdict is not None else the_plan
 
 
-def plan(desired: StateSpec, observed: ObservedState, now: datetime, allow_empty: bool = False) -> Plan:
+def plan(
+    desired: StateSpec,
+    observed: ObservedState,
+    now: datetime,
+    allow_empty: bool = False,
+    skipped: frozenset[str] = frozenset(),
+) -> Plan:
     """The ordered actions that take ``observed`` to ``desired``, or the blockers that forbid acting.
 
     ``allow_empty``: start services empty even though backup sets exist that cannot be restored
     (``reconciler apply --allow-empty``); the existing sets are protected from retention first.
+    ``skipped``: services ``hosts:`` leaves to other hosts (``desired`` holds the others): their sets
+    are not this host's to restore from or to rotate (``hosts.restorable_here``, ``hosts.retained_here``).
     """
     if observed.operation is not None:
         op = observed.operation
@@ -166,12 +175,24 @@ def plan(desired: StateSpec, observed: ObservedState, now: datetime, allow_empty
         _plan_switch(desired, observed, switching, actions, blockers)
     protected = set(observed.backups.protected)
     if empty:
+        ours = frozenset(desired.services.configured())
+        sets = restorable_here(observed.backups.sets, ours, skipped)
         protected |= _plan_empty_services(
-            desired, observed, now, empty, allow_empty, actions, blockers, warnings
+            desired,
+            replace(observed, backups=replace(observed.backups, sets=sets)),
+            now,
+            empty,
+            allow_empty,
+            actions,
+            blockers,
+            warnings,
         )
     actions.extend(per_service)
 
-    _plan_retention(desired, observed, now, actions, warnings, frozenset(protected))
+    retained = replace(observed.backups, sets=retained_here(observed.backups.sets, skipped))
+    _plan_retention(
+        desired, replace(observed, backups=retained), now, actions, warnings, frozenset(protected)
+    )
 
     if blockers:
         return Plan(actions=(), blockers=tuple(blockers), warnings=tuple(warnings))
