@@ -346,6 +346,17 @@ _HOSTS_DESCRIPTION = (
 )
 
 
+def _service_hosts() -> Any:
+    return _field(
+        None,
+        description=_HOSTS_DESCRIPTION.format(
+            what="this service",
+            more=" (a host that runs the stack without this service neither backs it up nor restores it)",
+        ),
+        example={"hostname": ["pi-kitchen"]},
+    )
+
+
 class PostgresSpec(_Strict):
     """A PostgreSQL server with one application database."""
 
@@ -397,14 +408,7 @@ class PostgresSpec(_Strict):
         "an existing container keeps its own image.",
         example="postgres:15",
     )
-    hosts: HostsSpec | None = _field(
-        None,
-        description=_HOSTS_DESCRIPTION.format(
-            what="this service",
-            more=" (a host that runs the stack without this service neither backs it up nor restores it)",
-        ),
-        example={"hostname": ["pi-kitchen"]},
-    )
+    hosts: HostsSpec | None = _service_hosts()
 
     @field_validator("user")
     @classmethod
@@ -471,14 +475,7 @@ class RedisSpec(_Strict):
         description="Image to create the container from when it does not exist (docker runtime only).",
         example="redis:7",
     )
-    hosts: HostsSpec | None = _field(
-        None,
-        description=_HOSTS_DESCRIPTION.format(
-            what="this service",
-            more=" (a host that runs the stack without this service neither backs it up nor restores it)",
-        ),
-        example={"hostname": ["pi-kitchen"]},
-    )
+    hosts: HostsSpec | None = _service_hosts()
 
 
 class ServicesSpec(_Strict):

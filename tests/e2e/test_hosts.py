@@ -33,22 +33,11 @@ def as_host(
     stack: Stack, hostname: str, *args: str, check: int | None = 0, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``reconciler -f <checkout>/state.yaml ARGS`` on a machine called ``hostname``."""
-    full_env = {k: v for k, v in os.environ.items() if k not in ("RECONCILER_STATE", "RECONCILER_ROLE")}
-    full_env.update(env or {})
-    result = subprocess.run(
-        _in_uts(hostname, [sys.executable, "-m", "reconciler", "-f", str(stack.state_file), *args]),
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=300,
-        check=False,
-    )
-    if check is not None and result.returncode != check:
-        raise AssertionError(
-            f"reconciler {' '.join(args)} on {hostname} exited {result.returncode}, expected {check}\n"
-            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-        )
-    return result
+    stack.command_prefix = _in_uts(hostname, [])
+    try:
+        return stack.cli(*args, check=check, env=env)
+    finally:
+        stack.command_prefix = []
 
 
 def _in_uts(hostname: str, command: list[str]) -> list[str]:
