@@ -50,7 +50,7 @@ from reconciler.daemon.stall import blocker_key, world_key
 from reconciler.daemon.watch import ContainerWatcher, ProcessWatcher, StateWatcher
 from reconciler.engine import backups as engine_backups
 from reconciler.engine import events, records, status
-from reconciler.engine.apply import apply
+from reconciler.engine.apply import apply, plan_observed
 from reconciler.engine.context import (
     StackContext,
     read_state_bytes,
@@ -60,8 +60,8 @@ from reconciler.engine.context import (
 )
 from reconciler.engine.revision import committed_state, differs_from_commit, state_revision
 from reconciler.errors import LockHeld, PermanentError, ReconcilerError, SpecInvalid
+from reconciler.plan.hosts import scheduled_here
 from reconciler.plan.observed import ObservedState
-from reconciler.plan.planner import plan
 from reconciler.plan.schedule import backup_schedule, ram_headroom, set_to_verify
 from reconciler.spec.loader import MAX_STATE_BYTES, parse_state_bytes
 from reconciler.spec.model import StateSpec
@@ -517,7 +517,7 @@ class Daemon:
                 if self.stalled_on == key:
                     return False
                 log.info("state.yaml or the observed world changed since the daemon stalled; trying again")
-            the_plan = plan(ctx.spec, observed, datetime.now(UTC))
+            the_plan = plan_observed(ctx, observed)  # behind the host conditions (hosts:)
             if not the_plan.in_sync:
                 if the_plan.blockers:
                     raise PermanentError("; ".join(the_plan.blockers))
@@ -673,9 +673,9 @@ class Daemon:
 
     def _backup_if_due(self, ctx: StackContext, observed: ObservedState) -> bool:
         now = clock.now()
-        schedule = backup_schedule(
-            ctx.spec, observed.backups.sets, now, observed.backups.authenticity_in("local")
-        )
+        ours = frozenset(ctx.spec.services.configured())
+        sets = scheduled_here(observed.backups.sets, ours, ctx.skipped_services)  # hosts: split stacks
+        schedule = backup_schedule(ctx.spec, sets, now, observed.backups.authenticity_in("local"))
         self.next_backup_at = schedule.next_at
         if not schedule.due or time.monotonic() < self.next_backup_try:
             self._backup_conditions(ctx, schedule.fresh, schedule.reason)

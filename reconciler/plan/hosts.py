@@ -19,7 +19,8 @@ Design decisions:
   on boot never tries a set that holds none of its services (another host's set), and retention never
   counts nor deletes a set that holds a member of a service it does not run (someone else's data;
   that host's retention decides). A set taken before the split holds both: it is a restore candidate
-  here (only this host's members are restored) and is left to the other host's retention.
+  here (only this host's members are restored) and is left to the other host's retention. The
+  daemon's backup schedule counts only sets holding every service of this host.
 - A reason names the actual hostname and every failed condition, but never the actual value of an
   environment variable (it may be private); the expected one is in state.yaml anyway.
 """
@@ -158,3 +159,13 @@ def retained_here(sets: tuple[BackupSet, ...], skipped: frozenset[str]) -> tuple
     if not skipped:
         return sets
     return tuple(s for s in sets if not set_services(s) & skipped)
+
+
+def scheduled_here(
+    sets: tuple[BackupSet, ...], ours: frozenset[str], skipped: frozenset[str]
+) -> tuple[BackupSet, ...]:
+    """The sets that tell a host of a split stack how old its newest backup is: those holding every one
+    of its services (another host's fresh set must not make this host's backup look fresh)."""
+    if not skipped:
+        return sets
+    return tuple(s for s in sets if ours <= set_services(s))

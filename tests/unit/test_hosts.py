@@ -10,11 +10,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reconciler.errors import SpecInvalid
-from reconciler.plan.hosts import HostFacts, decide, failed_conditions, for_this_host, hostname_matches
+from reconciler.plan.backupsets import BackupSet, StoredFile
+from reconciler.plan.hosts import (
+    HostFacts,
+    decide,
+    failed_conditions,
+    for_this_host,
+    hostname_matches,
+    restorable_here,
+    retained_here,
+    scheduled_here,
+    set_services,
+)
 from reconciler.plan.planner import plan_for_host
 from reconciler.spec.loader import parse_state
 from reconciler.spec.model import HostsSpec, StateSpec
 from tests.unit.test_planner import NOW, fresh_world, worlds
+
+SUFFIX = {"postgres": "postgres.pgdump.zst.age", "redis": "redis.rdb.zst.age"}
 
 
 def spec_with(stack_hosts: str = "", pg_hosts: str = "", redis_hosts: str = "") -> StateSpec:
@@ -206,3 +219,40 @@ def test_no_hosts_means_every_host() -> None:
     desired = spec_with()
     verdict = decide(desired, HostFacts("anything"))
     assert verdict.matches and not verdict.skipped and for_this_host(desired, verdict) is desired
+
+
+# -- a stack split across hosts: which sets are this host's ---------------------------------------
+
+
+@st.composite
+def shared_store(draw: st.DrawFn) -> tuple[BackupSet, ...]:
+    sets = []
+    for sequence in range(1, draw(st.integers(0, 8)) + 1):
+        name = f"demo-20261121T16{sequence:02d}00Z-{sequence:06d}-manual"
+        members = draw(st.sets(st.sampled_from(["postgres", "redis"])))
+        files = [StoredFile(f"{name}.{SUFFIX[m]}", 10) for m in sorted(members)]
+        if draw(st.booleans()):
+            files.append(StoredFile(f"{name}.manifest.json", 1))
+        sets.append(BackupSet(name, "demo", NOW, "manual", "local", tuple(files)))
+    return tuple(sets)
+
+
+@given(shared_store(), st.sampled_from(["postgres", "redis"]))
+def test_a_split_host_never_rotates_and_never_restores_from_another_hosts_sets(
+    sets: tuple[BackupSet, ...], ours: str
+) -> None:
+    other = "redis" if ours == "postgres" else "postgres"
+    mine, skipped = frozenset({ours}), frozenset({other})
+    assert all(other not in set_services(s) for s in retained_here(sets, skipped))
+    assert [s for s in sets if set_services(s) == mine] == [
+        s for s in retained_here(sets, skipped) if set_services(s)
+    ]
+    restorable = restorable_here(sets, mine, skipped)
+    # every set that could restore our service stays a candidate; only sets holding none of it go
+    assert [s for s in sets if ours in set_services(s)] == [s for s in restorable if ours in set_services(s)]
+    assert all(not s.complete or ours in set_services(s) or not set_services(s) for s in restorable)
+    assert all(ours in set_services(s) for s in scheduled_here(sets, mine, skipped))
+    # without a split nothing changes
+    both = frozenset({"postgres", "redis"})
+    assert retained_here(sets, frozenset()) == sets == restorable_here(sets, both, frozenset())
+    assert scheduled_here(sets, both, frozenset()) == sets
