@@ -31,6 +31,10 @@ def idle_not_for_host(daemon: Any, ctx: StackContext) -> None:
     daemon.offsite_pending = False
     daemon.observed, daemon.observed_stale = None, False
     daemon.stalled_on = daemon.blocked_on = None
+    # Services still running here are not this daemon's any more: no watching, no "down" in /healthz.
+    daemon.processes.arm({})
+    daemon.containers.arm({})
+    daemon.snapshot.drop("reconciler_service_up")
     if getattr(daemon, "not_for_host_reason", None) != reason:
         daemon.not_for_host_reason = reason
         events.emit(daemon.state_dir, "Normal", "NotForThisHost", message)
