@@ -60,6 +60,7 @@ class Stack:
         self.pg_port = free_port()
         self.redis_port = free_port()
         self.env: dict[str, str] = {}
+        self.command_prefix: list[str] = []  # e.g. unshare ... (tests/e2e/test_hosts.py: another hostname)
 
     def write(self, document: dict[str, Any]) -> None:
         yaml = YAML()
@@ -105,7 +106,7 @@ class Stack:
         full_env = {**os.environ, **self.env, **(env or {})}
         full_env.pop("RECONCILER_STATE", None)
         result = subprocess.run(
-            [sys.executable, "-m", "reconciler", "-f", str(self.state_file), *args],
+            [*self.command_prefix, sys.executable, "-m", "reconciler", "-f", str(self.state_file), *args],
             capture_output=True,
             text=True,
             env=full_env,

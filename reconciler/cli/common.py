@@ -54,10 +54,14 @@ def load(state: CliState) -> StateSpec:
     return load_spec(state.state_file)
 
 
-def context(state: CliState) -> StackContext:
+def context(state: CliState, acting: str | None = None) -> StackContext:
+    """``acting``: a command that changes the stack or its backups, refused where ``hosts:`` leaves it out."""
     from reconciler.engine.context import StackContext
 
-    return StackContext.build(load(state), state.state_file)
+    ctx = StackContext.build(load(state), state.state_file)
+    if acting:
+        ctx.require_this_host(acting)
+    return ctx
 
 
 def guard(func: F) -> F:

@@ -13,6 +13,8 @@ _MARKER_STYLE = {"+": "green", "~": "yellow", "-": "red"}
 def plan_text(the_plan: Plan, stack: str, mode: str, runtime: str) -> list[str]:
     """Rich markup lines: header, numbered steps with markers, warnings, blockers, summary."""
     lines = [f"[bold]Stack {stack}[/] (runtime {runtime}, mode {mode})"]
+    for note in the_plan.notes:
+        lines.append(f"[cyan]note:[/] {_escape(note)}")
     for warning in the_plan.warnings:
         lines.append(f"[yellow]warning:[/] {_escape(warning)}")
     if the_plan.blockers:
@@ -37,6 +39,14 @@ def status_text(document: dict[str, Any]) -> list[str]:
         f"[bold]Stack {document['stack']}[/] (runtime {document['runtime']}, mode {document['mode']}): "
         + ("[green]in sync[/]" if document["in_sync"] else "[yellow]out of sync[/] (run `reconciler plan`)")
     ]
+    host = document.get("forThisHost") or {}
+    if host and not host.get("matches", True):
+        lines[0] = (
+            f"[bold]Stack {document['stack']}[/] (runtime {document['runtime']}, mode {document['mode']}): "
+            f"[yellow]not for this host[/] ({_escape(str(host.get('reason')))}); nothing is done here"
+        )
+    for name, why in (host.get("skippedServices") or {}).items():
+        lines.append(f"  {name:<9} not for this host ({_escape(str(why))})")
     for name, svc in document["services"].items():
         state = (
             f"[green]running[/] (pid {svc['pid']}, port {svc['port']})"

@@ -40,11 +40,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
 from reconciler.daemon import shutdown
+from reconciler.daemon.hostgate import back_for_this_host, idle_not_for_host
 from reconciler.daemon.metrics import MetricsServer, Snapshot
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.stall import blocker_key, world_key
@@ -57,7 +57,7 @@ from reconciler.daemon.tasks.services import ServicesRunning
 from reconciler.daemon.tasks.verify import VerifyNewest
 from reconciler.daemon.watch import ContainerWatcher, ProcessWatcher, StateWatcher
 from reconciler.engine import events, status
-from reconciler.engine.apply import apply
+from reconciler.engine.apply import apply, plan_observed
 from reconciler.engine.context import (
     StackContext,
     read_state_bytes,
@@ -67,7 +67,6 @@ from reconciler.engine.context import (
 from reconciler.engine.revision import committed_state, differs_from_commit, state_revision
 from reconciler.errors import LockHeld, PermanentError, ReconcilerError, SpecInvalid
 from reconciler.plan.observed import ObservedState
-from reconciler.plan.planner import plan
 from reconciler.spec.loader import MAX_STATE_BYTES, parse_state_bytes
 from reconciler.spec.model import StateSpec
 from reconciler.system import fs
@@ -241,7 +240,7 @@ class Daemon:
     def _shutdown(self) -> int:
         code = shutdown.EXIT_OK
         ctx = self._context()
-        if ctx is not None and ctx.spec.mode == "ram" and ctx.spec.daemon.final_backup:
+        if ctx is not None and ctx.for_this_host and ctx.spec.mode == "ram" and ctx.spec.daemon.final_backup:
             code = shutdown.final_backup(self.state_dir, self.notifier, ctx)
         events.emit(
             self.state_dir, "Normal", "Stopped", f"daemon stopped ({self._stop_signal or 'asked to stop'})"
@@ -358,6 +357,11 @@ class Daemon:
             ctx = self._context()
             if ctx is None:
                 return
+            if not ctx.for_this_host:  # hosts: idle cheaply, watching state.yaml only
+                idle_not_for_host(self, ctx)
+                ctx = None
+                return
+            back_for_this_host(self)
             if self._converge(ctx, reasons):
                 ctx = self._context() or ctx
                 shutdown.resume_apps(self.state_dir, ctx)
@@ -425,7 +429,7 @@ class Daemon:
                 if self.stalled_on == key:
                     return False
                 log.info("state.yaml or the observed world changed since the daemon stalled; trying again")
-            the_plan = plan(ctx.spec, observed, datetime.now(UTC))
+            the_plan = plan_observed(ctx, observed)  # behind the host conditions (hosts:)
             if not the_plan.in_sync:
                 if the_plan.blockers:
                     raise PermanentError("; ".join(the_plan.blockers))

@@ -52,6 +52,11 @@ class Snapshot:
             series[key] = float(value)
             self.labelled[name] = (help_text, series)
 
+    def drop(self, name: str) -> None:
+        """Forget every series of a labelled metric (what it measured is no longer this daemon's)."""
+        with self._lock:
+            self.labelled.pop(name, None)
+
     def labelled_values(self, name: str) -> dict[tuple[tuple[str, str], ...], float]:
         with self._lock:
             return dict(self.labelled.get(name, ("", {}))[1])

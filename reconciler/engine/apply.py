@@ -29,7 +29,8 @@ from reconciler.engine.revision import state_revision
 from reconciler.engine.steps import execute
 from reconciler.errors import InvalidInput, PermanentError, PlanBlocked, ReconcilerError
 from reconciler.plan.actions import Action, PruneBackups, ResumeOperation
-from reconciler.plan.planner import Plan, plan, plan_down
+from reconciler.plan.observed import ObservedState
+from reconciler.plan.planner import Plan, not_for_host, plan_down, plan_for_host
 from reconciler.system import fs
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,16 @@ class ApplyResult:
 
 
 def compute_plan(ctx: StackContext, allow_empty: bool = False) -> Plan:
-    return plan(ctx.spec, ctx.observe(), datetime.now(UTC), allow_empty)
+    """The plan for this host; on a host ``hosts:`` leaves out, decided without observing anything."""
+    if not ctx.for_this_host:
+        assert ctx.host is not None
+        return not_for_host(ctx.host)
+    return plan_for_host(ctx.spec, ctx.observe(), datetime.now(UTC), ctx.host, allow_empty)
+
+
+def plan_observed(ctx: StackContext, observed: ObservedState) -> Plan:
+    """The plan for an observation already made (``status``), behind the host conditions."""
+    return plan_for_host(ctx.spec, observed, datetime.now(UTC), ctx.host)
 
 
 def _run_actions(ctx: StackContext, the_plan: Plan, progress: Progress | None) -> list[Action]:
@@ -61,6 +71,8 @@ def _run_actions(ctx: StackContext, the_plan: Plan, progress: Progress | None) -
 
 
 def apply(ctx: StackContext, progress: Progress | None = None, allow_empty: bool = False) -> ApplyResult:
+    if not ctx.for_this_host:  # not even the lock or the status file: this host leaves the stack alone
+        return ApplyResult(compute_plan(ctx))
     started = time.monotonic()
     started_at = status.now_iso()
     with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
@@ -101,6 +113,10 @@ def _only_retention(the_plan: Plan) -> bool:
 
 
 def down(ctx: StackContext, progress: Progress | None = None) -> ApplyResult:
+    """Stop every running service of the stack, those ``hosts:`` leaves out of this host included: a
+    host that stops matching leaves its services running, and `down` is how a human stops them."""
+    if ctx.full_spec is not None and ctx.full_spec is not ctx.spec:
+        ctx = StackContext.build(ctx.full_spec, ctx.state_file, apply_hosts=False)
     with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
         started = time.monotonic()
         the_plan = plan_down(ctx.spec, ctx.observe())

@@ -57,6 +57,7 @@ from reconciler.plan.backupsets import (
     next_sequence,
     retention,
 )
+from reconciler.plan.hosts import retained_here
 from reconciler.runtimes.local import LocalRuntime, postgres_bindir
 from reconciler.stores.local import LocalStore
 from reconciler.system import clock, failpoints, fs
@@ -398,7 +399,7 @@ def _os_error_text(exc: BaseException) -> BaseException:
 
 def prune_decision(ctx: StackContext) -> tuple[list[BackupSet], RetentionDecision]:
     """Retention of the local store: which sets go, with the reason each kept set stays."""
-    sets = [listing.backup_set for listing in list_sets(ctx)]
+    sets = list(retained_here(tuple(listing.backup_set for listing in list_sets(ctx)), ctx.skipped_services))
     pending = Journal.load(ctx.state_dir)
     if pending is not None:
         # An interrupted operation may depend on any set (a restore past its point of no return on the

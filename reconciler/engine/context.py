@@ -17,8 +17,10 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.errors import InvalidInput
+from reconciler.errors import InvalidInput, PermanentError
+from reconciler.observe.hostfacts import host_facts
 from reconciler.observe.local import observe as observe_local
+from reconciler.plan.hosts import HostVerdict, decide, for_this_host
 from reconciler.plan.observed import ObservedState
 from reconciler.runtimes.base import Runtime
 from reconciler.runtimes.local import LocalRuntime, postgres_bindir
@@ -78,10 +80,17 @@ class StackContext:
     state_file: str
     mode_override: dict[str, Any] | None = None  # set while the daemon's RAM-pressure fallback holds
     revision: str | None = None  # the commit the spec was read from (the daemon follows HEAD), if any
+    # ``hosts:`` decided on this machine; ``spec`` holds only the services for this host, ``full_spec``
+    # all of them (what `down`, a human's command, stops)
+    host: HostVerdict | None = None
+    full_spec: StateSpec | None = None
 
     @classmethod
-    def build(cls, spec: StateSpec, state_file: str) -> StackContext:
+    def build(cls, spec: StateSpec, state_file: str, apply_hosts: bool = True) -> StackContext:
+        """``apply_hosts=False``: every service of the spec, whatever ``hosts:`` says (`down`)."""
         state_file = os.path.abspath(state_file)
+        verdict = decide(spec, host_facts(spec)) if apply_hosts else None
+        full_spec, spec = spec, for_this_host(spec, verdict) if verdict is not None else spec
         override = read_override(spec.state_path, state_file)
         if override is not None and override.get("mode") != spec.mode:
             spec = spec.model_copy(update={"mode": override["mode"]}).with_base_dir(spec.base_dir)
@@ -94,7 +103,25 @@ class StackContext:
             runtime = DockerRuntime(spec.stack, spec.state_path, spec)
         else:
             runtime = LocalRuntime(spec.stack, spec.state_path)
-        return cls(spec, runtime, state_file, override)
+        return cls(spec, runtime, state_file, override, host=verdict, full_spec=full_spec)
+
+    @property
+    def skipped_services(self) -> frozenset[str]:
+        """Services ``hosts:`` leaves to other hosts (their sets are not this host's to rotate)."""
+        return frozenset(self.host.skipped) if self.host is not None else frozenset()
+
+    @property
+    def for_this_host(self) -> bool:
+        """False when state.yaml's ``hosts:`` leaves this machine out: nothing is done here."""
+        return self.host is None or self.host.matches
+
+    def require_this_host(self, command: str) -> None:
+        """Refuse a command that would act on a stack that is not for this host."""
+        if self.host is not None and not self.host.matches:
+            raise PermanentError(
+                f"stack {self.spec.stack} is not for this host: {self.host.stack_reason}; `{command}` does "
+                "nothing here (see hosts: in state.yaml)"
+            )
 
     def pg_bindir(self) -> str:
         """Where psql/pg_dump/pg_restore come from: the host's, or (docker) the container's PATH."""

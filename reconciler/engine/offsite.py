@@ -30,6 +30,7 @@ from reconciler.engine import backups, records
 from reconciler.engine.context import StackContext
 from reconciler.errors import PermanentError, ReconcilerError, TransientError
 from reconciler.plan.backupsets import MANIFEST_SUFFIX, BackupSet, group_sets, retention
+from reconciler.plan.hosts import retained_here
 from reconciler.stores.gdrive import GdriveStore, file_md5
 from reconciler.system import clock, failpoints
 
@@ -134,7 +135,7 @@ def vouch_remote(ctx: StackContext, store: GdriveStore, sets: list[BackupSet]) -
 def prune_remote(ctx: StackContext, store: GdriveStore) -> tuple[list[str], list[str]]:
     """Apply Drive retention; returns the deleted set names and the complete sets we vouch for."""
     policy = ctx.spec.backup.stores.gdrive.retention or ctx.spec.backup.retention
-    sets = remote_sets(ctx, store)
+    sets = list(retained_here(tuple(remote_sets(ctx, store)), ctx.skipped_services))
     record = records.read(ctx)
     authenticity = vouch_remote(ctx, store, sets)
     decision = retention(

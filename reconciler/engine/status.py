@@ -84,6 +84,8 @@ def observed_ready(spec: StateSpec, observed: ObservedState, the_plan: Plan) -> 
     """Ready as the world is now: every wanted service running, nothing but retention left to do."""
     from reconciler.plan.actions import PruneBackups
 
+    if the_plan.not_for_host is not None:
+        return False, "NotForThisHost", f"not for this host: {the_plan.not_for_host}; nothing is done here"
     down = []
     for name in spec.services.configured():
         service = observed.services.get(name)

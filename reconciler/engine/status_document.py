@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from reconciler.engine import records, status
+from reconciler.engine.apply import plan_observed
 from reconciler.engine.context import StackContext
-from reconciler.plan.planner import plan as make_plan
 from reconciler.system import fs
 
 if TYPE_CHECKING:
@@ -31,7 +30,7 @@ if TYPE_CHECKING:
 def build(ctx: StackContext, invalid: SpecInvalid | None = None) -> dict[str, Any]:
     """Observe the stack and return its status document (JSON-ready)."""
     observed = ctx.observe()
-    the_plan = make_plan(ctx.spec, observed, datetime.now(UTC))
+    the_plan = plan_observed(ctx, observed)
     recorded = status.load(ctx.status_path)
     backup_records = records.read(ctx).document
     return {
@@ -54,6 +53,7 @@ def build(ctx: StackContext, invalid: SpecInvalid | None = None) -> dict[str, An
         "nextScheduledBackup": recorded.get("nextScheduledBackup"),
         "daemon": daemon_status(ctx, recorded.get("daemon")),
         "modeOverride": ctx.mode_override,
+        "forThisHost": ctx.host.to_dict() if ctx.host else None,
     }
 
 

@@ -13,7 +13,7 @@ Design decisions:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from reconciler.plan.actions import (
@@ -32,6 +32,7 @@ from reconciler.plan.actions import (
     SwitchMode,
 )
 from reconciler.plan.backupsets import retention
+from reconciler.plan.hosts import HostVerdict, restorable_here, retained_here
 from reconciler.plan.observed import ObservedState, ServiceObservation
 from reconciler.plan.selection import select_restore
 from reconciler.spec.model import PostgresSpec, StateSpec
@@ -47,6 +48,7 @@ class Plan:
     blockers: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    not_for_host: str | None = None  # why this host leaves the stack alone (``hosts:``); no actions then
 
     @property
     def in_sync(self) -> bool:
@@ -59,6 +61,8 @@ class Plan:
         if self.blockers:
             count = len(self.blockers)
             return f"Plan blocked: {count} problem{'s' if count != 1 else ''} must be resolved first."
+        if self.not_for_host is not None:
+            return "No changes: the stack is not for this host."
         if not self.actions:
             return "No changes: the stack is in sync."
         c = self.counts()
@@ -72,6 +76,8 @@ class Plan:
             "blockers": list(self.blockers),
             "warnings": list(self.warnings),
             "counts": self.counts(),
+            "notes": list(self.notes),
+            "notForThisHost": self.not_for_host,
         }
 
 
@@ -89,11 +95,52 @@ CHECKSUM_BYTES_PER_SECOND = 1024**3  # bench/switch.py: per-table checksums of a
 CHANGED_SHARE = 0.1  # assumed share of the data directory rewritten between pre-copy and stop
 
 
-def plan(desired: StateSpec, observed: ObservedState, now: datetime, allow_empty: bool = False) -> Plan:
+def not_for_host(verdict: HostVerdict) -> Plan:
+    """The plan on a host that ``hosts:`` leaves out: nothing at all, and why.
+
+    Not "desired: nothing": a host that stops matching never stops, deletes or backs up anything
+    (running services are left alone); it needs no observation either, so it is decided before any.
+    """
+    reason = verdict.stack_reason or ""
+    return Plan(
+        not_for_host=reason,
+        notes=(
+            f"not for this host: {reason}",
+            "nothing is started, stopped, restored, backed up or deleted here; if this host no longer "
+            "matches, services of this stack still running here are left alone: `reconciler down` stops them",
+        ),
+    )
+
+
+def plan_for_host(
+    desired: StateSpec,
+    observed: ObservedState,
+    now: datetime,
+    verdict: HostVerdict | None,
+    allow_empty: bool = False,
+) -> Plan:
+    """``plan`` behind the host conditions: ``desired`` already holds only this host's services
+    (``hosts.for_this_host``); the services left out are named in the notes."""
+    if verdict is not None and not verdict.matches:
+        return not_for_host(verdict)
+    skipped = frozenset(verdict.skipped) if verdict is not None else frozenset()
+    the_plan = plan(desired, observed, now, allow_empty, skipped)
+    return replace(the_plan, notes=the_plan.notes + verdict.notes()) if verdict is not None else the_plan
+
+
+def plan(
+    desired: StateSpec,
+    observed: ObservedState,
+    now: datetime,
+    allow_empty: bool = False,
+    skipped: frozenset[str] = frozenset(),
+) -> Plan:
     """The ordered actions that take ``observed`` to ``desired``, or the blockers that forbid acting.
 
     ``allow_empty``: start services empty even though backup sets exist that cannot be restored
     (``reconciler apply --allow-empty``); the existing sets are protected from retention first.
+    ``skipped``: services ``hosts:`` leaves to other hosts (``desired`` holds the others): their sets
+    are not this host's to restore from or to rotate (``hosts.restorable_here``, ``hosts.retained_here``).
     """
     if observed.operation is not None:
         op = observed.operation
@@ -128,12 +175,24 @@ def plan(desired: StateSpec, observed: ObservedState, now: datetime, allow_empty
         _plan_switch(desired, observed, switching, actions, blockers)
     protected = set(observed.backups.protected)
     if empty:
+        ours = frozenset(desired.services.configured())
+        sets = restorable_here(observed.backups.sets, ours, skipped)
         protected |= _plan_empty_services(
-            desired, observed, now, empty, allow_empty, actions, blockers, warnings
+            desired,
+            replace(observed, backups=replace(observed.backups, sets=sets)),
+            now,
+            empty,
+            allow_empty,
+            actions,
+            blockers,
+            warnings,
         )
     actions.extend(per_service)
 
-    _plan_retention(desired, observed, now, actions, warnings, frozenset(protected))
+    retained = replace(observed.backups, sets=retained_here(observed.backups.sets, skipped))
+    _plan_retention(
+        desired, replace(observed, backups=retained), now, actions, warnings, frozenset(protected)
+    )
 
     if blockers:
         return Plan(actions=(), blockers=tuple(blockers), warnings=tuple(warnings))

@@ -249,6 +249,114 @@ class _Strict(BaseModel):
     )
 
 
+# ---- host conditions (issue 16): on which machines a stack or a service runs ---------------------
+# One state.yaml, committed to a repository that several machines pull; ``hosts:`` says where a stack
+# (or one service) runs. Decisions, documented in docs/ARCHITECTURE.md ("Host conditions"):
+# - Every condition written must hold (AND across hostname, file_exists and env); within ``hostname``
+#   any one pattern is enough (OR). A stack-level and a service-level ``hosts`` both apply.
+# - Hostname patterns are shell globs (``*``, ``?``, ``[a-z]``), not regular expressions: a hostname is
+#   a plain label, and a regex's ``.`` silently matching any character is the wrong default. They are
+#   matched case-insensitively (DNS names are) against the kernel's hostname (``uname -n``) and against
+#   its short form (before the first dot), so ``kitchen`` matches ``kitchen.lan``; no DNS lookup is
+#   made (a Pi at boot may have no network, and the answer must not change with it).
+# - ``file_exists`` is an absolute path: a path relative to state.yaml would be in the checkout, the
+#   same on every machine. ``env`` compares exact values (the actual value is never printed: a
+#   variable may hold something private).
+HOSTNAME_PATTERN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_*?[]!")
+
+
+def _hostname_pattern(value: str) -> str:
+    if not value:
+        raise ValueError("a hostname pattern cannot be empty")
+    if len(value) > 253:
+        raise ValueError("a hostname pattern is at most 253 characters long (the longest DNS name)")
+    bad = next((ch for ch in value if ch not in HOSTNAME_PATTERN_CHARS), None)
+    if bad is not None:
+        raise ValueError(
+            f"hostname pattern {value[:40]!r} cannot contain {bad!r}: use letters, digits, '.', '-', '_' and "
+            "the glob characters * ? [...] (shell-style globs, not regular expressions)"
+        )
+    depth = 0
+    for ch in value:
+        if ch == "[":
+            if depth:
+                raise ValueError(f"hostname pattern {value[:40]!r} opens '[' twice; write a class as [a-z]")
+            depth = 1
+        elif ch == "]":
+            if not depth:
+                raise ValueError(f"hostname pattern {value[:40]!r} closes a ']' it never opened")
+            depth = 0
+    if depth:
+        raise ValueError(f"hostname pattern {value[:40]!r} opens '[' without closing it")
+    return value
+
+
+def _absolute_path(value: str) -> str:
+    if not _path_text(value).startswith("/"):
+        raise ValueError(
+            f"file_exists must be an absolute path (got {value[:60]!r}): a path relative to state.yaml would "
+            "be inside the checkout, the same on every machine"
+        )
+    return value
+
+
+HostnamePattern = Annotated[str, AfterValidator(_hostname_pattern)]
+EnvName = Annotated[str, Field(pattern=ENV_NAME_PATTERN)]
+
+
+class HostsSpec(_Strict):
+    """On which machines this runs: every condition given must hold (hostname: any one pattern).
+    A machine where they do not hold leaves everything alone: nothing is started, stopped, restored,
+    backed up or deleted there, and services already running there are not stopped."""
+
+    hostname: Annotated[list[HostnamePattern], Field(min_length=1, max_length=64)] | None = _field(
+        None,
+        description="Shell-style glob patterns (* ? [a-z]); the host matches when any one matches its "
+        "hostname (`uname -n`) or the short form of it (before the first dot), ignoring case. Not "
+        "regular expressions. No DNS lookup.",
+        example=["pi-*", "kitchen"],
+    )
+    file_exists: Annotated[str, AfterValidator(_absolute_path)] | None = _field(
+        None,
+        description="Absolute path of a file (or directory) that must exist on the host, e.g. a marker "
+        "created on the primary machine only. A broken symbolic link or an unreadable parent counts as "
+        "missing.",
+        example="/etc/reconciler/primary",
+    )
+    env: Annotated[dict[EnvName, str], Field(min_length=1, max_length=64)] | None = _field(
+        None,
+        description="Environment variables that must be set to exactly these values in the reconciler's "
+        "environment (the daemon's: see deploy/reconciler.service). The actual value is never printed.",
+        example={"RECONCILER_ROLE": "primary"},
+    )
+
+    @model_validator(mode="after")
+    def _some_condition(self) -> HostsSpec:
+        if self.hostname is None and self.file_exists is None and self.env is None:
+            raise ValueError(
+                "hosts needs at least one condition (hostname, file_exists or env); remove it to run everywhere"
+            )
+        return self
+
+
+_HOSTS_DESCRIPTION = (
+    "On which machines {what} runs, for one state.yaml pulled by several machines: hostname globs, a "
+    'file that must exist, environment variables. Elsewhere `plan` says "not for this host" and '
+    "nothing is started, stopped, restored, backed up or deleted there{more}. Unset: every machine."
+)
+
+
+def _service_hosts() -> Any:
+    return _field(
+        None,
+        description=_HOSTS_DESCRIPTION.format(
+            what="this service",
+            more=" (a host that runs the stack without this service neither backs it up nor restores it)",
+        ),
+        example={"hostname": ["pi-kitchen"]},
+    )
+
+
 class PostgresSpec(_Strict):
     """A PostgreSQL server with one application database."""
 
@@ -300,6 +408,7 @@ class PostgresSpec(_Strict):
         "an existing container keeps its own image.",
         example="postgres:15",
     )
+    hosts: HostsSpec | None = _service_hosts()
 
     @field_validator("user")
     @classmethod
@@ -366,6 +475,7 @@ class RedisSpec(_Strict):
         description="Image to create the container from when it does not exist (docker runtime only).",
         example="redis:7",
     )
+    hosts: HostsSpec | None = _service_hosts()
 
 
 class ServicesSpec(_Strict):
@@ -727,6 +837,14 @@ class StateSpec(_Strict):
     )
     daemon: DaemonSpec = _field(
         default_factory=DaemonSpec, description="Settings of `reconciler daemon`.", example={"resync": "1m"}
+    )
+    hosts: HostsSpec | None = _field(
+        None,
+        description=_HOSTS_DESCRIPTION.format(
+            what="the stack",
+            more="; the daemon idles, watching state.yaml only",
+        ),
+        example={"hostname": ["pi-*", "kitchen"], "file_exists": "/etc/reconciler/primary"},
     )
 
     _base_dir: str = PrivateAttr(default="/")

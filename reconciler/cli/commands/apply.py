@@ -36,6 +36,9 @@ def apply(state: CliState, dry_run: bool, allow_empty: bool, output_format: str)
                 "in_sync": True,
             }
         )
+    elif result.plan.not_for_host is not None:  # hosts: this machine leaves the stack alone
+        for note in result.plan.notes:
+            state.out.out.print(f"{note}.", markup=False)
     elif result.executed:
         state.out.out.print(
             f"[green]Applied {len(result.executed)} step{'s' if len(result.executed) != 1 else ''} "

@@ -25,7 +25,7 @@ def backup(state: CliState, trigger: str, output_format: str) -> None:
     from reconciler.engine import backups
     from reconciler.spec.units import format_bytes
 
-    ctx = context(state)
+    ctx = context(state, "backup")
     with byte_progress(state, "backup") as bar:
         tasks: dict[str, Any] = {}
 

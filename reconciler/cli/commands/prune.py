@@ -15,7 +15,7 @@ def prune(state: CliState, dry_run: bool) -> None:
     """Delete backup sets that the retention policy no longer keeps."""
     from reconciler.engine import backups
 
-    ctx = context(state)
+    ctx = context(state, "prune")
     _, decision = backups.prune_decision(ctx)
     if decision.held_back:
         state.out.out.print(f"nothing pruned: {decision.held_back}")

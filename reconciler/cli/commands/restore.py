@@ -31,7 +31,7 @@ def restore(
     from reconciler.engine import backups
     from reconciler.errors import InvalidInput
 
-    ctx = context(state)
+    ctx = context(state, "restore")
     if legacy_file:
         if not password_env:
             raise InvalidInput("--legacy needs --password-env VARIABLE (the legacy BACKUP_ENCRYPTION_KEY)")

@@ -14,7 +14,7 @@ def sync(state: CliState) -> None:
     """Upload complete local sets missing on Google Drive, then apply Drive's retention."""
     from reconciler.engine import offsite
 
-    ctx = context(state)
+    ctx = context(state, "sync")
     result = offsite.sync(ctx)
     state.out.out.print(
         f"uploaded {len(result.uploaded)} set(s) ({result.bytes_sent} bytes), pruned {len(result.pruned)} on Drive"

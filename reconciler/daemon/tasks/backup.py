@@ -12,6 +12,7 @@ from reconciler.daemon.tasks.base import Host, Retry, Upkeep
 from reconciler.engine import backups as engine_backups
 from reconciler.engine import events
 from reconciler.errors import ReconcilerError
+from reconciler.plan.hosts import scheduled_here
 from reconciler.plan.schedule import backup_schedule
 from reconciler.system import clock
 
@@ -35,9 +36,9 @@ class ScheduledBackup:
 
     def _backup_if_due(self, upkeep: Upkeep) -> bool:
         host, ctx, observed = self.host, upkeep.ctx, upkeep.observed
-        schedule = backup_schedule(
-            ctx.spec, observed.backups.sets, clock.now(), observed.backups.authenticity_in("local")
-        )
+        ours = frozenset(ctx.spec.services.configured())
+        sets = scheduled_here(observed.backups.sets, ours, ctx.skipped_services)  # hosts: split stacks
+        schedule = backup_schedule(ctx.spec, sets, clock.now(), observed.backups.authenticity_in("local"))
         self.next_at = schedule.next_at
         if not schedule.due or self.retry.waiting():
             self._conditions(schedule.fresh, schedule.reason)
