@@ -68,6 +68,7 @@ def _guard(func: F) -> F:
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from reconciler.errors import InvalidInput, ReconcilerError, SpecInvalid
+        from reconciler.plan.failures import failure_code, operation_for_command
 
         state: _State = click.get_current_context().obj
         try:
@@ -78,14 +79,15 @@ def _guard(func: F) -> F:
             sys.stderr.write(f"{exc}; nothing was changed.\n")
             sys.exit(exit_codes.INVALID_INPUT)
         except InvalidInput as exc:
-            state.out.error(str(exc))
+            state.out.error(str(exc), code=failure_code(exc))
             sys.exit(exit_codes.INVALID_INPUT)
         except ReconcilerError as exc:
             if state.out.verbose:
                 import traceback
 
                 traceback.print_exc()
-            state.out.error(str(exc))
+            command = click.get_current_context().info_name
+            state.out.error(str(exc), code=failure_code(exc, operation_for_command(command)))
             sys.exit(exit_codes.ERROR)
         except Exception as exc:  # a bug: say so plainly, keep the traceback for -v
             if state.out.verbose:
@@ -668,9 +670,9 @@ def verify(state: _State, set_name: str | None, output_format: str) -> None:
             f"{result.get('redis_keys', 0)} redis keys match the manifest ({result['seconds']:.1f} s)"
         )
     elif result.get("fault") == "host":
-        state.out.error(f"{result['set']} could not be verified: {result['reason']}")
+        state.out.error(f"{result['set']} could not be verified: {result['reason']}", result.get("code"))
     else:
-        state.out.error(f"{result['set']} FAILED verification: {result['reason']}")
+        state.out.error(f"{result['set']} FAILED verification: {result['reason']}", result.get("code"))
     if not result["ok"]:
         sys.exit(exit_codes.ERROR)
 

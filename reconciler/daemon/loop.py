@@ -43,6 +43,7 @@ from typing import Any
 
 import tenacity
 
+from reconciler.daemon.failures import FailureReporter
 from reconciler.daemon.metrics import MetricsServer, Snapshot
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.stall import blocker_key, world_key
@@ -59,6 +60,7 @@ from reconciler.engine.context import (
 )
 from reconciler.engine.revision import committed_state, differs_from_commit, state_revision
 from reconciler.errors import LockHeld, PermanentError, ReconcilerError, SpecInvalid
+from reconciler.plan.failures import FailureCode, Operation, failure_code
 from reconciler.plan.observed import ObservedState
 from reconciler.plan.planner import plan
 from reconciler.plan.schedule import backup_schedule, ram_headroom, set_to_verify
@@ -105,6 +107,7 @@ class Daemon:
         self.on_ready = on_ready
         self.snapshot = Snapshot()
         self.notifier = Notifier(self.spec.daemon.webhook_env)
+        self.failures = FailureReporter(self.state_dir, self.snapshot, self.notifier)
         self.metrics: MetricsServer | None = None
         self._wake = threading.Event()
         self._reasons: set[str] = set()
@@ -274,8 +277,7 @@ class Daemon:
             drained = self._drain_apps(ctx)
         except ReconcilerError as exc:
             message = f"final backup skipped: the apps could not be drained first ({exc})"
-            events.emit(self.state_dir, "Warning", "FinalBackupSkipped", message)
-            self.notifier.fail(message)
+            self.failures.report("FinalBackupSkipped", message, exc)
             return EXIT_FINAL_BACKUP_FAILED
         observed = ctx.observe()
         if not all(s.running for s in observed.services.values()):
@@ -289,8 +291,7 @@ class Daemon:
         try:
             document = engine_backups.take_backup(ctx, "shutdown")
         except ReconcilerError as exc:
-            events.emit(self.state_dir, "Warning", "FinalBackupFailed", f"final backup failed: {exc}")
-            self.notifier.fail(f"final backup failed: {exc}")
+            self.failures.report("FinalBackupFailed", f"final backup failed: {exc}", exc, Operation.BACKUP)
             return EXIT_FINAL_BACKUP_FAILED
         after = f" after draining {', '.join(drained)}" if drained else ""
         events.emit(
@@ -410,10 +411,9 @@ class Daemon:
             )
             message += "; the daemon keeps the last valid spec"
             log.error(message)
-            events.emit(self.state_dir, "Warning", "SpecInvalid", message)
-            self._note({"SpecValid": (False, "Invalid", message)})
+            self._note({"SpecValid": (False, "Invalid", message, FailureCode.SPEC_INVALID)})
             self._flush()
-            self.notifier.fail(message)
+            self.failures.report("SpecInvalid", message, exc, code=FailureCode.SPEC_INVALID)
             return
         self.spec, self.spec_digest, self.invalid_digest, self.revision = spec, digest, None, revision
         remember_valid_spec(self.state_dir, data)
@@ -497,6 +497,7 @@ class Daemon:
             "Normal" if ours else "Warning",
             "ProcessExited",
             f"{name} ({what}) exited" + ("" if ours else "; converging now"),
+            **({} if ours else {"code": FailureCode.SERVICE_DOWN.value}),
         )
         self.wake(f"{name} exited")
 
@@ -568,10 +569,15 @@ class Daemon:
         self.blocked_on = None
         message = f"{exc}. The daemon stops retrying until state.yaml or the stack changes"
         self._failed(exc, message, "Stalled")
-        self._note({"Stalled": (True, type(exc).__name__, str(exc)), "Ready": (False, "Stalled", str(exc))})
+        code = failure_code(exc)
+        self._note(
+            {
+                "Stalled": (True, type(exc).__name__, str(exc), code),
+                "Ready": (False, "Stalled", str(exc), code),
+            }
+        )
         log.error("stalled: %s", message)
-        events.emit(self.state_dir, "Warning", "Stalled", message)
-        self.notifier.fail(message)
+        self.failures.report("Stalled", message, exc)
 
     def _blocked(self, exc: ReconcilerError) -> None:
         """The plan refuses to act (nothing attempted): re-planned every pass, reported when it changes."""
@@ -580,12 +586,17 @@ class Daemon:
         self.blocked_on = key
         self.next_retry = None
         message = f"{exc}. The daemon stops retrying until state.yaml or the stack changes"
-        self._note({"Stalled": (True, type(exc).__name__, str(exc)), "Ready": (False, "Stalled", str(exc))})
+        code = failure_code(exc)
+        self._note(
+            {
+                "Stalled": (True, type(exc).__name__, str(exc), code),
+                "Ready": (False, "Stalled", str(exc), code),
+            }
+        )
         if new:
             self._failed(exc, message, "Stalled")
             log.error("stalled: %s", message)
-            events.emit(self.state_dir, "Warning", "Stalled", message)
-            self.notifier.fail(message)
+            self.failures.report("Stalled", message, exc)
 
     def _failed(self, exc: ReconcilerError, message: str, reason: str) -> None:
         self.errors += 1
@@ -607,10 +618,10 @@ class Daemon:
         message = f"{exc}; retrying in {delay:.0f} s (attempt {self.reconcile_backoff.failures})"
         self._failed(exc, message, "ReconcileFailed")
         log.warning("reconcile failed: %s", message)
-        events.emit(self.state_dir, "Warning", "ReconcileFailed", message)
-        self._note({"Ready": (False, "ReconcileFailed", str(exc))})
-        if self.reconcile_backoff.failures == 1:
-            self.notifier.fail(str(exc))
+        code = self.failures.report(
+            "ReconcileFailed", message, exc, notify=self.reconcile_backoff.failures == 1
+        )
+        self._note({"Ready": (False, "ReconcileFailed", str(exc), code)})
 
     # ---- upkeep: what time drives ---------------------------------------------------------------
 
@@ -625,7 +636,7 @@ class Daemon:
         down = [n for n in ctx.spec.services.configured() if not observed.services[n].running]
         if down:  # died after the apply looked, before the watcher was armed: converge again at once
             message = f"{' and '.join(down)} stopped running during the pass; converging again"
-            events.emit(self.state_dir, "Warning", "ServiceDown", message)
+            self.failures.report("ServiceDown", message, code=FailureCode.SERVICE_DOWN, notify=False)
             self.wake(message)
             return
         if self._pressure(ctx, observed):
@@ -684,10 +695,9 @@ class Daemon:
             delay = self.backup_backoff.failed()
             self.next_backup_try = time.monotonic() + delay
             message = f"scheduled backup failed: {exc}; retrying in {delay:.0f} s"
-            events.emit(self.state_dir, "Warning", "BackupFailed", message)
+            code = self.failures.report("BackupFailed", message, exc, Operation.BACKUP)
             self.snapshot.add("reconciler_backup_failures_total", 1, "Scheduled backups that failed.")
-            self._backup_conditions(ctx, schedule.fresh, message)
-            self.notifier.fail(message)
+            self._backup_conditions(ctx, schedule.fresh, message, code)
             return False
         self.backup_backoff.succeeded()
         self.next_backup_try = 0.0
@@ -704,9 +714,11 @@ class Daemon:
         self._backup_conditions(ctx, True, f"newest set {document['set']} was just taken")
         return True
 
-    def _backup_conditions(self, ctx: StackContext, fresh: bool, message: str) -> None:
+    def _backup_conditions(
+        self, ctx: StackContext, fresh: bool, message: str, code: str | None = None
+    ) -> None:
         self._note(
-            {"BackupFresh": (fresh, "Fresh" if fresh else "Stale", message)},
+            {"BackupFresh": (fresh, "Fresh" if fresh else "Stale", message, code)},
             nextScheduledBackup=self.next_backup_at.isoformat(timespec="seconds").replace("+00:00", "Z")
             if self.next_backup_at
             else None,
@@ -729,7 +741,7 @@ class Daemon:
             try:
                 pruned = engine_backups.prune(ctx)
             except ReconcilerError as exc:
-                events.emit(self.state_dir, "Warning", "PruneFailed", f"retention could not run: {exc}")
+                self.failures.report("PruneFailed", f"retention could not run: {exc}", exc, notify=False)
                 return
             if pruned:
                 events.emit(
@@ -740,8 +752,7 @@ class Daemon:
                 )
         else:
             message = f"backup set {target} failed verification: {result.get('reason')}"
-            events.emit(self.state_dir, "Warning", "SetVerificationFailed", message)
-            self.notifier.fail(message)
+            self.failures.report("SetVerificationFailed", message, None, Operation.VERIFY, result.get("code"))
 
     def _offsite(self, ctx: StackContext, after_backup: bool) -> None:
         gdrive = ctx.spec.backup.stores.gdrive
@@ -761,10 +772,9 @@ class Daemon:
             delay = self.offsite_backoff.failed()
             self.next_offsite = time.monotonic() + delay
             message = f"Drive sync failed: {exc}; retrying in {delay:.0f} s (sets stay in the local store)"
-            events.emit(self.state_dir, "Warning", "OffsiteSyncFailed", message)
-            self._note({"OffsiteInSync": (False, "SyncFailed", message)})
-            if self.offsite_backoff.failures == 1:
-                self.notifier.fail(message)
+            first = self.offsite_backoff.failures == 1
+            code = self.failures.report("OffsiteSyncFailed", message, exc, Operation.UPLOAD, notify=first)
+            self._note({"OffsiteInSync": (False, "SyncFailed", message, code)})
             return
         if self.offsite_backoff.succeeded():
             self.notifier.success("Drive sync recovered")
@@ -827,6 +837,7 @@ class Daemon:
                 "stalled": self.stalled,
             },
             mode=spec,
+            lastFailure=self.failures.last,
         )
         self._flush()
 
