@@ -59,7 +59,7 @@ from reconciler.engine.context import (
     write_override,
 )
 from reconciler.engine.revision import committed_state, differs_from_commit, state_revision
-from reconciler.errors import LockHeld, PermanentError, ReconcilerError, SpecInvalid
+from reconciler.errors import LockHeld, PermanentError, PlanBlocked, ReconcilerError, SpecInvalid
 from reconciler.plan.failures import FailureCode, Operation, failure_code
 from reconciler.plan.observed import ObservedState
 from reconciler.plan.planner import plan
@@ -515,7 +515,7 @@ class Daemon:
             the_plan = plan(ctx.spec, observed, datetime.now(UTC))
             if not the_plan.in_sync:
                 if the_plan.blockers:
-                    raise PermanentError("; ".join(the_plan.blockers))
+                    raise PlanBlocked(list(the_plan.blockers))
                 steps = "; ".join(a.describe() for a in the_plan.actions)
                 attempted = True
                 self._apply(ctx, f"{steps} (woken by: {', '.join(sorted(reasons))})")

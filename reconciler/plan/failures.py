@@ -132,6 +132,10 @@ TABLE: dict[FailureCode, Meaning] = {
 }
 
 
+# The planner's words when no set can be restored (a blocker): that is a restore_error, not any block.
+STAYS_DOWN = "The stack stays down rather than start empty"
+
+
 class Operation(Enum):
     """What was running when a failure happened: the code of last resort."""
 
@@ -195,7 +199,8 @@ def failure_code(exc: BaseException, operation: Operation = Operation.APPLY) -> 
     if isinstance(exc, InvalidInput):
         return FailureCode.SPEC_INVALID
     if isinstance(exc, PlanBlocked):
-        return FailureCode.PLAN_BLOCKED
+        restore = any(STAYS_DOWN in reason for reason in exc.reasons)
+        return FailureCode.RESTORE_ERROR if restore else FailureCode.PLAN_BLOCKED
     if isinstance(exc, LockHeld):
         return FailureCode.BUSY
     if isinstance(exc, HostFault):
