@@ -18,6 +18,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from reconciler.plan.failures import FailureCode
 from reconciler.system import fs
 
 if TYPE_CHECKING:
@@ -116,7 +117,8 @@ def live_conditions(
     recorded = next((c for c in conditions if c.get("type") == "Ready"), None)
     if recorded is not None and recorded.get("status") == ("True" if ready else "False"):
         return conditions
-    result = set_condition(conditions, "Ready", ready, reason, message)
+    code = FailureCode.SERVICE_DOWN.value if reason == "ServiceDown" else None
+    result = set_condition(conditions, "Ready", ready, reason, message, code)
     for condition in result:
         if condition["type"] == "Ready":
             condition["observed"] = True

@@ -212,3 +212,10 @@ def failure_fields(exc: BaseException, operation: Operation = Operation.APPLY) -
     """What a failure event carries besides its message: the code and the raising site's figures."""
     facts = getattr(exc, "facts", None)
     return {"code": failure_code(exc, operation).value, **(facts if isinstance(facts, dict) else {})}
+
+
+def markdown_table() -> str:
+    """The table of docs/FAILURES.md (a unit test keeps the file and ``TABLE`` identical)."""
+    rows = ["| code | what failed | what to do |", "|---|---|---|"]
+    rows += [f"| `{code.value}` | {row.meaning} | {row.action} |" for code, row in TABLE.items()]
+    return "\n".join(rows) + "\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import socket
 import subprocess
 from typing import Any
@@ -229,3 +230,12 @@ def test_drive_failures_are_upload_error_and_download_error(stack: Stack, emulat
     emulator.inject("download", status=403, reason="insufficientFilePermissions", times=1000)
     boot = stack.cli("apply", check=1)
     assert error_code(boot) == "download_error", boot.stderr
+
+
+def test_a_dead_service_is_service_down_in_status(stack: Stack) -> None:
+    stack.write(stack.default_document("ram"))
+    stack.cli("apply")
+    pid = int((stack.dir / ".reconciler" / "run" / "redis" / "redis.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGKILL)
+    ready = next(c for c in stack.status()["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["code"] == "service_down", ready
