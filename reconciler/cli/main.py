@@ -76,7 +76,7 @@ def _guard(func: F) -> F:
         except SpecInvalid as exc:
             for problem in exc.problems:
                 sys.stderr.write(f"{problem}\n")
-            sys.stderr.write(f"{exc}; nothing was changed.\n")
+            state.out.error(f"{exc}; nothing was changed", code=failure_code(exc))
             sys.exit(exit_codes.INVALID_INPUT)
         except InvalidInput as exc:
             state.out.error(str(exc), code=failure_code(exc))
@@ -96,7 +96,8 @@ def _guard(func: F) -> F:
                 traceback.print_exc()
             state.out.error(
                 f"internal error: {type(exc).__name__}: {exc}. The command stopped at that point; "
-                "run it again with -v for the traceback, and please report it"
+                "run it again with -v for the traceback, and please report it",
+                code=failure_code(exc, operation_for_command(click.get_current_context().info_name)),
             )
             sys.exit(exit_codes.ERROR)
 
@@ -530,13 +531,15 @@ def _upload_after_backup(state: _State, ctx: StackContext) -> list[str] | None:
     """Push to Drive when enabled; a failed upload leaves the set local and is retried by the next sync."""
     from reconciler.engine import offsite
     from reconciler.errors import ReconcilerError
+    from reconciler.plan.failures import Operation, failure_code
 
     if offsite.drive_store(ctx) is None:
         return None
     try:
         return offsite.sync(ctx).uploaded
     except ReconcilerError as exc:
-        state.out.error(f"the set is stored locally, but the upload to Google Drive failed: {exc}")
+        message = f"the set is stored locally, but the upload to Google Drive failed: {exc}"
+        state.out.error(message, code=failure_code(exc, Operation.UPLOAD))
         return []
 
 

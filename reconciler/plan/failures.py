@@ -55,9 +55,10 @@ class Meaning:
 # The table docs/FAILURES.md shows (a unit test keeps the two identical).
 TABLE: dict[FailureCode, Meaning] = {
     FailureCode.DUMP_ERROR: Meaning(
-        "taking a backup, the dump tool failed (pg_dump exited non-zero, Redis's snapshot failed); "
-        "the partial set was removed",
-        "read the tool's message in the event; check the server's log and `services.postgres.dump_options`",
+        "a backup failed: the dump tool failed (pg_dump exited non-zero, Redis's snapshot failed), or the "
+        "backup was refused before it began (no recipient, a service down, data left by an incomplete "
+        "restore); nothing of the set was kept",
+        "read the message: the tool's output, or what to do first; check `services.postgres.dump_options`",
     ),
     FailureCode.TOO_LARGE: Meaning(
         "a backup set grew past `backup.max_set_size`; it was stopped at the limit and removed, every "

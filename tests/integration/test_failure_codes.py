@@ -239,3 +239,12 @@ def test_a_dead_service_is_service_down_in_status(stack: Stack) -> None:
     os.kill(pid, signal.SIGKILL)
     ready = next(c for c in stack.status()["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "False" and ready["code"] == "service_down", ready
+
+
+def test_an_invalid_state_file_is_spec_invalid(stack: Stack) -> None:
+    document = stack.default_document("ram")
+    document["backup"]["max_set_size"] = "1KiB"  # below the 64KiB floor
+    stack.write(document)
+    result = stack.cli("plan", check=64)
+    assert error_code(result) == "spec_invalid", result.stderr
+    assert "max_set_size" in result.stderr and "nothing was changed" in result.stderr
