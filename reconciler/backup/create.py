@@ -262,9 +262,10 @@ def _too_large(base: str, exc: OverLimit, budget: Budget) -> PermanentError:
     assert budget.limit is not None
     reached = budget.used + exc.written
     error = PermanentError(
-        f"backup {base} stopped: the set went past backup.max_set_size ({format_bytes(budget.limit)}; "
-        f"{format_bytes(reached)} as stored when it stopped, at {exc.name}). Nothing was kept of it and "
-        "every earlier set is still there. Find what grew (a runaway table?) or raise backup.max_set_size"
+        f"backup {base} stopped: the set went past backup.max_set_size ({format_bytes(budget.limit)} = "
+        f"{budget.limit} bytes as stored; the next write would have made it {reached} bytes, in {exc.name}). "
+        "Nothing was kept of it and every earlier set is still there. Find what grew (a runaway table?) "
+        "or raise backup.max_set_size"
     )
     error.code = FailureCode.TOO_LARGE
     error.facts = {"limit_bytes": budget.limit, "reached_bytes": reached, "member": exc.name}
