@@ -12,10 +12,27 @@ This module imports nothing from the package, so any layer may use it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 
 class ReconcilerError(Exception):
-    """Base of every error the reconciler reports to a user."""
+    """Base of every error the reconciler reports to a user.
+
+    ``code`` is the failure code a raising site that knows better attaches (``coded``); a plain word
+    here, the vocabulary and the mapping for everything else live in ``plan/failures.py``."""
+
+    code: str | None = None
+    facts: dict[str, Any] | None = None  # figures a failure event carries besides its message (sizes)
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def coded(exc: E, code: str) -> E:
+    """``exc`` with failure code ``code`` attached (unless a deeper site attached one already)."""
+    if getattr(exc, "code", None) is None:
+        exc.code = code  # type: ignore[attr-defined]
+    return exc
 
 
 class InvalidInput(ReconcilerError):

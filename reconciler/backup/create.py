@@ -33,11 +33,13 @@ from reconciler import __version__
 from reconciler.backup import keys, manifest, pipeline
 from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
-from reconciler.errors import CommandFailed, PermanentError, ReconcilerError
+from reconciler.errors import CommandFailed, PermanentError, ReconcilerError, coded
 from reconciler.plan.backupsets import MANIFEST_SUFFIX, set_name
+from reconciler.plan.failures import FailureCode
 from reconciler.runtimes.base import Endpoint
 from reconciler.spec.model import PostgresSpec, StateSpec
-from reconciler.stores.local import LocalStore
+from reconciler.spec.units import format_bytes
+from reconciler.stores.local import LocalStore, OverLimit
 from reconciler.system import failpoints, proc
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,18 @@ def sealing_for(spec: StateSpec) -> Sealing:
     )
 
 
+@dataclass
+class Budget:
+    """What is left of ``backup.max_set_size`` for the rest of a set (None: no limit)."""
+
+    limit: int | None
+    used: int = 0
+
+    @property
+    def left(self) -> int | None:
+        return None if self.limit is None else max(self.limit - self.used, 0)
+
+
 def _store_member(
     store: LocalStore,
     file_name: str,
@@ -86,6 +100,7 @@ def _store_member(
     sealing: Sealing,
     progress: Progress | None,
     member: str,
+    budget: Budget,
 ) -> dict[str, Any]:
     raw_size = 0
 
@@ -94,12 +109,18 @@ def _store_member(
         report = (lambda done: progress(member, done)) if progress else None
         raw_size = pipeline.compress_encrypt(source, out, sealing.recipients, report)
 
-    result = store.put_with(file_name, produce)
+    result = store.put_with(file_name, produce, limit=budget.left)
+    budget.used += result.size
     return {"file": file_name, "size": result.size, "sha256": result.sha256, "raw_size": raw_size}
 
 
 def _backup_redis(
-    endpoint: Endpoint, store: LocalStore, base: str, sealing: Sealing, progress: Progress | None
+    endpoint: Endpoint,
+    store: LocalStore,
+    base: str,
+    sealing: Sealing,
+    progress: Progress | None,
+    budget: Budget,
 ) -> dict[str, Any]:
     rdb_path, keys_at_snapshot, expires_at_snapshot = rd.snapshot(endpoint)
     facts = rd.probe(endpoint)
@@ -109,13 +130,13 @@ def _backup_redis(
 
         try:
             with docker.streaming(endpoint.container, ["cat", rdb_path], "redis", stdout=proc.PIPE) as cat:
-                member = _store_member(store, file_name, cat.stdout, sealing, progress, "redis")
-        except CommandFailed:
+                member = _store_member(store, file_name, cat.stdout, sealing, progress, "redis", budget)
+        except CommandFailed as exc:
             store.delete(file_name)
-            raise
+            raise coded(exc, FailureCode.DUMP_ERROR) from None
     else:
         with open(rdb_path, "rb") as rdb:  # a later save renames a new file in; this handle keeps ours
-            member = _store_member(store, file_name, rdb, sealing, progress, "redis")
+            member = _store_member(store, file_name, rdb, sealing, progress, "redis", budget)
     return {
         "service": "redis",
         "content": "redis-rdb",
@@ -134,6 +155,7 @@ def _backup_postgres(
     base: str,
     sealing: Sealing,
     progress: Progress | None,
+    budget: Budget,
 ) -> dict[str, Any]:
     with pg.connect(endpoint, spec.database, autocommit=False) as conn:
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -146,10 +168,10 @@ def _backup_postgres(
         try:
             with pg.tool(endpoint, argv, stdout=proc.PIPE) as dump:
                 assert dump.stdout is not None
-                member = _store_member(store, file_name, dump.stdout, sealing, progress, "postgres")
-        except CommandFailed:
+                member = _store_member(store, file_name, dump.stdout, sealing, progress, "postgres", budget)
+        except CommandFailed as exc:
             store.delete(file_name)  # the dump stopped early: what was stored is truncated
-            raise
+            raise coded(exc, FailureCode.DUMP_ERROR) from None
         conn.rollback()
     return {
         "service": "postgres",
@@ -181,15 +203,23 @@ def create_set(
     started = time.monotonic()
     members: list[dict[str, Any]] = []
     written: list[str] = []
+    budget = Budget(spec.backup.max_set_size)
     try:
         if spec.services.redis is not None:
-            members.append(_backup_redis(endpoints["redis"], store, base, sealing, progress))
+            members.append(_backup_redis(endpoints["redis"], store, base, sealing, progress, budget))
             written.append(members[-1]["file"])
             failpoints.hit("backup.between-members")
         if spec.services.postgres is not None:
             members.append(
                 _backup_postgres(
-                    spec.services.postgres, endpoints["postgres"], bindir, store, base, sealing, progress
+                    spec.services.postgres,
+                    endpoints["postgres"],
+                    bindir,
+                    store,
+                    base,
+                    sealing,
+                    progress,
+                    budget,
                 )
             )
             written.append(members[-1]["file"])
@@ -218,11 +248,28 @@ def create_set(
     except Exception as exc:
         for name in written:  # an incomplete set is useless: do not leave it taking space
             store.delete(name)
+        if isinstance(exc, OverLimit) and budget.limit is not None:
+            raise _too_large(base, exc, budget) from None
         if isinstance(exc, ReconcilerError):
             raise
         raise PermanentError(f"backup {base} failed: {type(exc).__name__}: {exc}") from None
     log.info("backup set %s written to %s", base, store.describe())
     return document
+
+
+def _too_large(base: str, exc: OverLimit, budget: Budget) -> PermanentError:
+    """The set went past ``backup.max_set_size``: say how far it got and what to do."""
+    assert budget.limit is not None
+    reached = budget.used + exc.written
+    error = PermanentError(
+        f"backup {base} stopped: the set went past backup.max_set_size ({format_bytes(budget.limit)} = "
+        f"{budget.limit} bytes as stored; the next write would have made it {reached} bytes, in {exc.name}). "
+        "Nothing was kept of it and every earlier set is still there. Find what grew (a runaway table?) "
+        "or raise backup.max_set_size"
+    )
+    error.code = FailureCode.TOO_LARGE
+    error.facts = {"limit_bytes": budget.limit, "reached_bytes": reached, "member": exc.name}
+    return error
 
 
 def identity_for_restore(spec: StateSpec) -> x25519.Identity | None:

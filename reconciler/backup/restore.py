@@ -30,7 +30,7 @@ from pyrage import x25519
 from reconciler.backup import manifest, pipeline
 from reconciler.databases import postgres as pg
 from reconciler.errors import CommandFailed, HostFault, PermanentError
-from reconciler.plan import faults
+from reconciler.plan import failures, faults
 from reconciler.plan.backupsets import MANIFEST_SUFFIX
 from reconciler.runtimes.base import Endpoint
 from reconciler.stores.local import LocalStore
@@ -43,16 +43,18 @@ CHUNK = 1024 * 1024
 class SetRejected(PermanentError):
     """This set cannot be restored; ``reason`` says why. Older sets may still be fine."""
 
-    def __init__(self, set_name: str, reason: str) -> None:
+    def __init__(self, set_name: str, reason: str, stage: faults.Stage = faults.Stage.CHECKSUM) -> None:
         self.set_name = set_name
         self.reason = reason
+        self.stage = stage
+        self.code = failures.for_stage(stage)  # auth_error or verify_error
         super().__init__(f"backup set {set_name} rejected: {reason}")
 
 
 def classified(set_name: str, stage: faults.Stage, message: str, detail: str = "") -> Exception:
     """The exception the policy asks for: ``SetRejected`` for a content fault, else ``HostFault``."""
     if faults.verdict(stage, detail or message) is faults.Verdict.REJECT:
-        return SetRejected(set_name, message)
+        return SetRejected(set_name, message, stage)
     return HostFault(
         f"backup set {set_name} could not be checked or restored because of a problem of this host, "
         f"not of the set (it stays a candidate; retry once the cause is fixed): {message}"
@@ -92,9 +94,11 @@ def load_and_check(store: LocalStore, set_name: str, mac_key: bytes | None) -> C
         document = manifest.decode(data)
         manifest.verify(document, mac_key)
     except manifest.ManifestRejected as exc:
-        raise SetRejected(set_name, str(exc)) from None
+        raise SetRejected(set_name, str(exc), faults.Stage.AUTHENTICATE) from None
     if document.get("set") != set_name:
-        raise SetRejected(set_name, f"the manifest describes another set ({document.get('set')})")
+        raise SetRejected(
+            set_name, f"the manifest describes another set ({document.get('set')})", faults.Stage.AUTHENTICATE
+        )
     for member in document["members"]:
         _check_member(store, set_name, member)
     return CheckedSet(set_name, document)
@@ -155,12 +159,10 @@ def stream_member(
         except Exception as exc:  # pyrage and zstandard raise their own types; report them plainly
             if isinstance(exc, PermanentError | HostFault):
                 raise
-            hint = (
-                " (the set is not encrypted to this identity)"
-                if "no matching keys" in str(exc).lower()
-                else ""
-            )
-            raise SetRejected(set_name, f"cannot decrypt {name}: {exc}{hint}") from None
+            wrong_key = "no matching keys" in str(exc).lower()
+            hint = " (the set is not encrypted to this identity)" if wrong_key else ""
+            stage = faults.Stage.AUTHENTICATE if wrong_key else faults.Stage.DECRYPT
+            raise SetRejected(set_name, f"cannot decrypt {name}: {exc}{hint}", stage) from None
 
 
 def restore_postgres(

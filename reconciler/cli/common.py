@@ -69,6 +69,7 @@ def guard(func: F) -> F:
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from reconciler.errors import InvalidInput, ReconcilerError, SpecInvalid
+        from reconciler.plan.failures import failure_code, operation_for_command
 
         state: CliState = click.get_current_context().obj
         try:
@@ -76,17 +77,18 @@ def guard(func: F) -> F:
         except SpecInvalid as exc:
             for problem in exc.problems:
                 sys.stderr.write(f"{problem}\n")
-            sys.stderr.write(f"{exc}; nothing was changed.\n")
+            state.out.error(f"{exc}; nothing was changed", code=failure_code(exc))
             sys.exit(exit_codes.INVALID_INPUT)
         except InvalidInput as exc:
-            state.out.error(str(exc))
+            state.out.error(str(exc), code=failure_code(exc))
             sys.exit(exit_codes.INVALID_INPUT)
         except ReconcilerError as exc:
             if state.out.verbose:
                 import traceback
 
                 traceback.print_exc()
-            state.out.error(str(exc))
+            command = click.get_current_context().info_name
+            state.out.error(str(exc), code=failure_code(exc, operation_for_command(command)))
             sys.exit(exit_codes.ERROR)
         except Exception as exc:  # a bug: say so plainly, keep the traceback for -v
             if state.out.verbose:
@@ -95,7 +97,8 @@ def guard(func: F) -> F:
                 traceback.print_exc()
             state.out.error(
                 f"internal error: {type(exc).__name__}: {exc}. The command stopped at that point; "
-                "run it again with -v for the traceback, and please report it"
+                "run it again with -v for the traceback, and please report it",
+                code=failure_code(exc, operation_for_command(click.get_current_context().info_name)),
             )
             sys.exit(exit_codes.ERROR)
 

@@ -85,8 +85,11 @@ class Output:
         sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
         sys.stdout.flush()
 
-    def error(self, message: str) -> None:
+    def error(self, message: str, code: str | None = None) -> None:
+        """An error line; ``code`` is its failure code (docs/FAILURES.md), shown and in the JSON line."""
         if self.stderr_tty:
-            self.err.print(f"[bold red]error:[/] {message}", markup=True)
+            shown = f"error \\[{code}]:" if code else "error:"  # escaped: not a rich markup tag
+            self.err.print(f"[bold red]{shown}[/] {message}", markup=True)
         else:
-            sys.stderr.write(json.dumps({"level": "error", "message": message}) + "\n")
+            entry = {"level": "error", "message": message, **({"code": code} if code else {})}
+            sys.stderr.write(json.dumps(entry) + "\n")

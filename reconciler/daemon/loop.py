@@ -44,6 +44,7 @@ from types import FrameType
 from typing import Any
 
 from reconciler.daemon import shutdown
+from reconciler.daemon.failures import FailureReporter
 from reconciler.daemon.hostgate import back_for_this_host, idle_not_for_host
 from reconciler.daemon.metrics import MetricsServer, Snapshot
 from reconciler.daemon.notify import Notifier
@@ -65,7 +66,8 @@ from reconciler.engine.context import (
     state_file_digest,
 )
 from reconciler.engine.revision import committed_state, differs_from_commit, state_revision
-from reconciler.errors import LockHeld, PermanentError, ReconcilerError, SpecInvalid
+from reconciler.errors import LockHeld, PermanentError, PlanBlocked, ReconcilerError, SpecInvalid
+from reconciler.plan.failures import FailureCode, failure_code
 from reconciler.plan.observed import ObservedState
 from reconciler.spec.loader import MAX_STATE_BYTES, parse_state_bytes
 from reconciler.spec.model import StateSpec
@@ -88,6 +90,7 @@ class Daemon:
         self.on_ready = on_ready
         self.snapshot = Snapshot()
         self.notifier = Notifier(self.spec.daemon.webhook_env)
+        self.failures = FailureReporter(self.state_dir, self.snapshot, self.notifier)
         self.metrics: MetricsServer | None = None
         self._wake = threading.Event()
         self._reasons: set[str] = set()
@@ -241,7 +244,7 @@ class Daemon:
         code = shutdown.EXIT_OK
         ctx = self._context()
         if ctx is not None and ctx.for_this_host and ctx.spec.mode == "ram" and ctx.spec.daemon.final_backup:
-            code = shutdown.final_backup(self.state_dir, self.notifier, ctx)
+            code = shutdown.final_backup(self.state_dir, self.failures, ctx)
         events.emit(
             self.state_dir, "Normal", "Stopped", f"daemon stopped ({self._stop_signal or 'asked to stop'})"
         )
@@ -323,10 +326,9 @@ class Daemon:
             )
             message += "; the daemon keeps the last valid spec"
             log.error(message)
-            events.emit(self.state_dir, "Warning", "SpecInvalid", message)
-            self.note({"SpecValid": (False, "Invalid", message)})
+            self.note({"SpecValid": (False, "Invalid", message, FailureCode.SPEC_INVALID)})
             self._flush()
-            self.notifier.fail(message)
+            self.failures.report("SpecInvalid", message, exc, code=FailureCode.SPEC_INVALID)
             return
         self.spec, self.spec_digest, self.invalid_digest, self.revision = spec, digest, None, revision
         remember_valid_spec(self.state_dir, data)
@@ -415,6 +417,7 @@ class Daemon:
             "Normal" if ours else "Warning",
             "ProcessExited",
             f"{name} ({what}) exited" + ("" if ours else "; converging now"),
+            **({} if ours else {"code": FailureCode.SERVICE_DOWN.value}),
         )
         self.wake(f"{name} exited")
 
@@ -432,7 +435,7 @@ class Daemon:
             the_plan = plan_observed(ctx, observed)  # behind the host conditions (hosts:)
             if not the_plan.in_sync:
                 if the_plan.blockers:
-                    raise PermanentError("; ".join(the_plan.blockers))
+                    raise PlanBlocked(list(the_plan.blockers))
                 steps = "; ".join(a.describe() for a in the_plan.actions)
                 attempted = True
                 self._apply(ctx, f"{steps} (woken by: {', '.join(sorted(reasons))})")
@@ -486,10 +489,15 @@ class Daemon:
         self.blocked_on = None
         message = f"{exc}. The daemon stops retrying until state.yaml or the stack changes"
         self._failed(exc, message, "Stalled")
-        self.note({"Stalled": (True, type(exc).__name__, str(exc)), "Ready": (False, "Stalled", str(exc))})
+        code = failure_code(exc)
+        self.note(
+            {
+                "Stalled": (True, type(exc).__name__, str(exc), code),
+                "Ready": (False, "Stalled", str(exc), code),
+            }
+        )
         log.error("stalled: %s", message)
-        events.emit(self.state_dir, "Warning", "Stalled", message)
-        self.notifier.fail(message)
+        self.failures.report("Stalled", message, exc)
 
     def _blocked(self, exc: ReconcilerError) -> None:
         """The plan refuses to act (nothing attempted): re-planned every pass, reported when it changes."""
@@ -498,12 +506,17 @@ class Daemon:
         self.blocked_on = key
         self.next_retry = None
         message = f"{exc}. The daemon stops retrying until state.yaml or the stack changes"
-        self.note({"Stalled": (True, type(exc).__name__, str(exc)), "Ready": (False, "Stalled", str(exc))})
+        code = failure_code(exc)
+        self.note(
+            {
+                "Stalled": (True, type(exc).__name__, str(exc), code),
+                "Ready": (False, "Stalled", str(exc), code),
+            }
+        )
         if new:
             self._failed(exc, message, "Stalled")
             log.error("stalled: %s", message)
-            events.emit(self.state_dir, "Warning", "Stalled", message)
-            self.notifier.fail(message)
+            self.failures.report("Stalled", message, exc)
 
     def _failed(self, exc: ReconcilerError, message: str, reason: str) -> None:
         self.errors += 1
@@ -525,10 +538,10 @@ class Daemon:
         message = f"{exc}; retrying in {delay:.0f} s (attempt {self.reconcile_backoff.failures})"
         self._failed(exc, message, "ReconcileFailed")
         log.warning("reconcile failed: %s", message)
-        events.emit(self.state_dir, "Warning", "ReconcileFailed", message)
-        self.note({"Ready": (False, "ReconcileFailed", str(exc))})
-        if self.reconcile_backoff.failures == 1:
-            self.notifier.fail(str(exc))
+        code = self.failures.report(
+            "ReconcileFailed", message, exc, notify=self.reconcile_backoff.failures == 1
+        )
+        self.note({"Ready": (False, "ReconcileFailed", str(exc), code)})
 
     # ---- upkeep: what time drives ---------------------------------------------------------------
 
@@ -578,6 +591,7 @@ class Daemon:
                 "stalled": self.stalled,
             },
             mode=spec,
+            lastFailure=self.failures.last,
         )
         self._flush()
 

@@ -57,6 +57,14 @@ class Snapshot:
         with self._lock:
             self.labelled.pop(name, None)
 
+    def add_labelled(self, name: str, labels: dict[str, str], amount: float, help_text: str) -> None:
+        """Add to one series of a labelled counter (its other series stay)."""
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            series = dict(self.labelled.get(name, ("", {}))[1])
+            series[key] = series.get(key, 0.0) + amount
+            self.labelled[name] = (help_text, series)
+
     def labelled_values(self, name: str) -> dict[tuple[tuple[str, str], ...], float]:
         with self._lock:
             return dict(self.labelled.get(name, ("", {}))[1])
@@ -88,7 +96,8 @@ class Snapshot:
                 kind = "counter" if name.endswith("_total") else "gauge"
                 lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {_number(value)}"]
             for name, (help_text, series) in sorted(self.labelled.items()):
-                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+                kind = "counter" if name.endswith("_total") else "gauge"
+                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
                 for labels, value in sorted(series.items()):
                     rendered = ",".join(f'{k}="{_label(v)}"' for k, v in labels)
                     lines.append(f"{name}{{{rendered}}} {_number(value)}")

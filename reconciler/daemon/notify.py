@@ -30,15 +30,20 @@ class Notifier:
     def success(self, message: str = "") -> None:
         self._ping("", message.encode())
 
-    def fail(self, message: str) -> None:
-        self._ping("/fail", message.encode())
+    def fail(self, message: str, code: str | None = None) -> None:
+        """A failure ping: the body starts with ``[code]`` and the code is in ``X-Reconciler-Failure-Code``
+        (docs/FAILURES.md), so a receiver can route on it without parsing the sentence."""
+        body = f"[{code}] {message}" if code else message
+        self._ping("/fail", body.encode(), code)
 
-    def _ping(self, suffix: str, body: bytes) -> None:
+    def _ping(self, suffix: str, body: bytes, code: str | None = None) -> None:
         url = self.url
         if url is None:
             return
         request = urllib.request.Request(url + suffix, data=body[:10_000], method="POST")
         request.add_header("Content-Type", "text/plain; charset=utf-8")
+        if code:
+            request.add_header("X-Reconciler-Failure-Code", code)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 response.read()

@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 import os
 
-from reconciler.daemon.notify import Notifier
+from reconciler.daemon.failures import FailureReporter
 from reconciler.engine import backups as engine_backups
 from reconciler.engine import events
 from reconciler.engine.context import StackContext
 from reconciler.errors import ReconcilerError
+from reconciler.plan.failures import Operation
 from reconciler.system import fs
 
 log = logging.getLogger("reconciler.daemon.loop")
@@ -26,7 +27,7 @@ EXIT_OK = 0
 EXIT_FINAL_BACKUP_FAILED = 1
 
 
-def final_backup(state_dir: str, notifier: Notifier, ctx: StackContext) -> int:
+def final_backup(state_dir: str, failures: FailureReporter, ctx: StackContext) -> int:
     """The RAM-mode backup at exit, taken only once the apps' writers are drained.
 
     A backup taken while the apps still write misses every write acknowledged after its snapshot,
@@ -39,8 +40,7 @@ def final_backup(state_dir: str, notifier: Notifier, ctx: StackContext) -> int:
         drained = drain_apps(state_dir, ctx)
     except ReconcilerError as exc:
         message = f"final backup skipped: the apps could not be drained first ({exc})"
-        events.emit(state_dir, "Warning", "FinalBackupSkipped", message)
-        notifier.fail(message)
+        failures.report("FinalBackupSkipped", message, exc)
         return EXIT_FINAL_BACKUP_FAILED
     observed = ctx.observe()
     if not all(s.running for s in observed.services.values()):
@@ -54,8 +54,7 @@ def final_backup(state_dir: str, notifier: Notifier, ctx: StackContext) -> int:
     try:
         document = engine_backups.take_backup(ctx, "shutdown")
     except ReconcilerError as exc:
-        events.emit(state_dir, "Warning", "FinalBackupFailed", f"final backup failed: {exc}")
-        notifier.fail(f"final backup failed: {exc}")
+        failures.report("FinalBackupFailed", f"final backup failed: {exc}", exc, Operation.BACKUP)
         return EXIT_FINAL_BACKUP_FAILED
     after = f" after draining {', '.join(drained)}" if drained else ""
     events.emit(

@@ -29,6 +29,7 @@ from reconciler.engine.revision import state_revision
 from reconciler.engine.steps import execute
 from reconciler.errors import InvalidInput, PermanentError, PlanBlocked, ReconcilerError
 from reconciler.plan.actions import Action, PruneBackups, ResumeOperation
+from reconciler.plan.failures import failure_code
 from reconciler.plan.observed import ObservedState
 from reconciler.plan.planner import Plan, not_for_host, plan_down, plan_for_host
 from reconciler.system import fs
@@ -143,7 +144,9 @@ def _record(ctx: StackContext, started_at: str, result: ApplyResult, error: Reco
         "actions": [a.describe() for a in result.executed],
         "result": "error" if error else "success",
         "error": str(error) if error else None,
+        "code": failure_code(error).value if error else None,
     }
+    conditions: status.Conditions
     if error is None:
         if ctx.revision is None:  # the daemon remembers what it adopts itself (the commit's bytes)
             with contextlib.suppress(InvalidInput, OSError):
@@ -154,9 +157,10 @@ def _record(ctx: StackContext, started_at: str, result: ApplyResult, error: Reco
         }
     else:
         reason = "PlanBlocked" if isinstance(error, PlanBlocked) else "ApplyFailed"
+        code = failure_code(error).value
         conditions = {
-            "Ready": (False, reason, str(error)),
-            "Stalled": (True, reason, str(error)),
+            "Ready": (False, reason, str(error), code),
+            "Stalled": (True, reason, str(error), code),
         }
     fields: dict[str, str | None] = {
         "stack": ctx.spec.stack,

@@ -57,6 +57,7 @@ from reconciler.plan.backupsets import (
     next_sequence,
     retention,
 )
+from reconciler.plan.failures import FailureCode, Operation, failure_code
 from reconciler.plan.hosts import retained_here
 from reconciler.runtimes.local import LocalRuntime, postgres_bindir
 from reconciler.stores.local import LocalStore
@@ -173,8 +174,16 @@ def take_backup_locked(ctx: StackContext, trigger: str, progress: Progress | Non
             sequence=sequence,
         )
     except ReconcilerError as exc:
+        code = failure_code(exc, Operation.BACKUP).value
         records.update(
-            ctx, last_attempt={"started": started, "result": "failed", "error": str(exc), "trigger": trigger}
+            ctx,
+            last_attempt={
+                "started": started,
+                "result": "failed",
+                "error": str(exc),
+                "code": code,
+                "trigger": trigger,
+            },
         )
         raise
     size = sum(int(m["size"]) for m in document["members"])
@@ -350,13 +359,23 @@ def verify(ctx: StackContext, set_name: str | None) -> dict[str, Any]:
         result.update(ok=True, seconds=round(time.monotonic() - started, 3))
     except SetRejected as exc:
         result.update(
-            ok=False, fault="content", reason=exc.reason, seconds=round(time.monotonic() - started, 3)
+            ok=False,
+            fault="content",
+            code=failure_code(exc, Operation.VERIFY).value,
+            reason=exc.reason,
+            seconds=round(time.monotonic() - started, 3),
         )
     except Exception as exc:  # anything else is the host's: a server that cannot start, no fds, no space
         reason = str(classify_failure(chosen, _os_error_text(exc)))
         if runtime is not None:
             reason += _scratch_logs(runtime, reason)
-        result.update(ok=False, fault="host", reason=reason, seconds=round(time.monotonic() - started, 3))
+        result.update(
+            ok=False,
+            fault="host",
+            code=FailureCode.HOST_FAULT.value,
+            reason=reason,
+            seconds=round(time.monotonic() - started, 3),
+        )
     finally:
         for name, data_dir in reversed(started_services):
             try:

@@ -28,8 +28,10 @@ from reconciler.backup import vouch
 from reconciler.backup.restore import SetRejected
 from reconciler.engine import backups, records
 from reconciler.engine.context import StackContext
-from reconciler.errors import PermanentError, ReconcilerError, TransientError
+from reconciler.errors import PermanentError, ReconcilerError, TransientError, coded
 from reconciler.plan.backupsets import MANIFEST_SUFFIX, BackupSet, group_sets, retention
+from reconciler.plan.failures import FailureCode
+from reconciler.plan.faults import Stage
 from reconciler.plan.hosts import retained_here
 from reconciler.stores.gdrive import GdriveStore, file_md5
 from reconciler.system import clock, failpoints
@@ -102,7 +104,11 @@ def sync(ctx: StackContext, attempts: int = 8, deadline: float = 600) -> SyncRes
             log.info("uploaded backup set %s to %s", backup_set.name, store.describe())
         result.pruned, vouched = prune_remote(ctx, store)
     except ReconcilerError as exc:
-        records.update(ctx, last_upload={"finished": clock.now_iso(), "result": "failed", "error": str(exc)})
+        code = coded(exc, FailureCode.UPLOAD_ERROR).code
+        records.update(
+            ctx,
+            last_upload={"finished": clock.now_iso(), "result": "failed", "error": str(exc), "code": code},
+        )
         raise
     records.update(
         ctx,
@@ -173,6 +179,13 @@ def fetch_set(ctx: StackContext, set_name: str) -> None:
     is replaced by Drive's copy, never checked a second time in place of it. A download whose md5
     differs from what Drive reports is a transfer fault (an error to retry), not the set's.
     """
+    try:
+        _fetch_set(ctx, set_name)
+    except ReconcilerError as exc:  # a rejected set keeps its own code (auth_error, verify_error)
+        raise coded(exc, FailureCode.DOWNLOAD_ERROR) from None
+
+
+def _fetch_set(ctx: StackContext, set_name: str) -> None:
     store = drive_store(ctx)
     if store is None:
         raise PermanentError("backup.stores.gdrive is not enabled in state.yaml")
@@ -186,7 +199,9 @@ def fetch_set(ctx: StackContext, set_name: str) -> None:
     # retried on every boot before any real set is tried.
     doubt = vouch_remote(ctx, store, [remote]).get(set_name, "its manifest could not be checked")
     if doubt is not None:
-        raise SetRejected(set_name, f"its copy on {store.describe()} cannot be vouched for: {doubt}")
+        raise SetRejected(
+            set_name, f"its copy on {store.describe()} cannot be vouched for: {doubt}", Stage.AUTHENTICATE
+        )
     present = {f.name: f.size for f in local.list()}
     # members first, manifest last: an interrupted fetch leaves an incomplete (ignored) local set
     for stored in sorted(remote.files, key=lambda f: f.name.endswith(MANIFEST_SUFFIX)):

@@ -58,9 +58,10 @@ from reconciler.engine import backups, records, status
 from reconciler.engine.context import StackContext
 from reconciler.engine.journal import Journal
 from reconciler.engine.secrets import from_env_or_file
-from reconciler.errors import CommandFailed, HostFault, PermanentError, ReconcilerError
+from reconciler.errors import CommandFailed, HostFault, PermanentError, ReconcilerError, coded
 from reconciler.plan import faults
 from reconciler.plan.actions import RestoreFromBackup
+from reconciler.plan.failures import FailureCode
 from reconciler.plan.selection import superseded_by_restore
 from reconciler.runtimes.local import MARKER, holds_service_data, read_marker
 from reconciler.stores.local import LocalStore
@@ -181,6 +182,8 @@ def restore_empty_services(ctx: StackContext, action: RestoreFromBackup) -> str:
             # stalling), the set stays a candidate, and the next apply tries again from scratch.
             journal.finish("rolled-back", error=str(exc), set=set_name)
             fault = classify_failure(set_name, exc)
+            if getattr(exc, "code", None) and fault is not exc:  # a Drive download keeps download_error
+                coded(fault, str(exc.code))  # type: ignore[attr-defined]
             if isinstance(fault, SetRejected):  # never from Stage.SERVER; kept for the type checker
                 raise fault from None
             raise fault from exc
@@ -206,9 +209,12 @@ def restore_empty_services(ctx: StackContext, action: RestoreFromBackup) -> str:
     )
     journal.finish("failed", error="no backup set could be restored")
     listing = "; ".join(f"{r['set']} ({r['store']}): {r['reason']}" for r in rejected)
-    raise PermanentError(
-        f"no backup set could be restored, so {' and '.join(action.services)} stay down instead of starting empty. "
-        f"Rejected: {listing}. Fix the backups or run `reconciler apply --allow-empty`"
+    raise coded(
+        PermanentError(
+            f"no backup set could be restored, so {' and '.join(action.services)} stay down instead of "
+            f"starting empty. Rejected: {listing}. Fix the backups or run `reconciler apply --allow-empty`"
+        ),
+        FailureCode.RESTORE_ERROR,
     )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from reconciler.plan.failures import FailureCode
 from reconciler.system import fs
 
 if TYPE_CHECKING:
@@ -33,8 +34,14 @@ def now_iso() -> str:
 
 
 def set_condition(
-    conditions: list[dict[str, Any]], kind: str, status: bool, reason: str, message: str
+    conditions: list[dict[str, Any]],
+    kind: str,
+    status: bool,
+    reason: str,
+    message: str,
+    code: str | None = None,
 ) -> list[dict[str, Any]]:
+    """Set one condition; ``code`` is the failure code of a failing one (docs/FAILURES.md)."""
     result = [c for c in conditions if c.get("type") != kind]
     previous = next((c for c in conditions if c.get("type") == kind), None)
     value = "True" if status else "False"
@@ -46,6 +53,7 @@ def set_condition(
             "reason": reason,
             "message": message,
             "lastTransitionTime": now_iso() if changed else previous.get("lastTransitionTime"),  # type: ignore[union-attr]
+            **({"code": code} if code else {}),
         }
     )
     return sorted(result, key=lambda c: str(c["type"]))
@@ -56,15 +64,16 @@ def load(path: str) -> dict[str, Any]:
     return document if isinstance(document, dict) else {}
 
 
-Conditions = dict[str, tuple[bool, str, str]]
+# type → (status, reason, message) or (status, reason, message, failure code)
+Conditions = dict[str, tuple[bool, str, str] | tuple[bool, str, str, str | None]]
 
 
 def update(path: str, conditions: Conditions, **fields: Any) -> dict[str, Any]:
     """Set conditions and top-level fields; everything else in the file stays as it is."""
     document = load(path)
     current = list(document.get("conditions", []))
-    for kind, (status, reason, message) in conditions.items():
-        current = set_condition(current, kind, status, reason, message)
+    for kind, (status, reason, message, *code) in conditions.items():
+        current = set_condition(current, kind, status, reason, message, *code)
     document.update(fields)
     document["conditions"] = current
     fs.atomic_write_json(path, document)
@@ -110,7 +119,8 @@ def live_conditions(
     recorded = next((c for c in conditions if c.get("type") == "Ready"), None)
     if recorded is not None and recorded.get("status") == ("True" if ready else "False"):
         return conditions
-    result = set_condition(conditions, "Ready", ready, reason, message)
+    code = FailureCode.SERVICE_DOWN.value if reason == "ServiceDown" else None
+    result = set_condition(conditions, "Ready", ready, reason, message, code)
     for condition in result:
         if condition["type"] == "Ready":
             condition["observed"] = True

@@ -35,8 +35,9 @@ from reconciler.databases import redis as rd
 from reconciler.engine import backups, drain, records
 from reconciler.engine.context import StackContext
 from reconciler.engine.journal import Journal
-from reconciler.errors import PermanentError, ReconcilerError
+from reconciler.errors import PermanentError, ReconcilerError, coded
 from reconciler.plan.actions import SwitchMode
+from reconciler.plan.failures import FailureCode
 from reconciler.runtimes.local import MARKER, holds_service_data, postgres_bindir, read_marker
 from reconciler.system import failpoints, fs
 
@@ -117,16 +118,23 @@ def _drive(ctx: StackContext, journal: Journal, progress: Progress | None) -> No
         except (ReconcilerError, OSError) as exc:
             if journal.past_point_of_no_return:
                 journal.set(last_error=str(exc))
-                raise PermanentError(
-                    f"the mode switch {journal.id} is past its point of no return and failed at step {name}: {exc}. "
-                    "The data is verified in its new place; fix the cause and run `reconciler apply` to finish"
+                raise coded(
+                    PermanentError(
+                        f"the mode switch {journal.id} is past its point of no return and failed at step "
+                        f"{name}: {exc}. The data is verified in its new place; fix the cause and run "
+                        "`reconciler apply` to finish"
+                    ),
+                    FailureCode.SWITCH_ERROR,
                 ) from None
             log.error("mode switch failed at step %s: %s; rolling back", name, exc)
             op.rollback()
             journal.finish("rolled-back", error=str(exc), failed_step=name)
-            raise PermanentError(
-                f"the mode switch failed at step {name} and was rolled back (the stack runs in "
-                f"{journal.doc['from']} mode as before): {exc}"
+            raise coded(
+                PermanentError(
+                    f"the mode switch failed at step {name} and was rolled back (the stack runs in "
+                    f"{journal.doc['from']} mode as before): {exc}"
+                ),
+                FailureCode.SWITCH_ERROR,
             ) from None
         # The point of no return is recorded in the same atomic write as the step that passed it.
         journal.done(name, evidence, **({"past_point_of_no_return": True} if name == "verify" else {}))

@@ -32,6 +32,7 @@ from reconciler.plan.actions import (
     SwitchMode,
 )
 from reconciler.plan.backupsets import retention
+from reconciler.plan.failures import STAYS_DOWN
 from reconciler.plan.hosts import HostVerdict, restorable_here, retained_here
 from reconciler.plan.observed import ObservedState, ServiceObservation
 from reconciler.plan.selection import select_restore
@@ -295,7 +296,7 @@ def _plan_empty_services(
         reasons = "; ".join(f"{s.name} ({s.store}): {why}" for s, why in selection.rejected)
         blockers.append(
             f"{' and '.join(empty)} have no data, and none of the {len(selection.rejected)} backup set(s) can be "
-            f"restored: {reasons}. The stack stays down rather than start empty. Fix or replace the backups, "
+            f"restored: {reasons}. {STAYS_DOWN}. Fix or replace the backups, "
             "or run `reconciler apply --allow-empty` to start empty on purpose (the old sets are then protected)"
         )
         return set()

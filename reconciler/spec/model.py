@@ -747,6 +747,15 @@ class BackupSpec(_Strict):
         description="Backup stores.",
         example={"local": {"path": "./data/backups"}},
     )
+    max_set_size: Annotated[ByteSize, bytes_between(64 * 1024)] | None = _field(
+        None,
+        description="Refuse to keep a backup set larger than this, as stored (compressed and encrypted, "
+        "every member together), at least 64KiB (unset: no limit). The backup counts bytes as it writes "
+        "and stops as soon as the set goes past the limit, so a runaway table never fills the store: the "
+        "partial set is removed, every earlier set is kept, and the failure is reported with the code "
+        "`too_large` (docs/FAILURES.md).",
+        example="2GiB",
+    )
 
 
 class DaemonSpec(_Strict):

@@ -19,8 +19,9 @@ import stat
 from collections.abc import Callable
 from typing import BinaryIO
 
-from reconciler.errors import PermanentError
+from reconciler.errors import PermanentError, coded
 from reconciler.plan.backupsets import StoredFile
+from reconciler.plan.failures import FailureCode
 from reconciler.stores.base import PutResult
 from reconciler.system import fs
 
@@ -31,16 +32,39 @@ _SHARED_DIRS = frozenset({"/", "/tmp", "/var/tmp", "/dev/shm", "/run/shm", "/run
 _PARTIAL_PREFIX = ".partial-"
 
 
-class _HashingWriter:
-    """Passes writes through, computing size and sha256 of what was written."""
+class OverLimit(PermanentError):
+    """A write went past the byte limit it was given (``put_with(limit=...)``); nothing was kept."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    code = FailureCode.TOO_LARGE
+
+    def __init__(self, name: str, written: int, limit: int) -> None:
+        self.name = name
+        self.written = written  # bytes the file would hold with the write that went over
+        self.limit = limit
+        super().__init__(f"{name} went past its limit of {limit} bytes ({written} bytes); it was not kept")
+
+
+class _OverLimitSignal(OSError):
+    """Raised inside the producer (pyrage wraps what its writer raises; the writer remembers this)."""
+
+
+class _HashingWriter:
+    """Passes writes through, computing size and sha256 of what was written; refuses to go past ``limit``
+    (checked before each write, so the file never holds more than the limit)."""
+
+    def __init__(self, raw: BinaryIO, limit: int | None = None) -> None:
         self.raw = raw
+        self.limit = limit
         self.digest = hashlib.sha256()
         self.size = 0
+        self.over: int | None = None  # the size the write that went past the limit would have made
         self.error: OSError | None = None  # remembered: producers (pyrage) wrap it in their own types
 
     def write(self, data: bytes) -> int:
+        if self.limit is not None and self.size + len(data) > self.limit:
+            self.over = self.size + len(data)
+            self.error = _OverLimitSignal(errno.EFBIG, "over the size limit")
+            raise self.error
         try:
             self.raw.write(data)
         except OSError as exc:
@@ -95,18 +119,26 @@ class LocalStore:
 
         return self.put_with(name, write_all)
 
-    def put_with(self, name: str, produce: Callable[[BinaryIO], None]) -> PutResult:
-        """Atomically store what ``produce`` writes into the stream it is given."""
+    def put_with(self, name: str, produce: Callable[[BinaryIO], None], limit: int | None = None) -> PutResult:
+        """Atomically store what ``produce`` writes into the stream it is given.
+
+        With ``limit``, the write that would take the file past ``limit`` bytes stops it: the partial
+        file is removed and ``OverLimit`` raised (failure code ``too_large``). A full store is
+        ``store_full``; any other failure of the store's own writes is ``store_error`` (a failure of
+        ``produce``'s source, such as a dump that exits, propagates as it is)."""
         target = self._target(name)
         self.ensure_private_dir()
         tmp = os.path.join(self.path, f"{_PARTIAL_PREFIX}{name}")
         writer: _HashingWriter | None = None
+        producing = False
         try:
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
             with open(os.open(tmp, flags, 0o600), "wb") as handle:
                 os.fchmod(handle.fileno(), 0o600)  # an old partial keeps its mode through O_TRUNC
-                writer = _HashingWriter(handle)
+                writer = _HashingWriter(handle, limit)
+                producing = True
                 produce(writer)  # type: ignore[arg-type]
+                producing = False
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(tmp, 0o600)
@@ -115,11 +147,26 @@ class LocalStore:
         except BaseException as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            cause = exc if isinstance(exc, OSError) else (writer.error if writer else None)
-            if cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise PermanentError(
-                    f"the local store {self.path} is full while writing {name}; free space or move "
-                    "backup.stores.local.path to a larger disk. Nothing was deleted"
+            if writer is not None and writer.over is not None and limit is not None:
+                raise OverLimit(name, writer.over, limit) from None
+            own = writer.error if writer is not None and writer.error is not None else None
+            if own is None and isinstance(exc, OSError) and not producing:
+                own = exc
+            if own is not None and own.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise coded(
+                    PermanentError(
+                        f"the local store {self.path} is full while writing {name}; free space or move "
+                        "backup.stores.local.path to a larger disk. Nothing was deleted"
+                    ),
+                    FailureCode.STORE_FULL,
+                ) from None
+            if own is not None:
+                raise coded(
+                    PermanentError(
+                        f"the local store {self.path} could not be written ({name}): "
+                        f"{own.strerror or type(own).__name__}"
+                    ),
+                    FailureCode.STORE_ERROR,
                 ) from None
             raise
         return PutResult(writer.size, writer.digest.hexdigest())
@@ -136,9 +183,12 @@ class LocalStore:
         st = os.stat(self.path)
         if st.st_uid != os.geteuid() or os.path.realpath(self.path) in _SHARED_DIRS:
             whose = "another user" if st.st_uid != os.geteuid() else "everyone (a shared system directory)"
-            raise PermanentError(
-                f"the local store {self.path} belongs to {whose}; point backup.stores.local.path at a "
-                "directory of its own (it is created with mode 0700)"
+            raise coded(
+                PermanentError(
+                    f"the local store {self.path} belongs to {whose}; point backup.stores.local.path at a "
+                    "directory of its own (it is created with mode 0700)"
+                ),
+                FailureCode.STORE_ERROR,
             )
         if stat.S_IMODE(st.st_mode) != 0o700:
             log.warning("the local store %s had mode %04o; set to 0700", self.path, stat.S_IMODE(st.st_mode))

@@ -210,6 +210,7 @@ def test_full_disk_leaves_no_complete_looking_set_and_keeps_older_ones(stack: St
             )
         result = stack.cli("backup", check=1)
         assert "full" in result.stderr and "Nothing was deleted" in result.stderr
+        assert '"code": "store_full"' in result.stderr, "failure code (docs/FAILURES.md)"
         listing = sets(stack)
         assert [s["name"] for s in listing if s["complete"]] == [good]
         assert not [p for p in os.listdir(store) if p.startswith(".partial")]
@@ -386,6 +387,7 @@ def test_a_host_fault_during_verify_does_not_reject_the_set(stack: Stack, fault:
     assert result.returncode == 1, result.stderr
     assert "could not be verified" in result.stderr and "problem of this host" in result.stderr
     assert cause in result.stderr, result.stderr
+    assert '"code": "host_fault"' in result.stderr, "failure code (docs/FAILURES.md)"
     record = backup_records(stack)
     assert f"local/{name}" not in record.get("rejected", {}), "a host fault must not reject the set"
     assert name not in record.get("verified", {}), "the set stays unverified, so the daemon tries it again"

@@ -58,11 +58,13 @@ def _upload_after_backup(state: CliState, ctx: StackContext) -> list[str] | None
     """Push to Drive when enabled; a failed upload leaves the set local and is retried by the next sync."""
     from reconciler.engine import offsite
     from reconciler.errors import ReconcilerError
+    from reconciler.plan.failures import Operation, failure_code
 
     if offsite.drive_store(ctx) is None:
         return None
     try:
         return offsite.sync(ctx).uploaded
     except ReconcilerError as exc:
-        state.out.error(f"the set is stored locally, but the upload to Google Drive failed: {exc}")
+        message = f"the set is stored locally, but the upload to Google Drive failed: {exc}"
+        state.out.error(message, code=failure_code(exc, Operation.UPLOAD))
         return []

@@ -29,8 +29,8 @@ def verify(state: CliState, set_name: str | None, output_format: str) -> None:
             f"{result.get('redis_keys', 0)} redis keys match the manifest ({result['seconds']:.1f} s)"
         )
     elif result.get("fault") == "host":
-        state.out.error(f"{result['set']} could not be verified: {result['reason']}")
+        state.out.error(f"{result['set']} could not be verified: {result['reason']}", result.get("code"))
     else:
-        state.out.error(f"{result['set']} FAILED verification: {result['reason']}")
+        state.out.error(f"{result['set']} FAILED verification: {result['reason']}", result.get("code"))
     if not result["ok"]:
         sys.exit(exit_codes.ERROR)

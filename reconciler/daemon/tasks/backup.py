@@ -12,6 +12,7 @@ from reconciler.daemon.tasks.base import Host, Retry, Upkeep
 from reconciler.engine import backups as engine_backups
 from reconciler.engine import events
 from reconciler.errors import ReconcilerError
+from reconciler.plan.failures import Operation
 from reconciler.plan.hosts import scheduled_here
 from reconciler.plan.schedule import backup_schedule
 from reconciler.system import clock
@@ -52,10 +53,9 @@ class ScheduledBackup:
         except ReconcilerError as exc:
             delay = self.retry.failed()
             message = f"scheduled backup failed: {exc}; retrying in {delay:.0f} s"
-            events.emit(host.state_dir, "Warning", "BackupFailed", message)
+            code = host.failures.report("BackupFailed", message, exc, Operation.BACKUP)
             host.snapshot.add("reconciler_backup_failures_total", 1, "Scheduled backups that failed.")
-            self._conditions(schedule.fresh, message)
-            host.notifier.fail(message)
+            self._conditions(schedule.fresh, message, code)
             return False
         self.retry.backoff.succeeded()
         self.retry.not_before = 0.0
@@ -72,9 +72,9 @@ class ScheduledBackup:
         self._conditions(True, f"newest set {document['set']} was just taken")
         return True
 
-    def _conditions(self, fresh: bool, message: str) -> None:
+    def _conditions(self, fresh: bool, message: str, code: str | None = None) -> None:
         self.host.note(
-            {"BackupFresh": (fresh, "Fresh" if fresh else "Stale", message)},
+            {"BackupFresh": (fresh, "Fresh" if fresh else "Stale", message, code)},
             nextScheduledBackup=self.next_at.isoformat(timespec="seconds").replace("+00:00", "Z")
             if self.next_at
             else None,

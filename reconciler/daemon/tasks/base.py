@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import tenacity
 
 if TYPE_CHECKING:
+    from reconciler.daemon.failures import FailureReporter
     from reconciler.daemon.metrics import Snapshot
     from reconciler.daemon.notify import Notifier
     from reconciler.engine import status
@@ -70,6 +71,7 @@ class Host(Protocol):
     spec: StateSpec
     snapshot: Snapshot
     notifier: Notifier
+    failures: FailureReporter
 
     def note(self, conditions: status.Conditions, **fields: Any) -> None:
         """Buffer status conditions and fields; the daemon writes them once per pass."""

@@ -9,6 +9,7 @@ import time
 from reconciler.daemon.tasks.base import Host, Retry, Upkeep
 from reconciler.engine import events
 from reconciler.errors import ReconcilerError
+from reconciler.plan.failures import Operation
 
 
 class OffsiteSync:
@@ -40,10 +41,9 @@ class OffsiteSync:
         except ReconcilerError as exc:
             delay = self.retry.failed()
             message = f"Drive sync failed: {exc}; retrying in {delay:.0f} s (sets stay in the local store)"
-            events.emit(host.state_dir, "Warning", "OffsiteSyncFailed", message)
-            host.note({"OffsiteInSync": (False, "SyncFailed", message)})
-            if self.retry.failures == 1:
-                host.notifier.fail(message)
+            first = self.retry.failures == 1
+            code = host.failures.report("OffsiteSyncFailed", message, exc, Operation.UPLOAD, notify=first)
+            host.note({"OffsiteInSync": (False, "SyncFailed", message, code)})
             return
         if self.retry.backoff.succeeded():
             host.notifier.success("Drive sync recovered")

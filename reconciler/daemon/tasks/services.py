@@ -4,7 +4,7 @@ at once instead of taking a backup of a stack that is not whole."""
 from __future__ import annotations
 
 from reconciler.daemon.tasks.base import Host, Upkeep
-from reconciler.engine import events
+from reconciler.plan.failures import FailureCode
 
 
 class ServicesRunning:
@@ -16,7 +16,7 @@ class ServicesRunning:
         down = [n for n in configured if not upkeep.observed.services[n].running]
         if down:
             message = f"{' and '.join(down)} stopped running during the pass; converging again"
-            events.emit(self.host.state_dir, "Warning", "ServiceDown", message)
+            self.host.failures.report("ServiceDown", message, code=FailureCode.SERVICE_DOWN, notify=False)
             self.host.wake(message)
             upkeep.stop = True
 

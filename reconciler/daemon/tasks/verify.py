@@ -7,6 +7,7 @@ from reconciler.daemon.tasks.base import Host, Upkeep
 from reconciler.engine import backups as engine_backups
 from reconciler.engine import events, records
 from reconciler.errors import ReconcilerError
+from reconciler.plan.failures import Operation
 from reconciler.plan.schedule import set_to_verify
 
 
@@ -35,7 +36,7 @@ class VerifyNewest:
             try:
                 pruned = engine_backups.prune(ctx)
             except ReconcilerError as exc:
-                events.emit(host.state_dir, "Warning", "PruneFailed", f"retention could not run: {exc}")
+                host.failures.report("PruneFailed", f"retention could not run: {exc}", exc, notify=False)
                 return
             if pruned:
                 events.emit(
@@ -46,5 +47,4 @@ class VerifyNewest:
                 )
         else:
             message = f"backup set {target} failed verification: {result.get('reason')}"
-            events.emit(host.state_dir, "Warning", "SetVerificationFailed", message)
-            host.notifier.fail(message)
+            host.failures.report("SetVerificationFailed", message, None, Operation.VERIFY, result.get("code"))

@@ -1,0 +1,72 @@
+"""The daemon carries one failure code on every channel: the event, the status file, the metrics and
+the webhook ping say the same word (docs/FAILURES.md)."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from tests.conftest import Stack
+from tests.e2e.test_daemon import RunningDaemon, _get, _status_file, daemon_stack, daemons  # noqa: F401
+from tests.integration.test_failure_codes import random_table
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_too_large_backup_is_too_large_on_every_channel_and_an_invalid_edit_is_spec_invalid(
+    stack: Stack,
+    daemons: list[RunningDaemon],  # noqa: F811 (the fixture)
+) -> None:
+    pings: list[tuple[str, str, str | None]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+            pings.append((self.path, body, self.headers.get("X-Reconciler-Failure-Code")))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        document = daemon_stack(stack)
+        document["backup"]["max_set_size"] = "64KiB"
+        stack.write(document)
+        stack.cli("apply")
+        random_table(stack, 2)
+        url = f"http://127.0.0.1:{server.server_address[1]}/ping/hook"
+        daemon = RunningDaemon(stack, env={"RECONCILER_WEBHOOK_URL": url})
+        daemons.append(daemon)
+
+        failed = daemon.wait_event("BackupFailed", timeout=120)
+        assert failed["code"] == "too_large", failed
+        assert failed["limit_bytes"] == 64 * 1024 and failed["reached_bytes"] > 64 * 1024
+        assert not list((stack.dir / "data" / "backups").glob("*.manifest.json"))
+        status = daemon.wait_for("the status file", lambda: _status_file(stack).get("lastFailure"))
+        assert status["code"] == "too_large"
+        fresh = next(c for c in _status_file(stack)["conditions"] if c["type"] == "BackupFresh")
+        assert fresh["status"] == "False" and fresh["code"] == "too_large"
+        code, text = _get(document["daemon"]["metrics_port"], "/metrics")
+        assert code == 200
+        assert 'reconciler_failures_total{code="too_large"}' in text
+        assert 'reconciler_last_failure{code="too_large"} 1' in text
+        assert "# TYPE reconciler_failures_total counter" in text
+        fail_pings = [p for p in pings if p[0].endswith("/fail")]
+        assert fail_pings and fail_pings[0][1].startswith("[too_large] ") and fail_pings[0][2] == "too_large"
+
+        mark = len(daemon.events())
+        stack.state_file.write_text(stack.state_file.read_text() + "unknown_key: 1\n")
+        invalid = daemon.wait_event("SpecInvalid", after=mark)
+        assert invalid["code"] == "spec_invalid"
+        spec_valid = next(c for c in _status_file(stack)["conditions"] if c["type"] == "SpecValid")
+        assert spec_valid["code"] == "spec_invalid"
+
+        assert daemon.stop() in (0, 1)  # the final backup may fail too_large as well
+    finally:
+        server.shutdown()
