@@ -160,7 +160,7 @@ def _show_plan(state: _State, ctx: StackContext, output_format: str, allow_empty
             )
         for line in plan_text(the_plan, spec.stack, spec.mode, spec.runtime):
             state.out.out.print(line)
-    if the_plan.blockers:
+    if the_plan.blockers or the_plan.unhealable:
         return exit_codes.ERROR
     return exit_codes.OK if the_plan.in_sync else exit_codes.CHANGES_PENDING
 
@@ -170,7 +170,8 @@ def _show_plan(state: _State, ctx: StackContext, output_format: str, allow_empty
 @click.pass_obj
 @_guard
 def plan(state: _State, output_format: str) -> None:
-    """Show what `apply` would change. Exit 0: in sync, 2: changes pending, 1: blocked or error."""
+    """Show what `apply` would change. Exit 0: in sync, 2: changes pending, 1: blocked, drift apply
+    cannot heal, or error."""
     ctx = _context(state)
     _note_uncommitted(state)
     sys.exit(_show_plan(state, ctx, output_format))

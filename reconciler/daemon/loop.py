@@ -511,7 +511,7 @@ class Daemon:
                 if self.stalled_on == key:
                     return False
                 log.info("state.yaml or the observed world changed since the daemon stalled; trying again")
-            the_plan = plan(ctx.spec, observed, datetime.now(UTC))
+            the_plan = plan(ctx.spec, observed, datetime.now(UTC), upkeep=False)  # upkeep: _upkeep
             if not the_plan.in_sync:
                 if the_plan.blockers:
                     raise PermanentError("; ".join(the_plan.blockers))
@@ -554,7 +554,7 @@ class Daemon:
         events.emit(self.state_dir, "Normal", "Reconciling", why)
         self._note({"Reconciling": (True, "Applying", why)})
         self._flush()
-        result = apply(ctx, progress=self._step_event)
+        result = apply(ctx, progress=self._step_event, upkeep=False)
         self._observe(ctx, quiet=True)  # what is reported from now on is the converged stack
         message = f"applied {len(result.executed)} step(s) in {result.seconds:.1f} s"
         events.emit(self.state_dir, "Normal", "Converged", message)

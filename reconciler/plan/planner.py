@@ -13,12 +13,13 @@ Design decisions:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from reconciler.plan.actions import (
     Action,
     EnsureDatabase,
+    FallBackToDisk,
     InitService,
     PrepareRamRoot,
     ProtectBackups,
@@ -30,9 +31,11 @@ from reconciler.plan.actions import (
     StartService,
     StopService,
     SwitchMode,
+    TakeBackup,
 )
 from reconciler.plan.backupsets import retention
 from reconciler.plan.observed import ObservedState, ServiceObservation
+from reconciler.plan.schedule import backups_impossible, observed_backup_drift, ram_headroom
 from reconciler.plan.selection import select_restore
 from reconciler.spec.model import PostgresSpec, StateSpec
 from reconciler.spec.units import format_bytes
@@ -47,10 +50,13 @@ class Plan:
     blockers: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    # Drift that apply cannot heal (RAM headroom below ram.min_headroom with ram.on_pressure: warn):
+    # unlike a blocker it does not stop the other actions, but the stack is not in sync.
+    unhealable: tuple[str, ...] = ()
 
     @property
     def in_sync(self) -> bool:
-        return not self.actions and not self.blockers
+        return not self.actions and not self.blockers and not self.unhealable
 
     def counts(self) -> dict[str, int]:
         return {marker: sum(1 for a in self.actions if a.marker == marker) for marker in "+~-"}
@@ -59,10 +65,13 @@ class Plan:
         if self.blockers:
             count = len(self.blockers)
             return f"Plan blocked: {count} problem{'s' if count != 1 else ''} must be resolved first."
+        count = len(self.unhealable)
+        cannot = f"{count} problem{'s' if count != 1 else ''} apply cannot heal" if count else ""
         if not self.actions:
-            return "No changes: the stack is in sync."
+            return f"No changes apply can make; {cannot}." if cannot else "No changes: the stack is in sync."
         c = self.counts()
-        return f"Plan: {c['+']} to add, {c['~']} to change, {c['-']} to remove."
+        summary = f"Plan: {c['+']} to add, {c['~']} to change, {c['-']} to remove."
+        return f"{summary[:-1]}; {cannot}." if cannot else summary
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -70,6 +79,7 @@ class Plan:
             "summary": self.summary(),
             "actions": [a.to_dict() for a in self.actions],
             "blockers": list(self.blockers),
+            "unhealable": list(self.unhealable),
             "warnings": list(self.warnings),
             "counts": self.counts(),
         }
@@ -89,11 +99,20 @@ CHECKSUM_BYTES_PER_SECOND = 1024**3  # bench/switch.py: per-table checksums of a
 CHANGED_SHARE = 0.1  # assumed share of the data directory rewritten between pre-copy and stop
 
 
-def plan(desired: StateSpec, observed: ObservedState, now: datetime, allow_empty: bool = False) -> Plan:
+def plan(
+    desired: StateSpec,
+    observed: ObservedState,
+    now: datetime,
+    allow_empty: bool = False,
+    upkeep: bool = True,
+) -> Plan:
     """The ordered actions that take ``observed`` to ``desired``, or the blockers that forbid acting.
 
     ``allow_empty``: start services empty even though backup sets exist that cannot be restored
     (``reconciler apply --allow-empty``); the existing sets are protected from retention first.
+    ``upkeep``: include the time-driven promises of state.yaml (``backup.stale_after``,
+    ``ram.min_headroom``; see ``plan/schedule.py``). The daemon plans without them: it keeps those
+    promises in its own upkeep, with its own backoff, from the same pure functions.
     """
     if observed.operation is not None:
         op = observed.operation
@@ -104,6 +123,13 @@ def plan(desired: StateSpec, observed: ObservedState, now: datetime, allow_empty
                 "changes to state.yaml are planned after it",
             ),
         )
+    pressure = _ram_pressure(desired, observed) if upkeep else ()
+    if pressure and desired.ram.on_pressure == "fallback-to-disk":
+        disk = desired.model_copy(update={"mode": "disk"}).with_base_dir(desired.base_dir)
+        fallback = plan(disk, observed, now, allow_empty, upkeep)
+        if fallback.blockers:
+            return fallback
+        return replace(fallback, actions=(FallBackToDisk("; ".join(pressure)), *fallback.actions))
     actions: list[Action] = []
     blockers: list[str] = []
     warnings: list[str] = []
@@ -132,12 +158,47 @@ def plan(desired: StateSpec, observed: ObservedState, now: datetime, allow_empty
             desired, observed, now, empty, allow_empty, actions, blockers, warnings
         )
     actions.extend(per_service)
+    if upkeep:  # after a switch too: the step is skipped when the switch's own set made it fresh
+        _plan_backup(desired, observed, now, actions, warnings)
 
     _plan_retention(desired, observed, now, actions, warnings, frozenset(protected))
 
     if blockers:
         return Plan(actions=(), blockers=tuple(blockers), warnings=tuple(warnings))
-    return Plan(actions=tuple(actions), warnings=tuple(warnings))
+    unhealable = tuple(
+        f"RAM headroom: {problem}. Free memory, lower ram.min_headroom, set ram.on_pressure: "
+        "fallback-to-disk to let apply move the data to disk, or switch to mode: disk"
+        for problem in pressure
+    )
+    return Plan(actions=tuple(actions), warnings=tuple(warnings), unhealable=unhealable)
+
+
+def _ram_pressure(desired: StateSpec, observed: ObservedState) -> tuple[str, ...]:
+    """The headroom checks that fail while the stack holds data in RAM (before that, entering RAM mode
+    is the switch's preflight, which checks the same room with the data's size added)."""
+    if desired.mode != "ram":
+        return ()
+    in_ram = any(
+        (svc := observed.services.get(name)) is not None
+        and (svc.ram.initialized or (svc.running and svc.data_dir == svc.ram.path))
+        for name in desired.services.configured()
+    )
+    return ram_headroom(desired, observed).problems if in_ram else ()
+
+
+def _plan_backup(
+    desired: StateSpec, observed: ObservedState, now: datetime, actions: list[Action], warnings: list[str]
+) -> None:
+    """A backup set when the newest one breaks backup.stale_after (or none exists): last, once every
+    service runs, before retention (which then counts it; apply runs the retention it makes due)."""
+    drift = observed_backup_drift(desired, observed.backups, now)
+    if drift is None:
+        return
+    impossible = backups_impossible(desired)
+    if impossible:
+        warnings.append(f"{drift.reason}, and {impossible}")
+        return
+    actions.append(TakeBackup(desired.stack, drift.reason, drift.trigger, now.isoformat()))
 
 
 def _plan_switch(
