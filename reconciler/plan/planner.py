@@ -9,6 +9,10 @@ Design decisions:
   mount a tmpfs over a directory that holds data; never start a fresh, empty service while its data
   sits in the other mode's location (that is a mode switch, which must move the data first).
 - Ordering: the RAM root before anything that lives in it; per service, init → start → database.
+- The time-driven promises of state.yaml are drift too (``plan/schedule.py``): a backup set owed
+  (``TakeBackup``, last, before retention) and RAM headroom below ``ram.min_headroom``, healed by the
+  fallback to disk when the spec says so, otherwise ``Plan.unhealable``: the stack is not in sync, yet
+  the other repairs still run (unlike a blocker, it is nothing apply could make worse).
 """
 
 from __future__ import annotations
