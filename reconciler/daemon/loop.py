@@ -25,6 +25,9 @@ Design decisions:
   so the alternative of stopping mid-step would only add a resume). A watchdog enforces
   ``daemon.shutdown_timeout``: past it the process exits and the journal resumes the work next time.
 - One daemon per stack, by an flock next to the status file.
+- The loop is the scheduler; what time drives is in ``daemon/tasks`` (one object per upkeep task,
+  each owning its schedule and backoff): after a pass in sync the loop runs them in order, and it
+  sleeps until the earliest of the resync, the reconcile retry and the tasks' wake-ups.
 """
 
 from __future__ import annotations
@@ -41,56 +44,37 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
-import tenacity
-
+from reconciler.daemon import shutdown
 from reconciler.daemon.metrics import MetricsServer, Snapshot
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.stall import blocker_key, world_key
+from reconciler.daemon.tasks.backup import ScheduledBackup
+from reconciler.daemon.tasks.base import Backoff, Upkeep, UpkeepTask
+from reconciler.daemon.tasks.offsite import OffsiteSync
+from reconciler.daemon.tasks.pressure import RamPressure
+from reconciler.daemon.tasks.publish import BackupMetrics
+from reconciler.daemon.tasks.services import ServicesRunning
+from reconciler.daemon.tasks.verify import VerifyNewest
 from reconciler.daemon.watch import ContainerWatcher, ProcessWatcher, StateWatcher
-from reconciler.engine import backups as engine_backups
-from reconciler.engine import events, records, status
+from reconciler.engine import events, status
 from reconciler.engine.apply import apply
 from reconciler.engine.context import (
     StackContext,
     read_state_bytes,
     remember_valid_spec,
     state_file_digest,
-    write_override,
 )
 from reconciler.engine.revision import committed_state, differs_from_commit, state_revision
 from reconciler.errors import LockHeld, PermanentError, ReconcilerError, SpecInvalid
 from reconciler.plan.observed import ObservedState
 from reconciler.plan.planner import plan
-from reconciler.plan.schedule import backup_schedule, ram_headroom, set_to_verify
 from reconciler.spec.loader import MAX_STATE_BYTES, parse_state_bytes
 from reconciler.spec.model import StateSpec
-from reconciler.system import clock, fs
+from reconciler.system import fs
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FINAL_BACKUP_FAILED = 1
 EXIT_SHUTDOWN_TIMEOUT = 3
-
-
-class Backoff:
-    """Consecutive failures → the next delay (tenacity's exponential wait with jitter), reset on success."""
-
-    def __init__(self, cap_seconds: float) -> None:
-        self.failures = 0
-        self._wait = tenacity.wait_exponential_jitter(multiplier=2, max=cap_seconds, jitter=2)
-        self._state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
-
-    def failed(self) -> float:
-        self.failures += 1
-        self._state.attempt_number = self.failures
-        return float(self._wait(self._state))
-
-    def succeeded(self) -> bool:
-        """Reset; True when this ends a run of failures (a recovery worth telling)."""
-        recovered = self.failures > 0
-        self.failures = 0
-        return recovered
 
 
 class Daemon:
@@ -111,13 +95,20 @@ class Daemon:
         self._reasons_lock = threading.Lock()
         self._stop = threading.Event()
         self._stop_signal: str | None = None
-        self.reconcile_backoff = Backoff(self.spec.daemon.backoff_max.total_seconds())
-        self.backup_backoff = Backoff(self.spec.daemon.backoff_max.total_seconds())
-        self.offsite_backoff = Backoff(self.spec.daemon.backoff_max.total_seconds())
+        backoff_max = self.spec.daemon.backoff_max.total_seconds()
+        self.reconcile_backoff = Backoff(backoff_max)
         self.next_retry: float | None = None
-        self.next_backup_try = 0.0
-        self.next_offsite: float = 0.0
-        self.offsite_pending = True  # check Drive once at start: uploads may have failed while we were down
+        # Upkeep, in the order it runs after a pass in sync; each task owns its schedule and backoff.
+        self.backup = ScheduledBackup(self, backoff_max)
+        self.offsite = OffsiteSync(self, backoff_max)
+        self.tasks: list[UpkeepTask] = [
+            ServicesRunning(self),
+            RamPressure(self),
+            self.backup,
+            VerifyNewest(self),
+            self.offsite,
+            BackupMetrics(self, self.backup),
+        ]
         self.stalled_on: tuple[Any, ...] | None = None  # the world key of a failed attempt, or None
         self.blocked_on: tuple[str, ...] | None = None  # the blockers of a blocked plan, figures blanked
         self.observed: ObservedState | None = None  # the newest observation (what /metrics reports)
@@ -131,10 +122,8 @@ class Daemon:
         self.last_pass_end = time.monotonic()
         self.pass_started: float | None = None
         self.started_at = status.now_iso()
-        self.next_backup_at: datetime | None = None
         self._pending_conditions: status.Conditions = {}
         self._pending_fields: dict[str, Any] = {}
-        self.headroom_ok = True
 
     # ---- wake-ups -------------------------------------------------------------------------------
 
@@ -162,11 +151,10 @@ class Daemon:
         deadlines = {"resync": now + resync * (1 + random.uniform(0, 0.1))}
         if self.next_retry is not None:
             deadlines["retry after failure"] = self.next_retry
-        if self.next_backup_at is not None:
-            seconds = (self.next_backup_at - datetime.now(UTC)).total_seconds()
-            deadlines["backup due"] = max(now + seconds, self.next_backup_try)
-        if self.offsite_pending and self.spec.backup.stores.gdrive.enabled:
-            deadlines["offsite retry"] = self.next_offsite
+        for task in self.tasks:
+            wakeup = task.wakeup(now)
+            if wakeup is not None:
+                deadlines[wakeup[0]] = wakeup[1]
         # A deadline already past means work that could not run (a backup due while a service is down):
         # it waits for the resync instead of spinning.
         deadlines = {k: v for k, v in deadlines.items() if v > now or k == "resync"}
@@ -251,89 +239,15 @@ class Daemon:
         os._exit(EXIT_SHUTDOWN_TIMEOUT)
 
     def _shutdown(self) -> int:
-        code = EXIT_OK
+        code = shutdown.EXIT_OK
         ctx = self._context()
         if ctx is not None and ctx.spec.mode == "ram" and ctx.spec.daemon.final_backup:
-            code = self._final_backup(ctx)
+            code = shutdown.final_backup(self.state_dir, self.notifier, ctx)
         events.emit(
             self.state_dir, "Normal", "Stopped", f"daemon stopped ({self._stop_signal or 'asked to stop'})"
         )
         self._write_daemon_status(running=False)
         return code
-
-    def _final_backup(self, ctx: StackContext) -> int:
-        """The RAM-mode backup at exit, taken only once the apps' writers are drained.
-
-        A backup taken while the apps still write misses every write acknowledged after its snapshot,
-        and at a host shutdown those are lost with the RAM. The apps (``drain.containers``) are
-        stopped first and left stopped: after a reboot they must not write into the stack before the
-        daemon has restored it; the next daemon start resumes them once the stack is in sync. If they
-        cannot be stopped, no backup is taken (it would not hold the last writes) and an event says so.
-        """
-        try:
-            drained = self._drain_apps(ctx)
-        except ReconcilerError as exc:
-            message = f"final backup skipped: the apps could not be drained first ({exc})"
-            events.emit(self.state_dir, "Warning", "FinalBackupSkipped", message)
-            self.notifier.fail(message)
-            return EXIT_FINAL_BACKUP_FAILED
-        observed = ctx.observe()
-        if not all(s.running for s in observed.services.values()):
-            events.emit(
-                self.state_dir,
-                "Warning",
-                "FinalBackupSkipped",
-                "final backup skipped: not every service is running",
-            )
-            return EXIT_OK
-        try:
-            document = engine_backups.take_backup(ctx, "shutdown")
-        except ReconcilerError as exc:
-            events.emit(self.state_dir, "Warning", "FinalBackupFailed", f"final backup failed: {exc}")
-            self.notifier.fail(f"final backup failed: {exc}")
-            return EXIT_FINAL_BACKUP_FAILED
-        after = f" after draining {', '.join(drained)}" if drained else ""
-        events.emit(
-            self.state_dir,
-            "Normal",
-            "FinalBackup",
-            f"final backup set {document['set']} taken{after} before exit",
-        )
-        return EXIT_OK
-
-    @property
-    def _drained_path(self) -> str:
-        return os.path.join(self.state_dir, "shutdown-drained.json")
-
-    def _drain_apps(self, ctx: StackContext) -> list[str]:
-        names = list(ctx.spec.drain.containers)
-        if not names:
-            return []
-        stopped = list(ctx.runtime.stop_containers(names))
-        recorded = fs.read_json(self._drained_path)
-        earlier = list(recorded.get("containers", [])) if isinstance(recorded, dict) else []
-        fs.atomic_write_json(
-            self._drained_path, {"containers": [*earlier, *(n for n in stopped if n not in earlier)]}
-        )
-        events.emit(
-            self.state_dir, "Normal", "AppsDrained", f"stopped {', '.join(names)} before the final backup"
-        )
-        return names
-
-    def _resume_apps(self, ctx: StackContext) -> None:
-        """Start the apps the last shutdown drained, now that the stack is in sync again."""
-        recorded = fs.read_json(self._drained_path)
-        names = list(recorded.get("containers", [])) if isinstance(recorded, dict) else []
-        if names:
-            try:
-                ctx.runtime.start_containers(names)
-                events.emit(self.state_dir, "Normal", "AppsResumed", f"started {', '.join(names)} again")
-            except Exception as exc:  # an engine error must not stop the loop; it is reported
-                message = f"could not start {', '.join(names)} again after the last shutdown: {exc}; start them by hand"
-                log.warning(message)
-                events.emit(self.state_dir, "Warning", "AppsNotResumed", message)
-        if recorded is not None:
-            os.unlink(self._drained_path)
 
     # ---- one pass -------------------------------------------------------------------------------
 
@@ -385,7 +299,7 @@ class Daemon:
             events.emit(
                 self.state_dir, "Normal", "SpecValid", "state.yaml is back to the adopted, valid spec"
             )
-            self._note({"SpecValid": (True, "Valid", "state.yaml is valid and adopted")})
+            self.note({"SpecValid": (True, "Valid", "state.yaml is valid and adopted")})
             self.snapshot.set("reconciler_spec_valid", 1, "1 when state.yaml is valid and adopted.")
         if digest in (self.spec_digest, self.invalid_digest):
             return
@@ -411,7 +325,7 @@ class Daemon:
             message += "; the daemon keeps the last valid spec"
             log.error(message)
             events.emit(self.state_dir, "Warning", "SpecInvalid", message)
-            self._note({"SpecValid": (False, "Invalid", message)})
+            self.note({"SpecValid": (False, "Invalid", message)})
             self._flush()
             self.notifier.fail(message)
             return
@@ -427,7 +341,7 @@ class Daemon:
             if revision
             else "adopted the new state.yaml",
         )
-        self._note({"SpecValid": (True, "Valid", "state.yaml is valid and adopted")})
+        self.note({"SpecValid": (True, "Valid", "state.yaml is valid and adopted")})
 
     @property
     def _status_path(self) -> str:
@@ -446,7 +360,7 @@ class Daemon:
                 return
             if self._converge(ctx, reasons):
                 ctx = self._context() or ctx
-                self._resume_apps(ctx)
+                shutdown.resume_apps(self.state_dir, ctx)
                 self._upkeep(ctx)
         finally:
             if ctx is not None and self.observed_stale:
@@ -511,7 +425,9 @@ class Daemon:
                 if self.stalled_on == key:
                     return False
                 log.info("state.yaml or the observed world changed since the daemon stalled; trying again")
-            the_plan = plan(ctx.spec, observed, datetime.now(UTC), upkeep=False)  # upkeep: _upkeep
+            the_plan = plan(
+                ctx.spec, observed, datetime.now(UTC), upkeep=False
+            )  # the upkeep tasks keep those
             if not the_plan.in_sync:
                 if the_plan.blockers:
                     raise PermanentError("; ".join(the_plan.blockers))
@@ -519,7 +435,7 @@ class Daemon:
                 attempted = True
                 self._apply(ctx, f"{steps} (woken by: {', '.join(sorted(reasons))})")
             else:
-                self._note(
+                self.note(
                     {
                         "Ready": (
                             True,
@@ -541,7 +457,7 @@ class Daemon:
             self._transient(exc)
             return False
         finally:
-            self._note({"Reconciling": (False, "Idle", "no reconcile in progress")})
+            self.note({"Reconciling": (False, "Idle", "no reconcile in progress")})
         self.stalled_on = self.blocked_on = None
         self.next_retry = None
         if self.reconcile_backoff.succeeded():
@@ -552,7 +468,7 @@ class Daemon:
     def _apply(self, ctx: StackContext, why: str) -> None:
         self.observed_stale = True
         events.emit(self.state_dir, "Normal", "Reconciling", why)
-        self._note({"Reconciling": (True, "Applying", why)})
+        self.note({"Reconciling": (True, "Applying", why)})
         self._flush()
         result = apply(ctx, progress=self._step_event, upkeep=False)
         self._observe(ctx, quiet=True)  # what is reported from now on is the converged stack
@@ -568,7 +484,7 @@ class Daemon:
         self.blocked_on = None
         message = f"{exc}. The daemon stops retrying until state.yaml or the stack changes"
         self._failed(exc, message, "Stalled")
-        self._note({"Stalled": (True, type(exc).__name__, str(exc)), "Ready": (False, "Stalled", str(exc))})
+        self.note({"Stalled": (True, type(exc).__name__, str(exc)), "Ready": (False, "Stalled", str(exc))})
         log.error("stalled: %s", message)
         events.emit(self.state_dir, "Warning", "Stalled", message)
         self.notifier.fail(message)
@@ -580,7 +496,7 @@ class Daemon:
         self.blocked_on = key
         self.next_retry = None
         message = f"{exc}. The daemon stops retrying until state.yaml or the stack changes"
-        self._note({"Stalled": (True, type(exc).__name__, str(exc)), "Ready": (False, "Stalled", str(exc))})
+        self.note({"Stalled": (True, type(exc).__name__, str(exc)), "Ready": (False, "Stalled", str(exc))})
         if new:
             self._failed(exc, message, "Stalled")
             log.error("stalled: %s", message)
@@ -608,7 +524,7 @@ class Daemon:
         self._failed(exc, message, "ReconcileFailed")
         log.warning("reconcile failed: %s", message)
         events.emit(self.state_dir, "Warning", "ReconcileFailed", message)
-        self._note({"Ready": (False, "ReconcileFailed", str(exc))})
+        self.note({"Ready": (False, "ReconcileFailed", str(exc))})
         if self.reconcile_backoff.failures == 1:
             self.notifier.fail(str(exc))
 
@@ -619,191 +535,24 @@ class Daemon:
         return self.stalled_on is not None or self.blocked_on is not None
 
     def _upkeep(self, ctx: StackContext) -> None:
+        """Run the upkeep tasks in order (``daemon/tasks``); one that changed the stack ends the upkeep."""
         # The pass's own observation when nothing acted since (one observation per idle pass).
         observed = self.observed if not self.observed_stale and self.observed else self._observe(ctx)
         assert observed is not None
-        down = [n for n in ctx.spec.services.configured() if not observed.services[n].running]
-        if down:  # died after the apply looked, before the watcher was armed: converge again at once
-            message = f"{' and '.join(down)} stopped running during the pass; converging again"
-            events.emit(self.state_dir, "Warning", "ServiceDown", message)
-            self.wake(message)
-            return
-        if self._pressure(ctx, observed):
-            return  # the fallback switch changed the stack; the next pass observes it afresh
-        took = self._backup_if_due(ctx, observed)
-        self._verify_newest(ctx)
-        self._offsite(ctx, after_backup=took)
-        self._publish(ctx)
+        upkeep = Upkeep(ctx, observed)
+        for task in self.tasks:
+            task.run(upkeep)
+            if upkeep.stop:
+                return  # the next pass observes the stack afresh
 
-    def _pressure(self, ctx: StackContext, observed: ObservedState) -> bool:
-        headroom = ram_headroom(ctx.spec, observed)
-        self.snapshot.set("reconciler_ram_headroom_bytes", headroom.available, "Memory left for RAM mode.")
-        was_ok = self.headroom_ok
-        self.headroom_ok = headroom.ok
-        if headroom.ok:
-            self._note({"RamHeadroom": (True, "Sufficient", headroom.message)})
-            if not was_ok:
-                events.emit(self.state_dir, "Normal", "RamHeadroomRecovered", headroom.message)
-            return False
-        if ctx.spec.ram.on_pressure == "fallback-to-disk":
-            message = f"{headroom.message}: switching to disk mode (ram.on_pressure: fallback-to-disk)"
-            events.emit(self.state_dir, "Warning", "RamPressureFallback", message)
-            self._note({"RamHeadroom": (False, "FellBackToDisk", message)})
-            self.notifier.fail(message)
-            write_override(ctx.state_dir, self.state_file, "disk", headroom.message, status.now_iso())
-            fallback = StackContext.build(self.spec, self.state_file)
-            try:
-                self._apply(fallback, "switching to disk mode because of RAM pressure")
-            except ReconcilerError as exc:
-                self._transient(exc)
-            finally:
-                self._note({"Reconciling": (False, "Idle", "no reconcile in progress")})
-            return True
-        self._note({"RamHeadroom": (False, "Low", headroom.message)})
-        if was_ok:
-            log.warning("RAM pressure: %s", headroom.message)
-            events.emit(self.state_dir, "Warning", "RamPressure", headroom.message)
-        return False
-
-    def _backup_if_due(self, ctx: StackContext, observed: ObservedState) -> bool:
-        now = clock.now()
-        schedule = backup_schedule(
-            ctx.spec, observed.backups.sets, now, observed.backups.authenticity_in("local")
-        )
-        self.next_backup_at = schedule.next_at
-        if not schedule.due or time.monotonic() < self.next_backup_try:
-            self._backup_conditions(ctx, schedule.fresh, schedule.reason)
-            return False
-        if not all(s.running for s in observed.services.values()):
-            return False
-        log.info("backup due: %s", schedule.reason)
-        self.notifier.start()
+    def apply_now(self, ctx: StackContext, why: str) -> None:
+        """Converge at once from an upkeep task (the RAM-pressure fallback); a failure retries like a pass."""
         try:
-            document = engine_backups.take_backup(ctx, "scheduled")
+            self._apply(ctx, why)
         except ReconcilerError as exc:
-            delay = self.backup_backoff.failed()
-            self.next_backup_try = time.monotonic() + delay
-            message = f"scheduled backup failed: {exc}; retrying in {delay:.0f} s"
-            events.emit(self.state_dir, "Warning", "BackupFailed", message)
-            self.snapshot.add("reconciler_backup_failures_total", 1, "Scheduled backups that failed.")
-            self._backup_conditions(ctx, schedule.fresh, message)
-            self.notifier.fail(message)
-            return False
-        self.backup_backoff.succeeded()
-        self.next_backup_try = 0.0
-        size = sum(int(m["size"]) for m in document["members"])
-        events.emit(
-            self.state_dir,
-            "Normal",
-            "BackupTaken",
-            f"backup set {document['set']} ({size} bytes, {document['seconds']:.1f} s): {schedule.reason}",
-        )
-        self.snapshot.add("reconciler_backups_total", 1, "Scheduled backups taken.")
-        self.notifier.success(f"backup set {document['set']}")
-        self.next_backup_at = datetime.now(UTC) + ctx.spec.backup.cadence
-        self._backup_conditions(ctx, True, f"newest set {document['set']} was just taken")
-        return True
-
-    def _backup_conditions(self, ctx: StackContext, fresh: bool, message: str) -> None:
-        self._note(
-            {"BackupFresh": (fresh, "Fresh" if fresh else "Stale", message)},
-            nextScheduledBackup=self.next_backup_at.isoformat(timespec="seconds").replace("+00:00", "Z")
-            if self.next_backup_at
-            else None,
-        )
-
-    def _verify_newest(self, ctx: StackContext) -> None:
-        tried = frozenset(records.read(ctx).verifications)
-        sets = tuple(listing.backup_set for listing in engine_backups.list_sets(ctx))
-        target = set_to_verify(ctx.spec, sets, tried, engine_backups.vouch_local(ctx, list(sets)))
-        if target is None:
-            return
-        result = engine_backups.verify(ctx, target)
-        if result.get("ok"):
-            events.emit(
-                self.state_dir,
-                "Normal",
-                "SetVerified",
-                f"backup set {target} verified ({result.get('seconds')} s)",
-            )
-            try:
-                pruned = engine_backups.prune(ctx)
-            except ReconcilerError as exc:
-                events.emit(self.state_dir, "Warning", "PruneFailed", f"retention could not run: {exc}")
-                return
-            if pruned:
-                events.emit(
-                    self.state_dir,
-                    "Normal",
-                    "Pruned",
-                    f"retention deleted {len(pruned)} set(s): {', '.join(pruned)}",
-                )
-        else:
-            message = f"backup set {target} failed verification: {result.get('reason')}"
-            events.emit(self.state_dir, "Warning", "SetVerificationFailed", message)
-            self.notifier.fail(message)
-
-    def _offsite(self, ctx: StackContext, after_backup: bool) -> None:
-        gdrive = ctx.spec.backup.stores.gdrive
-        if not gdrive.enabled:
-            return
-        cadence = ctx.spec.backup.cadence.total_seconds()
-        if after_backup:
-            self.offsite_pending = True
-            self.next_offsite = 0.0
-        if not self.offsite_pending or time.monotonic() < self.next_offsite:
-            return
-        from reconciler.engine import offsite
-
-        try:
-            result = offsite.sync(ctx, attempts=3, deadline=60)
-        except ReconcilerError as exc:
-            delay = self.offsite_backoff.failed()
-            self.next_offsite = time.monotonic() + delay
-            message = f"Drive sync failed: {exc}; retrying in {delay:.0f} s (sets stay in the local store)"
-            events.emit(self.state_dir, "Warning", "OffsiteSyncFailed", message)
-            self._note({"OffsiteInSync": (False, "SyncFailed", message)})
-            if self.offsite_backoff.failures == 1:
-                self.notifier.fail(message)
-            return
-        if self.offsite_backoff.succeeded():
-            self.notifier.success("Drive sync recovered")
-        uploaded = list(getattr(result, "uploaded", []))
-        if uploaded:
-            events.emit(
-                self.state_dir,
-                "Normal",
-                "OffsiteSynced",
-                f"uploaded {len(uploaded)} set(s) to Drive: {', '.join(uploaded)}",
-            )
-        self._note({"OffsiteInSync": (True, "Synced", "every local set is on Drive")})
-        # Check again after a cadence even without a new backup: a set deleted on Drive is re-uploaded.
-        self.offsite_pending = True
-        self.next_offsite = time.monotonic() + cadence
-
-    def _publish(self, ctx: StackContext) -> None:
-        last = records.read(ctx).last_success
-        newest = last.get("set")
-        if newest:
-            from reconciler.plan.backupsets import parse_set_name
-
-            parsed = parse_set_name(str(newest))
-            if parsed:  # the age is computed at every scrape from this timestamp
-                self.snapshot.set_age(
-                    "reconciler_backup_age_seconds", parsed[1].timestamp(), "Age of the newest backup set."
-                )
-            self.snapshot.set(
-                "reconciler_last_backup_size_bytes", last.get("size"), "Size of the last backup set."
-            )
-            self.snapshot.set(
-                "reconciler_last_backup_duration_seconds", last.get("seconds"), "Duration of the last backup."
-            )
-        if self.next_backup_at:
-            self.snapshot.set(
-                "reconciler_next_backup_timestamp_seconds",
-                self.next_backup_at.timestamp(),
-                "When the next backup is due.",
-            )
+            self._transient(exc)
+        finally:
+            self.note({"Reconciling": (False, "Idle", "no reconcile in progress")})
 
     def _write_daemon_status(self, running: bool) -> None:
         spec = self._effective_mode()
@@ -815,7 +564,7 @@ class Daemon:
             1,
             "Current mode.",
         )
-        self._note(
+        self.note(
             {},
             daemon={
                 "running": running,
@@ -830,7 +579,7 @@ class Daemon:
         )
         self._flush()
 
-    def _note(self, conditions: status.Conditions, **fields: Any) -> None:
+    def note(self, conditions: status.Conditions, **fields: Any) -> None:
         """Buffer status changes; one atomic write per pass (the state dir may be on an SD card)."""
         self._pending_conditions.update(conditions)
         self._pending_fields.update(fields)
