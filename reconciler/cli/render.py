@@ -29,7 +29,9 @@ def plan_text(the_plan: Plan, stack: str, mode: str, runtime: str) -> list[str]:
             for letter, step in zip("abcdefghijklmnop", getattr(action, "steps", list)(), strict=False):
                 lines.append(f"  {'':>{width}}  {letter}. {_escape(step)}")
         lines.append("")
-    style = "red" if the_plan.blockers else ("green" if the_plan.in_sync else "bold")
+    for problem in the_plan.unhealable:
+        lines.append(f"[red]✗[/] {_escape(problem)}")
+    style = "red" if the_plan.blockers or the_plan.unhealable else ("green" if the_plan.in_sync else "bold")
     lines.append(f"[{style}]{the_plan.summary()}[/]")
     return lines
 

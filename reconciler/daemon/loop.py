@@ -432,7 +432,8 @@ class Daemon:
                 if self.stalled_on == key:
                     return False
                 log.info("state.yaml or the observed world changed since the daemon stalled; trying again")
-            the_plan = plan_observed(ctx, observed)  # behind the host conditions (hosts:)
+            # Behind the host conditions; without upkeep (the upkeep tasks keep those promises).
+            the_plan = plan_observed(ctx, observed, upkeep=False)
             if not the_plan.in_sync:
                 if the_plan.blockers:
                     raise PlanBlocked(list(the_plan.blockers))
@@ -475,7 +476,7 @@ class Daemon:
         events.emit(self.state_dir, "Normal", "Reconciling", why)
         self.note({"Reconciling": (True, "Applying", why)})
         self._flush()
-        result = apply(ctx, progress=self._step_event)
+        result = apply(ctx, progress=self._step_event, upkeep=False)
         self._observe(ctx, quiet=True)  # what is reported from now on is the converged stack
         message = f"applied {len(result.executed)} step(s) in {result.seconds:.1f} s"
         events.emit(self.state_dir, "Normal", "Converged", message)

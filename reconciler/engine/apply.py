@@ -21,7 +21,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from reconciler.engine import status
 from reconciler.engine.context import StackContext, read_state_bytes, remember_valid_spec
@@ -32,7 +31,7 @@ from reconciler.plan.actions import Action, PruneBackups, ResumeOperation
 from reconciler.plan.failures import failure_code
 from reconciler.plan.observed import ObservedState
 from reconciler.plan.planner import Plan, not_for_host, plan_down, plan_for_host
-from reconciler.system import fs
+from reconciler.system import clock, fs
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +45,19 @@ class ApplyResult:
     seconds: float = 0.0
 
 
-def compute_plan(ctx: StackContext, allow_empty: bool = False) -> Plan:
-    """The plan for this host; on a host ``hosts:`` leaves out, decided without observing anything."""
+def compute_plan(ctx: StackContext, allow_empty: bool = False, upkeep: bool = True) -> Plan:
+    """The plan for this host at the engine's clock (``system/clock.py``: the one the sets are named
+    and aged by); on a host ``hosts:`` leaves out, decided without observing anything. ``upkeep``: see
+    ``planner.plan``."""
     if not ctx.for_this_host:
         assert ctx.host is not None
         return not_for_host(ctx.host)
-    return plan_for_host(ctx.spec, ctx.observe(), datetime.now(UTC), ctx.host, allow_empty)
+    return plan_for_host(ctx.spec, ctx.observe(), clock.now(), ctx.host, allow_empty, upkeep)
 
 
-def plan_observed(ctx: StackContext, observed: ObservedState) -> Plan:
-    """The plan for an observation already made (``status``), behind the host conditions."""
-    return plan_for_host(ctx.spec, observed, datetime.now(UTC), ctx.host)
+def plan_observed(ctx: StackContext, observed: ObservedState, upkeep: bool = True) -> Plan:
+    """The plan for an observation already made (``status``, the daemon), behind the host conditions."""
+    return plan_for_host(ctx.spec, observed, clock.now(), ctx.host, upkeep=upkeep)
 
 
 def _run_actions(ctx: StackContext, the_plan: Plan, progress: Progress | None) -> list[Action]:
@@ -71,27 +72,35 @@ def _run_actions(ctx: StackContext, the_plan: Plan, progress: Progress | None) -
     return done
 
 
-def apply(ctx: StackContext, progress: Progress | None = None, allow_empty: bool = False) -> ApplyResult:
+def apply(
+    ctx: StackContext, progress: Progress | None = None, allow_empty: bool = False, upkeep: bool = True
+) -> ApplyResult:
     if not ctx.for_this_host:  # not even the lock or the status file: this host leaves the stack alone
         return ApplyResult(compute_plan(ctx))
     started = time.monotonic()
     started_at = status.now_iso()
     with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
-        the_plan = compute_plan(ctx, allow_empty)
+        the_plan = compute_plan(ctx, allow_empty, upkeep)
         result = ApplyResult(the_plan)
         try:
             if the_plan.actions and isinstance(the_plan.actions[0], ResumeOperation):
                 # An interrupted operation reaches its safe point first; only then is state.yaml obeyed.
                 result.executed = _run_actions(ctx, the_plan, progress)
-                the_plan = compute_plan(ctx, allow_empty)
+                the_plan = compute_plan(ctx, allow_empty, upkeep)
                 result.plan = the_plan
             if the_plan.blockers:
                 raise PlanBlocked(list(the_plan.blockers))
             result.executed += _run_actions(ctx, the_plan, progress)
-            after = compute_plan(ctx, allow_empty)
+            after = compute_plan(ctx, allow_empty, upkeep)
             if result.executed and _only_retention(after):
                 result.executed += _run_actions(ctx, after, progress)
-                after = compute_plan(ctx, allow_empty)
+                after = compute_plan(ctx, allow_empty, upkeep)
+            if after.unhealable and not after.actions and not after.blockers:
+                done = f"applied {len(result.executed)} step(s), but " if result.executed else ""
+                raise PermanentError(
+                    f"{done}the stack breaks a promise of state.yaml that apply cannot "
+                    f"heal: {'; '.join(after.unhealable)}"
+                )
             if not after.in_sync:
                 remaining = "; ".join(a.describe() for a in after.actions) or "; ".join(after.blockers)
                 raise PermanentError(f"apply did not converge; still to do: {remaining}")

@@ -110,11 +110,26 @@ def take_backup(
     ctx: StackContext, trigger: str = "manual", progress: Progress | None = None
 ) -> dict[str, Any]:
     """Take a set now (under the stack lock); returns its manifest. Refused while a restore is incomplete."""
+    with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
+        return take_backup_held(ctx, trigger, progress)
+
+
+def backup_owed(ctx: StackContext) -> bool:
+    """Whether the newest usable local set breaks backup.stale_after now (``plan/schedule.backup_drift``)."""
+    from reconciler.plan.schedule import observed_backup_drift
+
+    return observed_backup_drift(ctx.spec, ctx.observe().backups, clock.now()) is not None
+
+
+def take_backup_held(
+    ctx: StackContext, trigger: str = "manual", progress: Progress | None = None
+) -> dict[str, Any]:
+    """``take_backup`` for a caller that already holds the stack lock (``apply``'s ``TakeBackup``):
+    the same refusals, the same records."""
     from reconciler.engine.restore_op import refuse_backup_of_incomplete_data
 
-    with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
-        refuse_backup_of_incomplete_data(ctx)
-        return take_backup_locked(ctx, trigger, progress)
+    refuse_backup_of_incomplete_data(ctx)
+    return take_backup_locked(ctx, trigger, progress)
 
 
 def _new_set_position(ctx: StackContext) -> tuple[datetime, int]:

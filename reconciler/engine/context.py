@@ -170,6 +170,16 @@ def write_override(state_dir: str, state_file: str, mode: str, reason: str, sinc
     )
 
 
+def fall_back_to_disk(ctx: StackContext, reason: str) -> None:
+    """Record the RAM-pressure fallback and make ``ctx`` the disk-mode context every later step (and
+    every later command, until state.yaml is edited) uses; the planned switch then moves the data."""
+    from reconciler.system import clock
+
+    write_override(ctx.state_dir, ctx.state_file, "disk", reason, clock.now_iso())
+    fallen = StackContext.build(ctx.spec, ctx.state_file)
+    ctx.spec, ctx.runtime, ctx.mode_override = fallen.spec, fallen.runtime, fallen.mode_override
+
+
 LAST_VALID_FILE = "last-valid-state.yaml"
 
 

@@ -91,7 +91,7 @@ def condition(document: dict[str, Any], kind: str) -> dict[str, Any] | None:
 
 def observed_ready(spec: StateSpec, observed: ObservedState, the_plan: Plan) -> tuple[bool, str, str]:
     """Ready as the world is now: every wanted service running, nothing but retention left to do."""
-    from reconciler.plan.actions import PruneBackups
+    from reconciler.plan.actions import PruneBackups, TakeBackup
 
     if the_plan.not_for_host is not None:
         return False, "NotForThisHost", f"not for this host: {the_plan.not_for_host}; nothing is done here"
@@ -105,7 +105,8 @@ def observed_ready(spec: StateSpec, observed: ObservedState, the_plan: Plan) -> 
         return False, "ServiceDown", "; ".join(down)
     if the_plan.blockers:
         return False, "Blocked", "; ".join(the_plan.blockers)
-    pending = [a.describe() for a in the_plan.actions if not isinstance(a, PruneBackups)]
+    # upkeep is not readiness: an owed backup is BackupFresh's to report, retention nobody's
+    pending = [a.describe() for a in the_plan.actions if not isinstance(a, PruneBackups | TakeBackup)]
     if pending:
         return False, "OutOfSync", "still to do: " + "; ".join(pending)
     return True, "InSync", f"stack in {spec.mode} mode with every service running"

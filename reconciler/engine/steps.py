@@ -17,6 +17,7 @@ from reconciler.engine.secrets import from_env_or_file
 from reconciler.plan.actions import (
     Action,
     EnsureDatabase,
+    FallBackToDisk,
     InitService,
     PrepareRamRoot,
     ProtectBackups,
@@ -28,6 +29,7 @@ from reconciler.plan.actions import (
     StartService,
     StopService,
     SwitchMode,
+    TakeBackup,
 )
 from reconciler.spec.model import PostgresSpec
 
@@ -87,5 +89,15 @@ def execute(action: Action, ctx: StackContext) -> None:
             # the planner vouched from manifests alone: members are checksummed before anything goes
             keep = set(checked_prune_decision(ctx).delete)
             delete_sets(ctx, [name for name in names if name in keep])
+        case TakeBackup(trigger=trigger):
+            from reconciler.engine.backups import backup_owed, take_backup_held
+
+            # idempotent like every step: a set taken since the plan (a switch's post-switch set) counts
+            if backup_owed(ctx):
+                take_backup_held(ctx, trigger)  # apply holds the stack lock
+        case FallBackToDisk(reason=reason):
+            from reconciler.engine.context import fall_back_to_disk
+
+            fall_back_to_disk(ctx, reason)
         case _:
             raise NotImplementedError(f"no step for {action.kind}")

@@ -15,8 +15,10 @@ Design decisions:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 from typing import ClassVar, Literal
 
+from reconciler.plan.backupsets import MANIFEST_SUFFIX, BackupSet, StoredFile, set_name
 from reconciler.plan.observed import DataDir, Filesystem, ObservedState, RamRoot
 
 Marker = Literal["+", "~", "-"]
@@ -287,6 +289,53 @@ class ProtectBackups(Action):
         return replace(observed, backups=backups)
 
 
+@dataclass(frozen=True)
+class TakeBackup(Action):
+    """Take a backup set because the newest one breaks ``backup.stale_after`` (or there is none): drift
+    that ``plan`` shows with its numbers and ``apply`` heals through the engine's one backup path."""
+
+    marker: ClassVar[Marker] = "+"
+    stack: str
+    reason: str
+    trigger: str
+    taken_at: str  # ISO time the planner read (the new set dates from the clock, like any set)
+
+    @property
+    def service(self) -> str | None:
+        return None
+
+    def describe(self) -> str:
+        return f"take a backup set ({self.reason})"
+
+    def simulate(self, observed: ObservedState) -> ObservedState:
+        created = datetime.fromisoformat(self.taken_at)
+        sequence = max((s.sequence for s in observed.backups.sets), default=0) + 1
+        name = set_name(self.stack, created, self.trigger, sequence)
+        new = BackupSet(
+            name, self.stack, created, self.trigger, "local", (StoredFile(name + MANIFEST_SUFFIX, 1),)
+        )
+        backups = observed.backups
+        authenticity = {**backups.authenticity, ("local", name): None}
+        return replace(
+            observed, backups=replace(backups, sets=(*backups.sets, new), authenticity=authenticity)
+        )
+
+
+@dataclass(frozen=True)
+class FallBackToDisk(Action):
+    """Record the RAM-pressure fallback (``ram.on_pressure: fallback-to-disk``): the stack runs in disk
+    mode until state.yaml is edited. The switch itself follows as an ordinary ``SwitchMode``."""
+
+    marker: ClassVar[Marker] = "~"
+    reason: str
+
+    def describe(self) -> str:
+        return f"fall back to disk mode until state.yaml is edited (ram.on_pressure: fallback-to-disk): {self.reason}"
+
+    def simulate(self, observed: ObservedState) -> ObservedState:
+        return observed  # the effective spec changes (engine/context.py), not the world
+
+
 SWITCH_STEPS: tuple[tuple[str, str], ...] = (
     ("preflight", "check that the data fits where it goes"),
     ("precopy", "copy the data directories while the services still run"),
@@ -412,6 +461,7 @@ __all__ = [
     "Action",
     "DataDir",
     "EnsureDatabase",
+    "FallBackToDisk",
     "InitService",
     "PrepareRamRoot",
     "ProtectBackups",
@@ -423,5 +473,6 @@ __all__ = [
     "StartService",
     "StopService",
     "SwitchMode",
+    "TakeBackup",
     "simulate_all",
 ]

@@ -9,6 +9,10 @@ Design decisions:
   mount a tmpfs over a directory that holds data; never start a fresh, empty service while its data
   sits in the other mode's location (that is a mode switch, which must move the data first).
 - Ordering: the RAM root before anything that lives in it; per service, init → start → database.
+- The time-driven promises of state.yaml are drift too (``plan/schedule.py``): a backup set owed
+  (``TakeBackup``, last, before retention) and RAM headroom below ``ram.min_headroom``, healed by the
+  fallback to disk when the spec says so, otherwise ``Plan.unhealable``: the stack is not in sync, yet
+  the other repairs still run (unlike a blocker, it is nothing apply could make worse).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from datetime import datetime
 from reconciler.plan.actions import (
     Action,
     EnsureDatabase,
+    FallBackToDisk,
     InitService,
     PrepareRamRoot,
     ProtectBackups,
@@ -30,11 +35,13 @@ from reconciler.plan.actions import (
     StartService,
     StopService,
     SwitchMode,
+    TakeBackup,
 )
 from reconciler.plan.backupsets import retention
 from reconciler.plan.failures import STAYS_DOWN
-from reconciler.plan.hosts import HostVerdict, restorable_here, retained_here
+from reconciler.plan.hosts import HostVerdict, restorable_here, retained_here, scheduled_here
 from reconciler.plan.observed import ObservedState, ServiceObservation
+from reconciler.plan.schedule import backups_impossible, observed_backup_drift, ram_headroom
 from reconciler.plan.selection import select_restore
 from reconciler.spec.model import PostgresSpec, StateSpec
 from reconciler.spec.units import format_bytes
@@ -50,10 +57,13 @@ class Plan:
     warnings: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
     not_for_host: str | None = None  # why this host leaves the stack alone (``hosts:``); no actions then
+    # Drift that apply cannot heal (RAM headroom below ram.min_headroom with ram.on_pressure: warn):
+    # unlike a blocker it does not stop the other actions, but the stack is not in sync.
+    unhealable: tuple[str, ...] = ()
 
     @property
     def in_sync(self) -> bool:
-        return not self.actions and not self.blockers
+        return not self.actions and not self.blockers and not self.unhealable
 
     def counts(self) -> dict[str, int]:
         return {marker: sum(1 for a in self.actions if a.marker == marker) for marker in "+~-"}
@@ -64,10 +74,13 @@ class Plan:
             return f"Plan blocked: {count} problem{'s' if count != 1 else ''} must be resolved first."
         if self.not_for_host is not None:
             return "No changes: the stack is not for this host."
+        count = len(self.unhealable)
+        cannot = f"{count} problem{'s' if count != 1 else ''} apply cannot heal" if count else ""
         if not self.actions:
-            return "No changes: the stack is in sync."
+            return f"No changes apply can make; {cannot}." if cannot else "No changes: the stack is in sync."
         c = self.counts()
-        return f"Plan: {c['+']} to add, {c['~']} to change, {c['-']} to remove."
+        summary = f"Plan: {c['+']} to add, {c['~']} to change, {c['-']} to remove."
+        return f"{summary[:-1]}; {cannot}." if cannot else summary
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -75,6 +88,7 @@ class Plan:
             "summary": self.summary(),
             "actions": [a.to_dict() for a in self.actions],
             "blockers": list(self.blockers),
+            "unhealable": list(self.unhealable),
             "warnings": list(self.warnings),
             "counts": self.counts(),
             "notes": list(self.notes),
@@ -119,13 +133,14 @@ def plan_for_host(
     now: datetime,
     verdict: HostVerdict | None,
     allow_empty: bool = False,
+    upkeep: bool = True,
 ) -> Plan:
     """``plan`` behind the host conditions: ``desired`` already holds only this host's services
     (``hosts.for_this_host``); the services left out are named in the notes."""
     if verdict is not None and not verdict.matches:
         return not_for_host(verdict)
     skipped = frozenset(verdict.skipped) if verdict is not None else frozenset()
-    the_plan = plan(desired, observed, now, allow_empty, skipped)
+    the_plan = plan(desired, observed, now, allow_empty, skipped, upkeep)
     return replace(the_plan, notes=the_plan.notes + verdict.notes()) if verdict is not None else the_plan
 
 
@@ -135,6 +150,7 @@ def plan(
     now: datetime,
     allow_empty: bool = False,
     skipped: frozenset[str] = frozenset(),
+    upkeep: bool = True,
 ) -> Plan:
     """The ordered actions that take ``observed`` to ``desired``, or the blockers that forbid acting.
 
@@ -142,6 +158,9 @@ def plan(
     (``reconciler apply --allow-empty``); the existing sets are protected from retention first.
     ``skipped``: services ``hosts:`` leaves to other hosts (``desired`` holds the others): their sets
     are not this host's to restore from or to rotate (``hosts.restorable_here``, ``hosts.retained_here``).
+    ``upkeep``: include the time-driven promises of state.yaml (``backup.stale_after``,
+    ``ram.min_headroom``; see ``plan/schedule.py``). The daemon plans without them: it keeps those
+    promises in its own upkeep, with its own backoff, from the same pure functions.
     """
     if observed.operation is not None:
         op = observed.operation
@@ -152,6 +171,13 @@ def plan(
                 "changes to state.yaml are planned after it",
             ),
         )
+    pressure = _ram_pressure(desired, observed) if upkeep else ()
+    if pressure and desired.ram.on_pressure == "fallback-to-disk":
+        disk = desired.model_copy(update={"mode": "disk"}).with_base_dir(desired.base_dir)
+        fallback = plan(disk, observed, now, allow_empty, skipped, upkeep)
+        if fallback.blockers:
+            return fallback
+        return replace(fallback, actions=(FallBackToDisk("; ".join(pressure)), *fallback.actions))
     actions: list[Action] = []
     blockers: list[str] = []
     warnings: list[str] = []
@@ -189,6 +215,10 @@ def plan(
             warnings,
         )
     actions.extend(per_service)
+    if upkeep:  # after a switch too: the step is skipped when the switch's own set made it fresh
+        ours = frozenset(desired.services.configured())
+        mine = replace(observed.backups, sets=scheduled_here(observed.backups.sets, ours, skipped))
+        _plan_backup(desired, replace(observed, backups=mine), now, actions, warnings)
 
     retained = replace(observed.backups, sets=retained_here(observed.backups.sets, skipped))
     _plan_retention(
@@ -197,7 +227,40 @@ def plan(
 
     if blockers:
         return Plan(actions=(), blockers=tuple(blockers), warnings=tuple(warnings))
-    return Plan(actions=tuple(actions), warnings=tuple(warnings))
+    unhealable = tuple(
+        f"RAM headroom: {problem}. Free memory, lower ram.min_headroom, set ram.on_pressure: "
+        "fallback-to-disk to let apply move the data to disk, or switch to mode: disk"
+        for problem in pressure
+    )
+    return Plan(actions=tuple(actions), warnings=tuple(warnings), unhealable=unhealable)
+
+
+def _ram_pressure(desired: StateSpec, observed: ObservedState) -> tuple[str, ...]:
+    """The headroom checks that fail while the stack holds data in RAM (before that, entering RAM mode
+    is the switch's preflight, which checks the same room with the data's size added)."""
+    if desired.mode != "ram":
+        return ()
+    in_ram = any(
+        (svc := observed.services.get(name)) is not None
+        and (svc.ram.initialized or (svc.running and svc.data_dir == svc.ram.path))
+        for name in desired.services.configured()
+    )
+    return ram_headroom(desired, observed).problems if in_ram else ()
+
+
+def _plan_backup(
+    desired: StateSpec, observed: ObservedState, now: datetime, actions: list[Action], warnings: list[str]
+) -> None:
+    """A backup set when the newest one breaks backup.stale_after (or none exists): last, once every
+    service runs, before retention (which then counts it; apply runs the retention it makes due)."""
+    drift = observed_backup_drift(desired, observed.backups, now)
+    if drift is None:
+        return
+    impossible = backups_impossible(desired)
+    if impossible:
+        warnings.append(f"{drift.reason}, and {impossible}")
+        return
+    actions.append(TakeBackup(desired.stack, drift.reason, drift.trigger, now.isoformat()))
 
 
 def _plan_switch(

@@ -1,20 +1,35 @@
-"""Time-driven upkeep the daemon owes the stack: when the next backup is due, which set to verify, and
-whether RAM mode still has the memory headroom it needs.
+"""Time-driven checks on the stack: how old the newest backup is, when the next one is due, which set to
+verify, and whether RAM mode still has the room it needs.
 
 Design decisions:
-- Separate from ``planner.plan`` on purpose: ``plan`` answers "does the stack match state.yaml?", and a
-  backup that is merely due is not drift (``reconciler plan`` stays quiet about it and keeps exiting 0).
-  The daemon asks both questions on every pass.
+- Two questions, one module. ``backup_schedule`` answers the daemon's "is a backup *due*" (a cadence
+  old): that is upkeep, not drift, and ``reconciler plan`` stays quiet about it. ``backup_drift`` and
+  ``ram_headroom`` answer "does the stack break a promise state.yaml makes": a newest backup older than
+  ``backup.stale_after`` (or none at all), or less room than ``ram.min_headroom``. Those are drift:
+  ``plan`` shows them with their numbers and ``apply`` heals them (a backup; the switch to disk with
+  ``ram.on_pressure: fallback-to-disk``). The daemon asks the same functions, so its ``BackupFresh`` and
+  ``RamHeadroom`` conditions and the plan never disagree on a figure.
 - Pure, like the planner: ``now`` is an argument, so "a backup is due exactly when the newest complete
   local set is a cadence old" is a property the tests check over random set histories.
 - "Newest" is the sets' own order (``backupsets.order_key``), never the host clock; only sets the
-  engine vouched for count (``authenticity``), so a planted set cannot pose as a fresh backup.
+  engine vouched for count (``authenticity``), so a planted set cannot pose as a fresh backup, and a set
+  rejected for its content protects nothing, so it does not make the backups look fresh either.
 - A set's age comes from its name and the clock. When the clock is *behind* the newest set (a Raspberry
-  Pi without a real-time clock after a power cut), its age cannot be measured: the set counts as fresh
-  (nothing says it is old) but a backup is due at once, because waiting for the clock to reach the set's
-  time could silence backups for days. The new set sorts after the old one by its sequence and dates
-  from the clock's own time, so from then on ages are measured again; at most one extra set per clock
-  jump. A clock that jumps forward makes the newest set look old: one backup is due, which is safe.
+  Pi without a real-time clock after a power cut), its age cannot be measured. It must not look fresh
+  until the clock catches up (that could be days or forever), so one backup is due at once, for the
+  daemon and as drift for ``plan``. The new set sorts after the old one by its sequence and dates from
+  the clock's own time, so from then on ages are measured again: at most one extra set per clock jump,
+  never a storm. A clock that jumps forward makes the newest set look old: one backup, which is safe.
+- "No backup at all" is drift in both modes, with the consequence in the sentence: in RAM mode a power
+  cut loses everything since the services started; in disk mode the data survives a power cut but not
+  the disk. Both break ``stale_after`` (no backup is older than any bound), and the daemon has always
+  reported ``BackupFresh=False`` for it. A first ``apply`` therefore ends with a first set, and ``plan``
+  right after it exits 0. When state.yaml makes backups impossible (``encryption`` with no recipient,
+  which fails closed) no action could heal it: that is a warning, never a plan that cannot converge.
+- RAM headroom is two checks with two messages, because they are two failures: the host's available
+  memory (MemAvailable: the kernel starts reclaiming and the OOM killer looms) and the free space on the
+  tmpfs that holds the data (the databases' writes fail with ENOSPC even when the host has memory).
+  ``min_headroom`` bounds both; each one that fails is reported with its own numbers.
 """
 
 from __future__ import annotations
@@ -24,7 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from reconciler.plan.backupsets import BackupSet, order_key
-from reconciler.plan.observed import ObservedState
+from reconciler.plan.observed import BackupsObservation, ObservedState
 from reconciler.spec.model import StateSpec
 from reconciler.spec.units import format_bytes
 
@@ -38,21 +53,85 @@ class BackupSchedule:
     due: bool
     reason: str
     next_at: datetime  # when the next scheduled backup is due (``now`` when due)
-    fresh: bool  # newest set within backup.stale_after
+    fresh: bool  # newest set within backup.stale_after (``backup_drift`` is None for the same sets)
 
 
 def _counted_local(
-    spec: StateSpec, sets: tuple[BackupSet, ...], authenticity: Mapping[str, str | None] | None
+    spec: StateSpec,
+    sets: tuple[BackupSet, ...],
+    authenticity: Mapping[str, str | None] | None,
+    unusable: frozenset[str] = frozenset(),
 ) -> list[BackupSet]:
-    """Complete local sets of this stack the engine vouched for (all of them when it did not check)."""
+    """Complete local sets of this stack the engine vouched for (all of them when it did not check),
+    except the ``unusable`` ones (rejected for their content)."""
     return [
         s
         for s in sets
         if s.store == "local"
         and s.complete
         and s.stack == spec.stack
+        and s.name not in unusable
         and (authenticity is None or (s.name in authenticity and authenticity[s.name] is None))
     ]
+
+
+@dataclass(frozen=True)
+class BackupDrift:
+    """The newest backup breaks ``backup.stale_after``: why, with the numbers, and the new set's trigger."""
+
+    reason: str
+    trigger: str  # "first" (no set at all) or "stale"
+
+
+def backups_impossible(spec: StateSpec) -> str | None:
+    """Why state.yaml lets no backup be written (it fails closed), or None when backups can be taken."""
+    encryption = spec.backup.encryption
+    if encryption.method == "age" and not encryption.recipients:
+        return (
+            "backup.encryption lists no recipient, so no backup can be written (fail closed). "
+            "Run `reconciler keygen --add-recipient`, or write `backup.encryption: none` on purpose"
+        )
+    if encryption.method == "age" and not encryption.identity_file:
+        return (
+            "backup.encryption.identity_file is not set, and it is needed to sign backup manifests, so no "
+            "backup can be written. Point it at the identity `reconciler keygen` wrote"
+        )
+    return None
+
+
+def backup_drift(
+    spec: StateSpec,
+    sets: tuple[BackupSet, ...],
+    now: datetime,
+    authenticity: Mapping[str, str | None] | None = None,
+    unusable: frozenset[str] = frozenset(),
+) -> BackupDrift | None:
+    """None while the newest usable local set is at most ``backup.stale_after`` old by its own recorded
+    time; otherwise why a backup set is owed now. A set dated ahead of the clock cannot be measured and
+    is owed one backup (which then sorts after it by sequence and dates from the clock: no storm)."""
+    candidates = _counted_local(spec, sets, authenticity, unusable)
+    if not candidates:
+        consequence = (
+            "a power cut would lose the data in RAM"
+            if spec.mode == "ram"
+            else "the data exists only on this disk"
+        )
+        return BackupDrift(f"no backup set exists: {consequence}", "first")
+    newest = max(candidates, key=order_key)
+    stale_after = spec.backup.stale_after
+    if newest.created > now + CLOCK_SKEW:
+        return BackupDrift(
+            f"the newest set {newest.name} is dated {newest.created:%Y-%m-%d %H:%M} UTC, after the host "
+            f"clock ({now:%Y-%m-%d %H:%M} UTC): its age cannot be measured",
+            "stale",
+        )
+    age = now - newest.created
+    if age <= stale_after:
+        return None
+    return BackupDrift(
+        f"the newest set {newest.name} is {_duration(age)} old, stale_after {_duration(stale_after)}",
+        "stale",
+    )
 
 
 def backup_schedule(
@@ -71,7 +150,7 @@ def backup_schedule(
             f"the host clock ({now:%Y-%m-%d %H:%M} UTC) is behind the newest set {newest.name}: its age "
             "cannot be measured, so a set is taken now (it sorts after the old one by its sequence)"
         )
-        return BackupSchedule(newest.name, None, True, reason, now, True)
+        return BackupSchedule(newest.name, None, True, reason, now, False)  # unmeasurable is not fresh
     age = max(now - newest.created, timedelta(0))
     due = age >= cadence
     reason = (
@@ -106,35 +185,61 @@ def set_to_verify(
     return None if newest.name in verified_or_tried else newest.name
 
 
+def observed_backup_drift(spec: StateSpec, backups: BackupsObservation, now: datetime) -> BackupDrift | None:
+    """``backup_drift`` for what observation found: vouched-for local sets, minus those rejected for
+    their content or superseded by a deliberate restore (neither would come back on boot)."""
+    unusable = frozenset(name for (store, name) in backups.rejected if store == "local") | backups.superseded
+    return backup_drift(spec, backups.sets, now, backups.authenticity_in("local"), unusable)
+
+
 @dataclass(frozen=True)
 class Headroom:
     ok: bool
     available: int | None  # bytes still usable: the smaller of host MemAvailable and tmpfs free space
     message: str
+    problems: tuple[str, ...] = ()  # one sentence per check below ram.min_headroom, with its numbers
 
 
 def ram_headroom(spec: StateSpec, observed: ObservedState) -> Headroom:
-    """Whether RAM mode still leaves ``ram.min_headroom`` of memory; trivially fine in disk mode."""
+    """Whether RAM mode still leaves ``ram.min_headroom`` of room, checked twice (host memory available,
+    free space on the tmpfs that holds the data); trivially fine in disk mode."""
     if spec.mode != "ram":
         return Headroom(True, None, "disk mode: no data in RAM")
-    host_available = observed.host.mem_available
-    limits = [("host MemAvailable", host_available)] if host_available else []
-    root = observed.ram_root.filesystem
-    if root is not None and root.is_tmpfs and root.size_bytes is not None and root.used_bytes is not None:
-        limits.append((f"free space on the tmpfs at {root.mount_point}", root.size_bytes - root.used_bytes))
-    if not limits:
-        return Headroom(True, None, "memory figures unavailable")
-    what, available = min(limits, key=lambda pair: pair[1])
     wanted = spec.ram.min_headroom
-    if available >= wanted:
+    figures: list[int] = []
+    problems: list[str] = []
+    host_available = observed.host.mem_available
+    if host_available:
+        figures.append(host_available)
+        if host_available < wanted:
+            problems.append(
+                f"only {format_bytes(host_available)} of host memory available (MemAvailable), below "
+                f"ram.min_headroom {format_bytes(wanted)}"
+            )
+    root = observed.ram_root.filesystem
+    if (
+        observed.ram_root.exists
+        and root is not None
+        and root.is_tmpfs
+        and root.size_bytes is not None
+        and root.used_bytes is not None
+    ):
+        free = max(root.size_bytes - root.used_bytes, 0)
+        figures.append(free)
+        if free < wanted:
+            problems.append(
+                f"only {format_bytes(free)} free on the tmpfs at {root.mount_point} ({format_bytes(root.used_bytes)} "
+                f"used of {format_bytes(root.size_bytes)}), below ram.min_headroom {format_bytes(wanted)}: "
+                "the databases' writes fail when it is full"
+            )
+    if not figures:
+        return Headroom(True, None, "memory figures unavailable")
+    available = min(figures)
+    if not problems:
         return Headroom(
             True, available, f"{format_bytes(available)} available (minimum {format_bytes(wanted)})"
         )
-    return Headroom(
-        False,
-        available,
-        f"only {format_bytes(available)} left ({what}), below ram.min_headroom {format_bytes(wanted)}",
-    )
+    return Headroom(False, available, "; ".join(problems), tuple(problems))
 
 
 def _duration(value: timedelta) -> str:

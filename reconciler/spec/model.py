@@ -545,8 +545,11 @@ class RamSpec(_Strict):
     )
     min_headroom: Annotated[ByteSize, bytes_between(0)] = _field(
         1024**3,
-        description="Host memory that must stay available in RAM mode; below it the reconciler warns "
-        "or falls back to disk (see on_pressure) and refuses to enter RAM mode.",
+        description="Room that must stay free in RAM mode, checked twice: the host's available memory "
+        "(MemAvailable) and the free space on the tmpfs that holds the data (a full tmpfs stops the "
+        "databases' writes even when the host has memory). Below it on either, `plan` reports drift with "
+        "the numbers of each check that fails, and `apply` and the daemon act as on_pressure says; entering "
+        "RAM mode is refused when the data would leave less than this.",
         example="1GiB",
     )
     keep_disk_copy: bool = _field(
@@ -565,7 +568,10 @@ class RamSpec(_Strict):
     )
     on_pressure: Literal["warn", "fallback-to-disk"] = _field(
         "warn",
-        description="What to do when available memory drops below min_headroom.",
+        description="What to do when host memory or tmpfs space drops below min_headroom: `warn` (`plan` and "
+        "`apply` exit 1 naming the check that fails, the daemon sets RamHeadroom=False; nothing moves) or "
+        "`fallback-to-disk` (`apply` and the daemon switch the stack to disk mode and keep it there until "
+        "state.yaml is edited).",
         example="warn",
     )
 
@@ -729,7 +735,10 @@ class BackupSpec(_Strict):
     )
     stale_after: Duration = _field(
         7200,
-        description="A newest backup older than this is reported as stale; longer than cadence.",
+        description="A newest backup older than this (by the time in its name), or none at all, is drift: "
+        "`plan` shows `take a backup set` with the age and exits 2, `apply` takes one; longer than cadence. "
+        "A newest set dated ahead of the host clock cannot be aged and also counts (one set, then ages are "
+        "measured from it).",
         example="2h",
     )
     retention: RetentionSpec = _field(

@@ -47,10 +47,10 @@ def test_backups_go_off_site_and_the_listing_says_where(stack: Stack, emulator: 
     folder = offsite_stack(stack, emulator)
     seed(stack, 200)
     stack.cli("backup")
-    names = emulator.names_in(folder)
+    entry = listing(stack)[0]
+    names = [n for n in emulator.names_in(folder) if n.startswith(entry["name"] + ".")]
     suffixes = sorted(n.split(".", 1)[1] for n in names)
     assert suffixes == ["manifest.json", "postgres.pgdump.zst.age", "redis.rdb.zst.age"]
-    entry = listing(stack)[0]
     assert entry["stores"] == ["local", "gdrive"]
     local = (stack.dir / "data" / "backups" / f"{entry['name']}.manifest.json").read_bytes()
     assert emulator.content(folder, f"{entry['name']}.manifest.json") == local
@@ -62,8 +62,8 @@ def test_a_crash_between_member_uploads_leaves_an_incomplete_set_the_next_sync_c
     folder = offsite_stack(stack, emulator)
     seed(stack, 200)
     stack.cli("backup", env={"RECONCILER_FAILPOINTS": "gdrive.between-members=kill"}, check=None)
-    name = next(p.name.split(".")[0] for p in (stack.dir / "data" / "backups").glob("*.manifest.json"))
     on_drive = emulator.names_in(folder)
+    name = on_drive[0].split(".")[0]  # sync goes oldest first: apply's first set is the one cut short
     assert on_drive and not any(n.endswith(".manifest.json") for n in on_drive), "the manifest must go last"
     assert [e["stores"] for e in listing(stack) if e["name"] == name] == [["local"]]
     received = emulator.state.bytes_received
@@ -132,7 +132,7 @@ def test_a_drive_outage_keeps_the_backup_local_and_the_next_sync_catches_up(
     emulator.inject("any", status=503, reason="backendError", times=10_000)
     result = stack.cli("backup")  # the local set is written; only the upload failed
     assert "upload to Google Drive failed" in result.stderr
-    assert one_local_set(stack)
+    assert local_sets(stack) == 2  # apply's first set and this one
     assert not any(n.endswith(".manifest.json") for n in emulator.names_in(folder)), (
         "nothing complete on Drive"
     )
@@ -141,9 +141,8 @@ def test_a_drive_outage_keeps_the_backup_local_and_the_next_sync_catches_up(
     assert any(n.endswith(".manifest.json") for n in emulator.names_in(folder))
 
 
-def one_local_set(stack: Stack) -> bool:
-    sets = [p for p in (stack.dir / "data" / "backups").glob("*.manifest.json")]
-    return len(sets) == 1
+def local_sets(stack: Stack) -> int:
+    return len(list((stack.dir / "data" / "backups").glob("*.manifest.json")))
 
 
 def test_nothing_on_drive_is_deleted_because_it_is_missing_locally(
@@ -156,4 +155,4 @@ def test_nothing_on_drive_is_deleted_because_it_is_missing_locally(
     for path in (stack.dir / "data" / "backups").glob("*-one.*"):
         path.unlink()
     stack.cli("sync")
-    assert sum(n.endswith(".manifest.json") for n in emulator.names_in(folder)) == 2
+    assert sum(n.endswith(".manifest.json") for n in emulator.names_in(folder)) == 3  # with apply's first

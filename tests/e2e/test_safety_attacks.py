@@ -100,7 +100,7 @@ def test_with_verification_off_a_newest_set_with_flipped_bytes_does_not_make_the
     expected = snapshot(stack)
     seed(stack, 50)
     stack.cli("backup", "--trigger", "rotten")
-    good, rotten = (s["name"] for s in reversed(sets(stack)))
+    good, rotten = (s["name"] for s in reversed(sets(stack)[:2]))  # after apply's first set
     assert rotten.endswith("-rotten") and good.endswith("-good")
     path = member_file(stack, rotten, "postgres")
     data = bytearray(path.read_bytes())

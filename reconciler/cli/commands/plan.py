@@ -39,7 +39,7 @@ def show_plan(state: CliState, ctx: StackContext, output_format: str, allow_empt
             )
         for line in plan_text(the_plan, spec.stack, spec.mode, spec.runtime):
             state.out.out.print(line)
-    if the_plan.blockers:
+    if the_plan.blockers or the_plan.unhealable:
         return exit_codes.ERROR
     return exit_codes.OK if the_plan.in_sync else exit_codes.CHANGES_PENDING
 
@@ -49,7 +49,8 @@ def show_plan(state: CliState, ctx: StackContext, output_format: str, allow_empt
 @click.pass_obj
 @guard
 def plan(state: CliState, output_format: str) -> None:
-    """Show what `apply` would change. Exit 0: in sync, 2: changes pending, 1: blocked or error."""
+    """Show what `apply` would change. Exit 0: in sync, 2: changes pending, 1: blocked, drift apply
+    cannot heal, or error."""
     ctx = context(state)
     note_uncommitted(state)
     sys.exit(show_plan(state, ctx, output_format))
