@@ -1,18 +1,20 @@
 """How long a no-op `reconciler plan` takes on a running stack.
 
 Measures, in one run:
-- the whole process (`reconciler plan` exiting 0), median of N runs;
-- the observe+plan part alone, in-process (median of N);
+- the whole process (`reconciler plan` exiting 0), median of N runs, on the local runtime and on the
+  docker runtime (both stacks up at once, runs interleaved so both see the same machine);
+- the observe+plan part alone, in-process (median of N), and the Engine API requests per observation;
 - the CLI's import time (`python -c "import reconciler.cli.main"` plus what `plan` imports);
 - the baseline: a bare `python -c pass` with the same interpreter, the floor every CLI pays.
-Targets (issue 2): whole process < 300 ms, observe+plan < 50 ms.
+Targets (issues 2 and 14): whole process < 300 ms on both runtimes, observe+plan < 50 ms (local).
 
-Usage: python bench/plan_noop.py [--runs N]
+Usage: python bench/plan_noop.py [--runs N] [--runtime local|docker ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -35,56 +37,88 @@ def timed(argv: list[str], runs: int) -> list[float]:
     return [timed_run(argv, ENV) for _ in range(runs)]
 
 
+def interleaved(commands: dict[str, list[str]], runs: int) -> dict[str, list[float]]:
+    """Each command once per round, ``runs`` rounds: a load spike on this shared machine then hits every
+    runtime alike instead of whichever happened to be measured at that moment."""
+    for argv in commands.values():
+        timed_run(argv, ENV)  # warm: page cache and bytecode
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, argv in commands.items():
+            samples[name].append(timed_run(argv, ENV))
+    return samples
+
+
+def inner_samples(state: Path, runs: int) -> tuple[list[float], int]:
+    """observe + plan in-process, and how many Engine API requests one observation makes (docker)."""
+    from reconciler.engine.context import StackContext
+    from reconciler.plan.planner import plan
+    from reconciler.spec.loader import parse_state
+
+    spec = parse_state(state.read_text(), str(state), str(state.parent))
+    ctx = StackContext.build(spec, str(state))
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = plan(spec, ctx.observe(), datetime.now(UTC))
+        samples.append(time.perf_counter() - start)
+        assert result.in_sync, result.summary()
+    reader = getattr(ctx.runtime, "_reader", None)
+    requests = reader.requests // runs if reader is not None else 0
+    return samples, requests
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=15)
-    runs = parser.parse_args().runs
+    parser.add_argument("--runtime", action="append", choices=["local", "docker"], help="default: both")
+    args = parser.parse_args()
+    runs, runtimes = args.runs, args.runtime or ["local", "docker"]
     py = sys.executable
 
-    with bench_stack() as state:
-        # warm the page cache once
-        subprocess.run([py, "-m", "reconciler", "-f", str(state), "plan"], capture_output=True, check=True)
-        whole = timed([py, "-m", "reconciler", "-f", str(state), "plan"], runs)
-        baseline = timed([py, "-c", "pass"], runs)
-        imports = timed(
-            [
-                py,
-                "-c",
-                "import reconciler.cli.main, reconciler.engine.context, reconciler.spec.loader, rich.console",
-            ],
+    with contextlib.ExitStack() as stacks:
+        states = {runtime: stacks.enter_context(bench_stack(runtime=runtime)) for runtime in runtimes}
+        if "docker" in states:
+            stacks.callback(remove_containers, states["docker"])
+        samples = interleaved(
+            {
+                **{
+                    runtime: [py, "-m", "reconciler", "-f", str(state), "plan"]
+                    for runtime, state in states.items()
+                },
+                "baseline": [py, "-c", "pass"],
+                "imports": [
+                    py,
+                    "-c",
+                    "import reconciler.cli.main, reconciler.engine.context, reconciler.spec.loader, rich.console",
+                ],
+            },
             runs,
         )
+        inner = {runtime: inner_samples(state, runs) for runtime, state in states.items()}
 
-        from reconciler.engine.context import StackContext
-        from reconciler.plan.planner import plan
-        from reconciler.spec.loader import parse_state
-
-        spec = parse_state(state.read_text(), str(state), str(state.parent))
-        ctx = StackContext.build(spec, str(state))
-        inner = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            result = plan(spec, ctx.observe(), datetime.now(UTC))
-            inner.append(time.perf_counter() - start)
-            assert result.in_sync, result.summary()
-
-    med = {
-        k: statistics.median(v) * 1000
-        for k, v in {"whole": whole, "baseline": baseline, "imports": imports, "inner": inner}.items()
-    }
-    rows = [
-        {
-            "what": "reconciler plan (whole process)",
-            "median_ms": med["whole"],
-            "target_ms": 300,
-            "ratio_to_baseline": med["whole"] / med["baseline"],
-        },
-        {
-            "what": "observe + plan (in-process)",
-            "median_ms": med["inner"],
-            "target_ms": 50,
-            "ratio_to_baseline": med["inner"] / med["baseline"],
-        },
+    med = {k: statistics.median(v) * 1000 for k, v in samples.items()}
+    rows = []
+    for runtime in runtimes:
+        rows.append(
+            {
+                "what": f"reconciler plan (whole process), {runtime} runtime",
+                "median_ms": med[runtime],
+                "target_ms": 300,
+                "ratio_to_baseline": med[runtime] / med["baseline"],
+            }
+        )
+        inner_ms = statistics.median(inner[runtime][0]) * 1000
+        rows.append(
+            {
+                "what": f"observe + plan (in-process), {runtime} runtime"
+                + (f", {inner[runtime][1]} Engine API requests" if runtime == "docker" else ""),
+                "median_ms": inner_ms,
+                "target_ms": 50 if runtime == "local" else 100,
+                "ratio_to_baseline": inner_ms / med["baseline"],
+            }
+        )
+    rows += [
         {
             "what": "CLI imports (python + modules)",
             "median_ms": med["imports"],
@@ -99,7 +133,7 @@ def main() -> None:
         },
     ]
     print_table(
-        f"no-op plan on a running stack, median of {runs} runs",
+        f"no-op plan on a running stack, median of {runs} interleaved runs",
         ["what", "median ms", "target ms", "x baseline"],
         [
             [r["what"], f"{r['median_ms']:.1f}", str(r["target_ms"] or "-"), f"{r['ratio_to_baseline']:.2f}"]
@@ -107,6 +141,14 @@ def main() -> None:
         ],
     )
     print(f"results: {write_results('plan_noop', rows, runs=runs)}")
+
+
+def remove_containers(state: Path) -> None:
+    from ruamel.yaml import YAML
+
+    stack = YAML(typ="safe").load(state.read_text())["stack"]
+    for service in ("postgres", "redis"):
+        subprocess.run(["docker", "rm", "-f", f"{stack}-{service}"], capture_output=True, check=False)
 
 
 if __name__ == "__main__":

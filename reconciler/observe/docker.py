@@ -33,8 +33,10 @@ from reconciler.runtimes.docker import (
     RAM_MODE_ENV,
     DockerRuntime,
     container_env,
+    container_names,
     creates_missing_source,
     data_mount,
+    find_container,
 )
 from reconciler.runtimes.local import read_marker
 from reconciler.spec.model import StateSpec
@@ -44,25 +46,19 @@ log = logging.getLogger(__name__)
 
 
 def find_containers(runtime: DockerRuntime, services: list[str]) -> dict[str, dict[str, Any]]:
-    """Service name → the container's inspect document, for the services whose container exists."""
-    listing = runtime.client.api.containers(all=True)
-    by_name = {name.lstrip("/"): c for c in listing for name in c.get("Names") or []}
+    """Service name → the container's inspect document, for the services whose container exists.
+
+    Read-only GETs through ``runtime.reader`` (no docker-py): one listing, one inspect per service."""
+    listing = runtime.reader.containers()
     found: dict[str, dict[str, Any]] = {}
     for service in services:
         configured = runtime.spec.services.configured()[service].container
-        summary = by_name.get(str(configured or f"{runtime.stack}-{service}"))
-        if summary is None and not configured:
-            summary = next(
-                (
-                    c
-                    for c in listing
-                    if (c.get("Labels") or {}).get("com.docker.compose.project") == runtime.stack
-                    and (c.get("Labels") or {}).get("com.docker.compose.service") == service
-                ),
-                None,
-            )
+        name = str(configured or f"{runtime.stack}-{service}")
+        summary = find_container(listing, runtime.stack, service, name, configured)
         if summary is not None:
-            found[service] = runtime.client.api.inspect_container(summary["Id"])
+            found[service] = runtime.reader.inspect(str(summary["Id"]))
+            names = container_names(summary)
+            runtime.remember(service, name if name in names else names[0])
     return found
 
 
