@@ -19,7 +19,10 @@ Design decisions:
 - Database programs (pg_dump, pg_restore, psql) run inside the container through exec, so their
   version always matches the server; their input and output stream through the Engine API socket
   (``ExecProcess``), with no temporary file in the container.
-- Engine errors become actionable messages: no socket, engine not answering, image missing.
+- Engine errors become actionable messages at this boundary (``engine_call``/``engine_errors``,
+  runtimes/engine.py): no socket, engine not answering, image missing, a name taken by a foreign
+  container, a port taken. No docker-py or requests exception leaves this module.
+- docker-py is imported only to change something; observation reads through ``reader`` (plain GETs).
 - RAM data is bound with a ``Mounts`` bind, never ``-v``: after a reboot the restart policy starts the
   container before the reconciler runs, and Docker would create the missing RAM directory empty on
   plain /dev/shm for the image's entrypoint to initialise an empty database in. With a ``Mounts`` bind

@@ -47,6 +47,11 @@ def _stable(observation: Any) -> dict[str, Any]:
     return facts
 
 
+def _sorted_mounts(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The engine lists a container's mounts in map order, which differs from one request to the next."""
+    return {**attrs, "Mounts": sorted(attrs.get("Mounts") or [], key=lambda m: str(m.get("Destination")))}
+
+
 def test_observation_reads_the_same_facts_as_docker_py_and_exec(
     docker_stack: Stack,  # noqa: F811
     engine: Any,  # noqa: F811
@@ -87,7 +92,9 @@ def test_observation_reads_the_same_facts_as_docker_py_and_exec(
     # The documents themselves: what the reader gets is what docker-py gets.
     for name in ("postgres", "redis"):
         container = f"{document['stack']}-{name}"
-        assert fast_ctx.runtime.reader.inspect(container) == engine.api.inspect_container(container)
+        assert _sorted_mounts(fast_ctx.runtime.reader.inspect(container)) == _sorted_mounts(
+            engine.api.inspect_container(container)
+        )
     ours = {c["Id"]: c["Names"] for c in fast_ctx.runtime.reader.containers()}
     theirs = {c["Id"]: c["Names"] for c in engine.api.containers(all=True)}
     assert {k: ours.get(k) for k in theirs} == theirs
