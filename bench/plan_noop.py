@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -37,16 +38,26 @@ def timed(argv: list[str], runs: int) -> list[float]:
     return [timed_run(argv, ENV) for _ in range(runs)]
 
 
-def interleaved(commands: dict[str, list[str]], runs: int) -> dict[str, list[float]]:
+def interleaved(
+    commands: dict[str, list[str]], runs: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Each command once per round, ``runs`` rounds: a load spike on this shared machine then hits every
-    runtime alike instead of whichever happened to be measured at that moment."""
+    runtime alike instead of whichever happened to be measured at that moment.
+
+    Returns wall seconds and CPU seconds (user + system of the command's process tree, from
+    ``RUSAGE_CHILDREN``): on a machine shared with other work, CPU time moves much less than wall time.
+    It does not count the time other processes spend answering (the engine, PostgreSQL)."""
     for argv in commands.values():
         timed_run(argv, ENV)  # warm: page cache and bytecode
-    samples: dict[str, list[float]] = {name: [] for name in commands}
+    wall: dict[str, list[float]] = {name: [] for name in commands}
+    cpu: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(runs):
         for name, argv in commands.items():
-            samples[name].append(timed_run(argv, ENV))
-    return samples
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            wall[name].append(timed_run(argv, ENV))
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[name].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return wall, cpu
 
 
 def inner_samples(state: Path, runs: int) -> tuple[list[float], int]:
@@ -72,6 +83,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--runtime", action="append", choices=["local", "docker"], help="default: both")
+    parser.add_argument(
+        "--before",
+        metavar="DIR",
+        help="a checkout of the old code (e.g. `git worktree add --detach DIR main`): its `plan` runs on the "
+        "same stacks, interleaved with ours, so before and after are measured in one run. Run the benchmark "
+        "from a directory holding no `reconciler` package (e.g. /tmp): `python -m` looks in the current "
+        "directory before PYTHONPATH",
+    )
     args = parser.parse_args()
     runs, runtimes = args.runs, args.runtime or ["local", "docker"]
     py = sys.executable
@@ -80,11 +99,25 @@ def main() -> None:
         states = {runtime: stacks.enter_context(bench_stack(runtime=runtime)) for runtime in runtimes}
         if "docker" in states:
             stacks.callback(remove_containers, states["docker"])
-        samples = interleaved(
+        samples, cpu_samples = interleaved(
             {
                 **{
                     runtime: [py, "-m", "reconciler", "-f", str(state), "plan"]
                     for runtime, state in states.items()
+                },
+                **{
+                    f"before-{runtime}": [
+                        "env",
+                        f"PYTHONPATH={args.before}",
+                        py,
+                        "-m",
+                        "reconciler",
+                        "-f",
+                        str(state),
+                        "plan",
+                    ]
+                    for runtime, state in states.items()
+                    if args.before
                 },
                 "baseline": [py, "-c", "pass"],
                 "imports": [
@@ -98,12 +131,24 @@ def main() -> None:
         inner = {runtime: inner_samples(state, runs) for runtime, state in states.items()}
 
     med = {k: statistics.median(v) * 1000 for k, v in samples.items()}
+    cpu = {k: statistics.median(v) * 1000 for k, v in cpu_samples.items()}
     rows = []
     for runtime in runtimes:
+        if args.before:
+            rows.append(
+                {
+                    "what": f"before ({args.before}): reconciler plan, {runtime} runtime",
+                    "median_ms": med[f"before-{runtime}"],
+                    "cpu_ms": cpu[f"before-{runtime}"],
+                    "target_ms": 300,
+                    "ratio_to_baseline": med[f"before-{runtime}"] / med["baseline"],
+                }
+            )
         rows.append(
             {
                 "what": f"reconciler plan (whole process), {runtime} runtime",
                 "median_ms": med[runtime],
+                "cpu_ms": cpu[runtime],
                 "target_ms": 300,
                 "ratio_to_baseline": med[runtime] / med["baseline"],
             }
@@ -122,21 +167,29 @@ def main() -> None:
         {
             "what": "CLI imports (python + modules)",
             "median_ms": med["imports"],
+            "cpu_ms": cpu["imports"],
             "target_ms": None,
             "ratio_to_baseline": med["imports"] / med["baseline"],
         },
         {
             "what": "baseline: python -c pass",
             "median_ms": med["baseline"],
+            "cpu_ms": cpu["baseline"],
             "target_ms": None,
             "ratio_to_baseline": 1.0,
         },
     ]
     print_table(
         f"no-op plan on a running stack, median of {runs} interleaved runs",
-        ["what", "median ms", "target ms", "x baseline"],
+        ["what", "median ms", "cpu ms", "target ms", "x baseline"],
         [
-            [r["what"], f"{r['median_ms']:.1f}", str(r["target_ms"] or "-"), f"{r['ratio_to_baseline']:.2f}"]
+            [
+                str(r["what"]),
+                f"{r['median_ms']:.1f}",
+                f"{r['cpu_ms']:.1f}" if "cpu_ms" in r else "-",
+                str(r["target_ms"] or "-"),
+                f"{r['ratio_to_baseline']:.2f}",
+            ]
             for r in rows
         ],
     )
