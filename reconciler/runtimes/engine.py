@@ -273,8 +273,8 @@ def translate(exc: BaseException, what: str = "") -> ReconcilerError:
         return PermanentError(
             f"the container name {_quoted(message) or ''} is already taken by another container"
             f"{f' ({holder.group(1)})' if holder else ''}{doing}: the reconciler does not remove containers it "
-            "did not create. Remove or rename that container (`docker rm`/`docker rename`), or set "
-            "services.<name>.container to adopt it"
+            "did not create. Remove or rename that container (`docker rm`/`docker rename`), or give the "
+            "service another container name (services.<name>.container)"
         )
     port = _PORT.search(message)
     if port or "address already in use" in lower or "port is already allocated" in lower:
