@@ -2,8 +2,9 @@
 
 Design decisions:
 - One ``GET /containers/json`` lists every container (running or not) with its labels, state and
-  mounts; only the stack's service containers are then inspected. A pass over a 5-container stack
-  is a handful of requests on the local socket (bench/docker_runtime.py measures it).
+  mounts; only the stack's service containers are then inspected: three read-only GETs on the local
+  socket for a two-service stack, through ``runtime.reader`` (runtimes/engine.py), not docker-py,
+  whose import alone cost ~45 ms of every ``plan`` (bench/plan_noop.py measures it).
 - A service's container is found by name (``services.<name>.container``, default ``<stack>-<name>``),
   else by Compose labels (``com.docker.compose.project`` = stack, ``com.docker.compose.service`` =
   the service's name), so a stack started by ``docker compose up`` is adopted as it is.
@@ -14,8 +15,9 @@ Design decisions:
   a complete backup set exists it counts as no data, so it is never served as in sync nor backed up
   (``disown_unclaimed``). A RAM data mount Docker would re-create when missing (``-v``) is drift: the
   container is recreated with a ``Mounts`` bind that fails to start without its directory.
-- Database facts come from the server itself (psql through exec, RESP over loopback), so the
-  database size is the one measured inside the container.
+- Database facts come from the server itself (RESP over loopback; psql through the host's client on
+  the bind-mounted socket directory, or through exec when the host has no psql or no socket), so the
+  database size is the one the server measures.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ from reconciler.runtimes.docker import (
     RAM_MODE_ENV,
     DockerRuntime,
     container_env,
+    container_names,
     creates_missing_source,
     data_mount,
+    find_container,
 )
 from reconciler.runtimes.local import read_marker
 from reconciler.spec.model import StateSpec
@@ -44,25 +48,19 @@ log = logging.getLogger(__name__)
 
 
 def find_containers(runtime: DockerRuntime, services: list[str]) -> dict[str, dict[str, Any]]:
-    """Service name → the container's inspect document, for the services whose container exists."""
-    listing = runtime.client.api.containers(all=True)
-    by_name = {name.lstrip("/"): c for c in listing for name in c.get("Names") or []}
+    """Service name → the container's inspect document, for the services whose container exists.
+
+    Read-only GETs through ``runtime.reader`` (no docker-py): one listing, one inspect per service."""
+    listing = runtime.reader.containers()
     found: dict[str, dict[str, Any]] = {}
     for service in services:
         configured = runtime.spec.services.configured()[service].container
-        summary = by_name.get(str(configured or f"{runtime.stack}-{service}"))
-        if summary is None and not configured:
-            summary = next(
-                (
-                    c
-                    for c in listing
-                    if (c.get("Labels") or {}).get("com.docker.compose.project") == runtime.stack
-                    and (c.get("Labels") or {}).get("com.docker.compose.service") == service
-                ),
-                None,
-            )
+        name = str(configured or f"{runtime.stack}-{service}")
+        summary = find_container(listing, runtime.stack, service, name, configured)
         if summary is not None:
-            found[service] = runtime.client.api.inspect_container(summary["Id"])
+            found[service] = runtime.reader.inspect(str(summary["Id"]))
+            names = container_names(summary)
+            runtime.remember(service, name if name in names else names[0])
     return found
 
 

@@ -19,7 +19,10 @@ Design decisions:
 - Database programs (pg_dump, pg_restore, psql) run inside the container through exec, so their
   version always matches the server; their input and output stream through the Engine API socket
   (``ExecProcess``), with no temporary file in the container.
-- Engine errors become actionable messages: no socket, engine not answering, image missing.
+- Engine errors become actionable messages at this boundary (``engine_call``/``engine_errors``,
+  runtimes/engine.py): no socket, engine not answering, image missing, a name taken by a foreign
+  container, a port taken. No docker-py or requests exception leaves this module.
+- docker-py is imported only to change something; observation reads through ``reader`` (plain GETs).
 - RAM data is bound with a ``Mounts`` bind, never ``-v``: after a reboot the restart policy starts the
   container before the reconciler runs, and Docker would create the missing RAM directory empty on
   plain /dev/shm for the image's entrypoint to initialise an empty database in. With a ``Mounts`` bind
@@ -41,8 +44,16 @@ from typing import IO, Any
 
 from reconciler.errors import CommandFailed, PermanentError, TransientError
 from reconciler.runtimes.base import Endpoint
+from reconciler.runtimes.engine import (
+    DockerPyReader,
+    EngineReader,
+    engine_call,
+    engine_errors,
+    engine_url,
+    unreachable,
+)
 from reconciler.runtimes.local import MARKER, LocalRuntime, read_marker
-from reconciler.system import fs, proc
+from reconciler.system import failpoints, fs, proc
 
 log = logging.getLogger(__name__)
 
@@ -53,35 +64,17 @@ _START_TIMEOUT = 90.0
 _STOP_TIMEOUT = 60
 
 
-def engine_url() -> str:
-    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-
-
 def connect_engine() -> Any:
     """A docker-py client, or an error that says what is wrong with the engine and what to do."""
     import docker
-    import docker.errors
 
     url = engine_url()
     if url.startswith("unix://") and not os.path.exists(url[len("unix://") :]):
-        raise PermanentError(
-            f"the Docker engine socket {url[len('unix://') :]} does not exist: is Docker installed and dockerd "
-            "running? (start it, or set DOCKER_HOST to the engine's address)"
-        )
-    try:
+        raise unreachable(url, FileNotFoundError(url))
+    with engine_errors("connecting"):
         client = docker.DockerClient(base_url=url, timeout=60)
         client.api.ping()
-    except docker.errors.DockerException as exc:
-        raise TransientError(
-            f"the Docker engine at {url} does not answer ({_short(exc)}): is dockerd running? "
-            "Nothing was changed"
-        ) from None
     return client
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
 
 
 class DockerRuntime:
@@ -93,27 +86,41 @@ class DockerRuntime:
         self.spec = spec  # StateSpec: container names, images, credentials references
         self.host_side = LocalRuntime(stack, state_dir)  # RAM root and run directories are host things
         self._client: Any = None
+        self._reader: EngineReader | DockerPyReader | None = None
         self._names: dict[str, str] = {}
 
     @property
     def client(self) -> Any:
+        """docker-py, for what changes the engine (imported on first use: observation never needs it)."""
         if self._client is None:
             self._client = connect_engine()
         return self._client
 
+    @property
+    def reader(self) -> EngineReader | DockerPyReader:
+        """Read-only Engine API access for observation (see runtimes/engine.py)."""
+        if self._reader is None:
+            url = engine_url()
+            self._reader = EngineReader(url) if EngineReader.supports(url) else DockerPyReader(self.client)
+        return self._reader
+
+    def remember(self, service: str, container: str) -> None:
+        """The container observation found for ``service`` (saves ``container_name`` a lookup)."""
+        self._names[service] = container
+
     # -- layout ---------------------------------------------------------------------------------
 
+    @engine_call("looking up a service's container")
     def container_name(self, service: str) -> str:
         """The service's container: by its configured (or default) name, else by Compose labels."""
         if service in self._names:
             return self._names[service]
         configured = self.spec.services.configured()[service].container
         name = str(configured or f"{self.stack}-{service}")
-        if not configured and not self.client.api.containers(all=True, filters={"name": f"^/{name}$"}):
-            labels = [f"com.docker.compose.project={self.stack}", f"com.docker.compose.service={service}"]
-            labelled = self.client.api.containers(all=True, filters={"label": labels})
-            if labelled:
-                name = str(labelled[0]["Names"][0]).lstrip("/")
+        if not configured:
+            found = find_container(self.reader.containers(), self.stack, service, name, None)
+            if found is not None and name not in container_names(found):
+                name = container_names(found)[0]
         self._names[service] = name
         return name
 
@@ -139,6 +146,7 @@ class DockerRuntime:
 
     # -- services -------------------------------------------------------------------------------
 
+    @engine_call("initialising a service's data directory")
     def init_service(self, service: str, data_dir: str) -> None:
         """A data directory of the reconciler's own: empty, initialised by the image, then marked.
 
@@ -189,6 +197,7 @@ class DockerRuntime:
         fs.atomic_write_json(marker, {"service": service, "stack": self.stack}, 0o600)
         os.chown(marker, st.st_uid, st.st_gid)
 
+    @engine_call("starting a service's container")
     def start_service(self, service: str, data_dir: str, port: int) -> None:
         container = self._ensure_container(service, data_dir, port)
         container.reload()
@@ -197,6 +206,7 @@ class DockerRuntime:
         self._wait_ready(service, container, port)
         log.info("started %s in container %s with data in %s", service, container.name, data_dir)
 
+    @engine_call("stopping a service's container")
     def stop_service(self, service: str, data_dir: str) -> None:
         container = self.find(service)
         if container is None:
@@ -215,6 +225,7 @@ class DockerRuntime:
             container.stop(timeout=_STOP_TIMEOUT)
             log.info("stopped %s (container %s)", service, container.name)
 
+    @engine_call("stopping the apps' containers")
     def stop_containers(self, names: list[str]) -> list[str]:
         """Stop the named app containers that are running; return those stopped (to start them again)."""
         import docker.errors
@@ -230,6 +241,7 @@ class DockerRuntime:
                 stopped.append(name)
         return stopped
 
+    @engine_call("starting the apps' containers")
     def start_containers(self, names: list[str]) -> None:
         for name in reversed(names):
             self.client.containers.get(name).start()
@@ -320,14 +332,16 @@ class DockerRuntime:
             network_mode="host",
             restart_policy={"Name": "unless-stopped"},
         )
-        created = self.client.api.create_container(
-            image,
-            command=command,
-            name=name,
-            environment=env,
-            host_config=host_config,
-            labels={"io.reconciler.stack": self.stack, "io.reconciler.service": service},
-        )
+        failpoints.hit("docker.create", container=name, image=image)
+        with engine_errors(f"creating container {name} for {service}"):
+            created = self.client.api.create_container(
+                image,
+                command=command,
+                name=name,
+                environment=env,
+                host_config=host_config,
+                labels={"io.reconciler.stack": self.stack, "io.reconciler.service": service},
+            )
         log.info("created container %s for %s from %s", name, service, image)
         return self.client.containers.get(created["Id"])
 
@@ -363,7 +377,9 @@ class DockerRuntime:
             body = {**config, "HostConfig": host_config}
             if networking:
                 body["NetworkingConfig"] = networking
-            created = self.client.api.create_container_from_config(body, name)
+            failpoints.hit("docker.create", container=name, image=config.get("Image", ""))
+            with engine_errors(f"recreating container {name} for {service} from {config.get('Image')}"):
+                created = self.client.api.create_container_from_config(body, name)
         except Exception:
             old.rename(name)
             if was_running:
@@ -381,6 +397,12 @@ class DockerRuntime:
                 container.status == "restarting" and container.attrs["RestartCount"] > 0
             ):
                 logs = container.logs(tail=15).decode(errors="replace").strip()
+                if "address already in use" in logs.lower():
+                    raise TransientError(
+                        f"{service} in container {container.name} could not listen on port {port}: it is taken by "
+                        "another process (`ss -ltnp` shows which). Stop that process or choose another port in "
+                        f"state.yaml; retried. Its log: {logs.splitlines()[-1][:300]}"
+                    )
                 raise CommandFailed(
                     [f"container {container.name}"], int(container.attrs["State"].get("ExitCode", 1)), logs
                 )
@@ -425,7 +447,8 @@ def exec_process(
     """Start ``argv`` inside ``container`` (used by the database modules for container endpoints)."""
     if "client" not in _shared:
         _shared["client"] = connect_engine()
-    return ExecProcess(_shared["client"].api, container, argv, env or {}, stdin, stdout, user)
+    with engine_errors(f"running {argv[0]} in container {container}"):
+        return ExecProcess(_shared["client"].api, container, argv, env or {}, stdin, stdout, user)
 
 
 def streaming(
@@ -440,6 +463,30 @@ def streaming(
     return proc.streaming(
         argv, start=lambda: exec_process(container, argv, env, stdin == proc.PIPE, stdout == proc.PIPE, user)
     )
+
+
+def container_names(summary: dict[str, Any]) -> list[str]:
+    return [str(name).lstrip("/") for name in summary.get("Names") or []]
+
+
+def find_container(
+    listing: list[dict[str, Any]], stack: str, service: str, name: str, configured: object
+) -> dict[str, Any] | None:
+    """The service's container in a ``GET /containers/json`` listing: by its name, else (unless the name
+    is configured) by Compose's labels (project = stack, service = the service's name)."""
+    for summary in listing:
+        if name in container_names(summary):
+            return summary
+    if configured:
+        return None
+    for summary in listing:
+        labels = summary.get("Labels") or {}
+        if (
+            labels.get("com.docker.compose.project") == stack
+            and labels.get("com.docker.compose.service") == service
+        ):
+            return summary
+    return None
 
 
 def container_env(attrs: dict[str, Any]) -> dict[str, str]:
@@ -592,7 +639,8 @@ class ExecProcess:
         for thread in self._threads:
             thread.join()
         for _ in range(200):
-            info = self.api.exec_inspect(self.exec_id)
+            with engine_errors(f"waiting for {self.argv[0]} in a container"):
+                info = self.api.exec_inspect(self.exec_id)
             if not info.get("Running"):
                 self.returncode = int(info.get("ExitCode") or 0)
                 break
