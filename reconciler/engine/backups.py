@@ -116,9 +116,12 @@ def take_backup(
 
 def backup_owed(ctx: StackContext) -> bool:
     """Whether the newest usable local set breaks backup.stale_after now (``plan/schedule.backup_drift``)."""
+    from reconciler.plan.hosts import backups_scheduled_here
     from reconciler.plan.schedule import observed_backup_drift
 
-    return observed_backup_drift(ctx.spec, ctx.observe().backups, clock.now()) is not None
+    ours = frozenset(ctx.spec.services.configured())
+    mine = backups_scheduled_here(ctx.observe().backups, ours, ctx.skipped_services)
+    return observed_backup_drift(ctx.spec, mine, clock.now()) is not None
 
 
 def take_backup_held(

@@ -29,10 +29,14 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from reconciler.plan.backupsets import BackupSet, split_file_name
 from reconciler.spec.model import SERVICE_KINDS, HostsSpec, StateSpec
+
+if TYPE_CHECKING:
+    from reconciler.plan.observed import BackupsObservation
 
 
 @dataclass(frozen=True)
@@ -169,3 +173,11 @@ def scheduled_here(
     if not skipped:
         return sets
     return tuple(s for s in sets if ours <= set_services(s))
+
+
+def backups_scheduled_here(
+    backups: BackupsObservation, ours: frozenset[str], skipped: frozenset[str]
+) -> BackupsObservation:
+    """``backups`` with only the sets that tell this host how old its newest backup is
+    (``scheduled_here``): what the planner's backup drift and apply's ``TakeBackup`` both judge by."""
+    return replace(backups, sets=scheduled_here(backups.sets, ours, skipped))

@@ -39,7 +39,7 @@ from reconciler.plan.actions import (
 )
 from reconciler.plan.backupsets import retention
 from reconciler.plan.failures import STAYS_DOWN
-from reconciler.plan.hosts import HostVerdict, restorable_here, retained_here, scheduled_here
+from reconciler.plan.hosts import HostVerdict, backups_scheduled_here, restorable_here, retained_here
 from reconciler.plan.observed import ObservedState, ServiceObservation
 from reconciler.plan.schedule import backups_impossible, observed_backup_drift, ram_headroom
 from reconciler.plan.selection import select_restore
@@ -217,7 +217,7 @@ def plan(
     actions.extend(per_service)
     if upkeep:  # after a switch too: the step is skipped when the switch's own set made it fresh
         ours = frozenset(desired.services.configured())
-        mine = replace(observed.backups, sets=scheduled_here(observed.backups.sets, ours, skipped))
+        mine = backups_scheduled_here(observed.backups, ours, skipped)
         _plan_backup(desired, replace(observed, backups=mine), now, actions, warnings)
 
     retained = replace(observed.backups, sets=retained_here(observed.backups.sets, skipped))
