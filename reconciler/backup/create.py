@@ -31,18 +31,19 @@ from pyrage import x25519
 
 from reconciler import __version__
 from reconciler.backup import keys, manifest, pipeline
+from reconciler.databases import mariadb as mdb
 from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
 from reconciler.errors import CommandFailed, PermanentError, ReconcilerError
 from reconciler.plan.backupsets import MANIFEST_SUFFIX, set_name
 from reconciler.runtimes.base import Endpoint
-from reconciler.spec.model import PostgresSpec, StateSpec
+from reconciler.spec.model import MariadbSpec, PostgresSpec, StateSpec
 from reconciler.stores.local import LocalStore
 from reconciler.system import failpoints, proc
 
 log = logging.getLogger(__name__)
 
-MEMBER_SUFFIX = {"postgres": "postgres.pgdump.zst", "redis": "redis.rdb.zst"}
+MEMBER_SUFFIX = {"postgres": "postgres.pgdump.zst", "redis": "redis.rdb.zst", "mariadb": "mariadb.sql.zst"}
 Progress = Callable[[str, int], None]  # (member, bytes so far)
 
 
@@ -162,6 +163,46 @@ def _backup_postgres(
     }
 
 
+def _backup_mariadb(
+    spec: MariadbSpec,
+    endpoint: Endpoint,
+    store: LocalStore,
+    base: str,
+    sealing: Sealing,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """``mariadb-dump --single-transaction`` streamed into the store; the table statistics are read in a
+    snapshot taken at the same instant as the dump's (``mdb.SnapshotGate``)."""
+    file_name = f"{base}.{MEMBER_SUFFIX['mariadb']}{sealing.suffix}"
+    gate = mdb.SnapshotGate(endpoint, spec.database)
+    try:
+        version = gate.stats.query("SELECT VERSION()")[0][0]
+        try:
+            with proc.streaming(
+                mdb.dump_argv(endpoint, spec.database, spec.dump_options), stdout=proc.PIPE
+            ) as dump:
+                assert dump.stdout is not None
+                member = _store_member(
+                    store, file_name, mdb.GateReader(dump.stdout, gate), sealing, progress, "mariadb"
+                )
+        except CommandFailed:
+            store.delete(file_name)  # the dump stopped early: what was stored is truncated
+            raise
+        gate.release()
+        stats = mdb.table_stats(gate.stats, spec.database)
+    finally:
+        gate.close()
+    return {
+        "service": "mariadb",
+        "content": "mariadb-dump-sql",
+        "database": spec.database,
+        "owner": spec.user,
+        "server_version": version,
+        **member,
+        "check": {"tables": stats},
+    }
+
+
 def create_set(
     spec: StateSpec,
     endpoints: dict[str, Endpoint],
@@ -191,6 +232,11 @@ def create_set(
                 _backup_postgres(
                     spec.services.postgres, endpoints["postgres"], bindir, store, base, sealing, progress
                 )
+            )
+            written.append(members[-1]["file"])
+        if spec.services.mariadb is not None:
+            members.append(
+                _backup_mariadb(spec.services.mariadb, endpoints["mariadb"], store, base, sealing, progress)
             )
             written.append(members[-1]["file"])
         document: dict[str, Any] = {

@@ -50,14 +50,16 @@ from reconciler.backup.restore import (
     SetRejected,
     classify_failure,
     load_and_check,
+    restore_mariadb,
     restore_postgres,
     write_redis_rdb,
 )
+from reconciler.databases import mariadb as mdb
 from reconciler.databases import postgres as pg
 from reconciler.engine import backups, records, status
 from reconciler.engine.context import StackContext
 from reconciler.engine.journal import Journal
-from reconciler.engine.secrets import from_env_or_file
+from reconciler.engine.secrets import from_env_or_file, service_password
 from reconciler.errors import CommandFailed, HostFault, PermanentError, ReconcilerError
 from reconciler.plan import faults
 from reconciler.plan.actions import RestoreFromBackup
@@ -275,6 +277,17 @@ def _restore_fresh(
                     )
                 except Exception as exc:
                     raise _content_errors_reject(checked.name, exc) from None
+            if name == "mariadb":
+                mspec = ctx.spec.services.mariadb
+                assert mspec is not None
+                endpoint = runtime.endpoint(name, port)
+                mdb.ensure_user_and_database(
+                    endpoint, mspec.user, mspec.database, service_password(ctx, name)
+                )
+                try:
+                    restore_mariadb(store, checked, identity, endpoint, mspec.database)
+                except Exception as exc:
+                    raise _content_errors_reject(checked.name, exc) from None
         for name, data_dir in zip(action.services, action.data_dirs, strict=True):
             mark_restoring(data_dir, ctx.spec.stack, name, None)
     except BaseException:
@@ -295,7 +308,9 @@ RESTORE_STEPS = (
     "supersede",  # the sets newer than the chosen one are never restored on boot once this commits
     "stage-postgres",  # the set into <db>__restoring, checked against the manifest
     "stage-redis",  # the set's RDB next to the live one
+    "stage-mariadb",  # the set into <db>__restoring, checked against the manifest
     "commit-postgres",  # point of no return: <db>__restoring replaces <db>
+    "commit-mariadb",  # <db>__restoring's tables replace <db>'s in one RENAME TABLE
     "commit-redis",  # redis stopped, the staged RDB replaces the live one, redis started
     "backup-after",  # a post-restore set: the newest set holds what the stack serves
 )
@@ -321,6 +336,8 @@ def restore_set(ctx: StackContext, set_name: str | None, safety_backup: bool) ->
         skip |= {"stage-postgres", "commit-postgres"}
     if spec.services.redis is None or checked.member("redis") is None:
         skip |= {"stage-redis", "commit-redis"}
+    if spec.services.mariadb is None or checked.member("mariadb") is None:
+        skip |= {"stage-mariadb", "commit-mariadb"}
     journal = Journal.create(
         ctx.state_dir,
         RESTORE,
@@ -510,6 +527,35 @@ class _Restore:
         pg.drop_database(endpoint, f"{self._database}__replaced")  # left by a swap cut short
         return {"swapped": self._database}
 
+    @property
+    def _mariadb_database(self) -> str:
+        spec = self.ctx.spec.services.mariadb
+        assert spec is not None
+        return spec.database
+
+    def do_stage_mariadb(self) -> Any:
+        checked, identity = self._checked()
+        endpoint = self._endpoint("mariadb")
+        blocking = mdb.unmovable_objects(endpoint, self._mariadb_database)
+        if blocking:  # refused before anything is staged: the swap could not replace them
+            raise PermanentError(
+                f"mariadb database {self._mariadb_database} holds {', '.join(blocking[:5])}, which MariaDB cannot "
+                "move between databases, so a restore cannot replace it atomically (a known limit). Stop the "
+                "application, drop the database, and run `reconciler apply`: restore on boot fills it"
+            )
+        tables = restore_mariadb(
+            backups.local_store(self.ctx), checked, identity, endpoint, self._mariadb_database, swap=False
+        )
+        return {"tables": len(tables)}
+
+    def do_commit_mariadb(self) -> Any:
+        endpoint = self._endpoint("mariadb")
+        side = self._mariadb_database + mdb.RESTORING_SUFFIX
+        if mdb.database_exists(endpoint, side):
+            mdb.swap_databases(endpoint, self._mariadb_database, side)
+        mdb.drop_database(endpoint, self._mariadb_database + mdb.REPLACED_SUFFIX)  # left by a swap cut short
+        return {"swapped": self._mariadb_database}
+
     def do_commit_redis(self) -> Any:
         runtime = self.ctx.runtime
         data_dir = self._dir("redis")
@@ -556,6 +602,11 @@ class _Restore:
                 pg.drop_database(self._endpoint("postgres"), self._side)
             except ReconcilerError as exc:
                 log.warning("rollback: could not drop %s: %s", self._side, exc)
+        if "stage-mariadb" in self.steps:
+            try:
+                mdb.drop_database(self._endpoint("mariadb"), self._mariadb_database + mdb.RESTORING_SUFFIX)
+            except ReconcilerError as exc:
+                log.warning("rollback: could not drop the staged mariadb database: %s", exc)
         if "stage-redis" in self.steps:
             for path in (self._incoming(), f"{self._incoming()}.restoring"):
                 if os.path.exists(path):

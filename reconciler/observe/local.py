@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import Any, NoReturn
 
 from reconciler.backup import vouch
+from reconciler.databases import mariadb as mdb
 from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
 from reconciler.errors import PermanentError, ReconcilerError
@@ -40,7 +41,7 @@ from reconciler.runtimes.local import (
     read_marker,
     read_pid,
 )
-from reconciler.spec.model import PostgresSpec, StateSpec
+from reconciler.spec.model import MariadbSpec, PostgresSpec, StateSpec
 from reconciler.stores.local import LocalStore
 from reconciler.system import fs, host
 
@@ -262,7 +263,8 @@ def _observe_service(
     _, uid, gid = runtime.account(name)
     ram = data_dir_facts(name, spec.ram_dir(name), uid, gid, mounts)
     disk = data_dir_facts(name, spec.disk_dir(name), uid, gid, mounts)
-    pid, data_dir, died = (_postgres_process if name == "postgres" else _redis_process)(runtime, ram, disk)
+    probe = {"postgres": _postgres_process, "mariadb": _mariadb_process}.get(name, _redis_process)
+    pid, data_dir, died = probe(runtime, ram, disk)
     running = pid is not None
     ports = host.listening_ports(pid, sockets) if pid is not None else set()
     port = next(iter(sorted(ports)), None)
@@ -290,6 +292,16 @@ def with_server_facts(
                 size_bytes=facts.size_bytes,
                 version=facts.version,
             )
+        if isinstance(svc_spec, MariadbSpec):
+            mfacts = mdb.facts(endpoint, svc_spec.database, svc_spec.user)
+            return replace(
+                observation,
+                databases=mfacts.databases,
+                roles=mfacts.users,
+                size_bytes=mfacts.size_bytes,
+                version=mfacts.version,
+                role_password=_mariadb_password_verdict(svc_spec, mfacts.password_hash),
+            )
         rfacts = rd.probe(endpoint)
         return replace(observation, size_bytes=rfacts.used_memory, version=rfacts.version)
     except ReconcilerError as exc:
@@ -308,6 +320,35 @@ def _postgres_process(runtime: LocalRuntime, *dirs: DataDir) -> tuple[int | None
             return pid, location.path, False
         died = True
     return None, None, died
+
+
+def _mariadb_password_verdict(spec: MariadbSpec, stored: str | None) -> str:
+    """ "stale" when the user's stored hash is not the configured password's, "unset:VAR", or ""."""
+    if stored is None:
+        return ""
+    if spec.password_env:
+        password = os.environ.get(spec.password_env)
+        if password is None:
+            return f"unset:{spec.password_env}"
+    elif spec.password_file and os.path.isabs(spec.password_file):  # relative: apply re-sets it anyway
+        try:
+            with open(spec.password_file, encoding="utf-8") as handle:
+                password = handle.read().strip()
+        except (OSError, ValueError):
+            return ""
+    else:
+        return ""
+    return "" if mdb.native_password_hash(password) == stored else "stale"
+
+
+def _mariadb_process(runtime: LocalRuntime, *dirs: DataDir) -> tuple[int | None, str | None, bool]:
+    pid = read_pid(runtime.mariadb_pidfile())
+    if pid is None:
+        return None, None, False
+    cmdline = host.process_cmdline(pid) if host.process_alive(pid) else []
+    if cmdline and os.path.basename(cmdline[0]) in ("mariadbd", "mysqld"):
+        return pid, host.process_cwd(pid), False
+    return None, None, True
 
 
 def _redis_process(runtime: LocalRuntime, *dirs: DataDir) -> tuple[int | None, str | None, bool]:

@@ -82,6 +82,12 @@ HOST_SIGNATURES = (
     "input/output error",
     "read-only file system",
     "timed out",
+    # MariaDB's client and server (a full datadir reads "(Errcode: 28 "No space left on device")")
+    "can't connect to",
+    "lost connection to server",
+    "server has gone away",
+    "is full",
+    "out of resources",
 )
 
 
@@ -109,6 +115,7 @@ def own_words(detail: str) -> str:
                 break
             kept.append(line)
         text = _QUOTED.sub("<quoted>", "\n".join(kept))  # quoted identifiers, paths and input values
+        text = text.split(" near '", 1)[0]  # MariaDB quotes the dump's text after "near '"
         words.append(text.split('"', 1)[0])  # an unclosed quote: the rest is the dump's
     return "\n".join(words)
 

@@ -23,6 +23,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -39,7 +40,7 @@ from reconciler.system import fs, host, proc
 log = logging.getLogger(__name__)
 
 MARKER = ".reconciler-service.json"
-SERVICE_USERS = {"postgres": "postgres", "redis": "redis"}
+SERVICE_USERS = {"postgres": "postgres", "redis": "redis", "mariadb": "mysql"}
 _START_TIMEOUT = 60.0
 _PRIVATE_RUN_BASE = "/run/reconciler"
 _MAX_SOCKET_DIR = 90  # unix socket paths are limited to 107 bytes, ".s.PGSQL.NNNNN" included
@@ -102,9 +103,14 @@ class LocalRuntime:
     def redis_pidfile(self) -> str:
         return os.path.join(self.run_dir("redis"), "redis.pid")
 
+    def mariadb_pidfile(self) -> str:
+        return os.path.join(self.run_dir("mariadb"), "mariadb.pid")
+
     def endpoint(self, service: str, port: int) -> Endpoint:
         if service == "postgres":
             return Endpoint(self.socket_dir("postgres"), port, "postgres")
+        if service == "mariadb":  # root over the unix socket, authenticated as the OS user (unix_socket)
+            return Endpoint(self.socket_dir("mariadb"), port, "root")
         return Endpoint("127.0.0.1", port, "default")
 
     def ensure_run_dir(self, service: str) -> None:
@@ -171,6 +177,20 @@ class LocalRuntime:
                 timeout=300,
                 inherit_env=False,
             )
+        elif service == "mariadb":
+            proc.run(
+                [
+                    "mariadb-install-db",
+                    "--no-defaults",
+                    f"--datadir={data_dir}",
+                    "--auth-root-authentication-method=socket",
+                    "--skip-test-db",
+                    *MARIADB_SERVER_OPTIONS,
+                ],
+                user=user,
+                timeout=300,
+                inherit_env=False,
+            )
         marker = os.path.join(data_dir, MARKER)
         fs.atomic_write_json(marker, {"stack": self.stack, "service": service}, 0o600)
         os.chown(marker, uid, gid)
@@ -181,6 +201,8 @@ class LocalRuntime:
         user, _, _ = self.account(service)
         if service == "postgres":
             self._start_postgres(user, data_dir, port)
+        elif service == "mariadb":
+            self._start_mariadb(user, data_dir, port)
         else:
             self._start_redis(user, data_dir, port)
         log.info("started %s on port %d from %s", service, port, data_dir)
@@ -282,6 +304,36 @@ class LocalRuntime:
             time.sleep(0.02)
         raise PermanentError(f"redis did not start listening on {port}; its log: {self.log_file('redis')}")
 
+    def _start_mariadb(self, user: str | None, data_dir: str, port: int) -> None:
+        pidfile = self.mariadb_pidfile()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pidfile)  # a stale one (a crash) would be taken for the new server
+        proc.detach(
+            [
+                mariadbd_binary(),
+                "--no-defaults",
+                f"--datadir={data_dir}",
+                f"--port={port}",
+                "--bind-address=127.0.0.1",
+                f"--socket={os.path.join(self.socket_dir('mariadb'), 'mariadb.sock')}",
+                f"--pid-file={pidfile}",
+                f"--log-error={self.log_file('mariadb')}",
+                "--skip-name-resolve",
+                *MARIADB_SERVER_OPTIONS,
+            ],
+            user=user,
+            log_path=self.log_file("mariadb"),
+        )
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            pid = read_pid(pidfile)
+            if pid and port in host.listening_ports(pid):
+                return
+            time.sleep(0.02)
+        raise PermanentError(
+            f"mariadb did not start listening on {port} from {data_dir}; its log: {self.log_file('mariadb')}"
+        )
+
     def stop_service(self, service: str, data_dir: str) -> None:
         user, _, _ = self.account(service)
         if service == "postgres":
@@ -304,15 +356,39 @@ class LocalRuntime:
                 check=False,
             )
         else:
-            pid = read_pid(self.redis_pidfile())
-            if pid and host.process_alive(pid):
-                os.kill(pid, signal.SIGTERM)  # redis saves its RDB on SIGTERM, then exits
+            # redis saves its RDB on SIGTERM, mariadbd shuts down cleanly (InnoDB flushed), then they exit
+            pid = read_pid(self.redis_pidfile() if service == "redis" else self.mariadb_pidfile())
+            if pid and host.process_alive(pid) and _serves(pid, data_dir, service):
+                os.kill(pid, signal.SIGTERM)
                 deadline = time.monotonic() + 120
                 while host.process_alive(pid) and time.monotonic() < deadline:
                     time.sleep(0.02)
                 if host.process_alive(pid):
-                    raise PermanentError(f"redis (pid {pid}) did not stop within 120 s")
+                    raise PermanentError(f"{service} (pid {pid}) did not stop within 120 s")
         log.info("stopped %s", service)
+
+
+MARIADB_SERVER_OPTIONS = (
+    # The redo log is RAM on tmpfs and is copied by every mode switch: 32 MB instead of 96.
+    "--innodb-log-file-size=32M",
+    "--innodb-buffer-pool-size=64M",
+)
+
+
+def mariadbd_binary() -> str:
+    for candidate in ("mariadbd", "/usr/sbin/mariadbd"):
+        found = shutil.which(candidate)
+        if found:
+            return found
+    raise PermanentError("mariadbd not found: install it (apt-get install mariadb-server)")
+
+
+def _serves(pid: int, data_dir: str, service: str) -> bool:
+    """Redis's pid file is per stack; a mariadbd is stopped only from the directory it serves."""
+    if service != "mariadb":
+        return True
+    cwd = host.process_cwd(pid)
+    return cwd is None or os.path.normpath(cwd) == os.path.normpath(data_dir)
 
 
 def read_pid(path: str) -> int | None:
@@ -327,7 +403,10 @@ def read_pid(path: str) -> int | None:
 def holds_service_data(service: str, data_dir: str) -> bool:
     """The directory holds data of ``service``: PostgreSQL's PG_VERSION; for Redis our marker or a
     snapshot/AOF (a directory Compose or an image's entrypoint created has no marker of ours)."""
-    names = ("PG_VERSION",) if service == "postgres" else (MARKER, "dump.rdb", "appendonlydir")
+    names = {
+        "postgres": ("PG_VERSION",),
+        "mariadb": ("ibdata1", "mysql"),
+    }.get(service, (MARKER, "dump.rdb", "appendonlydir"))
     return any(os.path.exists(os.path.join(data_dir, name)) for name in names)
 
 
