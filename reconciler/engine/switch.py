@@ -30,6 +30,7 @@ from typing import Any
 from reconciler.backup import keys
 from reconciler.backup.create import identity_for_restore
 from reconciler.backup.restore import load_and_check, restore_postgres
+from reconciler.databases import mariadb as mdb
 from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
 from reconciler.engine import backups, drain, records
@@ -357,6 +358,8 @@ class _Switch:
             endpoint = self.ctx.runtime.endpoint(name, port)
             if name == "postgres":
                 terminated += drain.close_postgres(endpoint, directory, port)
+            elif name == "mariadb":
+                terminated += drain.close_mariadb(endpoint, directory)
             else:
                 drain.close_redis(endpoint, private)
         return terminated
@@ -366,6 +369,8 @@ class _Switch:
             endpoint = self.ctx.runtime.endpoint(name, port)
             if name == "postgres":
                 drain.open_postgres(endpoint, directory)
+            elif name == "mariadb":
+                drain.open_mariadb(endpoint, directory)
             else:  # the Redis found on the private port must be ours (its dir), never another stack's
                 expected = directory if self.ctx.spec.runtime == "local" else None
                 drain.open_redis(endpoint, self.private_port, expected)
@@ -443,6 +448,11 @@ class _Switch:
                 with pg.connect(endpoint, spec.database) as conn:
                     for table, stats in pg.table_stats(conn).items():
                         result[f"postgres:{table}"] = stats
+            elif name == "mariadb":
+                mspec = self.ctx.spec.services.mariadb
+                assert mspec is not None
+                for table, stats in mdb.database_stats(endpoint, mspec.database).items():
+                    result[f"mariadb:{table}"] = stats
             else:
                 result["redis:digest"] = rd.digest(endpoint)
         return result

@@ -18,7 +18,7 @@ import threading
 import pytest
 import redis
 
-from tests.conftest import Stack, free_port
+from tests.conftest import Stack, _require, free_port
 from tests.e2e.test_power_cut import power_cut
 from tests.integration.test_backups import member_file, pg, seed, sets, snapshot, with_keys
 
@@ -29,6 +29,7 @@ PASSWORD = "mdb-secret-Ünï-" + "x" * 12
 
 def mixed_stack(stack: Stack) -> None:
     """PostgreSQL + MariaDB + Redis in RAM mode, encrypted backups; the user's password from the env."""
+    _require("mariadbd", "install it with apt-get install mariadb-server (scripts/bootstrap does)")
     recipient = with_keys(stack)
     document = stack.default_document("ram")
     stack.mariadb_port = free_port()  # type: ignore[attr-defined]
