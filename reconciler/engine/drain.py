@@ -32,6 +32,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -254,10 +255,8 @@ def close_mariadb(endpoint: Endpoint, data_dir: str) -> int:
         if not rows:
             return killed
         for (connection,) in rows:
-            try:
+            with contextlib.suppress(ReconcilerError):  # gone meanwhile
                 mdb.run_sql(endpoint, f"KILL CONNECTION {int(connection)};")
-            except ReconcilerError:  # gone meanwhile
-                pass
         killed += len(rows)
         if time.monotonic() > deadline:
             raise PermanentError(
