@@ -31,19 +31,19 @@ from pyrage import x25519
 
 from reconciler import __version__
 from reconciler.backup import keys, manifest, pipeline
-from reconciler.databases import mariadb as mdb
 from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
+from reconciler.databases.engine import Engine, engine_for
 from reconciler.errors import CommandFailed, PermanentError, ReconcilerError
 from reconciler.plan.backupsets import MANIFEST_SUFFIX, set_name
 from reconciler.runtimes.base import Endpoint
-from reconciler.spec.model import MariadbSpec, PostgresSpec, StateSpec
+from reconciler.spec.model import PostgresSpec, StateSpec
 from reconciler.stores.local import LocalStore
 from reconciler.system import failpoints, proc
 
 log = logging.getLogger(__name__)
 
-MEMBER_SUFFIX = {"postgres": "postgres.pgdump.zst", "redis": "redis.rdb.zst", "mariadb": "mariadb.sql.zst"}
+MEMBER_SUFFIX = {"postgres": "postgres.pgdump.zst", "redis": "redis.rdb.zst"}  # engines: Engine.member_suffix
 Progress = Callable[[str, int], None]  # (member, bytes so far)
 
 
@@ -163,38 +163,29 @@ def _backup_postgres(
     }
 
 
-def _backup_mariadb(
-    spec: MariadbSpec,
+def _backup_engine(
+    engine: Engine,
+    spec: Any,
     endpoint: Endpoint,
     store: LocalStore,
     base: str,
     sealing: Sealing,
     progress: Progress | None,
 ) -> dict[str, Any]:
-    """``mariadb-dump --single-transaction`` streamed into the store; the table statistics are read in a
-    snapshot taken at the same instant as the dump's (``mdb.SnapshotGate``)."""
-    file_name = f"{base}.{MEMBER_SUFFIX['mariadb']}{sealing.suffix}"
-    gate = mdb.SnapshotGate(endpoint, spec.database)
+    """An engine's consistent dump streamed into the store, with the per-table statistics of the same
+    snapshot (for MariaDB: ``mariadb-dump --single-transaction`` and ``mariadb.SnapshotGate``)."""
+    file_name = f"{base}.{engine.member_suffix}{sealing.suffix}"
     try:
-        version = gate.stats.query("SELECT VERSION()")[0][0]
-        try:
-            with proc.streaming(
-                mdb.dump_argv(endpoint, spec.database, spec.dump_options), stdout=proc.PIPE
-            ) as dump:
-                assert dump.stdout is not None
-                member = _store_member(
-                    store, file_name, mdb.GateReader(dump.stdout, gate), sealing, progress, "mariadb"
-                )
-        except CommandFailed:
-            store.delete(file_name)  # the dump stopped early: what was stored is truncated
-            raise
-        gate.release()
-        stats = mdb.table_stats(gate.stats, spec.database)
-    finally:
-        gate.close()
+        with engine.dump(endpoint, spec) as dump:
+            member = _store_member(store, file_name, dump.stream, sealing, progress, engine.kind)
+            stats = dump.stats()
+            version = dump.version
+    except CommandFailed:
+        store.delete(file_name)  # the dump stopped early: what was stored is truncated
+        raise
     return {
-        "service": "mariadb",
-        "content": "mariadb-dump-sql",
+        "service": engine.kind,
+        "content": engine.content,
         "database": spec.database,
         "owner": spec.user,
         "server_version": version,
@@ -234,11 +225,13 @@ def create_set(
                 )
             )
             written.append(members[-1]["file"])
-        if spec.services.mariadb is not None:
-            members.append(
-                _backup_mariadb(spec.services.mariadb, endpoints["mariadb"], store, base, sealing, progress)
-            )
-            written.append(members[-1]["file"])
+        for name, service_spec in spec.services.configured().items():
+            engine = engine_for(name)
+            if engine is not None:
+                members.append(
+                    _backup_engine(engine, service_spec, endpoints[name], store, base, sealing, progress)
+                )
+                written.append(members[-1]["file"])
         document: dict[str, Any] = {
             "format": manifest.FORMAT,
             "set": base,

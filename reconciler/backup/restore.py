@@ -28,8 +28,8 @@ from typing import Any, BinaryIO
 from pyrage import x25519
 
 from reconciler.backup import manifest, pipeline
-from reconciler.databases import mariadb as mdb
 from reconciler.databases import postgres as pg
+from reconciler.databases.engine import Engine
 from reconciler.errors import CommandFailed, HostFault, PermanentError
 from reconciler.plan import faults
 from reconciler.plan.backupsets import MANIFEST_SUFFIX
@@ -226,7 +226,8 @@ def restore_postgres(
     return restored
 
 
-def restore_mariadb(
+def restore_engine(
+    engine: Engine,
     store: LocalStore,
     checked: CheckedSet,
     identity: x25519.Identity | None,
@@ -240,53 +241,49 @@ def restore_mariadb(
     staged); or, when the live database is empty (restore on boot into a fresh server), straight into
     it: nothing is served from it until the restore completes (the restoring marker), and a dump with
     views or triggers, which ``RENAME TABLE`` cannot move, restores too."""
-    member = checked.member("mariadb")
+    member = checked.member(engine.kind)
     if member is None:
-        raise SetRejected(checked.name, "it holds no mariadb dump")
-    direct = swap and mdb.is_empty(endpoint, database)
-    target = database if direct else database + mdb.RESTORING_SUFFIX
+        raise SetRejected(checked.name, f"it holds no {engine.kind} dump")
+    direct = swap and engine.is_empty(endpoint, database)
+    target = database if direct else engine.side_name(database)
     try:
         if not direct:
-            mdb.recreate_database(endpoint, target)
+            engine.create_side(endpoint, target)
     except Exception as exc:
         raise classify_failure(checked.name, exc) from None
     try:
         try:
-            with proc.streaming(mdb.restore_argv(endpoint, target), stdin=proc.PIPE) as load:
-                assert load.stdin is not None
+            with engine.load(endpoint, target) as load:
                 proc.widen_pipe(load.stdin)
                 stream_member(store, member, identity, load.stdin)
-                failpoints.hit("restore.mariadb.streamed")
+                failpoints.hit(f"restore.{engine.kind}.streamed")
         except CommandFailed as exc:  # the client's stderr says whether the dump or the host failed
             raise classify_failure(checked.name, exc, faults.Stage.LOAD) from None
         expected = member.get("check", {}).get("tables")
         try:
-            restored = mdb.database_stats(endpoint, target)
+            restored = engine.stats(endpoint, target)
         except Exception as exc:
             raise classify_failure(checked.name, exc) from None
-        differing = mdb.stats_differ(expected, restored) if expected is not None else []
+        differing = engine.stats_differ(expected, restored) if expected is not None else []
         if differing:
             raise SetRejected(
-                checked.name, f"restored mariadb tables differ from the manifest: {', '.join(differing[:5])}"
+                checked.name,
+                f"restored {engine.kind} tables differ from the manifest: {', '.join(differing[:5])}",
             )
         if not direct:
-            mdb.mark_staged(endpoint, target)
+            engine.mark_staged(endpoint, target)
     except BaseException:
         if not direct:
-            _drop_mariadb_quietly(endpoint, target)
+            try:
+                engine.drop(endpoint, target)
+            except Exception as exc:  # cleanup must not hide the real error
+                log.warning("could not drop %s after a failed restore: %s", target, exc)
         raise
     if swap and not direct:
-        failpoints.hit("restore.mariadb.before-swap")
-        mdb.swap_databases(endpoint, database, target)
-    log.info("restored mariadb database %s from %s", database, checked.name)
+        failpoints.hit(f"restore.{engine.kind}.before-swap")
+        engine.swap(endpoint, database, target)
+    log.info("restored %s database %s from %s", engine.kind, database, checked.name)
     return restored
-
-
-def _drop_mariadb_quietly(endpoint: Endpoint, database: str) -> None:
-    try:
-        mdb.drop_database(endpoint, database)
-    except Exception as exc:  # cleanup must not hide the real error
-        log.warning("could not drop %s after a failed restore: %s", database, exc)
 
 
 def _drop_quietly(endpoint: Endpoint, database: str) -> None:

@@ -17,6 +17,7 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
+from reconciler.databases.engine import server_recipes
 from reconciler.errors import InvalidInput
 from reconciler.observe.local import observe as observe_local
 from reconciler.plan.observed import ObservedState
@@ -93,7 +94,7 @@ class StackContext:
 
             runtime = DockerRuntime(spec.stack, spec.state_path, spec)
         else:
-            runtime = LocalRuntime(spec.stack, spec.state_path)
+            runtime = LocalRuntime(spec.stack, spec.state_path, server_recipes())
         return cls(spec, runtime, state_file, override)
 
     def pg_bindir(self) -> str:

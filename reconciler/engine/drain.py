@@ -20,31 +20,23 @@ Design decisions:
 - Redis: its listener is moved to a private port (``CONFIG SET port``, Redis ≥ 7) and every other
   client is killed in the same ``MULTI`` (Redis is single-threaded: nothing runs in between). The new
   copy, on the local runtime, is started on that private port and moved back once verified.
-- MariaDB: every account except the server's own (root, mysql, mariadb.sys, PUBLIC) is locked
-  (``ALTER USER ... ACCOUNT LOCK``) and every other connection killed (its open transaction rolls
-  back: never acknowledged); the engine stays in as root over the unix socket (``unix_socket`` auth).
-  The lock lives in the ``mysql`` schema, *inside the data directory*, so the copy starts closed
-  exactly like PostgreSQL's pg_hba block; the accounts locked by the drain are listed in a file in the
-  data directory (copied too), so opening unlocks those and never an account an administrator locked.
+- Engines on the interface (``databases/engine.py``, MariaDB) bring their own ``close``/``open``
+  with the same contract: closed state kept inside the data directory, so the copy starts closed.
 - Idempotent: a resumed switch closes or opens again without harm (the block is recognised by its
   marker lines, a Redis already moved answers on the private port).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import socket
 import time
 
-from reconciler.databases import mariadb as mdb
 from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
 from reconciler.errors import PermanentError, ReconcilerError
 from reconciler.runtimes.base import Endpoint
-from reconciler.system import fs
 
 log = logging.getLogger(__name__)
 
@@ -211,69 +203,3 @@ def open_redis(endpoint: Endpoint, private: int, expected_dir: str | None = None
     moved = Endpoint(endpoint.host, private, endpoint.user, endpoint.container)
     if not move_redis(moved, endpoint.port, False, expected_dir) and not _answers(endpoint):
         raise PermanentError(f"redis answers neither on port {private} nor on {endpoint.port}")
-
-
-# -- MariaDB ---------------------------------------------------------------------------------------
-
-MARIADB_CLOSED = ".reconciler-closed.json"
-_MARIADB_SYSTEM_USERS = ("root", "mysql", "mariadb.sys", "PUBLIC", "")
-
-
-def _closed_file(data_dir: str) -> str:
-    return os.path.join(data_dir, MARIADB_CLOSED)
-
-
-def close_mariadb(endpoint: Endpoint, data_dir: str) -> int:
-    """Lock every application account and kill its connections; the number of connections killed."""
-    system = ", ".join(mdb.literal(u) for u in _MARIADB_SYSTEM_USERS)
-    path = _closed_file(data_dir)
-    try:
-        with open(path) as handle:
-            locked = [tuple(a) for a in json.load(handle)["locked"]]
-    except FileNotFoundError:
-        rows = mdb.run_sql(
-            endpoint,
-            "SELECT user, host FROM mysql.global_priv WHERE user NOT IN (" + system + ") "
-            "AND NOT JSON_VALUE(priv, '$.account_locked') <=> 'true';",
-        )
-        locked = [(user, host) for user, host in rows]
-        st = os.stat(data_dir)
-        fs.atomic_write_json(path, {"locked": locked}, 0o600)  # first: opening must know what to unlock
-        os.chown(path, st.st_uid, st.st_gid)
-    statements = [f"ALTER USER {mdb.literal(u)}@{mdb.literal(h)} ACCOUNT LOCK" for u, h in locked]
-    if statements:
-        mdb.run_sql(endpoint, ";\n".join(statements) + ";")
-    killed = 0
-    deadline = time.monotonic() + _CLOSE_TIMEOUT
-    while True:
-        rows = mdb.run_sql(
-            endpoint,
-            "SELECT id FROM information_schema.processlist WHERE id <> CONNECTION_ID() "
-            f"AND command NOT IN ('Daemon', 'Binlog Dump') AND user NOT IN ({system}, 'system user', "
-            "'event_scheduler', 'unauthenticated user');",
-        )
-        if not rows:
-            return killed
-        for (connection,) in rows:
-            with contextlib.suppress(ReconcilerError):  # gone meanwhile
-                mdb.run_sql(endpoint, f"KILL CONNECTION {int(connection)};")
-        killed += len(rows)
-        if time.monotonic() > deadline:
-            raise PermanentError(
-                f"mariadb clients on port {endpoint.port} did not exit after KILL CONNECTION"
-            )
-        time.sleep(0.01)
-
-
-def open_mariadb(endpoint: Endpoint, data_dir: str) -> None:
-    """Unlock the accounts the drain locked (the server must be running from ``data_dir``)."""
-    path = _closed_file(data_dir)
-    try:
-        with open(path) as handle:
-            locked = [tuple(a) for a in json.load(handle)["locked"]]
-    except FileNotFoundError:
-        return
-    statements = [f"ALTER USER {mdb.literal(u)}@{mdb.literal(h)} ACCOUNT UNLOCK" for u, h in locked]
-    if statements:
-        mdb.run_sql(endpoint, ";\n".join(statements) + ";")
-    os.unlink(path)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import os
 
-from reconciler.databases import mariadb as mdb
 from reconciler.databases import postgres as pg
+from reconciler.databases.engine import engine_for
 from reconciler.engine.context import StackContext
 from reconciler.engine.secrets import service_password
 from reconciler.plan.actions import (
@@ -65,8 +65,9 @@ def execute(action: Action, ctx: StackContext) -> None:
                 )
             else:
                 password = service_password(ctx, name)
-            if isinstance(spec, MariadbSpec):
-                mdb.ensure_user_and_database(runtime.endpoint(name, spec.port), owner, database, password)
+            engine = engine_for(name)
+            if engine is not None:
+                engine.ensure(runtime.endpoint(name, spec.port), database, owner, password)
             else:
                 pg.ensure_role_and_database(runtime.endpoint(name, spec.port), owner, database, password)
         case SwitchMode():

@@ -30,9 +30,9 @@ from typing import Any
 from reconciler.backup import keys
 from reconciler.backup.create import identity_for_restore
 from reconciler.backup.restore import load_and_check, restore_postgres
-from reconciler.databases import mariadb as mdb
 from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
+from reconciler.databases.engine import engine_for, engine_markers
 from reconciler.engine import backups, drain, records
 from reconciler.engine.context import StackContext
 from reconciler.engine.journal import Journal
@@ -356,10 +356,11 @@ class _Switch:
         terminated = 0
         for name, directory, port in zip(self.services, directories, self.ports, strict=True):
             endpoint = self.ctx.runtime.endpoint(name, port)
-            if name == "postgres":
+            engine = engine_for(name)
+            if engine is not None:
+                terminated += engine.close(endpoint, directory)
+            elif name == "postgres":
                 terminated += drain.close_postgres(endpoint, directory, port)
-            elif name == "mariadb":
-                terminated += drain.close_mariadb(endpoint, directory)
             else:
                 drain.close_redis(endpoint, private)
         return terminated
@@ -367,10 +368,11 @@ class _Switch:
     def _open(self, directories: list[str]) -> None:
         for name, directory, port in zip(self.services, directories, self.ports, strict=True):
             endpoint = self.ctx.runtime.endpoint(name, port)
-            if name == "postgres":
+            engine = engine_for(name)
+            if engine is not None:
+                engine.open(endpoint, directory)
+            elif name == "postgres":
                 drain.open_postgres(endpoint, directory)
-            elif name == "mariadb":
-                drain.open_mariadb(endpoint, directory)
             else:  # the Redis found on the private port must be ours (its dir), never another stack's
                 expected = directory if self.ctx.spec.runtime == "local" else None
                 drain.open_redis(endpoint, self.private_port, expected)
@@ -442,17 +444,18 @@ class _Switch:
             if name == "redis" and (directory in self.sources or self._new_port(name, port) != port):
                 port = self.private_port  # closed to clients: on its private port
             endpoint = self.ctx.runtime.endpoint(name, port)
-            if name == "postgres":
+            engine = engine_for(name)
+            if engine is not None:
+                database = self.ctx.spec.services.database_of(name)
+                assert database is not None
+                for table, stats in engine.stats(endpoint, database).items():
+                    result[f"{name}:{table}"] = stats
+            elif name == "postgres":
                 spec = self.ctx.spec.services.postgres
                 assert spec is not None
                 with pg.connect(endpoint, spec.database) as conn:
                     for table, stats in pg.table_stats(conn).items():
                         result[f"postgres:{table}"] = stats
-            elif name == "mariadb":
-                mspec = self.ctx.spec.services.mariadb
-                assert mspec is not None
-                for table, stats in mdb.database_stats(endpoint, mspec.database).items():
-                    result[f"mariadb:{table}"] = stats
             else:
                 result["redis:digest"] = rd.digest(endpoint)
         return result
@@ -476,7 +479,7 @@ class _Switch:
             service = observed.get(name)
             if service is not None and service.running and service.data_dir == directory:
                 continue
-            if not holds_service_data(name, directory):
+            if not holds_service_data(name, directory, engine_markers(name)):
                 return True
         return False
 

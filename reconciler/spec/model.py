@@ -493,6 +493,10 @@ class ServicesSpec(_Strict):
             raise ValueError("configure at least one service (postgres, redis or mariadb)")
         return self
 
+    def database_of(self, name: str) -> str | None:
+        """The application database of a SQL service (None for Redis or a service not configured)."""
+        return getattr(self.configured().get(name), "database", None)
+
     def configured(self) -> dict[str, PostgresSpec | RedisSpec | MariadbSpec]:
         found: dict[str, PostgresSpec | RedisSpec | MariadbSpec] = {}
         if self.postgres is not None:
