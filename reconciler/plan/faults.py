@@ -88,6 +88,11 @@ HOST_SIGNATURES = (
     "server has gone away",
     "is full",
     "out of resources",
+    # MariaDB quotes the errno's text ("(Errcode: 28 "No space left on device")"): its number is its own
+    "errcode: 28",  # ENOSPC
+    "errcode: 24",  # EMFILE
+    "errcode: 12",  # ENOMEM
+    "errcode: 122",  # EDQUOT
 )
 
 

@@ -298,13 +298,10 @@ class LocalRuntime:
             user=user,
             inherit_env=False,
         )
-        deadline = time.monotonic() + _START_TIMEOUT
-        while time.monotonic() < deadline:
-            pid = read_pid(pidfile)
-            if pid and port in host.listening_ports(pid):
-                return
-            time.sleep(0.02)
-        raise PermanentError(f"redis did not start listening on {port}; its log: {self.log_file('redis')}")
+        if not _listening_soon(pidfile, port):
+            raise PermanentError(
+                f"redis did not start listening on {port}; its log: {self.log_file('redis')}"
+            )
 
     def _start_detached(self, recipe: ServerRecipe, user: str | None, data_dir: str, port: int) -> None:
         service = recipe.service
@@ -314,15 +311,10 @@ class LocalRuntime:
         log_file = self.log_file(service)
         argv = recipe.start_argv(data_dir, port, self.socket_dir(service), pidfile, log_file)
         proc.detach(argv, user=user, log_path=log_file)
-        deadline = time.monotonic() + _START_TIMEOUT
-        while time.monotonic() < deadline:
-            pid = read_pid(pidfile)
-            if pid and port in host.listening_ports(pid):
-                return
-            time.sleep(0.02)
-        raise PermanentError(
-            f"{service} did not start listening on {port} from {data_dir}; its log: {log_file}"
-        )
+        if not _listening_soon(pidfile, port):
+            raise PermanentError(
+                f"{service} did not start listening on {port} from {data_dir}; its log: {log_file}"
+            )
 
     def stop_service(self, service: str, data_dir: str) -> None:
         user, _, _ = self.account(service)
@@ -356,6 +348,17 @@ class LocalRuntime:
                 if host.process_alive(pid):
                     raise PermanentError(f"{service} (pid {pid}) did not stop within 120 s")
         log.info("stopped %s", service)
+
+
+def _listening_soon(pidfile: str, port: int) -> bool:
+    """Whether the process named in ``pidfile`` listens on ``port`` within the start timeout."""
+    deadline = time.monotonic() + _START_TIMEOUT
+    while time.monotonic() < deadline:
+        pid = read_pid(pidfile)
+        if pid and port in host.listening_ports(pid):
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def _serves(pid: int, data_dir: str, service: str) -> bool:
