@@ -53,7 +53,7 @@ from typing import IO, Any
 from reconciler.databases.engine import EngineFacts
 from reconciler.errors import CommandFailed, PermanentError, ReconcilerError, TransientError
 from reconciler.runtimes.base import Endpoint
-from reconciler.system import fs, proc
+from reconciler.system import failpoints, fs, proc
 
 _END = "\x1ereconciler-end"
 RESTORING_SUFFIX = "__restoring"
@@ -369,6 +369,7 @@ def swap_databases(endpoint: Endpoint, database: str, side: str) -> None:
             moves += [f"{ident(side)}.{ident(t)} TO {ident(database)}.{ident(t)}" for t in incoming]
             moves.append(f"{ident(side)}.{ident(PENDING_TABLE)} TO {ident(replaced)}.{ident(PENDING_TABLE)}")
             session.query("RENAME TABLE " + ", ".join(moves))
+            failpoints.hit("mariadb.swap.renamed")  # tests: killed between the rename and the clean-up
         session.query(f"DROP DATABASE IF EXISTS {ident(side)}; DROP DATABASE IF EXISTS {ident(replaced)}")
 
 

@@ -209,3 +209,52 @@ def test_the_manifest_describes_exactly_the_dump_while_a_writer_commits(stack: S
     assert written[0] > 0
     stack.cli("verify")
     assert sets(stack)[0]["verified"]["ok"] is True
+
+
+@pytest.mark.parametrize(
+    "point",
+    ["restore.stage-mariadb.after", "mariadb.swap.renamed", "restore.commit-mariadb.after"],
+)
+def test_a_restore_killed_around_the_swap_and_resumed_serves_the_chosen_set(stack: Stack, point: str) -> None:
+    """Killed after staging (rolled back: the live data stays), between the one RENAME TABLE and the
+    clean-up, or after the commit: the next apply never swaps twice (which would move the restored
+    tables aside and drop them) and ends with the chosen set's data or, before the point of no return,
+    the data the stack served."""
+    mixed_stack(stack)
+    seed_mariadb(stack, 800)
+    stack.cli("backup")
+    chosen = mariadb_content(stack)
+    sql(stack, "DELETE FROM orders WHERE id < 100; CREATE TABLE later (x INT);")
+    current = mariadb_content(stack)
+    killed = stack.cli(
+        "restore", "--latest", "--yes", check=None, env={"RECONCILER_FAILPOINTS": f"{point}=kill"}
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    stack.cli("apply")
+    expected = current if point == "restore.stage-mariadb.after" else chosen
+    assert mariadb_content(stack) == expected
+    leftovers = sql(stack, "SHOW DATABASES LIKE 'shop\\_\\_%'", "mysql")
+    assert not leftovers
+    stack.cli("plan", check=0)
+
+
+def test_triggers_restore_on_boot_and_a_live_swap_is_refused_before_anything_changes(stack: Stack) -> None:
+    mixed_stack(stack)
+    seed_mariadb(stack, 200)
+    sql(
+        stack,
+        "CREATE TABLE audit (n INT); CREATE TRIGGER orders_audit AFTER INSERT ON orders "
+        "FOR EACH ROW INSERT INTO audit VALUES (NEW.id);",
+    )
+    sql(stack, "INSERT INTO orders (id, title) VALUES (50000, 'audited')")
+    stack.cli("backup")
+    expected = mariadb_content(stack)
+    refused = stack.cli("restore", "--latest", "--yes", check=1)
+    assert "orders_audit" in refused.stderr and "cannot move between databases" in refused.stderr
+    assert mariadb_content(stack) == expected
+    pid = int((stack.dir / ".reconciler" / "run" / "mariadb" / "mariadb.pid").read_text())
+    power_cut(stack)
+    os.kill(pid, 9)
+    stack.cli("apply")
+    assert mariadb_content(stack) == expected
+    assert sql(stack, "SHOW TRIGGERS")[0][0] == "orders_audit"
