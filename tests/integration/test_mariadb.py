@@ -81,12 +81,12 @@ def seed_mariadb(stack: Stack, rows: int = 2000, start: int = 0) -> None:
     )
 
 
-def mariadb_content(stack: Stack) -> dict[str, str]:
+def mariadb_content(stack: Stack, database: str = "shop") -> dict[str, str]:
     """Each table's rows, sorted, hashed: computed by the test, not by the reconciler."""
     content = {}
-    for (table,) in sql(stack, "SHOW TABLES"):
+    for (table,) in sql(stack, "SHOW TABLES", database):
         quoted = "`" + table.replace("`", "``") + "`"
-        rows = sql(stack, f"SELECT * FROM {quoted} ORDER BY 1")
+        rows = sql(stack, f"SELECT * FROM {quoted} ORDER BY 1", database)
         content[table] = hashlib.sha256(repr(rows).encode()).hexdigest() + f":{len(rows)}"
     return content
 
@@ -258,3 +258,18 @@ def test_triggers_restore_on_boot_and_a_live_swap_is_refused_before_anything_cha
     stack.cli("apply")
     assert mariadb_content(stack) == expected
     assert sql(stack, "SHOW TRIGGERS")[0][0] == "orders_audit"
+
+
+def test_disaster_recovery_by_hand_with_age_zstd_and_the_mariadb_client(stack: Stack) -> None:
+    mixed_stack(stack)
+    seed_mariadb(stack, 300)
+    stack.cli("backup")
+    member = member_file(stack, sets(stack)[0]["name"], "mariadb")
+    key = stack.dir / "keys" / "backup.key"
+    sql(stack, "CREATE DATABASE by_hand", "mysql")
+    subprocess.run(
+        f"age -d -i {key} {member} | zstd -d | mariadb --no-defaults -S {socket(stack)} -u root by_hand",
+        shell=True,
+        check=True,
+    )
+    assert mariadb_content(stack, "by_hand") == mariadb_content(stack)
