@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import subprocess
-import threading
 
 import pytest
 import redis
@@ -174,39 +173,33 @@ def test_a_power_cut_brings_all_three_engines_back_from_the_newest_set(stack: St
     assert stack.status()["lastRestore"]["set"] == sets(stack)[0]["name"]
 
 
-def test_the_manifest_describes_exactly_the_dump_while_a_writer_commits(stack: Stack) -> None:
-    """Without the snapshot gate the statistics and the dump are read at different instants and the
-    restore check fails (the manifest's row count is not the dump's)."""
+def test_the_manifest_describes_exactly_the_dump_when_a_client_commits_between_the_snapshots(
+    stack: Stack,
+) -> None:
+    """A client commits right after the statistics' snapshot, before the dump takes its own. Commits are
+    held back until both snapshots exist, so the row it writes is in neither; without that, the dump
+    holds it, the manifest does not, and verification rejects the set. The failpoint's command starts
+    the INSERT in the background and returns once it either committed or waits (a condition polled
+    with a deadline, never a sleep as synchronisation)."""
     mixed_stack(stack)
-    seed_mariadb(stack, 20000)
-    stop = threading.Event()
-    written = [0]
-
-    def writer() -> None:
-        client = subprocess.Popen(
-            ["mariadb", "--no-defaults", "-S", socket(stack), "-u", "root", "shop"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-        )
-        assert client.stdin is not None
-        next_id = 1_000_000
-        while not stop.is_set():
-            client.stdin.write(f"INSERT INTO orders (id, title) VALUES ({next_id}, 'live');\n")
-            client.stdin.flush()
-            next_id += 1
-            written[0] += 1
-        client.stdin.close()
-        client.wait()
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
-        stack.cli("backup")
-    finally:
-        stop.set()
-        thread.join()
-    assert written[0] > 0
+    seed_mariadb(stack, 500)
+    client = f"mariadb --no-defaults -S {socket(stack)} -u root"
+    insert = "INSERT INTO shop.orders (id, title) VALUES (999999, 'between the snapshots')"
+    seen = (
+        "SELECT (SELECT COUNT(*) FROM shop.orders WHERE id = 999999) + (SELECT COUNT(*) FROM "
+        "information_schema.processlist WHERE id <> CONNECTION_ID() AND info LIKE 'INSERT INTO shop.orders%')"
+    )
+    action = (
+        f'sh:{client} -e "{insert}" >/dev/null 2>&1 & i=0; '
+        f'while [ "$({client} -N -e "{seen}")" = 0 ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done'
+    )
+    stack.cli("backup", env={"RECONCILER_FAILPOINTS": f"backup.mariadb.stats-snapshot={action}"})
+    assert sql(stack, "SELECT COUNT(*) FROM orders WHERE id = 999999") == [["1"]]  # it did commit, later
+    manifest = json.loads(
+        next((stack.dir / "data" / "backups").glob(f"{sets(stack)[0]['name']}.manifest.json")).read_text()
+    )
+    tables = next(m for m in manifest["members"] if m["service"] == "mariadb")["check"]["tables"]
+    assert tables["orders"][0] == 500
     stack.cli("verify")
     assert sets(stack)[0]["verified"]["ok"] is True
 
