@@ -19,6 +19,7 @@ Design decisions:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -125,9 +126,12 @@ def engine_for(service: str) -> Engine | None:
     return engines().get(service)
 
 
-def server_recipes() -> dict[str, ServerRecipe]:
-    """What the local runtime is given to run the engines' servers."""
-    return {kind: engine.server for kind, engine in engines().items()}
+def server_recipes(services: Iterable[str] | None = None) -> dict[str, ServerRecipe]:
+    """What the local runtime is given to run the engines' servers: those of ``services`` (the stack's),
+    so a stack without them keeps exactly the run directory it had (``LocalRuntime.run_root`` weighs
+    every service account it knows), or all of them."""
+    wanted = None if services is None else set(services)
+    return {kind: e.server for kind, e in engines().items() if wanted is None or kind in wanted}
 
 
 def engine_markers(service: str) -> tuple[str, ...] | None:

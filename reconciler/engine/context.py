@@ -94,7 +94,7 @@ class StackContext:
 
             runtime = DockerRuntime(spec.stack, spec.state_path, spec)
         else:
-            runtime = LocalRuntime(spec.stack, spec.state_path, server_recipes())
+            runtime = LocalRuntime(spec.stack, spec.state_path, server_recipes(spec.services.configured()))
         return cls(spec, runtime, state_file, override)
 
     def pg_bindir(self) -> str:
