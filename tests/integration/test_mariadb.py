@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import subprocess
+from typing import Any
 
 import pytest
 import redis
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.integration
 PASSWORD = "mdb-secret-Ünï-" + "x" * 12
 
 
-def mixed_stack(stack: Stack) -> None:
+def mixed_stack(stack: Stack, stores: dict[str, Any] | None = None) -> None:
     """PostgreSQL + MariaDB + Redis in RAM mode, encrypted backups; the user's password from the env."""
     _require("mariadbd", "install it with apt-get install mariadb-server (scripts/bootstrap does)")
     recipient = with_keys(stack)
@@ -43,6 +44,7 @@ def mixed_stack(stack: Stack) -> None:
     document["backup"] = {
         "encryption": {"recipients": [recipient], "identity_file": "./keys/backup.key"},
         "retention": {"keep_last": 24},
+        **({"stores": stores} if stores else {}),
     }
     stack.env["SHOP_DB_PASSWORD"] = PASSWORD
     stack.write(document)
@@ -266,3 +268,29 @@ def test_disaster_recovery_by_hand_with_age_zstd_and_the_mariadb_client(stack: S
         check=True,
     )
     assert mariadb_content(stack, "by_hand") == mariadb_content(stack)
+
+
+def test_with_every_local_set_gone_a_power_cut_restores_all_three_engines_from_drive(
+    stack: Stack, emulator: Any
+) -> None:
+    from tests.integration.test_gdrive import authorized_user_file
+
+    folder = emulator.make_folder()
+    (stack.dir / "keys").mkdir(mode=0o700)
+    credentials = authorized_user_file(stack.dir / "keys" / "gdrive.json", emulator)
+    gdrive = {"enabled": True, "folder_id": folder, "credentials_file": credentials, "api_url": emulator.url}
+    mixed_stack(stack, {"gdrive": {**gdrive, "chunk_size": "256KiB"}})
+    seed(stack, 200)
+    seed_mariadb(stack, 700)
+    stack.cli("backup")
+    assert any(name.endswith(".mariadb.sql.zst.age") for name in emulator.names_in(folder))
+    expected = (snapshot(stack), mariadb_content(stack))
+    pid = int((stack.dir / ".reconciler" / "run" / "mariadb" / "mariadb.pid").read_text())
+    power_cut(stack)
+    os.kill(pid, 9)
+    for path in (stack.dir / "data" / "backups").iterdir():
+        path.unlink()
+    assert "(gdrive store)" in stack.cli("plan", check=2).stdout
+    stack.cli("apply")
+    assert (snapshot(stack), mariadb_content(stack)) == expected
+    assert stack.status()["lastRestore"]["store"] == "gdrive"
