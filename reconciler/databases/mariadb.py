@@ -46,6 +46,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -285,15 +286,21 @@ class SnapshotGate:
             self.close()
             raise
         self.locked = True
+        self.released = threading.Event()  # commits flow again (or the gate was closed)
 
     def release(self) -> None:
         if self.locked:
             self.locked = False
-            self.lock.query("BACKUP STAGE END")
+            try:
+                self.lock.query("BACKUP STAGE END")
+            finally:
+                self.released.set()
 
     def close(self) -> None:
         self.lock.close()
         self.stats.close()
+        if hasattr(self, "released"):
+            self.released.set()
 
 
 class GateReader:
@@ -514,14 +521,36 @@ class MariadbServer:
 
 
 class _MariadbDump:
+    """The statistics are computed in a thread while the dump streams (two server threads, two cores):
+    they start once the gate opens, in the snapshot taken under it."""
+
     def __init__(self, gate: SnapshotGate, stream: Any, version: str) -> None:
         self.gate = gate
         self.stream = GateReader(stream, gate)
         self.version = version
+        self._result: dict[str, list[Any]] = {}
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._compute, name="mariadb-stats", daemon=True)
+        self._thread.start()
+
+    def _compute(self) -> None:
+        self.gate.released.wait()
+        try:
+            if not self.gate.locked:  # not closed before the gate opened
+                self._result = table_stats(self.gate.stats, self.gate.database)
+        except BaseException as exc:  # handed to the caller by stats()
+            self._error = exc
 
     def stats(self) -> dict[str, list[Any]]:
         self.gate.release()
-        return table_stats(self.gate.stats, self.gate.database)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def abandon(self) -> None:
+        self.gate.released.set()
+        self._thread.join(timeout=60)
 
 
 class MariadbEngine:
@@ -550,7 +579,12 @@ class MariadbEngine:
             with proc.streaming(
                 dump_argv(endpoint, spec.database, spec.dump_options), stdout=proc.PIPE
             ) as dump:
-                yield _MariadbDump(gate, dump.stdout, version)
+                taking = _MariadbDump(gate, dump.stdout, version)
+                try:
+                    yield taking
+                finally:
+                    if taking._thread.is_alive() and gate.locked:  # failed before the gate opened
+                        taking.abandon()
         finally:
             gate.close()
 

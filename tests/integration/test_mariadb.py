@@ -294,3 +294,19 @@ def test_with_every_local_set_gone_a_power_cut_restores_all_three_engines_from_d
     stack.cli("apply")
     assert (snapshot(stack), mariadb_content(stack)) == expected
     assert stack.status()["lastRestore"]["store"] == "gdrive"
+
+
+def test_a_dump_that_fails_leaves_no_set_and_never_holds_commits_back(stack: Stack) -> None:
+    """mariadb-dump exits early (here: a character set it does not know) while the snapshot gate holds
+    commits: the backup fails with the dump's own words, writes no member, and commits flow again."""
+    mixed_stack(stack)
+    document = stack.document()
+    document["services"]["mariadb"]["dump_options"] = ["--default-character-set=nosuchcharset"]
+    stack.write(document)
+    seed_mariadb(stack, 50)
+    failed = stack.cli("backup", check=1)
+    assert "nosuchcharset" in failed.stderr
+    assert not list((stack.dir / "data" / "backups").glob("*mariadb*"))
+    assert not [s for s in sets(stack) if s["complete"]]
+    sql(stack, "INSERT INTO orders (id, title) VALUES (424242, 'after the failed backup')")
+    assert sql(stack, "SELECT COUNT(*) FROM orders") == [["51"]]
