@@ -135,6 +135,7 @@ class Stack:
             *self.dir.rglob("postmaster.pid"),
             *self.ram_root.rglob("postmaster.pid"),
             *self.dir.rglob("redis.pid"),
+            *self.dir.rglob("mariadb.pid"),
         ]:
             with contextlib.suppress(ValueError, ProcessLookupError, FileNotFoundError, IndexError):
                 os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)

@@ -33,6 +33,7 @@ from reconciler import __version__
 from reconciler.backup import keys, manifest, pipeline
 from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
+from reconciler.databases.engine import Engine, engine_for
 from reconciler.errors import CommandFailed, PermanentError, ReconcilerError, coded
 from reconciler.plan.backupsets import MANIFEST_SUFFIX, set_name
 from reconciler.plan.failures import FailureCode
@@ -44,7 +45,7 @@ from reconciler.system import failpoints, proc
 
 log = logging.getLogger(__name__)
 
-MEMBER_SUFFIX = {"postgres": "postgres.pgdump.zst", "redis": "redis.rdb.zst"}
+MEMBER_SUFFIX = {"postgres": "postgres.pgdump.zst", "redis": "redis.rdb.zst"}  # engines: Engine.member_suffix
 Progress = Callable[[str, int], None]  # (member, bytes so far)
 
 
@@ -184,6 +185,38 @@ def _backup_postgres(
     }
 
 
+def _backup_engine(
+    engine: Engine,
+    spec: Any,
+    endpoint: Endpoint,
+    store: LocalStore,
+    base: str,
+    sealing: Sealing,
+    progress: Progress | None,
+    budget: Budget,
+) -> dict[str, Any]:
+    """An engine's consistent dump streamed into the store, with the per-table statistics of the same
+    snapshot (for MariaDB: ``mariadb-dump --single-transaction`` and ``mariadb.SnapshotGate``)."""
+    file_name = f"{base}.{engine.member_suffix}{sealing.suffix}"
+    try:
+        with engine.dump(endpoint, spec) as dump:
+            member = _store_member(store, file_name, dump.stream, sealing, progress, engine.kind, budget)
+            stats = dump.stats()
+            version = dump.version
+    except CommandFailed as exc:
+        store.delete(file_name)  # the dump stopped early: what was stored is truncated
+        raise coded(exc, FailureCode.DUMP_ERROR) from None
+    return {
+        "service": engine.kind,
+        "content": engine.content,
+        "database": spec.database,
+        "owner": spec.user,
+        "server_version": version,
+        **member,
+        "check": {"tables": stats},
+    }
+
+
 def create_set(
     spec: StateSpec,
     endpoints: dict[str, Endpoint],
@@ -223,6 +256,15 @@ def create_set(
                 )
             )
             written.append(members[-1]["file"])
+        for name, service_spec in spec.services.configured().items():
+            engine = engine_for(name)
+            if engine is not None:
+                members.append(
+                    _backup_engine(
+                        engine, service_spec, endpoints[name], store, base, sealing, progress, budget
+                    )
+                )
+                written.append(members[-1]["file"])
         document: dict[str, Any] = {
             "format": manifest.FORMAT,
             "set": base,

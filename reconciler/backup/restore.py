@@ -29,6 +29,7 @@ from pyrage import x25519
 
 from reconciler.backup import manifest, pipeline
 from reconciler.databases import postgres as pg
+from reconciler.databases.engine import Engine
 from reconciler.errors import CommandFailed, HostFault, PermanentError
 from reconciler.plan import failures, faults
 from reconciler.plan.backupsets import MANIFEST_SUFFIX
@@ -224,6 +225,66 @@ def restore_postgres(
     failpoints.hit("restore.postgres.before-swap")
     pg.swap_databases(endpoint, database, side)
     log.info("restored postgres database %s from %s", database, checked.name)
+    return restored
+
+
+def restore_engine(
+    engine: Engine,
+    store: LocalStore,
+    checked: CheckedSet,
+    identity: x25519.Identity | None,
+    endpoint: Endpoint,
+    database: str,
+    swap: bool = True,
+) -> dict[str, list[Any]]:
+    """Load the set's dump into a database and check it against the manifest before it is served.
+
+    Into ``<database>__restoring`` then swapped in by one ``RENAME TABLE`` (``swap=False`` leaves it
+    staged); or, when the live database is empty (restore on boot into a fresh server), straight into
+    it: nothing is served from it until the restore completes (the restoring marker), and a dump with
+    views or triggers, which ``RENAME TABLE`` cannot move, restores too."""
+    member = checked.member(engine.kind)
+    if member is None:
+        raise SetRejected(checked.name, f"it holds no {engine.kind} dump")
+    direct = swap and engine.is_empty(endpoint, database)
+    target = database if direct else engine.side_name(database)
+    try:
+        if not direct:
+            engine.create_side(endpoint, target)
+    except Exception as exc:
+        raise classify_failure(checked.name, exc) from None
+    try:
+        try:
+            with engine.load(endpoint, target) as load:
+                proc.widen_pipe(load.stdin)
+                stream_member(store, member, identity, load.stdin)
+                failpoints.hit(f"restore.{engine.kind}.streamed")
+        except CommandFailed as exc:  # the client's stderr says whether the dump or the host failed
+            raise classify_failure(checked.name, exc, faults.Stage.LOAD) from None
+        expected = member.get("check", {}).get("tables")
+        try:
+            restored = engine.stats(endpoint, target)
+        except Exception as exc:
+            raise classify_failure(checked.name, exc) from None
+        differing = engine.stats_differ(expected, restored) if expected is not None else []
+        if differing:
+            raise SetRejected(
+                checked.name,
+                f"restored {engine.kind} tables differ from the manifest: {', '.join(differing[:5])}",
+            )
+        if not direct:
+            engine.mark_staged(endpoint, target)
+    except BaseException:
+        if not direct:
+            try:
+                engine.drop(endpoint, target)
+            except Exception as exc:  # cleanup must not hide the real error
+                log.warning("could not drop %s after a failed restore: %s", target, exc)
+        raise
+    if swap and not direct:
+        failpoints.hit(f"restore.{engine.kind}.before-swap")
+        engine.swap(endpoint, database, target)
+    log.info("restored %s database %s from %s", engine.kind, database, checked.name)
     return restored
 
 

@@ -65,7 +65,7 @@ def status_text(document: dict[str, Any]) -> list[str]:
             fs_text += f", {format_bytes(fs.get('used_bytes') or 0)} used of {format_bytes(fs['size_bytes'])}"
         lines.append(f"            data {_escape(str(location))} on {fs_text}")
         if svc.get("size_bytes") is not None:
-            label = "database size" if name == "postgres" else "memory used"
+            label = "memory used" if name == "redis" else "database size"
             lines.append(f"            {label} {format_bytes(svc['size_bytes'])}")
     host = document["host"]
     lines.append(

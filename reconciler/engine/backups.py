@@ -36,11 +36,13 @@ from reconciler.backup.restore import (
     SetRejected,
     classify_failure,
     load_and_check,
+    restore_engine,
     restore_postgres,
     write_redis_rdb,
 )
 from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
+from reconciler.databases.engine import engines, server_recipes
 from reconciler.engine import records, status
 from reconciler.engine.context import StackContext
 from reconciler.engine.journal import Journal
@@ -334,7 +336,7 @@ def verify(ctx: StackContext, set_name: str | None) -> dict[str, Any]:
     try:
         scratch = tempfile.mkdtemp(prefix="reconciler-verify-", dir="/dev/shm")
         os.chmod(scratch, 0o755)
-        runtime = LocalRuntime(f"{ctx.spec.stack}-verify", os.path.join(scratch, "state"))
+        runtime = LocalRuntime(f"{ctx.spec.stack}-verify", os.path.join(scratch, "state"), server_recipes())
         checked = load_and_check(store, chosen, keys.mac_key(identity) if identity else None)
         postgres_member = checked.member("postgres")
         if postgres_member is not None:
@@ -352,6 +354,21 @@ def verify(ctx: StackContext, set_name: str | None) -> dict[str, Any]:
             )
             result["tables"] = len(tables)
             result["rows"] = sum(int(v[0]) for v in tables.values())
+        for kind, engine in engines().items():
+            member = checked.member(kind)
+            if member is None:
+                continue
+            data_dir = os.path.join(scratch, kind)
+            port = _free_port()
+            runtime.init_service(kind, data_dir)
+            runtime.start_service(kind, data_dir, port)
+            started_services.append((kind, data_dir))
+            endpoint = runtime.endpoint(kind, port)
+            database = str(member["database"])
+            engine.ensure(endpoint, database, str(member.get("owner") or database), None)
+            tables = restore_engine(engine, store, checked, identity, endpoint, database)
+            result[f"{kind}_tables"] = len(tables)
+            result[f"{kind}_rows"] = sum(int(v[0]) for v in tables.values())
         redis_member = checked.member("redis")
         if redis_member is not None:
             data_dir = os.path.join(scratch, "redis")
@@ -417,7 +434,7 @@ def _scratch_logs(runtime: LocalRuntime, reason: str) -> str:
     """The end of a scratch server's log that ``reason`` points to: the real cause is there (e.g. "Too
     many open files"), and the file goes with the scratch directory."""
     tails = []
-    for service in ("postgres", "redis"):
+    for service in ("postgres", "redis", *runtime.recipes):
         path = runtime.log_file(service)
         if path in reason and os.path.exists(path):
             with open(path, "rb") as handle:

@@ -17,6 +17,7 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
+from reconciler.databases.engine import server_recipes
 from reconciler.errors import InvalidInput, PermanentError
 from reconciler.observe.hostfacts import host_facts
 from reconciler.observe.local import observe as observe_local
@@ -102,7 +103,7 @@ class StackContext:
 
             runtime = DockerRuntime(spec.stack, spec.state_path, spec)
         else:
-            runtime = LocalRuntime(spec.stack, spec.state_path)
+            runtime = LocalRuntime(spec.stack, spec.state_path, server_recipes(spec.services.configured()))
         return cls(spec, runtime, state_file, override, host=verdict, full_spec=full_spec)
 
     @property

@@ -20,6 +20,8 @@ Design decisions:
 - Redis: its listener is moved to a private port (``CONFIG SET port``, Redis ≥ 7) and every other
   client is killed in the same ``MULTI`` (Redis is single-threaded: nothing runs in between). The new
   copy, on the local runtime, is started on that private port and moved back once verified.
+- Engines on the interface (``databases/engine.py``, MariaDB) bring their own ``close``/``open``
+  with the same contract: closed state kept inside the data directory, so the copy starts closed.
 - Idempotent: a resumed switch closes or opens again without harm (the block is recognised by its
   marker lines, a Redis already moved answers on the private port).
 """

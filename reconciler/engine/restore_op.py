@@ -50,14 +50,16 @@ from reconciler.backup.restore import (
     SetRejected,
     classify_failure,
     load_and_check,
+    restore_engine,
     restore_postgres,
     write_redis_rdb,
 )
 from reconciler.databases import postgres as pg
+from reconciler.databases.engine import engine_for, engine_markers, engines
 from reconciler.engine import backups, records, status
 from reconciler.engine.context import StackContext
 from reconciler.engine.journal import Journal
-from reconciler.engine.secrets import from_env_or_file
+from reconciler.engine.secrets import from_env_or_file, service_password
 from reconciler.errors import CommandFailed, HostFault, PermanentError, ReconcilerError, coded
 from reconciler.plan import faults
 from reconciler.plan.actions import RestoreFromBackup
@@ -218,6 +220,14 @@ def restore_empty_services(ctx: StackContext, action: RestoreFromBackup) -> str:
     )
 
 
+def _account(ctx: StackContext, name: str) -> tuple[str, str]:
+    """(database, user) of a service whose engine is on the interface."""
+    spec = ctx.spec.services.configured()[name]
+    database, user = getattr(spec, "database", None), getattr(spec, "user", None)
+    assert isinstance(database, str) and isinstance(user, str)
+    return database, user
+
+
 def _record_restore(ctx: StackContext, **fields: Any) -> None:
     records.update(ctx, last_restore={"finished": status.now_iso(), **fields})
 
@@ -281,6 +291,15 @@ def _restore_fresh(
                     )
                 except Exception as exc:
                     raise _content_errors_reject(checked.name, exc) from None
+            engine = engine_for(name)
+            if engine is not None:
+                database, user = _account(ctx, name)
+                endpoint = runtime.endpoint(name, port)
+                engine.ensure(endpoint, database, user, service_password(ctx, name))
+                try:
+                    restore_engine(engine, store, checked, identity, endpoint, database)
+                except Exception as exc:
+                    raise _content_errors_reject(checked.name, exc) from None
         for name, data_dir in zip(action.services, action.data_dirs, strict=True):
             mark_restoring(data_dir, ctx.spec.stack, name, None)
     except BaseException:
@@ -296,12 +315,16 @@ def _restore_fresh(
 
 # -- reconciler restore SET -------------------------------------------------------------------------
 
+_ENGINE_KINDS = tuple(engines())  # engines on the interface (databases/engine.py): their own steps
+
 RESTORE_STEPS = (
     "safety-backup",  # the current data as a pre-restore set
     "supersede",  # the sets newer than the chosen one are never restored on boot once this commits
     "stage-postgres",  # the set into <db>__restoring, checked against the manifest
     "stage-redis",  # the set's RDB next to the live one
+    *(f"stage-{kind}" for kind in _ENGINE_KINDS),  # into the engine's side database, checked
     "commit-postgres",  # point of no return: <db>__restoring replaces <db>
+    *(f"commit-{kind}" for kind in _ENGINE_KINDS),  # the side database swapped in (MariaDB: RENAME TABLE)
     "commit-redis",  # redis stopped, the staged RDB replaces the live one, redis started
     "backup-after",  # a post-restore set: the newest set holds what the stack serves
 )
@@ -327,6 +350,9 @@ def restore_set(ctx: StackContext, set_name: str | None, safety_backup: bool) ->
         skip |= {"stage-postgres", "commit-postgres"}
     if spec.services.redis is None or checked.member("redis") is None:
         skip |= {"stage-redis", "commit-redis"}
+    for kind in engines():  # engines on the interface: stage-<kind>, commit-<kind>
+        if kind not in spec.services.configured() or checked.member(kind) is None:
+            skip |= {f"stage-{kind}", f"commit-{kind}"}
     journal = Journal.create(
         ctx.state_dir,
         RESTORE,
@@ -438,6 +464,9 @@ class _Restore:
         ]
 
     def do(self, name: str) -> Any:
+        step, _, kind = name.partition("-")
+        if step in ("stage", "commit") and engine_for(kind) is not None:
+            return (self.do_stage_engine if step == "stage" else self.do_commit_engine)(kind)
         return getattr(self, f"do_{name.replace('-', '_')}")()
 
     def _checked(self) -> tuple[CheckedSet, Any]:
@@ -516,6 +545,27 @@ class _Restore:
         pg.drop_database(endpoint, f"{self._database}__replaced")  # left by a swap cut short
         return {"swapped": self._database}
 
+    def do_stage_engine(self, kind: str) -> Any:
+        """The set into the engine's side database, checked against the manifest (not yet swapped)."""
+        engine = engine_for(kind)
+        assert engine is not None
+        checked, identity = self._checked()
+        endpoint = self._endpoint(kind)
+        database, _ = _account(self.ctx, kind)
+        refusal = engine.swap_refusal(endpoint, database)
+        if refusal:  # refused before anything is staged: the swap could not replace the live database
+            raise PermanentError(refusal)
+        store = backups.local_store(self.ctx)
+        tables = restore_engine(engine, store, checked, identity, endpoint, database, swap=False)
+        return {"tables": len(tables)}
+
+    def do_commit_engine(self, kind: str) -> Any:
+        engine = engine_for(kind)
+        assert engine is not None
+        database, _ = _account(self.ctx, kind)
+        engine.swap(self._endpoint(kind), database, engine.side_name(database))
+        return {"swapped": database}
+
     def do_commit_redis(self) -> Any:
         runtime = self.ctx.runtime
         data_dir = self._dir("redis")
@@ -545,7 +595,11 @@ class _Restore:
             service = observed.services[name]
             directory = self._dir(name)
             location = next((loc for loc in (service.ram, service.disk) if loc.path == directory), None)
-            if not (location.initialized if location is not None else holds_service_data(name, directory)):
+            if not (
+                location.initialized
+                if location is not None
+                else holds_service_data(name, directory, engine_markers(name))
+            ):
                 return True
         return False
 
@@ -562,6 +616,13 @@ class _Restore:
                 pg.drop_database(self._endpoint("postgres"), self._side)
             except ReconcilerError as exc:
                 log.warning("rollback: could not drop %s: %s", self._side, exc)
+        for kind, engine in engines().items():
+            if f"stage-{kind}" in self.steps:
+                database, _ = _account(self.ctx, kind)
+                try:
+                    engine.drop(self._endpoint(kind), engine.side_name(database))
+                except ReconcilerError as exc:
+                    log.warning("rollback: could not drop the staged %s database: %s", kind, exc)
         if "stage-redis" in self.steps:
             for path in (self._incoming(), f"{self._incoming()}.restoring"):
                 if os.path.exists(path):

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import TYPE_CHECKING
 
 from reconciler.errors import PermanentError
+
+if TYPE_CHECKING:
+    from reconciler.engine.context import StackContext
 
 
 def from_env_or_file(env_name: str | None, file_path: str | None, what: str) -> str | None:
@@ -35,3 +39,13 @@ def from_env_or_file(env_name: str | None, file_path: str | None, what: str) -> 
             )
         return value
     return None
+
+
+def service_password(ctx: StackContext, service: str) -> str | None:
+    """The configured password of a SQL service's application role/user (postgres, mariadb), or None."""
+    spec = ctx.spec.services.configured()[service]
+    env_name = getattr(spec, "password_env", None)
+    file_name = getattr(spec, "password_file", None)
+    return from_env_or_file(
+        env_name, ctx.spec.resolve(file_name) if file_name else None, f"services.{service} password"
+    )

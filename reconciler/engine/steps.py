@@ -12,8 +12,9 @@ import logging
 import os
 
 from reconciler.databases import postgres as pg
+from reconciler.databases.engine import engine_for
 from reconciler.engine.context import StackContext
-from reconciler.engine.secrets import from_env_or_file
+from reconciler.engine.secrets import service_password
 from reconciler.plan.actions import (
     Action,
     EnsureDatabase,
@@ -31,7 +32,7 @@ from reconciler.plan.actions import (
     SwitchMode,
     TakeBackup,
 )
-from reconciler.spec.model import PostgresSpec
+from reconciler.spec.model import MariadbSpec, PostgresSpec
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +54,24 @@ def execute(action: Action, ctx: StackContext) -> None:
         case StopService(service_name=name, data_dir=data_dir):
             runtime.stop_service(name, data_dir)
         case EnsureDatabase(service_name=name, database=database, owner=owner):
-            spec = ctx.spec.services.postgres
-            assert isinstance(spec, PostgresSpec)
-            password_file = ctx.spec.resolve(spec.password_file) if spec.password_file else None
+            spec = ctx.spec.services.configured()[name]
+            assert isinstance(spec, PostgresSpec | MariadbSpec)
             password = None
             if spec.password_env and spec.password_env not in os.environ:
                 log.warning(
-                    "services.postgres.password_env names %s, which is not set: role %s keeps the password it "
+                    "services.%s.password_env names %s, which is not set: role %s keeps the password it "
                     "has (none when new); an application logging in with a password may fail",
+                    name,
                     spec.password_env,
                     owner,
                 )
             else:
-                password = from_env_or_file(spec.password_env, password_file, "services.postgres password")
-            pg.ensure_role_and_database(runtime.endpoint(name, spec.port), owner, database, password)
+                password = service_password(ctx, name)
+            engine = engine_for(name)
+            if engine is not None:
+                engine.ensure(runtime.endpoint(name, spec.port), database, owner, password)
+            else:
+                pg.ensure_role_and_database(runtime.endpoint(name, spec.port), owner, database, password)
         case SwitchMode():
             from reconciler.engine.switch import start_switch
 

@@ -32,6 +32,7 @@ from reconciler.backup.create import identity_for_restore
 from reconciler.backup.restore import load_and_check, restore_postgres
 from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
+from reconciler.databases.engine import engine_for, engine_markers
 from reconciler.engine import backups, drain, records
 from reconciler.engine.context import StackContext
 from reconciler.engine.journal import Journal
@@ -363,7 +364,10 @@ class _Switch:
         terminated = 0
         for name, directory, port in zip(self.services, directories, self.ports, strict=True):
             endpoint = self.ctx.runtime.endpoint(name, port)
-            if name == "postgres":
+            engine = engine_for(name)
+            if engine is not None:
+                terminated += engine.close(endpoint, directory)
+            elif name == "postgres":
                 terminated += drain.close_postgres(endpoint, directory, port)
             else:
                 drain.close_redis(endpoint, private)
@@ -372,7 +376,10 @@ class _Switch:
     def _open(self, directories: list[str]) -> None:
         for name, directory, port in zip(self.services, directories, self.ports, strict=True):
             endpoint = self.ctx.runtime.endpoint(name, port)
-            if name == "postgres":
+            engine = engine_for(name)
+            if engine is not None:
+                engine.open(endpoint, directory)
+            elif name == "postgres":
                 drain.open_postgres(endpoint, directory)
             else:  # the Redis found on the private port must be ours (its dir), never another stack's
                 expected = directory if self.ctx.spec.runtime == "local" else None
@@ -445,7 +452,13 @@ class _Switch:
             if name == "redis" and (directory in self.sources or self._new_port(name, port) != port):
                 port = self.private_port  # closed to clients: on its private port
             endpoint = self.ctx.runtime.endpoint(name, port)
-            if name == "postgres":
+            engine = engine_for(name)
+            if engine is not None:
+                database = self.ctx.spec.services.database_of(name)
+                assert database is not None
+                for table, stats in engine.stats(endpoint, database).items():
+                    result[f"{name}:{table}"] = stats
+            elif name == "postgres":
                 spec = self.ctx.spec.services.postgres
                 assert spec is not None
                 with pg.connect(endpoint, spec.database) as conn:
@@ -474,7 +487,7 @@ class _Switch:
             service = observed.get(name)
             if service is not None and service.running and service.data_dir == directory:
                 continue
-            if not holds_service_data(name, directory):
+            if not holds_service_data(name, directory, engine_markers(name)):
                 return True
         return False
 

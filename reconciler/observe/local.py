@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 from reconciler.backup import vouch
 from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
+from reconciler.databases.engine import engine_for
 from reconciler.errors import PermanentError, ReconcilerError
 from reconciler.plan.backupsets import group_sets
 from reconciler.plan.observed import (
@@ -223,12 +224,19 @@ def observe_backups(
     )
 
 
-def data_dir_facts(service: str, path: str, uid: int, gid: int, mounts: list[host.Mount]) -> DataDir:
+def data_dir_facts(
+    service: str,
+    path: str,
+    uid: int,
+    gid: int,
+    mounts: list[host.Mount],
+    markers: tuple[str, ...] | None = None,
+) -> DataDir:
     exists = os.path.isdir(path)
     initialized = False
     foreign = False
     if exists:
-        initialized = holds_service_data(service, path)
+        initialized = holds_service_data(service, path, markers)
         if initialized:
             marker = read_marker(path)
             foreign = marker is not None and marker.get("service") != service
@@ -260,9 +268,15 @@ def _observe_service(
     sockets: dict[str, int],
 ) -> ServiceObservation:
     _, uid, gid = runtime.account(name)
-    ram = data_dir_facts(name, spec.ram_dir(name), uid, gid, mounts)
-    disk = data_dir_facts(name, spec.disk_dir(name), uid, gid, mounts)
-    pid, data_dir, died = (_postgres_process if name == "postgres" else _redis_process)(runtime, ram, disk)
+    markers = runtime.data_markers(name)
+    ram = data_dir_facts(name, spec.ram_dir(name), uid, gid, mounts, markers)
+    disk = data_dir_facts(name, spec.disk_dir(name), uid, gid, mounts, markers)
+    if name in runtime.recipes:
+        pid, data_dir, died = _recipe_process(runtime, name)
+    else:
+        pid, data_dir, died = (_postgres_process if name == "postgres" else _redis_process)(
+            runtime, ram, disk
+        )
     running = pid is not None
     ports = host.listening_ports(pid, sockets) if pid is not None else set()
     port = next(iter(sorted(ports)), None)
@@ -271,16 +285,51 @@ def _observe_service(
     )
     if not running or port is None:
         return observation
-    return with_server_facts(observation, svc_spec, runtime.endpoint(name, port), postgres_bindir())
+    password = _configured_password(spec, svc_spec) if engine_for(name) else None
+    return with_server_facts(observation, svc_spec, runtime.endpoint(name, port), postgres_bindir(), password)
+
+
+def _configured_password(spec: StateSpec, svc_spec: object) -> str | None:
+    """An engine's configured password to compare with the stored one ("unset:VAR" when the variable is
+    missing); None when there is none or its file cannot be read (``apply`` reports that)."""
+    env_name = getattr(svc_spec, "password_env", None)
+    file_name = getattr(svc_spec, "password_file", None)
+    if env_name:
+        return os.environ.get(env_name, f"unset:{env_name}")
+    if file_name:
+        try:
+            with open(spec.resolve(file_name), encoding="utf-8") as handle:
+                return handle.read().strip()
+        except (OSError, ValueError):
+            return None
+    return None
 
 
 def with_server_facts(
-    observation: ServiceObservation, svc_spec: object, endpoint: Endpoint, bindir: str
+    observation: ServiceObservation,
+    svc_spec: object,
+    endpoint: Endpoint,
+    bindir: str,
+    password: str | None = None,
 ) -> ServiceObservation:
-    """Add what the running server says about itself; a server that does not answer adds nothing."""
+    """Add what the running server says about itself; a server that does not answer adds nothing.
+
+    ``password`` (engines on the interface) is only compared with the stored one, never kept."""
     from dataclasses import replace
 
+    engine = engine_for(observation.name)
     try:
+        if engine is not None:
+            unset = password if password is not None and password.startswith("unset:") else None
+            efacts = engine.facts(endpoint, svc_spec, None if unset else password)
+            return replace(
+                observation,
+                databases=efacts.databases,
+                roles=efacts.roles,
+                size_bytes=efacts.size_bytes,
+                version=efacts.version,
+                role_password=unset or efacts.role_password,
+            )
         if isinstance(svc_spec, PostgresSpec):
             facts = pg.facts(endpoint, svc_spec.database, bindir)
             return replace(
@@ -308,6 +357,17 @@ def _postgres_process(runtime: LocalRuntime, *dirs: DataDir) -> tuple[int | None
             return pid, location.path, False
         died = True
     return None, None, died
+
+
+def _recipe_process(runtime: LocalRuntime, name: str) -> tuple[int | None, str | None, bool]:
+    """A recipe's server: its pid file, its process name, the directory it serves (its cwd)."""
+    pid = read_pid(runtime.pidfile(name))
+    if pid is None:
+        return None, None, False
+    cmdline = host.process_cmdline(pid) if host.process_alive(pid) else []
+    if cmdline and os.path.basename(cmdline[0]) in runtime.recipe(name).process_names:
+        return pid, host.process_cwd(pid), False
+    return None, None, True
 
 
 def _redis_process(runtime: LocalRuntime, *dirs: DataDir) -> tuple[int | None, str | None, bool]:

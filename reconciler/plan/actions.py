@@ -235,6 +235,7 @@ class RestoreFromBackup(Action):
     mode: str
     database: str | None = None
     owner: str | None = None
+    accounts: tuple[tuple[str, str, str], ...] = ()  # (service, database, owner) of other SQL engines
 
     @property
     def service(self) -> str | None:
@@ -263,11 +264,14 @@ class RestoreFromBackup(Action):
             service = replace(
                 service, running=True, died=False, pid=service.pid or -1, port=port, data_dir=data_dir
             )
+            accounts = [(db, owner) for svc, db, owner in self.accounts if svc == name]
             if self.database and self.owner and name == "postgres":
+                accounts.append((self.database, self.owner))
+            for database, owner in accounts:
                 service = replace(
                     service,
-                    roles=(service.roles or frozenset()) | {self.owner},
-                    databases=(service.databases or frozenset()) | {self.database},
+                    roles=(service.roles or frozenset()) | {owner},
+                    databases=(service.databases or frozenset()) | {database},
                 )
             observed = observed.with_service(service)
         return observed

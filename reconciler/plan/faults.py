@@ -82,6 +82,17 @@ HOST_SIGNATURES = (
     "input/output error",
     "read-only file system",
     "timed out",
+    # MariaDB's client and server (a full datadir reads "(Errcode: 28 "No space left on device")")
+    "can't connect to",
+    "lost connection to server",
+    "server has gone away",
+    "is full",
+    "out of resources",
+    # MariaDB quotes the errno's text ("(Errcode: 28 "No space left on device")"): its number is its own
+    "errcode: 28",  # ENOSPC
+    "errcode: 24",  # EMFILE
+    "errcode: 12",  # ENOMEM
+    "errcode: 122",  # EDQUOT
 )
 
 
@@ -109,6 +120,7 @@ def own_words(detail: str) -> str:
                 break
             kept.append(line)
         text = _QUOTED.sub("<quoted>", "\n".join(kept))  # quoted identifiers, paths and input values
+        text = text.split(" near '", 1)[0]  # MariaDB quotes the dump's text after "near '"
         words.append(text.split('"', 1)[0])  # an unclosed quote: the rest is the dump's
     return "\n".join(words)
 

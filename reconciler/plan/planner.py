@@ -43,7 +43,7 @@ from reconciler.plan.hosts import HostVerdict, backups_scheduled_here, restorabl
 from reconciler.plan.observed import ObservedState, ServiceObservation
 from reconciler.plan.schedule import backups_impossible, observed_backup_drift, ram_headroom
 from reconciler.plan.selection import select_restore
-from reconciler.spec.model import PostgresSpec, StateSpec
+from reconciler.spec.model import MariadbSpec, PostgresSpec, StateSpec
 from reconciler.spec.units import format_bytes
 
 # tmpfs rounds its size to whole pages, and "25%" is computed from the kernel's page count.
@@ -352,6 +352,11 @@ def _plan_empty_services(
                 mode=desired.mode,
                 database=pg.database if pg is not None and "postgres" in empty else None,
                 owner=pg.user if pg is not None and "postgres" in empty else None,
+                accounts=tuple(
+                    (name, svc.database, svc.user)
+                    for name, svc in desired.services.configured().items()
+                    if name in empty and isinstance(svc, MariadbSpec)
+                ),
             )
         )
         return {s.name for s in selection.candidates}
@@ -597,7 +602,7 @@ def _running_service(
 
 
 def _ensure_database(spec: object, service: ServiceObservation, actions: list[Action]) -> None:
-    if isinstance(spec, PostgresSpec):
+    if isinstance(spec, PostgresSpec | MariadbSpec):
         roles = service.roles if service.running else None
         databases = service.databases if service.running else None
         create_role = roles is None or spec.user not in roles

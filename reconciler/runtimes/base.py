@@ -36,3 +36,25 @@ class Runtime(Protocol):
     def stop_service(self, service: str, data_dir: str) -> None: ...
 
     def endpoint(self, service: str, port: int) -> Endpoint: ...
+
+
+class ServerRecipe(Protocol):
+    """How the local runtime runs one engine's server, for engines on the interface
+    (``databases/engine.py``): the engine module provides it, the runtime receives it (no import upward).
+
+    The server is started detached (``proc.detach``), writes its pid to ``pidfile``, changes into its
+    data directory (so ``/proc/<pid>/cwd`` tells which copy it serves) and stops cleanly on SIGTERM.
+    """
+
+    service: str
+    account: str  # the system user it runs as when the reconciler runs as root
+    data_markers: tuple[str, ...]  # entries of a data directory that hold this engine's data
+    process_names: tuple[str, ...]  # basename of its argv[0] in /proc/<pid>/cmdline
+
+    def init_argv(self, data_dir: str) -> list[str]: ...
+
+    def start_argv(
+        self, data_dir: str, port: int, socket_dir: str, pidfile: str, log_file: str
+    ) -> list[str]: ...
+
+    def endpoint(self, socket_dir: str, port: int) -> Endpoint: ...

@@ -23,6 +23,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -31,9 +32,10 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Mapping
 
 from reconciler.errors import CommandFailed, PermanentError
-from reconciler.runtimes.base import Endpoint
+from reconciler.runtimes.base import Endpoint, ServerRecipe
 from reconciler.system import fs, host, proc
 
 log = logging.getLogger(__name__)
@@ -67,19 +69,35 @@ def postgres_bindir() -> str:
 class LocalRuntime:
     name = "local"
 
-    def __init__(self, stack: str, state_dir: str) -> None:
+    def __init__(self, stack: str, state_dir: str, recipes: Mapping[str, ServerRecipe] | None = None) -> None:
         self.stack = stack
         self.state_dir = state_dir
+        # Servers of engines on the interface (databases/engine.py), given by the engine layer.
+        self.recipes = dict(recipes or {})
 
     # -- layout ---------------------------------------------------------------------------------
 
     def account(self, service: str) -> tuple[str | None, int, int]:
-        return host.service_account(SERVICE_USERS[service])
+        recipe = self.recipes.get(service)
+        return host.service_account(recipe.account if recipe else SERVICE_USERS[service])
+
+    def recipe(self, service: str) -> ServerRecipe:
+        if service not in self.recipes:
+            raise PermanentError(f"the local runtime does not know how to run {service}")
+        return self.recipes[service]
+
+    def pidfile(self, service: str) -> str:
+        """Where a recipe's server writes its pid (Redis: ``redis_pidfile``)."""
+        return os.path.join(self.run_dir(service), f"{service}.pid")
+
+    def data_markers(self, service: str) -> tuple[str, ...] | None:
+        recipe = self.recipes.get(service)
+        return recipe.data_markers if recipe else None
 
     def run_root(self) -> str:
         """``<state_dir>/run``, or a directory under /run when a service user cannot reach it."""
         preferred = os.path.join(self.state_dir, "run")
-        accounts = [self.account(service)[1:] for service in SERVICE_USERS]
+        accounts = [self.account(service)[1:] for service in [*SERVICE_USERS, *self.recipes]]
         if all(host.reachable_by(os.path.join(preferred, "x"), uid, gid) for uid, gid in accounts):
             return preferred
         digest = hashlib.sha256(os.path.abspath(self.state_dir).encode()).hexdigest()[:12]
@@ -105,6 +123,8 @@ class LocalRuntime:
     def endpoint(self, service: str, port: int) -> Endpoint:
         if service == "postgres":
             return Endpoint(self.socket_dir("postgres"), port, "postgres")
+        if service in self.recipes:
+            return self.recipes[service].endpoint(self.socket_dir(service), port)
         return Endpoint("127.0.0.1", port, "default")
 
     def ensure_run_dir(self, service: str) -> None:
@@ -171,6 +191,8 @@ class LocalRuntime:
                 timeout=300,
                 inherit_env=False,
             )
+        elif service in self.recipes:
+            proc.run(self.recipes[service].init_argv(data_dir), user=user, timeout=300, inherit_env=False)
         marker = os.path.join(data_dir, MARKER)
         fs.atomic_write_json(marker, {"stack": self.stack, "service": service}, 0o600)
         os.chown(marker, uid, gid)
@@ -181,6 +203,8 @@ class LocalRuntime:
         user, _, _ = self.account(service)
         if service == "postgres":
             self._start_postgres(user, data_dir, port)
+        elif service in self.recipes:
+            self._start_detached(self.recipes[service], user, data_dir, port)
         else:
             self._start_redis(user, data_dir, port)
         log.info("started %s on port %d from %s", service, port, data_dir)
@@ -274,13 +298,23 @@ class LocalRuntime:
             user=user,
             inherit_env=False,
         )
-        deadline = time.monotonic() + _START_TIMEOUT
-        while time.monotonic() < deadline:
-            pid = read_pid(pidfile)
-            if pid and port in host.listening_ports(pid):
-                return
-            time.sleep(0.02)
-        raise PermanentError(f"redis did not start listening on {port}; its log: {self.log_file('redis')}")
+        if not _listening_soon(pidfile, port):
+            raise PermanentError(
+                f"redis did not start listening on {port}; its log: {self.log_file('redis')}"
+            )
+
+    def _start_detached(self, recipe: ServerRecipe, user: str | None, data_dir: str, port: int) -> None:
+        service = recipe.service
+        pidfile = self.pidfile(service)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pidfile)  # a stale one (a crash) would be taken for the new server
+        log_file = self.log_file(service)
+        argv = recipe.start_argv(data_dir, port, self.socket_dir(service), pidfile, log_file)
+        proc.detach(argv, user=user, log_path=log_file)
+        if not _listening_soon(pidfile, port):
+            raise PermanentError(
+                f"{service} did not start listening on {port} from {data_dir}; its log: {log_file}"
+            )
 
     def stop_service(self, service: str, data_dir: str) -> None:
         user, _, _ = self.account(service)
@@ -304,15 +338,35 @@ class LocalRuntime:
                 check=False,
             )
         else:
-            pid = read_pid(self.redis_pidfile())
-            if pid and host.process_alive(pid):
-                os.kill(pid, signal.SIGTERM)  # redis saves its RDB on SIGTERM, then exits
+            # redis saves its RDB on SIGTERM, mariadbd shuts down cleanly (InnoDB flushed), then they exit
+            pid = read_pid(self.redis_pidfile() if service == "redis" else self.pidfile(service))
+            if pid and host.process_alive(pid) and _serves(pid, data_dir, service):
+                os.kill(pid, signal.SIGTERM)
                 deadline = time.monotonic() + 120
                 while host.process_alive(pid) and time.monotonic() < deadline:
                     time.sleep(0.02)
                 if host.process_alive(pid):
-                    raise PermanentError(f"redis (pid {pid}) did not stop within 120 s")
+                    raise PermanentError(f"{service} (pid {pid}) did not stop within 120 s")
         log.info("stopped %s", service)
+
+
+def _listening_soon(pidfile: str, port: int) -> bool:
+    """Whether the process named in ``pidfile`` listens on ``port`` within the start timeout."""
+    deadline = time.monotonic() + _START_TIMEOUT
+    while time.monotonic() < deadline:
+        pid = read_pid(pidfile)
+        if pid and port in host.listening_ports(pid):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _serves(pid: int, data_dir: str, service: str) -> bool:
+    """Redis's pid file is per stack; a recipe's server is stopped only from the directory it serves."""
+    if service == "redis":
+        return True
+    cwd = host.process_cwd(pid)
+    return cwd is None or os.path.normpath(cwd) == os.path.normpath(data_dir)
 
 
 def read_pid(path: str) -> int | None:
@@ -324,10 +378,11 @@ def read_pid(path: str) -> int | None:
     return int(first) if first.isdigit() else None
 
 
-def holds_service_data(service: str, data_dir: str) -> bool:
+def holds_service_data(service: str, data_dir: str, markers: tuple[str, ...] | None = None) -> bool:
     """The directory holds data of ``service``: PostgreSQL's PG_VERSION; for Redis our marker or a
-    snapshot/AOF (a directory Compose or an image's entrypoint created has no marker of ours)."""
-    names = ("PG_VERSION",) if service == "postgres" else (MARKER, "dump.rdb", "appendonlydir")
+    snapshot/AOF (a directory Compose or an image's entrypoint created has no marker of ours); for an
+    engine on the interface, its recipe's ``markers``."""
+    names = markers or (("PG_VERSION",) if service == "postgres" else (MARKER, "dump.rdb", "appendonlydir"))
     return any(os.path.exists(os.path.join(data_dir, name)) for name in names)
 
 

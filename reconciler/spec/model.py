@@ -71,7 +71,7 @@ def is_loopback_url(url: str) -> bool:
         return False
 
 
-SERVICE_KINDS: tuple[str, ...] = ("postgres", "redis")
+SERVICE_KINDS: tuple[str, ...] = ("postgres", "redis", "mariadb")
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 CONTAINER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 IMAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$"
@@ -478,6 +478,109 @@ class RedisSpec(_Strict):
     hosts: HostsSpec | None = _service_hosts()
 
 
+# mariadb-dump options that keep the dump a complete, consistent, restorable SQL script of the one
+# database: the snapshot (--single-transaction), the output (stdout), the connection and the choice of
+# tables stay the reconciler's. Anything else is refused with this list.
+_MARIADB_DUMP_FLAGS = frozenset(
+    {
+        "--skip-comments-in-data",
+        "--compact-inserts",
+        "--skip-extended-insert",
+        "--complete-insert",
+        "--order-by-primary",
+        "--skip-add-locks",
+        "--skip-tz-utc",
+        "--no-create-db",
+        "--skip-dump-date",
+        "--insert-ignore",
+    }
+)
+_MARIADB_DUMP_VALUED = frozenset({"--max-allowed-packet", "--net-buffer-length", "--default-character-set"})
+
+
+class MariadbSpec(_Strict):
+    """A MariaDB server with one application database (local runtime)."""
+
+    database: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")] = _field(
+        description="Name of the application's database (letters, digits and _, at most 64 characters; not a "
+        "system database such as mysql); created if missing.",
+        example="app",
+    )
+    user: Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9_]+$")] = _field(
+        description="User the application logs in as (letters, digits and _; not root or mysql), for "
+        "localhost and 127.0.0.1, granted everything on the database; created if missing.",
+        example="app",
+    )
+    password_env: Annotated[str, Field(pattern=ENV_NAME_PATTERN)] | None = _field(
+        None,
+        description="Name of the environment variable holding the user's password (never the password).",
+        example="MARIADB_PASSWORD",
+    )
+    password_file: PathText | None = _field(
+        None,
+        description="Path of a file (mode 0600, outside the repository) holding the user's password.",
+        example="/etc/reconciler/mariadb.password",
+    )
+    port: Port = _field(
+        3306, description="TCP port on 127.0.0.1 (1-65535, unique in the file).", example=3306
+    )
+    disk_dir: ServerDir = _field(
+        description="Data directory used in disk mode (relative paths are relative to state.yaml).",
+        example="./data/mariadb",
+    )
+    dump_options: list[str] = _field(
+        default_factory=list,
+        description="Extra options appended to `mariadb-dump --single-transaction` when taking a backup, from "
+        "an allow-list that keeps the dump complete and restorable: "
+        + ", ".join(sorted(_MARIADB_DUMP_FLAGS))
+        + ", "
+        + ", ".join(f"{o}=VALUE" for o in sorted(_MARIADB_DUMP_VALUED))
+        + ".",
+        example=["--order-by-primary"],
+    )
+    hosts: HostsSpec | None = _service_hosts()
+
+    @field_validator("database")
+    @classmethod
+    def _not_a_system_database(cls, value: str) -> str:
+        if value.lower() in ("mysql", "information_schema", "performance_schema", "sys", "test"):
+            raise ValueError(f"{value} is a MariaDB system database; name the application's own")
+        if value.endswith(("__restoring", "__replaced")):
+            raise ValueError("names ending in __restoring or __replaced are the reconciler's restore staging")
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _not_a_system_user(cls, value: str) -> str:
+        if value.lower() in ("root", "mysql", "mariadb.sys", "public"):
+            raise ValueError(
+                f"{value} is a MariaDB system account the reconciler relies on; the application's user must be its own"
+            )
+        return value
+
+    @field_validator("dump_options")
+    @classmethod
+    def _restorable_dump_options(cls, value: list[str]) -> list[str]:
+        for option in value:
+            name, _, argument = option.partition("=")
+            if option in _MARIADB_DUMP_FLAGS or (name in _MARIADB_DUMP_VALUED and argument):
+                continue
+            allowed = ", ".join(
+                [*sorted(_MARIADB_DUMP_FLAGS), *(f"{o}=VALUE" for o in sorted(_MARIADB_DUMP_VALUED))]
+            )
+            raise ValueError(
+                f"mariadb-dump option {option[:40]!r} is not allowed: backups must stay complete, consistent "
+                f"dumps of the one database. Allowed: {allowed}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> MariadbSpec:
+        if self.password_env and self.password_file:
+            raise ValueError("set either password_env or password_file, not both")
+        return self
+
+
 class ServicesSpec(_Strict):
     """The stack's stateful services. At least one must be configured."""
 
@@ -489,19 +592,30 @@ class ServicesSpec(_Strict):
     redis: RedisSpec | None = _field(
         None, description="The Redis server.", example={"disk_dir": "./data/redis"}
     )
+    mariadb: MariadbSpec | None = _field(
+        None,
+        description="The MariaDB server (local runtime).",
+        example={"database": "app", "user": "app", "disk_dir": "./data/mariadb"},
+    )
 
     @model_validator(mode="after")
     def _at_least_one(self) -> ServicesSpec:
-        if self.postgres is None and self.redis is None:
-            raise ValueError("configure at least one service (postgres or redis)")
+        if self.postgres is None and self.redis is None and self.mariadb is None:
+            raise ValueError("configure at least one service (postgres, redis or mariadb)")
         return self
 
-    def configured(self) -> dict[str, PostgresSpec | RedisSpec]:
-        found: dict[str, PostgresSpec | RedisSpec] = {}
+    def database_of(self, name: str) -> str | None:
+        """The application database of a SQL service (None for Redis or a service not configured)."""
+        return getattr(self.configured().get(name), "database", None)
+
+    def configured(self) -> dict[str, PostgresSpec | RedisSpec | MariadbSpec]:
+        found: dict[str, PostgresSpec | RedisSpec | MariadbSpec] = {}
         if self.postgres is not None:
             found["postgres"] = self.postgres
         if self.redis is not None:
             found["redis"] = self.redis
+        if self.mariadb is not None:
+            found["mariadb"] = self.mariadb
         return found
 
 
@@ -890,6 +1004,13 @@ class StateSpec(_Strict):
             if port in taken:
                 problems.append((path, f"port {port} is also {taken[port]}'s; each needs a port of its own"))
             taken.setdefault(port, where)
+        if self.runtime == "docker" and self.services.mariadb is not None:
+            problems.append(
+                (
+                    ("services", "mariadb"),
+                    "mariadb runs on the local runtime only for now; use `runtime: local` for this stack",
+                )
+            )
         if self.backup.stale_after <= self.backup.cadence:
             problems.append(
                 (

@@ -99,6 +99,30 @@ def spawn(
         raise CommandFailed(argv, 127, f"{argv[0]} is not installed or not on PATH") from None
 
 
+def detach(argv: Sequence[str], *, user: str | None = None, log_path: str = os.devnull) -> None:
+    """Start a server that outlives us and is not our child (``setsid -f`` forks it away, so no zombie
+    is ever left for a long-running daemon to reap). It gets the scrubbed server environment and its
+    output goes to ``log_path``; whether it came up is for the caller to observe."""
+    argv = ["setsid", "-f", *argv]
+    log.debug("detach %s", " ".join(argv))
+    with open(log_path, "ab") as output:
+        try:
+            code = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=output,
+                env=_environment(None, inherit=False),
+                user=user,
+                check=False,
+                timeout=30,
+            ).returncode
+        except FileNotFoundError:
+            raise CommandFailed(argv, 127, "setsid is not installed or not on PATH") from None
+    if code != 0:
+        raise CommandFailed(argv, code, f"could not start {argv[2]}; see {log_path}")
+
+
 @contextlib.contextmanager
 def streaming(
     argv: Sequence[str],

@@ -1,0 +1,637 @@
+"""MariaDB: the queries and commands the reconciler needs (local runtime).
+
+Design decisions:
+- No Python driver: every statement goes through the ``mariadb`` command-line client over the server's
+  unix socket, as root, which MariaDB authenticates by ``unix_socket`` (the OS user *is* the
+  credential, like PostgreSQL's trust on a 0700 socket directory). A ``Session`` keeps one client
+  running with a pipe on stdin, so a transaction can span several statements (a snapshot read while a
+  dump runs); it reads results up to a sentinel row. That avoids a new dependency, costs ~10 ms per
+  session, and works the same inside a container (``docker exec``) later.
+- Secrets never travel in argv: SQL (``IDENTIFIED BY``) goes on the client's stdin, which no other
+  user can read, and the server does not log it (the general log is off; a failing statement's text is
+  not echoed by the client in batch mode, and our errors quote the client's stderr tail only after
+  removing the password).
+- Identifiers are quoted with backticks (a backtick doubled), literals with single quotes (a quote and a
+  backslash escaped): the spec allows only plain names, and this keeps anything else inert.
+- A backup is ``mariadb-dump --single-transaction`` (InnoDB: a consistent snapshot without locking
+  writers for the duration). The manifest's per-table statistics must describe *exactly* what the dump
+  holds, so they are read in a second transaction opened on the same instant: a session holds commits
+  back (``BACKUP STAGE BLOCK_COMMIT``, what mariabackup uses; lighter than ``FLUSH TABLES WITH READ
+  LOCK``: running statements and reads go on) while both snapshots are taken (ours first, then the
+  dump's, recognised by the dump writing its first table), then lets go: commits wait milliseconds,
+  not the length of the dump.
+- Per-table checksum: row count plus the sum of the first 60 bits of sha256 over each row's quoted
+  column values (``QUOTE`` tells NULL from the string 'NULL'), so it is order-independent and any
+  server recomputes it after a restore. ``CHECKSUM TABLE`` was not used: it depends on the row format
+  and the server version, and would reject a set restored into a newer server.
+- The drain of a mode switch locks every account except the server's own (root, mysql, mariadb.sys,
+  PUBLIC) with ``ALTER USER ... ACCOUNT LOCK`` and kills every other connection (its open transaction
+  rolls back: never acknowledged); the engine stays in as root over the unix socket. The lock lives in
+  the ``mysql`` schema, *inside the data directory*, so the copy starts closed exactly like
+  PostgreSQL's pg_hba block; the accounts the drain locked are listed in a file in the data directory
+  (copied too), so opening unlocks those and never an account an administrator locked.
+- This module is the whole engine below the engine layer: ``MARIADB`` implements
+  ``databases/engine.Engine`` and carries the local runtime's ``ServerRecipe``.
+- Restore loads the dump into ``<db>__restoring`` and swaps all tables in with one ``RENAME TABLE``
+  statement (atomic in MariaDB); the old tables go to ``<db>__replaced`` and are dropped after.
+  MariaDB cannot move views or tables with triggers to another database, so such a database is
+  restored directly into the (empty) live database when it is empty (restore on boot), and a
+  deliberate restore of it is refused with what to do (known limit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+from reconciler.databases.engine import EngineFacts
+from reconciler.errors import CommandFailed, PermanentError, ReconcilerError, TransientError
+from reconciler.runtimes.base import Endpoint
+from reconciler.system import failpoints, fs, proc
+
+_END = "\x1ereconciler-end"
+RESTORING_SUFFIX = "__restoring"
+REPLACED_SUFFIX = "__replaced"
+PENDING_TABLE = "__reconciler_swap_pending"
+DUMP_TABLE_MARKER = b"\n-- Table structure for table "
+SYSTEM_DATABASES = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
+
+
+def ident(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def literal(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'").replace("\0", "\\0") + "'"
+
+
+def client_args(endpoint: Endpoint) -> list[str]:
+    return ["--socket", os.path.join(endpoint.host, "mariadb.sock"), "--user", endpoint.user]
+
+
+def _client(endpoint: Endpoint, *extra: str) -> list[str]:
+    return ["mariadb", "--no-defaults", *client_args(endpoint), *extra]
+
+
+def run_sql(
+    endpoint: Endpoint, sql: str, database: str | None = None, timeout: float = 120
+) -> list[list[str]]:
+    """Run ``sql`` (several statements allowed) and return the rows of its output, tab-separated fields."""
+    argv = _client(endpoint, "--batch", "--skip-column-names", "--raw", *([database] if database else []))
+    try:
+        out = proc.run(argv, input_bytes=sql.encode(), timeout=timeout).stdout.decode()
+    except CommandFailed as exc:
+        if "Can't connect" in exc.stderr_tail:
+            raise TransientError(
+                f"cannot connect to mariadb at {client_args(endpoint)[1]}: {exc.stderr_tail.strip()}"
+            ) from None
+        raise
+    return [line.split("\t") for line in out.splitlines()]
+
+
+class Session:
+    """One ``mariadb`` client kept open: statements run in order in one connection (transactions)."""
+
+    def __init__(self, endpoint: Endpoint, database: str | None = None) -> None:
+        argv = _client(
+            endpoint,
+            "--batch",
+            "--skip-column-names",
+            "--raw",
+            "--unbuffered",
+            *([database] if database else []),
+        )
+        self.argv = argv
+        self.process = proc.spawn(argv, stdin=proc.PIPE, stdout=proc.PIPE, stderr=proc.PIPE)
+
+    def query(self, sql: str) -> list[list[str]]:
+        process = self.process
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            process.stdin.write(f"{sql.rstrip().rstrip(';')};\nSELECT '{_END}';\n".encode())
+            process.stdin.flush()
+        except BrokenPipeError:
+            self._failed()
+        rows: list[list[str]] = []
+        while True:
+            line = process.stdout.readline()
+            if not line:
+                self._failed()
+            text = line.decode().rstrip("\n")
+            if text == _END:
+                return rows
+            rows.append(text.split("\t"))
+
+    def _failed(self) -> Any:
+        self.process.kill()
+        stderr = self.process.stderr.read() if self.process.stderr else b""
+        code = self.process.wait()
+        raise CommandFailed(self.argv, code, stderr.decode(errors="replace")[-2000:])
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            try:
+                self.process.stdin.close()
+            except BrokenPipeError:
+                self.process.kill()
+            self.process.wait()
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+# -- facts ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MariadbFacts:
+    databases: frozenset[str]
+    users: frozenset[str]
+    size_bytes: int | None
+    version: str
+    password_hash: str | None  # the application user's stored mysql_native_password hash
+
+
+def facts(endpoint: Endpoint, database: str, user: str) -> MariadbFacts:
+    rows = run_sql(
+        endpoint,
+        "SELECT 'db', schema_name FROM information_schema.schemata;"
+        f"SELECT 'user', user, authentication_string FROM mysql.user WHERE host = 'localhost' OR host = '127.0.0.1';"
+        "SELECT 'size', COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables "
+        f"WHERE table_schema = {literal(database)};"
+        "SELECT 'version', VERSION();",
+        timeout=10,
+    )
+    dbs = frozenset(r[1] for r in rows if r[0] == "db" and r[1] not in SYSTEM_DATABASES)
+    users = frozenset(r[1] for r in rows if r[0] == "user")
+    stored = next((r[2] for r in rows if r[0] == "user" and r[1] == user and len(r) > 2), None)
+    size = next((int(r[1]) for r in rows if r[0] == "size"), None)
+    version = next((r[1] for r in rows if r[0] == "version"), "")
+    return MariadbFacts(dbs, users, size, version, stored)
+
+
+def native_password_hash(password: str) -> str:
+    """MariaDB's ``mysql_native_password`` hash: ``*`` + upper hex of sha1(sha1(password))."""
+    return "*" + hashlib.sha1(hashlib.sha1(password.encode()).digest()).hexdigest().upper()
+
+
+def ensure_user_and_database(endpoint: Endpoint, user: str, database: str, password: str | None) -> None:
+    """Create the user (for localhost and 127.0.0.1) and the database, grant it; set the password.
+
+    The password is sent as its hash (``IDENTIFIED BY PASSWORD '*...'``), so even a statement log
+    would not show it; the SQL travels on stdin, never in argv."""
+    statements = [f"CREATE DATABASE IF NOT EXISTS {ident(database)}"]
+    for host in ("localhost", "127.0.0.1"):
+        account = f"{literal(user)}@{literal(host)}"
+        statements.append(f"CREATE USER IF NOT EXISTS {account}")
+        if password is not None:
+            statements.append(
+                f"ALTER USER {account} IDENTIFIED BY PASSWORD {literal(native_password_hash(password))}"
+            )
+        statements.append(f"GRANT ALL PRIVILEGES ON {ident(database)}.* TO {account}")
+    run_sql(endpoint, ";\n".join(statements) + ";")
+
+
+# -- table statistics ------------------------------------------------------------------------------
+
+
+def _tables(session: Session, database: str) -> dict[str, list[str]]:
+    rows = session.query(
+        "SELECT c.table_name, c.column_name FROM information_schema.columns c "
+        "JOIN information_schema.tables t ON t.table_schema = c.table_schema AND t.table_name = c.table_name "
+        f"WHERE c.table_schema = {literal(database)} AND t.table_type = 'BASE TABLE' "
+        "ORDER BY c.table_name, c.ordinal_position"
+    )
+    tables: dict[str, list[str]] = {}
+    for table, column in rows:
+        tables.setdefault(table, []).append(column)
+    return tables
+
+
+def table_stats(session: Session, database: str) -> dict[str, list[Any]]:
+    """``{table: [rows, checksum, "sha256-sum"]}`` for every base table, read in the session's snapshot."""
+    stats: dict[str, list[Any]] = {}
+    for table, columns in sorted(_tables(session, database).items()):
+        row = ", ".join(f"QUOTE({ident(c)})" for c in columns)
+        rows = session.query(
+            f"SELECT COUNT(*), COALESCE(SUM(CAST(CONV(SUBSTRING(SHA2(CONCAT_WS(',', {row}), 256), 1, 15), 16, 10) "
+            f"AS UNSIGNED)), 0) FROM {ident(database)}.{ident(table)}"
+        )
+        stats[table] = [int(rows[0][0]), rows[0][1], "sha256-sum"]
+    return stats
+
+
+def stats_differ(expected: dict[str, list[Any]], actual: dict[str, list[Any]]) -> list[str]:
+    names = sorted(set(expected) | set(actual))
+    return [n for n in names if list(expected.get(n, [])[:2]) != list(actual.get(n, [])[:2])]
+
+
+def database_stats(endpoint: Endpoint, database: str) -> dict[str, list[Any]]:
+    with Session(endpoint) as session:
+        return table_stats(session, database)
+
+
+# -- dump and restore --------------------------------------------------------------------------------
+
+
+def dump_argv(endpoint: Endpoint, database: str, options: Iterable[str]) -> list[str]:
+    return [
+        "mariadb-dump",
+        "--no-defaults",
+        *client_args(endpoint),
+        "--single-transaction",
+        "--quick",
+        "--triggers",
+        "--routines",
+        "--events",
+        "--hex-blob",
+        *options,
+        "--",
+        database,
+    ]
+
+
+class SnapshotGate:
+    """Hold commits back (``BACKUP STAGE BLOCK_COMMIT``) while the statistics transaction and the dump
+    take their snapshots; ``release`` once the dump has started writing tables."""
+
+    def __init__(self, endpoint: Endpoint, database: str) -> None:
+        self.database = database
+        self.lock = Session(endpoint)
+        self.stats = Session(endpoint, database)
+        try:
+            self.lock.query(
+                "SET SESSION lock_wait_timeout = 60; BACKUP STAGE START; BACKUP STAGE BLOCK_COMMIT"
+            )
+            self.stats.query(
+                "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ; START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"
+            )
+            failpoints.hit("backup.mariadb.stats-snapshot")  # tests: a client commits right here
+        except BaseException:
+            self.close()
+            raise
+        self.locked = True
+        self.released = threading.Event()  # commits flow again (or the gate was closed)
+
+    def release(self) -> None:
+        if self.locked:
+            self.locked = False
+            try:
+                self.lock.query("BACKUP STAGE END")
+            finally:
+                self.released.set()
+
+    def close(self) -> None:
+        self.lock.close()
+        self.stats.close()
+        if hasattr(self, "released"):
+            self.released.set()
+
+
+class GateReader:
+    """Pass the dump through unchanged; open the gate when its first table (or its end) goes by."""
+
+    def __init__(self, source: IO[bytes], gate: SnapshotGate) -> None:
+        self.source = source
+        self.gate = gate
+        self.tail = b""
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.source.read(size)
+        if self.gate.locked:
+            window = self.tail + chunk
+            if not chunk or DUMP_TABLE_MARKER in window:
+                self.gate.release()
+            self.tail = window[-len(DUMP_TABLE_MARKER) :]
+        return chunk
+
+
+def restore_argv(endpoint: Endpoint, database: str) -> list[str]:
+    return _client(endpoint, "--batch", "--binary-mode", database)
+
+
+def recreate_database(endpoint: Endpoint, database: str) -> None:
+    run_sql(endpoint, f"DROP DATABASE IF EXISTS {ident(database)}; CREATE DATABASE {ident(database)};")
+
+
+def drop_database(endpoint: Endpoint, database: str) -> None:
+    run_sql(endpoint, f"DROP DATABASE IF EXISTS {ident(database)};")
+
+
+def database_exists(endpoint: Endpoint, database: str) -> bool:
+    rows = run_sql(
+        endpoint, f"SELECT 1 FROM information_schema.schemata WHERE schema_name = {literal(database)};"
+    )
+    return bool(rows)
+
+
+def unmovable_objects(endpoint: Endpoint, database: str) -> list[str]:
+    """Views and triggers: RENAME TABLE cannot move them to another database."""
+    rows = run_sql(
+        endpoint,
+        f"SELECT CONCAT('view ', table_name) FROM information_schema.views WHERE table_schema = {literal(database)};"
+        f"SELECT CONCAT('trigger ', trigger_name) FROM information_schema.triggers WHERE trigger_schema = {literal(database)};",
+    )
+    return [r[0] for r in rows]
+
+
+def mark_staged(endpoint: Endpoint, side: str) -> None:
+    """Flag ``side`` as checked and waiting to be swapped in. The swap's one ``RENAME TABLE`` moves the
+    flag out with the tables, so a swap interrupted after it is never done twice (which would move the
+    restored tables aside and drop them)."""
+    run_sql(endpoint, f"CREATE TABLE {ident(side)}.{ident(PENDING_TABLE)} (x int);")
+
+
+def swap_databases(endpoint: Endpoint, database: str, side: str) -> None:
+    """Replace every table of ``database`` by ``side``'s in one atomic ``RENAME TABLE``; drop the old ones.
+
+    Only a side flagged by ``mark_staged`` is swapped in; without the flag the swap already happened
+    and only the leftovers are dropped."""
+    blocking = unmovable_objects(endpoint, side) + unmovable_objects(endpoint, database)
+    if blocking and database_exists(endpoint, side):
+        raise PermanentError(
+            f"the restored mariadb database holds {', '.join(blocking[:5])}, which MariaDB cannot move between "
+            "databases, so it cannot replace the live one atomically. Stop the application, drop the database "
+            f"{database} and run `reconciler apply` (an empty service is restored from the newest set)"
+        )
+    replaced = database + REPLACED_SUFFIX
+    with Session(endpoint) as session:
+        live = [r[0] for r in session.query(_base_tables_sql(database))]
+        incoming = [r[0] for r in session.query(_base_tables_sql(side))]
+        if PENDING_TABLE in incoming:
+            incoming.remove(PENDING_TABLE)
+            session.query(f"DROP DATABASE IF EXISTS {ident(replaced)}; CREATE DATABASE {ident(replaced)}")
+            moves = [f"{ident(database)}.{ident(t)} TO {ident(replaced)}.{ident(t)}" for t in live]
+            moves += [f"{ident(side)}.{ident(t)} TO {ident(database)}.{ident(t)}" for t in incoming]
+            moves.append(f"{ident(side)}.{ident(PENDING_TABLE)} TO {ident(replaced)}.{ident(PENDING_TABLE)}")
+            session.query("RENAME TABLE " + ", ".join(moves))
+            failpoints.hit("mariadb.swap.renamed")  # tests: killed between the rename and the clean-up
+        session.query(f"DROP DATABASE IF EXISTS {ident(side)}; DROP DATABASE IF EXISTS {ident(replaced)}")
+
+
+def _base_tables_sql(database: str) -> str:
+    return (
+        "SELECT table_name FROM information_schema.tables "
+        f"WHERE table_schema = {literal(database)} AND table_type IN ('BASE TABLE', 'SEQUENCE')"
+    )
+
+
+def is_empty(endpoint: Endpoint, database: str) -> bool:
+    rows = run_sql(
+        endpoint,
+        f"SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = {literal(database)};",
+    )
+    return int(rows[0][0]) == 0
+
+
+# -- the drain (mode switch) --------------------------------------------------------------------------
+
+CLOSED_FILE = ".reconciler-closed.json"
+_SYSTEM_USERS = ("root", "mysql", "mariadb.sys", "PUBLIC", "")
+_CLOSE_TIMEOUT = 30.0
+
+
+def close(endpoint: Endpoint, data_dir: str) -> int:
+    """Lock every application account and kill its connections; the number of connections killed."""
+    system = ", ".join(literal(u) for u in _SYSTEM_USERS)
+    path = os.path.join(data_dir, CLOSED_FILE)
+    try:
+        with open(path) as handle:
+            locked = [tuple(a) for a in json.load(handle)["locked"]]
+    except FileNotFoundError:
+        rows = run_sql(
+            endpoint,
+            "SELECT user, host FROM mysql.global_priv WHERE user NOT IN (" + system + ") "
+            "AND NOT JSON_VALUE(priv, '$.account_locked') <=> 'true';",
+        )
+        locked = [(user, host) for user, host in rows]
+        st = os.stat(data_dir)
+        fs.atomic_write_json(path, {"locked": locked}, 0o600)  # first: opening must know what to unlock
+        os.chown(path, st.st_uid, st.st_gid)
+    statements = [f"ALTER USER {literal(u)}@{literal(h)} ACCOUNT LOCK" for u, h in locked]
+    if statements:
+        run_sql(endpoint, ";\n".join(statements) + ";")
+    killed = 0
+    deadline = time.monotonic() + _CLOSE_TIMEOUT
+    while True:
+        rows = run_sql(
+            endpoint,
+            "SELECT id FROM information_schema.processlist WHERE id <> CONNECTION_ID() "
+            f"AND command NOT IN ('Daemon', 'Binlog Dump') AND user NOT IN ({system}, 'system user', "
+            "'event_scheduler', 'unauthenticated user');",
+        )
+        if not rows:
+            return killed
+        for (connection,) in rows:
+            with contextlib.suppress(ReconcilerError):  # gone meanwhile
+                run_sql(endpoint, f"KILL CONNECTION {int(connection)};")
+        killed += len(rows)
+        if time.monotonic() > deadline:
+            raise PermanentError(
+                f"mariadb clients on port {endpoint.port} did not exit after KILL CONNECTION"
+            )
+        time.sleep(0.01)
+
+
+def reopen(endpoint: Endpoint, data_dir: str) -> None:
+    """Unlock the accounts the drain locked (the server must be running from ``data_dir``)."""
+    path = os.path.join(data_dir, CLOSED_FILE)
+    try:
+        with open(path) as handle:
+            locked = [tuple(a) for a in json.load(handle)["locked"]]
+    except FileNotFoundError:
+        return
+    statements = [f"ALTER USER {literal(u)}@{literal(h)} ACCOUNT UNLOCK" for u, h in locked]
+    if statements:
+        run_sql(endpoint, ";\n".join(statements) + ";")
+    os.unlink(path)
+
+
+# -- the server (local runtime) -------------------------------------------------------------------------
+
+SERVER_OPTIONS = (
+    # The redo log is RAM on tmpfs and is copied by every mode switch: 32 MB instead of 96.
+    "--innodb-log-file-size=32M",
+    "--innodb-buffer-pool-size=64M",
+)
+
+
+def mariadbd_binary() -> str:
+    for candidate in ("mariadbd", "/usr/sbin/mariadbd"):
+        found = shutil.which(candidate)
+        if found:
+            return found
+    raise PermanentError("mariadbd not found: install it (apt-get install mariadb-server)")
+
+
+class MariadbServer:
+    """``runtimes.base.ServerRecipe``: mariadbd on 127.0.0.1 and a unix socket, ``--no-defaults`` so the
+    host's /etc/mysql configuration (another port, another bind address) never applies."""
+
+    service: str = "mariadb"
+    account: str = "mysql"
+    data_markers: tuple[str, ...] = ("ibdata1", "mysql")
+    process_names: tuple[str, ...] = ("mariadbd", "mysqld")
+
+    def init_argv(self, data_dir: str) -> list[str]:
+        return [
+            "mariadb-install-db",
+            "--no-defaults",
+            f"--datadir={data_dir}",
+            "--auth-root-authentication-method=socket",
+            "--skip-test-db",
+            *SERVER_OPTIONS,
+        ]
+
+    def start_argv(self, data_dir: str, port: int, socket_dir: str, pidfile: str, log_file: str) -> list[str]:
+        return [
+            mariadbd_binary(),
+            "--no-defaults",
+            f"--datadir={data_dir}",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={os.path.join(socket_dir, 'mariadb.sock')}",
+            f"--pid-file={pidfile}",
+            f"--log-error={log_file}",
+            "--skip-name-resolve",
+            *SERVER_OPTIONS,
+        ]
+
+    def endpoint(self, socket_dir: str, port: int) -> Endpoint:
+        # root over the unix socket, authenticated as the OS user (unix_socket)
+        return Endpoint(socket_dir, port, "root")
+
+
+# -- the engine ------------------------------------------------------------------------------------------
+
+
+class _MariadbDump:
+    """The statistics are computed in a thread while the dump streams (two server threads, two cores):
+    they start once the gate opens, in the snapshot taken under it."""
+
+    def __init__(self, gate: SnapshotGate, stream: Any, version: str) -> None:
+        self.gate = gate
+        self.stream = GateReader(stream, gate)
+        self.version = version
+        self._result: dict[str, list[Any]] = {}
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._compute, name="mariadb-stats", daemon=True)
+        self._thread.start()
+
+    def _compute(self) -> None:
+        self.gate.released.wait()
+        try:
+            if not self.gate.locked:  # not closed before the gate opened
+                self._result = table_stats(self.gate.stats, self.gate.database)
+        except BaseException as exc:  # handed to the caller by stats()
+            self._error = exc
+
+    def stats(self) -> dict[str, list[Any]]:
+        self.gate.release()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def abandon(self) -> None:
+        self.gate.released.set()
+        self._thread.join(timeout=60)
+
+
+class MariadbEngine:
+    """``databases/engine.Engine`` for MariaDB."""
+
+    kind = "mariadb"
+    content = "mariadb-dump-sql"
+    member_suffix = "mariadb.sql.zst"
+    server = MariadbServer()
+
+    def facts(self, endpoint: Endpoint, spec: Any, password: str | None) -> EngineFacts:
+        found = facts(endpoint, spec.database, spec.user)
+        verdict = ""
+        if password is not None and found.password_hash is not None:
+            verdict = "" if native_password_hash(password) == found.password_hash else "stale"
+        return EngineFacts(found.databases, found.users, found.size_bytes, found.version, verdict)
+
+    def ensure(self, endpoint: Endpoint, database: str, user: str, password: str | None) -> None:
+        ensure_user_and_database(endpoint, user, database, password)
+
+    @contextlib.contextmanager
+    def dump(self, endpoint: Endpoint, spec: Any) -> Iterator[_MariadbDump]:
+        gate = SnapshotGate(endpoint, spec.database)
+        try:
+            version = gate.stats.query("SELECT VERSION()")[0][0]
+            with proc.streaming(
+                dump_argv(endpoint, spec.database, spec.dump_options), stdout=proc.PIPE
+            ) as dump:
+                taking = _MariadbDump(gate, dump.stdout, version)
+                try:
+                    yield taking
+                finally:
+                    if taking._thread.is_alive() and gate.locked:  # failed before the gate opened
+                        taking.abandon()
+        finally:
+            gate.close()
+
+    def load(self, endpoint: Endpoint, database: str) -> Any:
+        return proc.streaming(restore_argv(endpoint, database), stdin=proc.PIPE)
+
+    def stats(self, endpoint: Endpoint, database: str) -> dict[str, list[Any]]:
+        return database_stats(endpoint, database)
+
+    def stats_differ(self, expected: dict[str, list[Any]], actual: dict[str, list[Any]]) -> list[str]:
+        return stats_differ(expected, actual)
+
+    def is_empty(self, endpoint: Endpoint, database: str) -> bool:
+        return is_empty(endpoint, database)
+
+    def side_name(self, database: str) -> str:
+        return database + RESTORING_SUFFIX
+
+    def create_side(self, endpoint: Endpoint, side: str) -> None:
+        recreate_database(endpoint, side)
+
+    def mark_staged(self, endpoint: Endpoint, side: str) -> None:
+        mark_staged(endpoint, side)
+
+    def swap_refusal(self, endpoint: Endpoint, database: str) -> str | None:
+        blocking = unmovable_objects(endpoint, database)
+        if not blocking:
+            return None
+        return (
+            f"mariadb database {database} holds {', '.join(blocking[:5])}, which MariaDB cannot move between "
+            "databases, so a restore cannot replace it atomically (a known limit). Stop the application, drop "
+            "the database, and run `reconciler apply`: restore on boot fills it"
+        )
+
+    def swap(self, endpoint: Endpoint, database: str, side: str) -> None:
+        if database_exists(endpoint, side):
+            swap_databases(endpoint, database, side)
+        drop_database(endpoint, database + REPLACED_SUFFIX)  # left by a swap cut short
+
+    def drop(self, endpoint: Endpoint, database: str) -> None:
+        drop_database(endpoint, database)
+
+    def close(self, endpoint: Endpoint, data_dir: str) -> int:
+        return close(endpoint, data_dir)
+
+    def open(self, endpoint: Endpoint, data_dir: str) -> None:
+        reopen(endpoint, data_dir)
+
+
+MARIADB = MariadbEngine()

@@ -1,0 +1,312 @@
+"""MariaDB as a third engine, against real servers: one stack holding PostgreSQL, MariaDB and Redis.
+
+Mirrors the PostgreSQL tests: a round trip restores identical content (per-table row counts and
+checksums computed here independently of the reconciler), a tampered set is refused without touching
+the live data, a power cut (every process killed, RAM emptied) brings the newest set back, and the
+statistics in the signed manifest describe exactly what the dump holds even while a writer keeps
+committing during the backup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from typing import Any
+
+import pytest
+import redis
+
+from tests.conftest import Stack, _require, free_port
+from tests.e2e.test_power_cut import power_cut
+from tests.integration.test_backups import member_file, pg, seed, sets, snapshot, with_keys
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "mdb-secret-Ünï-" + "x" * 12
+
+
+def mixed_stack(stack: Stack, stores: dict[str, Any] | None = None) -> None:
+    """PostgreSQL + MariaDB + Redis in RAM mode, encrypted backups; the user's password from the env."""
+    _require("mariadbd", "install it with apt-get install mariadb-server (scripts/bootstrap does)")
+    recipient = with_keys(stack)
+    document = stack.default_document("ram")
+    stack.mariadb_port = free_port()  # type: ignore[attr-defined]
+    document["services"]["mariadb"] = {
+        "database": "shop",
+        "user": "shop",
+        "password_env": "SHOP_DB_PASSWORD",
+        "port": stack.mariadb_port,  # type: ignore[attr-defined]
+        "disk_dir": "./data/mariadb",
+    }
+    document["ram"]["tmpfs_size"] = "1GiB"
+    document["backup"] = {
+        "encryption": {"recipients": [recipient], "identity_file": "./keys/backup.key"},
+        "retention": {"keep_last": 24},
+        **({"stores": stores} if stores else {}),
+    }
+    stack.env["SHOP_DB_PASSWORD"] = PASSWORD
+    stack.write(document)
+    stack.cli("apply")
+
+
+def socket(stack: Stack) -> str:
+    return str(stack.dir / ".reconciler" / "run" / "mariadb" / "mariadb.sock")
+
+
+def sql(stack: Stack, statements: str, database: str = "shop") -> list[list[str]]:
+    """Run SQL as root over the stack's socket (the test's own client, not the reconciler's code)."""
+    out = subprocess.run(
+        ["mariadb", "--no-defaults", "-S", socket(stack), "-u", "root", "-N", "-B", database],
+        input=statements.encode(),
+        capture_output=True,
+        check=True,
+        timeout=120,
+    ).stdout.decode(errors="surrogateescape")
+    return [line.split("\t") for line in out.splitlines()]
+
+
+def seed_mariadb(stack: Stack, rows: int = 2000, start: int = 0) -> None:
+    values = ",".join(
+        f"({i}, 'Ware #{i} ✓ ünïcödé', {i * 1.5}, {'NULL' if i % 7 == 0 else repr(str(i))}, UNHEX('00ff{i:04x}'))"
+        for i in range(start, start + rows)
+    )
+    sql(
+        stack,
+        "CREATE TABLE IF NOT EXISTS orders (id INT PRIMARY KEY, title VARCHAR(200), price DOUBLE, note TEXT, "
+        "raw VARBINARY(16)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;"
+        "CREATE TABLE IF NOT EXISTS `we``ird name` (k INT) ENGINE=InnoDB;"
+        f"INSERT INTO orders VALUES {values};"
+        "INSERT INTO `we``ird name` VALUES (1), (2);",
+    )
+
+
+def mariadb_content(stack: Stack, database: str = "shop") -> dict[str, str]:
+    """Each table's rows, sorted, hashed: computed by the test, not by the reconciler."""
+    content = {}
+    for (table,) in sql(stack, "SHOW TABLES", database):
+        quoted = "`" + table.replace("`", "``") + "`"
+        rows = sql(stack, f"SELECT * FROM {quoted} ORDER BY 1", database)
+        content[table] = hashlib.sha256(repr(rows).encode()).hexdigest() + f":{len(rows)}"
+    return content
+
+
+def test_mixed_stack_round_trip_restores_identical_content_in_all_three_engines(stack: Stack) -> None:
+    mixed_stack(stack)
+    seed(stack, 500)
+    seed_mariadb(stack)
+    before = (snapshot(stack), mariadb_content(stack))
+    stack.cli("backup")
+    listing = sets(stack)
+    manifest = json.loads(
+        next((stack.dir / "data" / "backups").glob(f"{listing[0]['name']}.manifest.json")).read_text()
+    )
+    members = {m["service"]: m for m in manifest["members"]}
+    assert set(members) == {"postgres", "redis", "mariadb"}
+    assert members["mariadb"]["check"]["tables"]["orders"][0] == 2000
+    assert member_file(stack, listing[0]["name"], "mariadb").read_bytes().startswith(b"age-encryption.org/v1")
+
+    sql(stack, "DELETE FROM orders WHERE id % 3 = 0; UPDATE orders SET title = 'changed' WHERE id = 1;")
+    sql(stack, "CREATE TABLE extra (x INT); DROP TABLE `we``ird name`;")
+    with pg(stack) as conn:
+        conn.execute("DELETE FROM discussions WHERE id % 2 = 0")
+    redis.Redis(port=stack.redis_port).flushall()
+    assert (snapshot(stack), mariadb_content(stack)) != before
+
+    result = stack.cli("restore", "--latest", "--yes")
+    assert "restored" in result.stdout
+    assert (snapshot(stack), mariadb_content(stack)) == before
+    # the application user logs in over TCP with the configured password and sees its tables
+    login = subprocess.run(
+        ["mariadb", "--no-defaults", "-h", "127.0.0.1", "-P", str(stack.mariadb_port), "-u", "shop", "shop"],  # type: ignore[attr-defined]
+        input="SELECT COUNT(*) FROM orders;",
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MYSQL_PWD": PASSWORD},
+        check=True,
+    )
+    assert login.stdout.split()[-1] == "2000"
+    assert not sql(stack, "SHOW DATABASES LIKE 'shop\\_\\_%'", "mysql")  # no side database left behind
+    assert stack.cli("verify").returncode == 0
+    assert sets(stack)[0]["verified"]["ok"] is True
+    # the password was never written anywhere the reconciler writes
+    for path in [*stack.dir.rglob("*"), *stack.ram_root.glob("mariadb/*.err")]:
+        if path.is_file() and path.stat().st_size < 50_000_000 and not path.is_socket():
+            assert PASSWORD.encode() not in path.read_bytes(), path
+    assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_a_tampered_mariadb_member_is_refused_and_the_live_data_is_untouched(stack: Stack) -> None:
+    mixed_stack(stack)
+    seed_mariadb(stack, 500)
+    stack.cli("backup")
+    name = sets(stack)[0]["name"]
+    sql(stack, "INSERT INTO orders (id, title) VALUES (100000, 'after the backup')")
+    current = mariadb_content(stack)
+    path = member_file(stack, name, "mariadb")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+
+    result = stack.cli("restore", name, "--yes", check=1)
+    assert "sha256 does not match" in result.stderr and name in result.stderr
+    assert mariadb_content(stack) == current
+    verify = stack.cli("verify", name, check=1)
+    assert "sha256 does not match" in verify.stderr
+
+
+def test_a_power_cut_brings_all_three_engines_back_from_the_newest_set(stack: Stack) -> None:
+    mixed_stack(stack)
+    seed(stack, 300)
+    seed_mariadb(stack, 1000)
+    stack.cli("backup")
+    expected = (snapshot(stack), mariadb_content(stack))
+    pid = int((stack.dir / ".reconciler" / "run" / "mariadb" / "mariadb.pid").read_text())
+    power_cut(stack)
+    os.kill(pid, 9)
+    assert not (stack.ram_root / "mariadb").exists()
+
+    plan = stack.cli("plan", check=2).stdout
+    assert "restore postgres and redis and mariadb from backup set" in plan
+    stack.cli("apply")
+    assert (snapshot(stack), mariadb_content(stack)) == expected
+    stack.cli("plan", check=0)
+    assert stack.status()["lastRestore"]["set"] == sets(stack)[0]["name"]
+
+
+def test_the_manifest_describes_exactly_the_dump_when_a_client_commits_between_the_snapshots(
+    stack: Stack,
+) -> None:
+    """A client commits right after the statistics' snapshot, before the dump takes its own. Commits are
+    held back until both snapshots exist, so the row it writes is in neither; without that, the dump
+    holds it, the manifest does not, and verification rejects the set. The failpoint's command starts
+    the INSERT in the background and returns once it either committed or waits (a condition polled
+    with a deadline, never a sleep as synchronisation)."""
+    mixed_stack(stack)
+    seed_mariadb(stack, 500)
+    client = f"mariadb --no-defaults -S {socket(stack)} -u root"
+    insert = "INSERT INTO shop.orders (id, title) VALUES (999999, 'between the snapshots')"
+    seen = (
+        "SELECT (SELECT COUNT(*) FROM shop.orders WHERE id = 999999) + (SELECT COUNT(*) FROM "
+        "information_schema.processlist WHERE id <> CONNECTION_ID() AND info LIKE 'INSERT INTO shop.orders%')"
+    )
+    action = (
+        f'sh:{client} -e "{insert}" >/dev/null 2>&1 & i=0; '
+        f'while [ "$({client} -N -e "{seen}")" = 0 ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done'
+    )
+    stack.cli("backup", env={"RECONCILER_FAILPOINTS": f"backup.mariadb.stats-snapshot={action}"})
+    assert sql(stack, "SELECT COUNT(*) FROM orders WHERE id = 999999") == [["1"]]  # it did commit, later
+    manifest = json.loads(
+        next((stack.dir / "data" / "backups").glob(f"{sets(stack)[0]['name']}.manifest.json")).read_text()
+    )
+    tables = next(m for m in manifest["members"] if m["service"] == "mariadb")["check"]["tables"]
+    assert tables["orders"][0] == 500
+    stack.cli("verify")
+    assert sets(stack)[0]["verified"]["ok"] is True
+
+
+@pytest.mark.parametrize(
+    "point",
+    ["restore.stage-mariadb.after", "mariadb.swap.renamed", "restore.commit-mariadb.after"],
+)
+def test_a_restore_killed_around_the_swap_and_resumed_serves_the_chosen_set(stack: Stack, point: str) -> None:
+    """Killed after staging (rolled back: the live data stays), between the one RENAME TABLE and the
+    clean-up, or after the commit: the next apply never swaps twice (which would move the restored
+    tables aside and drop them) and ends with the chosen set's data or, before the point of no return,
+    the data the stack served."""
+    mixed_stack(stack)
+    seed_mariadb(stack, 800)
+    stack.cli("backup")
+    chosen = mariadb_content(stack)
+    sql(stack, "DELETE FROM orders WHERE id < 100; CREATE TABLE later (x INT);")
+    current = mariadb_content(stack)
+    killed = stack.cli(
+        "restore", "--latest", "--yes", check=None, env={"RECONCILER_FAILPOINTS": f"{point}=kill"}
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    stack.cli("apply")
+    expected = current if point == "restore.stage-mariadb.after" else chosen
+    assert mariadb_content(stack) == expected
+    leftovers = sql(stack, "SHOW DATABASES LIKE 'shop\\_\\_%'", "mysql")
+    assert not leftovers
+    stack.cli("plan", check=0)
+
+
+def test_triggers_restore_on_boot_and_a_live_swap_is_refused_before_anything_changes(stack: Stack) -> None:
+    mixed_stack(stack)
+    seed_mariadb(stack, 200)
+    sql(
+        stack,
+        "CREATE TABLE audit (n INT); CREATE TRIGGER orders_audit AFTER INSERT ON orders "
+        "FOR EACH ROW INSERT INTO audit VALUES (NEW.id);",
+    )
+    sql(stack, "INSERT INTO orders (id, title) VALUES (50000, 'audited')")
+    stack.cli("backup")
+    expected = mariadb_content(stack)
+    refused = stack.cli("restore", "--latest", "--yes", check=1)
+    assert "orders_audit" in refused.stderr and "cannot move between databases" in refused.stderr
+    assert mariadb_content(stack) == expected
+    pid = int((stack.dir / ".reconciler" / "run" / "mariadb" / "mariadb.pid").read_text())
+    power_cut(stack)
+    os.kill(pid, 9)
+    stack.cli("apply")
+    assert mariadb_content(stack) == expected
+    assert sql(stack, "SHOW TRIGGERS")[0][0] == "orders_audit"
+
+
+def test_disaster_recovery_by_hand_with_age_zstd_and_the_mariadb_client(stack: Stack) -> None:
+    mixed_stack(stack)
+    seed_mariadb(stack, 300)
+    stack.cli("backup")
+    member = member_file(stack, sets(stack)[0]["name"], "mariadb")
+    key = stack.dir / "keys" / "backup.key"
+    sql(stack, "CREATE DATABASE by_hand", "mysql")
+    subprocess.run(
+        f"age -d -i {key} {member} | zstd -d | mariadb --no-defaults -S {socket(stack)} -u root by_hand",
+        shell=True,
+        check=True,
+    )
+    assert mariadb_content(stack, "by_hand") == mariadb_content(stack)
+
+
+def test_with_every_local_set_gone_a_power_cut_restores_all_three_engines_from_drive(
+    stack: Stack, emulator: Any
+) -> None:
+    from tests.integration.test_gdrive import authorized_user_file
+
+    folder = emulator.make_folder()
+    (stack.dir / "keys").mkdir(mode=0o700)
+    credentials = authorized_user_file(stack.dir / "keys" / "gdrive.json", emulator)
+    gdrive = {"enabled": True, "folder_id": folder, "credentials_file": credentials, "api_url": emulator.url}
+    mixed_stack(stack, {"gdrive": {**gdrive, "chunk_size": "256KiB"}})
+    seed(stack, 200)
+    seed_mariadb(stack, 700)
+    stack.cli("backup")
+    assert any(name.endswith(".mariadb.sql.zst.age") for name in emulator.names_in(folder))
+    expected = (snapshot(stack), mariadb_content(stack))
+    pid = int((stack.dir / ".reconciler" / "run" / "mariadb" / "mariadb.pid").read_text())
+    power_cut(stack)
+    os.kill(pid, 9)
+    for path in (stack.dir / "data" / "backups").iterdir():
+        path.unlink()
+    assert "(gdrive store)" in stack.cli("plan", check=2).stdout
+    stack.cli("apply")
+    assert (snapshot(stack), mariadb_content(stack)) == expected
+    assert stack.status()["lastRestore"]["store"] == "gdrive"
+
+
+def test_a_dump_that_fails_leaves_no_set_and_never_holds_commits_back(stack: Stack) -> None:
+    """mariadb-dump exits early (here: a character set it does not know) while the snapshot gate holds
+    commits: the backup fails with the dump's own words, writes no member, and commits flow again."""
+    mixed_stack(stack)
+    document = stack.document()
+    document["services"]["mariadb"]["dump_options"] = ["--default-character-set=nosuchcharset"]
+    stack.write(document)
+    seed_mariadb(stack, 50)
+    failed = stack.cli("backup", check=1)
+    assert "nosuchcharset" in failed.stderr
+    assert not list((stack.dir / "data" / "backups").glob("*mariadb*"))
+    assert not [s for s in sets(stack) if s["complete"]]
+    sql(stack, "INSERT INTO orders (id, title) VALUES (424242, 'after the failed backup')")
+    assert sql(stack, "SELECT COUNT(*) FROM orders") == [["51"]]
