@@ -58,6 +58,7 @@ from reconciler.engine.context import (
     write_override,
 )
 from reconciler.engine.revision import committed_state, differs_from_commit, state_revision
+from reconciler.engine.wal import WalSupervisor
 from reconciler.errors import LockHeld, PermanentError, ReconcilerError, SpecInvalid
 from reconciler.plan.observed import ObservedState
 from reconciler.plan.planner import plan
@@ -124,6 +125,7 @@ class Daemon:
         self.observed_stale = True  # the engine acted since: observe again before publishing
         self.processes = ProcessWatcher(self._process_exited)
         self.containers = ContainerWatcher(self._process_exited)
+        self.wal = WalSupervisor()  # continuous WAL (engine/wal.py), while backup.continuous is on
         self.last_error: str | None = None
         self.invalid_digest: str | None = None
         self.passes = 0
@@ -225,6 +227,7 @@ class Daemon:
             return self._shutdown()
         finally:
             watcher.stop()
+            self.wal.stop()
             self.processes.stop()
             self.containers.stop()
             if self.metrics:
@@ -628,6 +631,7 @@ class Daemon:
             events.emit(self.state_dir, "Warning", "ServiceDown", message)
             self.wake(message)
             return
+        self.wal.follow(ctx, observed)
         if self._pressure(ctx, observed):
             return  # the fallback switch changed the stack; the next pass observes it afresh
         took = self._backup_if_due(ctx, observed)
