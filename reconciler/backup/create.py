@@ -163,10 +163,18 @@ def _backup_postgres(
 
 
 def _backup_postgres_base(
-    endpoint: Endpoint, bindir: str, store: LocalStore, base: str, sealing: Sealing, progress: Progress | None
+    stack: str,
+    endpoint: Endpoint,
+    bindir: str,
+    store: LocalStore,
+    base: str,
+    sealing: Sealing,
+    progress: Progress | None,
 ) -> dict[str, Any]:
     """The physical member: ``pg_basebackup`` as one tar (its WAL included), see ``backup/physical``."""
     identity = physical.server_identity(endpoint)
+    if endpoint.container is None:  # the stream's slot first (see physical.ensure_slot); docker: host tools
+        physical.ensure_slot(bindir, endpoint, physical.slot_name(stack))
     argv = physical.basebackup_argv(bindir, pg.client_args(endpoint), base)
     file_name = f"{base}.{physical.MEMBER_SUFFIX}{sealing.suffix}"
     try:
@@ -217,7 +225,9 @@ def create_set(
             if spec.backup.continuous.enabled:  # after the logical member: older readers pick that one
                 failpoints.hit("backup.before-base")
                 members.append(
-                    _backup_postgres_base(endpoints["postgres"], bindir, store, base, sealing, progress)
+                    _backup_postgres_base(
+                        spec.stack, endpoints["postgres"], bindir, store, base, sealing, progress
+                    )
                 )
                 written.append(members[-1]["file"])
         document: dict[str, Any] = {

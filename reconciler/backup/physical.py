@@ -176,3 +176,25 @@ def server_identity(endpoint: Endpoint) -> dict[str, Any]:
         ).fetchone()
     assert row is not None
     return {"system_identifier": str(row[0]), "server_version": str(row[1])}
+
+
+def slot_name(stack: str) -> str:
+    """The physical replication slot of a stack's continuous WAL."""
+    return "reconciler_" + re.sub(r"[^a-z0-9_]", "_", stack)
+
+
+def receivewal_base(bindir: str, endpoint: Endpoint, slot: str) -> list[str]:
+    return [
+        os.path.join(bindir, "pg_receivewal"),
+        *("-h", endpoint.host, "-p", str(endpoint.port), "-U", endpoint.user),
+        *("-S", slot, "--no-password"),
+    ]
+
+
+def ensure_slot(bindir: str, endpoint: Endpoint, slot: str) -> None:
+    """Create the slot unless it exists. Created before a base backup starts, it keeps every segment
+    from the backup's start until pg_receivewal has it: no recycling during ``-X fetch``, and no gap
+    between the base and the stream however long the daemon takes to start the receiver."""
+    from reconciler.system import proc
+
+    proc.run([*receivewal_base(bindir, endpoint, slot), "--create-slot", "--if-not-exists"], timeout=30)

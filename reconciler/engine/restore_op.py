@@ -41,6 +41,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict
+from functools import partial
 from typing import Any
 
 from reconciler.backup import keys
@@ -54,7 +55,7 @@ from reconciler.backup.restore import (
     write_redis_rdb,
 )
 from reconciler.databases import postgres as pg
-from reconciler.engine import backups, records, status
+from reconciler.engine import backups, records, recovery, status
 from reconciler.engine.context import StackContext
 from reconciler.engine.journal import Journal
 from reconciler.engine.secrets import from_env_or_file
@@ -243,6 +244,16 @@ def _restore_fresh(
         for name, data_dir, port in zip(action.services, action.data_dirs, action.ports, strict=True):
             if checked.member(name) is None:
                 raise SetRejected(checked.name, f"it holds no {name} member")
+            if name == "postgres" and recovery.wanted(ctx, checked):  # base + WAL; logical if it fails
+                mark = partial(mark_restoring, data_dir, ctx.spec.stack, name, operation)
+                undo = partial(_clear, ctx, [name], [data_dir])
+                source = recovery.Source(
+                    store, checked, identity, keys.mac_key(identity) if identity else None
+                )
+                if recovery.boot_recover(ctx, source, data_dir, port, mark, undo):
+                    initialised.append(data_dir)
+                    started_services.append((name, data_dir))
+                    continue
             initialised.append(data_dir)
             runtime.init_service(name, data_dir)
             # Flagged as soon as initdb ran: from then on the directory is no set's data (the defence that

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -50,10 +49,6 @@ TICK = 1.0
 _BACKOFF_MAX = 30.0
 
 
-def slot_name(stack: str) -> str:
-    return "reconciler_" + re.sub(r"[^a-z0-9_]", "_", stack)
-
-
 def receive_dir(spec: StateSpec) -> str:
     continuous = spec.backup.continuous
     if continuous.placement == "spool":
@@ -70,23 +65,11 @@ def store_area(spec: StateSpec, system_identifier: str) -> Any:
     )
 
 
-def _receivewal(bindir: str, endpoint: Endpoint, slot: str) -> list[str]:
-    return [
-        os.path.join(bindir, "pg_receivewal"),
-        *("-h", endpoint.host, "-p", str(endpoint.port), "-U", endpoint.user),
-        *("-S", slot, "--no-password"),
-    ]
-
-
 def receivewal_argv(bindir: str, endpoint: Endpoint, directory: str, slot: str) -> list[str]:
     return [
-        *_receivewal(bindir, endpoint, slot),
+        *physical.receivewal_base(bindir, endpoint, slot),
         *("-D", directory, "--synchronous", "--no-loop", "--status-interval=1"),
     ]
-
-
-def ensure_slot(bindir: str, endpoint: Endpoint, slot: str) -> None:
-    proc.run([*_receivewal(bindir, endpoint, slot), "--create-slot", "--if-not-exists"], timeout=30)
 
 
 @dataclass
@@ -148,7 +131,7 @@ class WalStreamer:
         self.endpoint = endpoint
         self.bindir = bindir
         self.directory = receive_dir(spec)
-        self.slot = slot_name(spec.stack)
+        self.slot = physical.slot_name(spec.stack)
         self.process: Any = None
         self.shipper: Shipper | None = None
         self.last_error: str | None = None
@@ -170,7 +153,7 @@ class WalStreamer:
         self.shipper = Shipper(
             self.spec, self.directory, sealing_for(self.spec), identity["system_identifier"]
         )
-        ensure_slot(self.bindir, self.endpoint, self.slot)
+        physical.ensure_slot(self.bindir, self.endpoint, self.slot)
         with open(self._log_path, "ab") as stderr:
             self.process = proc.spawn(
                 receivewal_argv(self.bindir, self.endpoint, self.directory, self.slot),

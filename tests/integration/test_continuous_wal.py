@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.backup import walseg
+from reconciler.backup import physical, walseg
 from reconciler.backup.create import identity_for_restore, sealing_for
 from reconciler.backup.keys import mac_key
 from reconciler.engine import wal
@@ -91,7 +91,7 @@ def test_segments_are_streamed_sealed_and_checked(stack: Stack) -> None:
         )
         with pg(stack, "postgres") as conn:
             slots = conn.execute("SELECT slot_name, active FROM pg_replication_slots").fetchall()
-        assert slots == [(wal.slot_name(ctx.spec.stack), True)]
+        assert slots == [(physical.slot_name(ctx.spec.stack), True)]
         # the spool keeps only the segment in progress; shipped ones are stored compressed and sealed
         spool = Path(stack.dir / "data" / "spool" / sysid)
         assert [p.name for p in spool.iterdir() if walchain.is_segment(p.name)] == []
