@@ -25,6 +25,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -292,3 +293,99 @@ def boot_recover(
     else:
         events.emit(ctx.state_dir, "Normal", "PhysicalRecovery", f"restore on boot: {plan.describe()}")
     return plan
+
+
+def base_for_time(ctx: StackContext, when: datetime) -> tuple[Source, str]:
+    """The newest vouched set holding a base that was taken before ``when`` (checked in full)."""
+    from reconciler.backup import keys
+    from reconciler.backup.create import identity_for_restore
+    from reconciler.backup.restore import SetRejected, load_and_check
+    from reconciler.engine import backups
+
+    store = backups.local_store(ctx)
+    identity = identity_for_restore(ctx.spec)
+    mac_key = keys.mac_key(identity) if identity is not None else None
+    doubts = backups.vouch_local(ctx)
+    reasons = []
+    for listing in backups.list_sets(ctx):
+        candidate = listing.backup_set
+        if not candidate.complete or doubts.get(candidate.name, "not checked") is not None:
+            continue
+        if candidate.created >= when:
+            continue
+        try:
+            checked = load_and_check(store, candidate.name, mac_key)
+        except SetRejected as exc:
+            reasons.append(f"{candidate.name}: {exc.reason}")
+            continue
+        if checked.base() is not None:
+            return Source(store, checked, identity, mac_key), candidate.name
+    raise PermanentError(
+        f"no backup set with a physical base backup was taken before {when.isoformat()} "
+        f"(backup.continuous must have been on then){'; rejected: ' + '; '.join(reasons) if reasons else ''}"
+    )
+
+
+def restore_to_time(ctx: StackContext, when: datetime) -> ChainPlan:
+    """``reconciler restore --to TIME``: PostgreSQL as it was at ``when`` (Redis is not changed).
+
+    The current data directory is kept aside until the recovered server is promoted, and put back if
+    recovery fails. Then a ``post-restore`` set is taken at once: it becomes the newest set, so the next
+    boot restores this state and not the old timeline's WAL past ``when``."""
+    from reconciler.engine import backups
+    from reconciler.engine.journal import Journal
+    from reconciler.system import clock, fs
+
+    if ctx.spec.runtime != "local":
+        raise PermanentError("restore --to works on the local runtime only for now")
+    with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
+        pending = Journal.load(ctx.state_dir)
+        if pending is not None:
+            raise PermanentError(
+                f"an interrupted {pending.doc['kind']} ({pending.id}) must reach a safe point first; "
+                "run `reconciler apply`, then restore"
+            )
+        source, _ = base_for_time(ctx, when)
+        data_dir, port = ctx.spec.data_dir("postgres"), ctx.spec.port("postgres")
+        aside = f"{data_dir}.before-restore-{clock.now().strftime('%Y%m%dT%H%M%SZ')}"
+        ctx.runtime.stop_service("postgres", data_dir)
+        os.rename(data_dir, aside)
+        try:
+            plan = recover_into(ctx, source, data_dir, port, when)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                ctx.runtime.stop_service("postgres", data_dir)
+            shutil.rmtree(data_dir, ignore_errors=True)
+            os.rename(aside, data_dir)
+            ctx.runtime.start_service("postgres", data_dir, port)
+            raise
+        shutil.rmtree(aside)
+        _retire_spool(ctx, source)
+        backups.take_backup_locked(ctx, "post-restore", None)
+    events.emit(
+        ctx.state_dir, "Normal", "PointInTimeRestore", f"restored to {when.isoformat()}: {plan.describe()}"
+    )
+    return plan
+
+
+def _retire_spool(ctx: StackContext, source: Source) -> None:
+    """The spool of the old timeline goes aside: pg_receivewal resumes from the newest file it finds,
+    which now lies past the recovered point on a history that was abandoned."""
+    base = source.checked.base()
+    assert base is not None
+    spool = os.path.join(wal.receive_dir(ctx.spec), str(base["system_identifier"]))
+    if os.path.isdir(spool):
+        os.rename(spool, f"{spool}.retired-{int(time.time())}")
+
+
+def parse_target(text: str) -> datetime:
+    """``2026-11-22 14:03`` (this host's local time) or with an offset; always aware."""
+    from reconciler.errors import InvalidInput
+
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidInput(
+            f"--to {text!r} is not a time such as '2026-11-22 14:03' or '2026-11-22T14:03:00+01:00'"
+        ) from None
+    return parsed if parsed.tzinfo is not None else parsed.astimezone()

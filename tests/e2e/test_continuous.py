@@ -97,6 +97,14 @@ class Writer(threading.Thread):
                 time.sleep(0.005)  # ~100-200 transactions/s: a busy community, not a benchmark
 
 
+def streamed(conn: psycopg.Connection[Any]) -> bool:
+    """The receiver has flushed everything the server has written so far."""
+    row = conn.execute(
+        "SELECT bool_and(flush_lsn >= pg_current_wal_lsn()) FROM pg_stat_replication"
+    ).fetchone()
+    return row == (True,)
+
+
 def rows(stack: Stack) -> list[int]:
     with pg(stack) as conn:
         return [int(r[0]) for r in conn.execute("SELECT n FROM numbers ORDER BY n").fetchall()]
@@ -169,3 +177,36 @@ def test_a_corrupt_segment_stops_recovery_at_the_last_consistent_point(
     assert rows(stack) == list(range(1, 201))  # up to the last consistent point, nothing after the gap
     gap = events_with(stack, "WalGap")
     assert gap and segments[2] in gap[-1]["message"] and "corrupt" in gap[-1]["message"]
+
+
+def test_restore_to_a_time_returns_exactly_the_rows_committed_before_it(
+    stack: Stack,
+    daemons: list[RunningDaemon],  # noqa: F811
+) -> None:
+    continuous_stack(stack)
+    daemon = start_streaming(stack, daemons)
+    with pg(stack) as conn:
+        for n in range(1, 51):
+            conn.execute("INSERT INTO numbers VALUES (%s)", (n,))
+        chosen = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+        # the next commit is clearly after the chosen moment (poll the server's clock, no sleep)
+        while conn.execute("SELECT clock_timestamp() > %s + interval '200 ms'", (chosen,)).fetchone() != (
+            True,
+        ):
+            pass
+        for n in range(51, 101):
+            conn.execute("INSERT INTO numbers VALUES (%s)", (n,))
+    assert daemon.stop() == 0
+
+    result = stack.cli("restore", "--to", chosen.isoformat(), "--yes")
+    assert "restored PostgreSQL to" in result.stdout
+    assert rows(stack) == list(range(1, 51))
+    # the restored stack takes writes, streamed on its new timeline
+    daemon = start_streaming(stack, daemons)
+    with pg(stack) as conn:
+        conn.execute("INSERT INTO numbers VALUES (1000)")
+        daemon.wait_for("the write to reach the spool", lambda: streamed(conn))
+    # the next boot brings back the restored state, not the abandoned history after the chosen time
+    kill_everything(stack, daemon)
+    stack.cli("apply")
+    assert rows(stack) == [*range(1, 51), 1000]
