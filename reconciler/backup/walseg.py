@@ -179,3 +179,11 @@ def fetch(
         if isinstance(exc, OSError):
             raise
         raise SegmentRejected(segment, f"it does not decrypt ({type(exc).__name__}: {exc})") from None
+
+
+def delete(store: LocalStore, segment: str) -> None:
+    """Remove a segment (complete and partial): the sidecar first, so it is never half present."""
+    for stem in (segment, f"{segment}.partial"):
+        store.delete(f"{stem}{_SIDECAR}")
+        for suffix in (_DATA, f"{_DATA}.age"):
+            store.delete(f"{stem}{suffix}")

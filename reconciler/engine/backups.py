@@ -475,6 +475,10 @@ def delete_sets(ctx: StackContext, names: tuple[str, ...] | list[str]) -> None:
         for stored in files:
             store.delete(stored.name)
         log.info("deleted backup set %s from %s", name, store.describe())
+    if names and ctx.spec.backup.continuous.enabled:  # the WAL only the deleted bases needed
+        from reconciler.engine.wal import prune_segments
+
+        prune_segments(ctx)
 
 
 protect = records.protect  # the ProtectBackups step's entry point

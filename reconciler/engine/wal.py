@@ -262,3 +262,40 @@ class WalSupervisor:
             self.streamer.stop()
             self.streamer = None
         self._key = None
+
+
+def prune_segments(ctx: StackContext) -> list[str]:
+    """WAL retention, after set retention (the caller holds the stack lock): delete the segments no
+    kept, authenticated base can replay (``plan/walchain.unneeded``). Only sets we vouch for count,
+    so a planted manifest cannot make segments look unneeded; a cluster with no kept base keeps its
+    WAL unless another cluster has one (then it is the history a restore by initdb abandoned)."""
+    import json
+
+    from reconciler.engine import backups
+    from reconciler.plan.backupsets import MANIFEST_SUFFIX
+
+    store = backups.local_store(ctx)
+    starts: dict[str, list[str]] = {}
+    for name, doubt in backups.vouch_local(ctx).items():
+        if doubt is not None:
+            continue
+        with store.open(f"{name}{MANIFEST_SUFFIX}") as handle:
+            document = json.loads(handle.read())
+        for member in document["members"]:
+            if member.get("content") == physical.CONTENT:
+                starts.setdefault(str(member["system_identifier"]), []).append(str(member["start_segment"]))
+    root = walseg.area(store.path).path
+    deleted: list[str] = []
+    if not starts or not os.path.isdir(root):
+        return deleted
+    for sysid in os.listdir(root):
+        area = store_area(ctx.spec, sysid)
+        complete, partial = walseg.listing(area)
+        # a cluster without a kept base, while another has one: everything of it is unneeded
+        bases = starts.get(sysid) or ["FFFFFFFF" + "0" * 16]
+        for segment in walchain.unneeded([*complete, *partial], bases):
+            walseg.delete(area, segment)
+            deleted.append(segment)
+    if deleted:
+        log.info("WAL retention deleted %d segment(s) no kept base can replay", len(deleted))
+    return deleted

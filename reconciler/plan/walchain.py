@@ -80,3 +80,30 @@ def chain(
         gap = segment_name(timeline, number + 1) if later else None
         beyond = later
     return Chain(start, tuple(segments), ends_partial, gap, len(beyond))
+
+
+def unneeded(segments: Iterable[str], base_starts: Iterable[str]) -> list[str]:
+    """The segments no kept base's chain can reach (what WAL retention may delete).
+
+    A segment is needed when a kept base on its timeline starts at or before it. Segments of a
+    timeline older than every kept base's are an abandoned history and go; a timeline newer than the
+    newest base (no base yet, e.g. right after a point-in-time restore) is kept whole. With no kept
+    base at all nothing is deleted: it is never retention's job to decide that a WAL chain is moot."""
+    starts: dict[int, int] = {}
+    for start in base_starts:
+        timeline, number = parse(start)
+        starts[timeline] = min(number, starts.get(timeline, number))
+    if not starts:
+        return []
+    oldest_timeline = min(starts)
+    deletable = []
+    for name in segments:
+        if not is_segment(name):
+            continue
+        timeline, number = parse(name)
+        if timeline in starts:
+            if number < starts[timeline]:
+                deletable.append(name)
+        elif timeline < oldest_timeline:
+            deletable.append(name)
+    return sorted(deletable)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -150,5 +151,40 @@ def test_offsite_placement_ships_the_segment_in_progress(stack: Stack) -> None:
         wait_for(lambda: walseg.listing(store)[1], "a shipped partial segment")
         assert not (stack.dir / "data" / "spool").exists()  # nothing on persistent storage but the store
         assert (Path(ctx.spec.ram_root) / "wal-receive" / sysid).is_dir()
+    finally:
+        supervisor.stop()
+
+
+def test_retention_deletes_only_the_wal_no_kept_base_needs(stack: Stack) -> None:
+    continuous_stack(stack)
+    document = stack.document()
+    document["backup"]["retention"] = {"keep_last": 1}
+    document["daemon"] = {"verify_new_sets": False}
+    stack.write(document)
+    ctx = StackContext.build(load_spec(str(stack.state_file)), str(stack.state_file))
+    stack.cli("backup")
+    supervisor = wal.WalSupervisor()
+    supervisor.follow(ctx, ctx.observe())
+    sysid = system_identifier(stack)
+    store = wal.store_area(ctx.spec, sysid)
+    try:
+        wait_for(lambda: slot_active(stack), "the replication slot to be streamed")
+        with pg(stack) as conn:
+            for _ in range(3):
+                conn.execute("CREATE TABLE IF NOT EXISTS t (n int)")
+                conn.execute("INSERT INTO t VALUES (1)")
+                conn.execute("SELECT pg_switch_wal()")
+        before = wait_for(
+            lambda: len(walseg.listing(store)[0]) >= 3 and walseg.listing(store)[0], "3 segments"
+        )
+        stack.cli("backup")
+        newest = sorted((stack.dir / "data" / "backups").glob("*.manifest.json"))[-1]
+        base = next(
+            m for m in json.loads(newest.read_text())["members"] if m["content"] == "pg_basebackup-tar"
+        )
+        stack.cli("prune")
+        after = walseg.listing(store)[0]
+        assert after and all(s >= base["start_segment"] for s in after)
+        assert set(before) - set(after) == {s for s in before if s < base["start_segment"]} != set()
     finally:
         supervisor.stop()

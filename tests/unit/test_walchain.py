@@ -49,3 +49,21 @@ def test_a_rejected_segment_ends_the_chain_before_it() -> None:
     names = [walchain.segment_name(1, n) for n in range(5, 10)]
     chain = walchain.chain(names[0], names, rejected=[names[2]])
     assert chain.segments == tuple(names[:2]) and chain.gap == names[2] and chain.after_gap == 2
+
+
+@given(
+    bases=st.lists(st.tuples(st.integers(1, 3), st.integers(0, 300)), max_size=4),
+    segments=st.sets(st.tuples(st.integers(1, 4), st.integers(0, 400)), max_size=80),
+)
+def test_retention_never_deletes_a_segment_a_kept_base_can_replay(
+    bases: list[tuple[int, int]], segments: set[tuple[int, int]]
+) -> None:
+    names = [walchain.segment_name(t, n) for t, n in segments]
+    starts = [walchain.segment_name(t, n) for t, n in bases]
+    gone = set(walchain.unneeded(names, starts))
+    assert gone <= set(names)
+    for start in starts:  # every chain from a kept base is the same after retention
+        kept = [n for n in names if n not in gone]
+        assert walchain.chain(start, kept) == walchain.chain(start, names)
+    if not bases:
+        assert not gone
