@@ -16,6 +16,7 @@ from reconciler.backup.keys import mac_key
 from reconciler.engine import wal
 from reconciler.engine.context import StackContext, load_spec
 from reconciler.plan import walchain
+from reconciler.stores.local import LocalStore
 from tests.conftest import Stack
 from tests.integration.test_backups import pg, with_keys
 
@@ -68,16 +69,21 @@ def system_identifier(stack: Stack) -> str:
     return str(row[0])
 
 
-def test_segments_are_streamed_sealed_and_checked(stack: Stack) -> None:
-    continuous_stack(stack)
+def start_streaming(stack: Stack) -> tuple[StackContext, wal.WalSupervisor, str, LocalStore]:
+    """A supervisor streaming the stack's WAL (the daemon's part), once its slot is active."""
     ctx = StackContext.build(load_spec(str(stack.state_file)), str(stack.state_file))
     supervisor = wal.WalSupervisor()
     DIAGNOSIS[:] = [supervisor]
     supervisor.follow(ctx, ctx.observe())
     sysid = system_identifier(stack)
-    store = wal.store_area(ctx.spec, sysid)
+    wait_for(lambda: slot_active(stack), "the replication slot to be streamed")
+    return ctx, supervisor, sysid, wal.store_area(ctx.spec, sysid)
+
+
+def test_segments_are_streamed_sealed_and_checked(stack: Stack) -> None:
+    continuous_stack(stack)
+    ctx, supervisor, sysid, store = start_streaming(stack)
     try:
-        wait_for(lambda: slot_active(stack), "the replication slot to be streamed")
         with pg(stack) as conn:
             conn.execute("SET ROLE app")
             conn.execute("CREATE TABLE t (n int)")
@@ -161,14 +167,9 @@ def test_retention_deletes_only_the_wal_no_kept_base_needs(stack: Stack) -> None
     document["backup"]["retention"] = {"keep_last": 1}
     document["daemon"] = {"verify_new_sets": False}
     stack.write(document)
-    ctx = StackContext.build(load_spec(str(stack.state_file)), str(stack.state_file))
     stack.cli("backup")
-    supervisor = wal.WalSupervisor()
-    supervisor.follow(ctx, ctx.observe())
-    sysid = system_identifier(stack)
-    store = wal.store_area(ctx.spec, sysid)
+    _, supervisor, _, store = start_streaming(stack)
     try:
-        wait_for(lambda: slot_active(stack), "the replication slot to be streamed")
         with pg(stack) as conn:
             for _ in range(3):
                 conn.execute("CREATE TABLE IF NOT EXISTS t (n int)")
