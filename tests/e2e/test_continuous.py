@@ -105,6 +105,19 @@ def streamed(conn: psycopg.Connection[Any]) -> bool:
     return row == (True,)
 
 
+def plant(stack: Stack, area: Path, segment: str, sysid: str) -> None:
+    """A segment sealed for the stack's public recipient, signed with a key that is not its identity."""
+    from reconciler.backup import keys, walseg
+    from reconciler.backup.create import Sealing
+    from reconciler.stores.local import LocalStore
+
+    recipient = stack.document()["backup"]["encryption"]["recipients"][0]
+    forged = stack.dir / "forged"
+    forged.write_bytes(os.urandom(16 * 1024 * 1024))
+    sealing = Sealing(keys.parse_recipients([recipient]), [recipient], os.urandom(32))
+    walseg.ship(LocalStore(str(area)), str(forged), segment, sealing, stack.document()["stack"], sysid)
+
+
 def rows(stack: Stack) -> list[int]:
     with pg(stack) as conn:
         return [int(r[0]) for r in conn.execute("SELECT n FROM numbers ORDER BY n").fetchall()]
@@ -146,9 +159,15 @@ def test_a_power_cut_loses_at_most_a_second_with_the_spool(
     stack.cli("plan", check=0)
 
 
-def test_a_corrupt_segment_stops_recovery_at_the_last_consistent_point(
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [("corrupt", "corrupt"), ("missing", "missing"), ("planted", "another identity")],
+)
+def test_a_bad_segment_stops_recovery_at_the_last_consistent_point(
     stack: Stack,
     daemons: list[RunningDaemon],  # noqa: F811
+    damage: str,
+    reason: str,
 ) -> None:
     continuous_stack(stack)
     daemon = start_streaming(stack, daemons)
@@ -168,15 +187,20 @@ def test_a_corrupt_segment_stops_recovery_at_the_last_consistent_point(
         "the batches' segments shipped", lambda: all((area / f"{s}.wal.json").exists() for s in segments)
     )
     victim = area / f"{segments[2]}.wal.zst.age"  # the segment holding rows 201-300
-    data = bytearray(victim.read_bytes())
-    data[len(data) // 2] ^= 0x10
-    victim.write_bytes(bytes(data))
+    if damage == "corrupt":
+        data = bytearray(victim.read_bytes())
+        data[len(data) // 2] ^= 0x10
+        victim.write_bytes(bytes(data))
+    elif damage == "missing":
+        victim.unlink()
+    else:  # someone who knows only the public recipient replaces it with WAL of their own making
+        plant(stack, area, segments[2], sysid)
     kill_everything(stack, daemon)
 
     stack.cli("apply")
     assert rows(stack) == list(range(1, 201))  # up to the last consistent point, nothing after the gap
     gap = events_with(stack, "WalGap")
-    assert gap and segments[2] in gap[-1]["message"] and "corrupt" in gap[-1]["message"]
+    assert gap and segments[2] in gap[-1]["message"] and reason in gap[-1]["message"]
 
 
 def test_restore_to_a_time_returns_exactly_the_rows_committed_before_it(
