@@ -178,6 +178,9 @@ def server_identity(endpoint: Endpoint) -> dict[str, Any]:
     return {"system_identifier": str(row[0]), "server_version": str(row[1])}
 
 
+SLOT_WAL_LIMIT = "256MB"  # like max_wal_size in RAM mode: ~40 min of a busy community without a receiver
+
+
 def slot_name(stack: str) -> str:
     """The physical replication slot of a stack's continuous WAL."""
     return "reconciler_" + re.sub(r"[^a-z0-9_]", "_", stack)
@@ -195,6 +198,15 @@ def ensure_slot(bindir: str, endpoint: Endpoint, slot: str) -> None:
     """Create the slot unless it exists. Created before a base backup starts, it keeps every segment
     from the backup's start until pg_receivewal has it: no recycling during ``-X fetch``, and no gap
     between the base and the stream however long the daemon takes to start the receiver."""
+    from reconciler.databases import postgres as pg
     from reconciler.system import proc
 
     proc.run([*receivewal_base(bindir, endpoint, slot), "--create-slot", "--if-not-exists"], timeout=30)
+    # A slot whose receiver is not running (the daemon stopped) would keep WAL without bound, and in
+    # RAM mode pg_wal is in RAM: past this much the server invalidates the slot instead (the chain then
+    # has a gap, reported at recovery, and the next base starts a new one).
+    with pg.connect(endpoint) as conn:
+        row = conn.execute("SELECT current_setting('max_slot_wal_keep_size')").fetchone()
+        if row is not None and row[0] == "-1":
+            conn.execute(f"ALTER SYSTEM SET max_slot_wal_keep_size = '{SLOT_WAL_LIMIT}'")
+            conn.execute("SELECT pg_reload_conf()")

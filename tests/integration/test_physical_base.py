@@ -42,6 +42,9 @@ def test_base_backup_is_a_signed_member_that_starts_a_server_by_hand(stack: Stac
     with pg(stack, "postgres") as conn:
         row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
     assert row is not None and base["system_identifier"] == row[0]
+    with pg(stack, "postgres") as conn:  # the slot exists before the base, and cannot fill RAM
+        assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone() == (1,)
+        assert conn.execute("SHOW max_slot_wal_keep_size").fetchone() == ("256MB",)
     assert base["timeline"] == 1 and base["files"] > 100
     assert lsn_value(base["start_lsn"]) <= lsn_value(base["stop_lsn"]) and len(base["start_segment"]) == 24
     assert "mac" in document
