@@ -40,7 +40,7 @@ from reconciler.backup.restore import CheckedSet
 from reconciler.databases import postgres as pg
 from reconciler.engine import events, wal
 from reconciler.engine.context import StackContext
-from reconciler.errors import PermanentError
+from reconciler.errors import PermanentError, ReconcilerError
 from reconciler.plan import walchain
 from reconciler.stores.local import LocalStore
 from reconciler.system import proc
@@ -85,8 +85,11 @@ def stop_segment(base: dict[str, Any]) -> str:
     )
 
 
-def chain_plan(ctx: StackContext, checked: CheckedSet, mac_key: bytes | None) -> ChainPlan:
-    """The chain from ``checked``'s base: every segment checked in order, the first bad one ends it."""
+def chain_plan(
+    ctx: StackContext, checked: CheckedSet, mac_key: bytes | None, verify: bool = True
+) -> ChainPlan:
+    """The chain from ``checked``'s base: every segment checked in order, the first bad one ends it
+    (``verify=False``: from the listing alone, for ``plan``)."""
     base = checked.base()
     if base is None:
         raise PermanentError(f"backup set {checked.name} holds no physical base backup")
@@ -107,7 +110,7 @@ def chain_plan(ctx: StackContext, checked: CheckedSet, mac_key: bytes | None) ->
             rejected,
         )
         newly = False
-        for segment in chain.segments:
+        for segment in chain.segments if verify else ():
             if (segment == start and segment not in complete) or segment in spool_complete:
                 continue  # the base's own copy, or a local spool file
             try:
@@ -116,7 +119,7 @@ def chain_plan(ctx: StackContext, checked: CheckedSet, mac_key: bytes | None) ->
                 rejected[segment] = exc.reason
                 newly = True
                 break
-        if not newly and chain.partial and chain.partial not in spool_partials:
+        if verify and not newly and chain.partial and chain.partial not in spool_partials:
             try:
                 walseg.check(store, chain.partial, mac_key, ctx.spec.stack, sysid, partial=True)
             except walseg.SegmentRejected as exc:
@@ -389,3 +392,35 @@ def parse_target(text: str) -> datetime:
             f"--to {text!r} is not a time such as '2026-11-22 14:03' or '2026-11-22T14:03:00+01:00'"
         ) from None
     return parsed if parsed.tzinfo is not None else parsed.astimezone()
+
+
+def preview(ctx: StackContext, actions: Any) -> list[str]:
+    """For ``plan``: which base and how much WAL a planned restore on boot will replay. Reads the
+    manifest (authenticated) and the WAL listing only; each segment is checked when it is replayed."""
+    from reconciler.backup import manifest
+    from reconciler.backup.create import identity_for_restore
+    from reconciler.backup.keys import mac_key
+    from reconciler.engine import backups
+    from reconciler.plan.actions import RestoreFromBackup
+    from reconciler.plan.backupsets import MANIFEST_SUFFIX
+
+    if not ctx.spec.backup.continuous.enabled or ctx.spec.runtime != "local":
+        return []
+    action = next((a for a in actions if isinstance(a, RestoreFromBackup) and "postgres" in a.services), None)
+    if action is None:
+        return []
+    store_name, set_name = action.candidates[0]
+    if store_name != "local":
+        return [f"postgres: whether {set_name} replays WAL is known once it is fetched from {store_name}"]
+    try:
+        identity = identity_for_restore(ctx.spec)
+        key = mac_key(identity) if identity is not None else None
+        with backups.local_store(ctx).open(f"{set_name}{MANIFEST_SUFFIX}") as handle:
+            document = manifest.decode(handle.read(4 * 1024 * 1024))
+        manifest.verify(document, key)
+    except (OSError, manifest.ManifestRejected, ReconcilerError) as exc:
+        return [f"postgres: cannot tell what {set_name} will replay ({exc})"]
+    checked = CheckedSet(set_name, document)
+    if checked.base() is None:
+        return [f"postgres: {set_name} holds no base backup; its logical dump will be restored"]
+    return [f"postgres: {chain_plan(ctx, checked, key, verify=False).describe()}"]

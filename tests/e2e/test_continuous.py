@@ -147,6 +147,8 @@ def test_a_power_cut_loses_at_most_a_second_with_the_spool(
     writer.join(10)
     assert len(writer.acknowledged) > 100
 
+    plan = stack.cli("plan", check=2).stdout
+    assert "postgres: base" in plan and "WAL segment(s)" in plan and "segment in progress" in plan
     stack.cli("apply")
     present = rows(stack)
     assert present == list(range(1, len(present) + 1)), "a gap: rows were lost in the middle"
