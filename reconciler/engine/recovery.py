@@ -291,6 +291,7 @@ def boot_recover(
         )
         undo()
         return None
+    _retire_spool(ctx, source)
     if plan.gap:
         events.emit(ctx.state_dir, "Warning", "WalGap", f"restore on boot: {plan.describe()}")
     else:
@@ -373,7 +374,10 @@ def restore_to_time(ctx: StackContext, when: datetime) -> ChainPlan:
 
 def _retire_spool(ctx: StackContext, source: Source) -> None:
     """The spool of the old timeline goes aside: pg_receivewal resumes from the newest file it finds,
-    which now lies past the recovered point on a history that was abandoned."""
+    which lies on the old timeline (past the recovered point after ``--to``), and the server refuses
+    to stream from there ("disconnected", in a loop). After a restore on boot the retired files were
+    replayed and are removed once the post-restore set holds them; after ``--to`` they are the only
+    copy of the abandoned history's last seconds and are kept."""
     base = source.checked.base()
     assert base is not None
     spool = os.path.join(wal.receive_dir(ctx.spec), str(base["system_identifier"]))
@@ -424,3 +428,29 @@ def preview(ctx: StackContext, actions: Any) -> list[str]:
     if checked.base() is None:
         return [f"postgres: {set_name} holds no base backup; its logical dump will be restored"]
     return [f"postgres: {chain_plan(ctx, checked, key, verify=False).describe()}"]
+
+
+def after_boot(ctx: StackContext) -> None:
+    """After a physical restore on boot: take a ``post-restore`` set at once (the caller holds the lock).
+
+    The recovered server was promoted onto a new timeline, and a chain follows one timeline: until a
+    base exists on the new one, the next power cut would replay the old chain and lose what was
+    written since. A failure here is reported, never the restore's failure: the stack serves its data,
+    and the scheduled backup retries."""
+    from reconciler.engine import backups
+
+    try:
+        backups.take_backup_locked(ctx, "post-restore", None)
+        spool = wal.receive_dir(ctx.spec)  # what was retired was replayed and is in the new base now
+        for name in os.listdir(spool) if os.path.isdir(spool) else []:
+            if ".retired-" in name:
+                shutil.rmtree(os.path.join(spool, name), ignore_errors=True)
+    except (ReconcilerError, OSError) as exc:
+        log.warning("no post-restore set after the physical recovery: %s", exc)
+        events.emit(
+            ctx.state_dir,
+            "Warning",
+            "PostRestoreBackupFailed",
+            f"no base on the new timeline yet ({exc}): until the next backup set, a power cut loses what "
+            "is written from now on",
+        )

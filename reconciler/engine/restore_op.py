@@ -171,7 +171,7 @@ def restore_empty_services(ctx: StackContext, action: RestoreFromBackup) -> str:
 
                 fetch_set(ctx, set_name)  # into the local store; the local checks follow
             checked = load_and_check(store, set_name, mac)
-            _restore_fresh(ctx, action, checked, identity, store, journal.id)
+            replayed = _restore_fresh(ctx, action, checked, identity, store, journal.id)
         except SetRejected as exc:  # the set's content is at fault: remember it, try the next one
             records.reject(ctx, store_name, set_name, exc.reason)
             rejected.append({"set": set_name, "store": store_name, "reason": exc.reason})
@@ -197,6 +197,8 @@ def restore_empty_services(ctx: StackContext, action: RestoreFromBackup) -> str:
         failpoints.hit("restore.boot.done")
         _record_restore(ctx, **outcome)
         journal.finish("done", set=set_name)
+        if replayed:  # a new timeline: its chain starts from a new base (engine/recovery.after_boot)
+            recovery.after_boot(ctx)
         return set_name
     _record_restore(
         ctx,
@@ -236,8 +238,10 @@ def _restore_fresh(
     identity: Any,
     store: LocalStore,
     operation: str,
-) -> None:
+) -> bool:
+    """Returns whether PostgreSQL was recovered physically (base + WAL)."""
     runtime = ctx.runtime
+    replayed = False
     initialised: list[str] = []
     started_services: list[tuple[str, str]] = []
     try:
@@ -253,6 +257,7 @@ def _restore_fresh(
                 if recovery.boot_recover(ctx, source, data_dir, port, mark, undo):
                     initialised.append(data_dir)
                     started_services.append((name, data_dir))
+                    replayed = True
                     continue
             initialised.append(data_dir)
             runtime.init_service(name, data_dir)
@@ -288,6 +293,7 @@ def _restore_fresh(
                     raise _content_errors_reject(checked.name, exc) from None
         for name, data_dir in zip(action.services, action.data_dirs, strict=True):
             mark_restoring(data_dir, ctx.spec.stack, name, None)
+        return replayed
     except BaseException:
         for name, data_dir in reversed(started_services):
             try:
