@@ -3,11 +3,15 @@
 Design decisions:
 - ``pg_receivewal`` with a physical replication slot (``reconciler_<stack>``): the server keeps every
   segment until the receiver has flushed it, so nothing is recycled before it is safe; after a
-  restart the receiver resumes from the slot, not from a guess. ``--synchronous`` makes it fsync the
-  WAL as soon as it arrives (and report that position at once), so with the spool on persistent
-  storage the recovery point after a power cut is about a second (the status interval), not a
-  segment. The server does not wait for it (no synchronous_standby_names): an SD card that stalls
-  never stalls the application.
+  restart the receiver resumes from the slot, not from a guess. The server does not wait for it (no
+  synchronous_standby_names): an SD card that stalls never stalls the application.
+- Durability is batched, not per commit: pg_receivewal runs *without* ``--synchronous`` (which
+  fsyncs after every message: measured ~8 KiB written to the card per transaction, 3.8 GB/h at
+  100 tps), and the supervisor fsyncs the segment in progress every ``SYNC_EVERY`` (0.5 s) from its
+  own descriptor (fsync flushes the file's dirty pages whoever wrote them). Recovery point with the
+  spool: what arrived in the last half second plus the receiver's latency; the card sees each page
+  about once per sync instead of once per commit. pg_receivewal still fsyncs a segment when it
+  completes it, before renaming it.
 - Two placements (``backup.continuous.placement``): ``spool`` receives into ``spool_dir`` on persistent
   storage (the segment in progress survives a power cut there; completed segments are shipped
   compressed and removed, so the spool holds about one raw segment); ``offsite`` receives into RAM
@@ -45,7 +49,8 @@ from reconciler.system import fs, proc
 
 log = logging.getLogger(__name__)
 
-TICK = 1.0
+TICK = 0.5
+SYNC_EVERY = TICK  # the spool's segment in progress is fsynced this often (see the module docstring)
 _BACKOFF_MAX = 30.0
 
 
@@ -68,7 +73,7 @@ def store_area(spec: StateSpec, system_identifier: str) -> Any:
 def receivewal_argv(bindir: str, endpoint: Endpoint, directory: str, slot: str) -> list[str]:
     return [
         *physical.receivewal_base(bindir, endpoint, slot),
-        *("-D", directory, "--synchronous", "--no-loop", "--status-interval=1"),
+        *("-D", directory, "--no-loop", "--status-interval=1"),
     ]
 
 
@@ -99,6 +104,17 @@ class Shipper:
             os.unlink(os.path.join(self.directory, name))
             shipped.append(name)
         return shipped
+
+    def sync_partial(self) -> None:
+        """Make what pg_receivewal wrote into the segment in progress durable (placement ``spool``)."""
+        for name in os.listdir(self.directory):
+            if name.endswith(".partial"):
+                with contextlib.suppress(FileNotFoundError):  # completed and renamed meanwhile
+                    fd = os.open(os.path.join(self.directory, name), os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
 
     def ship_partial(self) -> str | None:
         """Ship the segment in progress (placement ``offsite``, every ``interval``)."""
@@ -177,6 +193,8 @@ class WalStreamer:
             if self.process is None and now >= self._next_start:
                 self._start_receiver()
             if self.shipper is not None:
+                if self.spec.backup.continuous.placement == "spool":
+                    self.shipper.sync_partial()
                 if self.shipper.ship_completed():
                     self._backoff = 1.0
                 continuous = self.spec.backup.continuous
