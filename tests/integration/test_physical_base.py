@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -48,7 +50,9 @@ def test_base_backup_is_a_signed_member_that_starts_a_server_by_hand(stack: Stac
     assert base["timeline"] == 1 and base["files"] > 100
     assert lsn_value(base["start_lsn"]) <= lsn_value(base["stop_lsn"]) and len(base["start_segment"]) == 24
     assert "mac" in document
-    stack.cli("verify")  # a set with a physical member still verifies (its logical path)
+    verified = json.loads(stack.cli("verify", "-o", "json").stdout)
+    # the logical path as before, and the base in a scratch server of its own
+    assert verified["ok"] is True and verified["base"] == {"ok": True, "databases": 3}, verified
 
     # disaster recovery by hand: age | zstd | tar, then PostgreSQL starts from it with its own WAL
     key = stack.dir / "keys" / "backup.key"
@@ -94,3 +98,36 @@ def test_without_continuous_no_base_backup_is_taken(stack: Stack) -> None:
     name = sets(stack)[0]["name"]
     document = json.loads((stack.dir / "data" / "backups" / f"{name}.manifest.json").read_text())
     assert [m["content"] for m in document["members"]] == ["redis-rdb", "pg_dump-custom"]
+
+
+def test_a_base_that_fails_pg_verifybackup_is_reported_and_the_set_still_verifies(stack: Stack) -> None:
+    """A base altered inside (re-sealed and re-signed by a holder of the identity, so every outer
+    check passes): verify names it, and the set's logical path stays verified."""
+    from reconciler.backup import keys, manifest, pipeline
+
+    continuous_stack(stack)
+    seed(stack, 50)
+    stack.cli("backup")
+    name = sets(stack)[0]["name"]
+    key_file = stack.dir / "keys" / "backup.key"
+    identity = keys.load(str(key_file))
+    blob = member_file(stack, name, "pgbase")
+    with blob.open("rb") as source, (stack.dir / "base.tar").open("wb") as out:
+        pipeline.decrypt_decompress(source, out, identity)
+    tar = bytearray((stack.dir / "base.tar").read_bytes())
+    marker = tar.find(b"PG_VERSION")  # the header of PG_VERSION; its content is the next block
+    tar[marker + 512 : marker + 514] = b"99"
+    with blob.open("wb") as out:
+        pipeline.compress_encrypt(io.BytesIO(bytes(tar)), out, [identity.to_public()])
+    path = stack.dir / "data" / "backups" / f"{name}.manifest.json"
+    document = json.loads(path.read_text())
+    document.pop("mac")
+    for member in document["members"]:
+        if member["content"] == "pg_basebackup-tar":
+            member["size"] = blob.stat().st_size
+            member["sha256"] = hashlib.sha256(blob.read_bytes()).hexdigest()
+    path.write_bytes(manifest.encode(manifest.sign(document, keys.mac_key(identity))))
+
+    verified = json.loads(stack.cli("verify", "-o", "json").stdout)
+    assert verified["ok"] is True
+    assert verified["base"]["ok"] is False and "PG_VERSION" in verified["base"]["reason"], verified
