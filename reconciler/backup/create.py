@@ -38,7 +38,7 @@ from reconciler.plan.backupsets import MANIFEST_SUFFIX, set_name
 from reconciler.runtimes.base import Endpoint
 from reconciler.spec.model import PostgresSpec, StateSpec
 from reconciler.stores.local import LocalStore
-from reconciler.system import failpoints, proc
+from reconciler.system import clock, failpoints, proc
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,17 @@ def _backup_postgres_base(
         if isinstance(exc, physical.BaseBackupIncomplete):
             raise PermanentError(f"base backup {base} is unusable: {exc}") from None
         raise
-    return {"service": "postgres", "content": physical.CONTENT, **identity, **member, **facts}
+    # when the stream ended: the base is consistent at its stop LSN, which is before this moment, so a
+    # point-in-time restore to any later time may start from it (set names have second resolution)
+    finished = clock.now().isoformat().replace("+00:00", "Z")
+    return {
+        "service": "postgres",
+        "content": physical.CONTENT,
+        **identity,
+        **member,
+        **facts,
+        "finished": finished,
+    }
 
 
 def create_set(

@@ -322,7 +322,12 @@ def base_for_time(ctx: StackContext, when: datetime) -> tuple[Source, str]:
         except SetRejected as exc:
             reasons.append(f"{candidate.name}: {exc.reason}")
             continue
-        if checked.base() is not None:
+        base = checked.base()
+        # the base must be consistent before the target: its stream ended before it (under the MAC)
+        if (
+            base is not None
+            and datetime.fromisoformat(str(base.get("finished", "9999-12-31T00:00:00Z"))) < when
+        ):
             return Source(store, checked, identity, mac_key), candidate.name
     raise PermanentError(
         f"no backup set with a physical base backup was taken before {when.isoformat()} "
