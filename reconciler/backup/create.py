@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 from pyrage import x25519
 
 from reconciler import __version__
-from reconciler.backup import keys, manifest, pipeline
+from reconciler.backup import keys, manifest, physical, pipeline
 from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
 from reconciler.databases.engine import Engine, engine_for
@@ -41,7 +41,7 @@ from reconciler.runtimes.base import Endpoint
 from reconciler.spec.model import PostgresSpec, StateSpec
 from reconciler.spec.units import format_bytes
 from reconciler.stores.local import LocalStore, OverLimit
-from reconciler.system import failpoints, proc
+from reconciler.system import clock, failpoints, proc
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +217,46 @@ def _backup_engine(
     }
 
 
+def _backup_postgres_base(
+    stack: str,
+    endpoint: Endpoint,
+    bindir: str,
+    store: LocalStore,
+    base: str,
+    sealing: Sealing,
+    progress: Progress | None,
+    budget: Budget,
+) -> dict[str, Any]:
+    """The physical member: ``pg_basebackup`` as one tar (its WAL included), see ``backup/physical``."""
+    identity = physical.server_identity(endpoint)
+    if endpoint.container is None:  # the stream's slot first (see physical.ensure_slot); docker: host tools
+        physical.ensure_slot(bindir, endpoint, physical.slot_name(stack))
+    argv = physical.basebackup_argv(bindir, pg.client_args(endpoint), base)
+    file_name = f"{base}.{physical.MEMBER_SUFFIX}{sealing.suffix}"
+    try:
+        with pg.tool(endpoint, argv, stdout=proc.PIPE) as basebackup:
+            assert basebackup.stdout is not None
+            tap = physical.TarTap(basebackup.stdout)
+            member = _store_member(store, file_name, tap, sealing, progress, "postgres-base", budget)
+        facts = physical.facts(tap)
+    except (CommandFailed, physical.BaseBackupIncomplete) as exc:
+        store.delete(file_name)  # the stream stopped early or is not a usable base backup
+        if isinstance(exc, physical.BaseBackupIncomplete):
+            raise PermanentError(f"base backup {base} is unusable: {exc}") from None
+        raise
+    # when the stream ended: the base is consistent at its stop LSN, which is before this moment, so a
+    # point-in-time restore to any later time may start from it (set names have second resolution)
+    finished = clock.now().isoformat().replace("+00:00", "Z")
+    return {
+        "service": "postgres",
+        "content": physical.CONTENT,
+        **identity,
+        **member,
+        **facts,
+        "finished": finished,
+    }
+
+
 def create_set(
     spec: StateSpec,
     endpoints: dict[str, Endpoint],
@@ -256,6 +296,14 @@ def create_set(
                 )
             )
             written.append(members[-1]["file"])
+            if spec.backup.continuous.enabled:  # after the logical member: older readers pick that one
+                failpoints.hit("backup.before-base")
+                members.append(
+                    _backup_postgres_base(
+                        spec.stack, endpoints["postgres"], bindir, store, base, sealing, progress, budget
+                    )
+                )
+                written.append(members[-1]["file"])
         for name, service_spec in spec.services.configured().items():
             engine = engine_for(name)
             if engine is not None:

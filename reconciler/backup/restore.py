@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 
 from pyrage import x25519
 
-from reconciler.backup import manifest, pipeline
+from reconciler.backup import manifest, physical, pipeline
 from reconciler.databases import postgres as pg
 from reconciler.databases.engine import Engine
 from reconciler.errors import CommandFailed, HostFault, PermanentError
@@ -82,7 +82,19 @@ class CheckedSet:
     manifest: dict[str, Any]
 
     def member(self, service: str) -> dict[str, Any] | None:
-        return next((m for m in self.manifest["members"] if m["service"] == service), None)
+        """The service's logical member (the restore path); a physical base backup is ``base()``."""
+        return next(
+            (
+                m
+                for m in self.manifest["members"]
+                if m["service"] == service and m.get("content") != physical.CONTENT
+            ),
+            None,
+        )
+
+    def base(self) -> dict[str, Any] | None:
+        """PostgreSQL's physical base backup, when the set holds one (``backup.continuous``)."""
+        return next((m for m in self.manifest["members"] if m.get("content") == physical.CONTENT), None)
 
 
 def load_and_check(store: LocalStore, set_name: str, mac_key: bytes | None) -> CheckedSet:

@@ -56,6 +56,7 @@ from reconciler.daemon.tasks.pressure import RamPressure
 from reconciler.daemon.tasks.publish import BackupMetrics
 from reconciler.daemon.tasks.services import ServicesRunning
 from reconciler.daemon.tasks.verify import VerifyNewest
+from reconciler.daemon.tasks.wal import ContinuousWal
 from reconciler.daemon.watch import ContainerWatcher, ProcessWatcher, StateWatcher
 from reconciler.engine import events, status
 from reconciler.engine.apply import apply, plan_observed
@@ -103,8 +104,10 @@ class Daemon:
         # Upkeep, in the order it runs after a pass in sync; each task owns its schedule and backoff.
         self.backup = ScheduledBackup(self, backoff_max)
         self.offsite = OffsiteSync(self, backoff_max)
+        self.wal = ContinuousWal()  # pg_receivewal while backup.continuous is on (engine/wal.py)
         self.tasks: list[UpkeepTask] = [
             ServicesRunning(self),
+            self.wal,
             RamPressure(self),
             self.backup,
             VerifyNewest(self),
@@ -215,6 +218,7 @@ class Daemon:
             return self._shutdown()
         finally:
             watcher.stop()
+            self.wal.stop()
             self.processes.stop()
             self.containers.stop()
             if self.metrics:

@@ -391,6 +391,12 @@ def verify(ctx: StackContext, set_name: str | None) -> dict[str, Any]:
                     f"redis holds {keys_now} keys after restore, the manifest says {expected}"
                     + (f" ({expires} of them with a TTL)" if expires else ""),
                 )
+        if checked.base() is not None:  # the physical member, in its own scratch server (engine/recovery)
+            from reconciler.engine.recovery import verify_base
+
+            base_dir = os.path.join(scratch, "postgres-base")
+            started_services.append(("postgres", base_dir))
+            result["base"] = verify_base(store, checked, identity, runtime, base_dir, _free_port())
         result.update(ok=True, seconds=round(time.monotonic() - started, 3))
     except SetRejected as exc:
         result.update(
@@ -530,6 +536,10 @@ def delete_sets(ctx: StackContext, names: tuple[str, ...] | list[str]) -> None:
         for stored in files:
             store.delete(stored.name)
         log.info("deleted backup set %s from %s", name, store.describe())
+    if names and ctx.spec.backup.continuous.enabled:  # the WAL only the deleted bases needed
+        from reconciler.engine.wal import prune_segments
+
+        prune_segments(ctx)
 
 
 protect = records.protect  # the ProtectBackups step's entry point

@@ -41,6 +41,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict
+from functools import partial
 from typing import Any
 
 from reconciler.backup import keys
@@ -56,7 +57,7 @@ from reconciler.backup.restore import (
 )
 from reconciler.databases import postgres as pg
 from reconciler.databases.engine import engine_for, engine_markers, engines
-from reconciler.engine import backups, records, status
+from reconciler.engine import backups, records, recovery, status
 from reconciler.engine.context import StackContext
 from reconciler.engine.journal import Journal
 from reconciler.engine.secrets import from_env_or_file, service_password
@@ -173,7 +174,7 @@ def restore_empty_services(ctx: StackContext, action: RestoreFromBackup) -> str:
 
                 fetch_set(ctx, set_name)  # into the local store; the local checks follow
             checked = load_and_check(store, set_name, mac)
-            _restore_fresh(ctx, action, checked, identity, store, journal.id)
+            replayed = _restore_fresh(ctx, action, checked, identity, store, journal.id)
         except SetRejected as exc:  # the set's content is at fault: remember it, try the next one
             records.reject(ctx, store_name, set_name, exc.reason)
             rejected.append({"set": set_name, "store": store_name, "reason": exc.reason})
@@ -201,6 +202,8 @@ def restore_empty_services(ctx: StackContext, action: RestoreFromBackup) -> str:
         failpoints.hit("restore.boot.done")
         _record_restore(ctx, **outcome)
         journal.finish("done", set=set_name)
+        if replayed:  # a new timeline: its chain starts from a new base (engine/recovery.after_boot)
+            recovery.after_boot(ctx)
         return set_name
     _record_restore(
         ctx,
@@ -251,14 +254,27 @@ def _restore_fresh(
     identity: Any,
     store: LocalStore,
     operation: str,
-) -> None:
+) -> bool:
+    """Returns whether PostgreSQL was recovered physically (base + WAL)."""
     runtime = ctx.runtime
+    replayed = False
     initialised: list[str] = []
     started_services: list[tuple[str, str]] = []
     try:
         for name, data_dir, port in zip(action.services, action.data_dirs, action.ports, strict=True):
             if checked.member(name) is None:
                 raise SetRejected(checked.name, f"it holds no {name} member")
+            if name == "postgres" and recovery.wanted(ctx, checked):  # base + WAL; logical if it fails
+                mark = partial(mark_restoring, data_dir, ctx.spec.stack, name, operation)
+                undo = partial(_clear, ctx, [name], [data_dir])
+                source = recovery.Source(
+                    store, checked, identity, keys.mac_key(identity) if identity else None
+                )
+                if recovery.boot_recover(ctx, source, data_dir, port, mark, undo):
+                    initialised.append(data_dir)
+                    started_services.append((name, data_dir))
+                    replayed = True
+                    continue
             initialised.append(data_dir)
             runtime.init_service(name, data_dir)
             # Flagged as soon as initdb ran: from then on the directory is no set's data (the defence that
@@ -302,6 +318,7 @@ def _restore_fresh(
                     raise _content_errors_reject(checked.name, exc) from None
         for name, data_dir in zip(action.services, action.data_dirs, strict=True):
             mark_restoring(data_dir, ctx.spec.stack, name, None)
+        return replayed
     except BaseException:
         for name, data_dir in reversed(started_services):
             try:

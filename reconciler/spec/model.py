@@ -841,6 +841,41 @@ class StoresSpec(_Strict):
     )
 
 
+class ContinuousSpec(_Strict):
+    """Continuous protection of PostgreSQL (opt-in): physical base backups plus a stream of WAL.
+
+    With it on, every backup set also holds a physical base backup (``pg_basebackup``), and the daemon
+    streams WAL with ``pg_receivewal`` so a restore can replay up to the last second (``spool``) or
+    the last ``interval`` (``offsite``). The logical dump stays in every set and stays the default
+    restore path until the physical one is proven.
+    """
+
+    enabled: bool = _field(
+        False,
+        description="Add a physical base backup of PostgreSQL to every backup set and stream WAL.",
+        example=True,
+    )
+    placement: Literal["spool", "offsite"] = _field(
+        "spool",
+        description="Where the WAL being written lives: `spool` keeps the segment in progress on "
+        "persistent storage (spool_dir; recovery point about one second), `offsite` writes nothing to "
+        "persistent storage and ships the segment in progress every `interval`.",
+        example="spool",
+    )
+    spool_dir: PathText = _field(
+        "./data/wal-spool",
+        description="Directory on persistent storage for the WAL segment in progress (placement "
+        "`spool`); relative paths are relative to state.yaml.",
+        example="/var/lib/reconciler/wal-spool",
+    )
+    interval: Annotated[Duration, duration_between(timedelta(seconds=1), timedelta(hours=1))] = _field(
+        60,
+        description="With placement `offsite`, ship the WAL segment in progress this often, from 1s "
+        "to 1h: the recovery point after a power cut.",
+        example="60s",
+    )
+
+
 class BackupSpec(_Strict):
     """Backups: how often, how long they are kept, how they are encrypted, where they go."""
 
@@ -878,6 +913,11 @@ class BackupSpec(_Strict):
         "partial set is removed, every earlier set is kept, and the failure is reported with the code "
         "`too_large` (docs/FAILURES.md).",
         example="2GiB",
+    )
+    continuous: ContinuousSpec = _field(
+        default_factory=ContinuousSpec,
+        description="Continuous protection of PostgreSQL: physical base backups and streamed WAL.",
+        example={"enabled": True, "placement": "spool", "spool_dir": "./data/wal-spool", "interval": "60s"},
     )
 
 

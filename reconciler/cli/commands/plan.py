@@ -21,6 +21,11 @@ def show_plan(state: CliState, ctx: StackContext, output_format: str, allow_empt
     the_plan = compute_plan(ctx, allow_empty)
     spec = ctx.spec
     override = ctx.mode_override
+    replay: list[str] = []
+    if spec.backup.continuous.enabled:  # base + WAL a restore on boot replays (imported only then: speed)
+        from reconciler.engine.recovery import preview
+
+        replay = preview(ctx, the_plan.actions)
     if output_format == "json":
         state.out.json(
             {
@@ -29,6 +34,7 @@ def show_plan(state: CliState, ctx: StackContext, output_format: str, allow_empt
                 "runtime": spec.runtime,
                 "modeOverride": override,
                 **the_plan.to_dict(),
+                **({"replay": replay} if replay else {}),
             }
         )
     else:
@@ -39,6 +45,8 @@ def show_plan(state: CliState, ctx: StackContext, output_format: str, allow_empt
             )
         for line in plan_text(the_plan, spec.stack, spec.mode, spec.runtime):
             state.out.out.print(line)
+        for line in replay:
+            state.out.out.print(f"  {line}", soft_wrap=True)
     if the_plan.blockers or the_plan.unhealable:
         return exit_codes.ERROR
     return exit_codes.OK if the_plan.in_sync else exit_codes.CHANGES_PENDING

@@ -16,6 +16,13 @@ from reconciler.cli.common import CliState, context, guard
     "--legacy", "legacy_file", default=None, help="Restore a legacy Loomio *.sql.enc backup instead."
 )
 @click.option("--password-env", default=None, help="With --legacy: variable holding the legacy password.")
+@click.option(
+    "--to",
+    "to_time",
+    default=None,
+    help="Point-in-time recovery of PostgreSQL (backup.continuous): e.g. '2026-11-22 14:03' (this host's "
+    "local time unless an offset is given).",
+)
 @click.pass_obj
 @guard
 def restore(
@@ -26,12 +33,21 @@ def restore(
     no_safety_backup: bool,
     legacy_file: str | None,
     password_env: str | None,
+    to_time: str | None,
 ) -> None:
     """Restore a backup set into the running stack (replaces the current data)."""
     from reconciler.engine import backups
     from reconciler.errors import InvalidInput
 
     ctx = context(state, "restore")
+    if to_time:  # base + WAL replayed up to a time (engine/recovery.py)
+        from reconciler.engine.recovery import parse_target, restore_to_time
+
+        when = parse_target(to_time)
+        if not yes and not click.confirm(f"Replace PostgreSQL's data with its state at {when}?", err=True):
+            raise InvalidInput("restore cancelled; nothing was changed")
+        state.out.out.print(f"restored PostgreSQL to {when}: {restore_to_time(ctx, when).describe()}")
+        return
     if legacy_file:
         if not password_env:
             raise InvalidInput("--legacy needs --password-env VARIABLE (the legacy BACKUP_ENCRYPTION_KEY)")

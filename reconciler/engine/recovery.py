@@ -1,0 +1,488 @@
+"""Physical recovery: a base backup plus every shipped WAL segment, to the last second or to a time.
+
+Design decisions:
+- Check first, then replay. The set (base included) is authenticated and checksummed by
+  ``load_and_check`` before this runs; every WAL segment is authenticated and checksummed
+  (``backup/walseg``) *before* PostgreSQL sees it, in chain order. The first segment that is missing,
+  corrupt, planted or of another cluster ends the chain (``plan/walchain``): recovery stops at the
+  last consistent point before it and the result says so, naming the segment and the reason.
+  Segments after a gap are never replayed.
+- The segments are staged into the new data directory's ``pg_wal`` by the reconciler (root, holding
+  the identity), and PostgreSQL recovers with ``restore_command = '/bin/false'`` (archive recovery
+  requires one; it finds nothing there and reads ``pg_wal``): the server's account never needs the
+  secret identity, which a ``restore_command`` calling back into the reconciler would.
+- The segment in progress (``.partial``) ends the chain: from the spool (placement ``spool``, about
+  one second behind the last commit; pg_receivewal pads it with zeros, which recovery reads as the
+  end of WAL) or from the store (placement ``offsite``, at most ``interval`` behind). Segments that
+  completed in the spool but were not shipped before a power cut are used too: the spool is as
+  trusted as the data directory (both are this machine's persistent storage).
+- ``recovery_target_action = 'promote'``: the recovered server becomes a primary on a new timeline.
+  The recovery settings are reset with ``ALTER SYSTEM RESET`` once it is promoted, so they never
+  apply to a later start.
+- A recovery target beyond the end of the chain makes PostgreSQL 15 stop with "recovery ended before
+  configured recovery target was reached": that is reported as such, never as a successful restore.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from reconciler.backup import physical, pipeline, walseg
+from reconciler.backup.restore import CheckedSet
+from reconciler.databases import postgres as pg
+from reconciler.engine import events, wal
+from reconciler.engine.context import StackContext
+from reconciler.errors import PermanentError, ReconcilerError
+from reconciler.plan import walchain
+from reconciler.stores.local import LocalStore
+from reconciler.system import proc
+
+log = logging.getLogger(__name__)
+
+SEGMENT_BYTES = 16 * 1024 * 1024
+_PROMOTE_TIMEOUT = 900.0
+_RECOVERY_SETTINGS = ("restore_command", "recovery_target_time", "recovery_target_action")
+
+
+@dataclass
+class ChainPlan:
+    """Which base and how much WAL a recovery will replay (also what ``plan`` can show)."""
+
+    set: str
+    base_stop: str
+    segments: list[str]
+    partial: str | None
+    partial_source: str | None  # "spool" or "store"
+    gap: str | None
+    after_gap: int
+    rejected: dict[str, str] = field(default_factory=dict)
+    spool_segments: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        text = f"base {self.set} + {len(self.segments)} WAL segment(s)"
+        if self.partial:
+            text += f" + the segment in progress {self.partial} (from the {self.partial_source})"
+        if self.gap:
+            why = self.rejected.get(self.gap, "it is missing")
+            text += (
+                f"; recovery stops at the last consistent point before segment {self.gap} ({why}); "
+                f"{self.after_gap} later segment(s) are not replayed"
+            )
+        return text
+
+
+def stop_segment(base: dict[str, Any]) -> str:
+    return walchain.segment_name(
+        int(base["stop_timeline"]), physical.lsn_value(str(base["stop_lsn"])) // SEGMENT_BYTES
+    )
+
+
+def chain_plan(
+    ctx: StackContext, checked: CheckedSet, mac_key: bytes | None, verify: bool = True
+) -> ChainPlan:
+    """The chain from ``checked``'s base: every segment checked in order, the first bad one ends it
+    (``verify=False``: from the listing alone, for ``plan``)."""
+    base = checked.base()
+    if base is None:
+        raise PermanentError(f"backup set {checked.name} holds no physical base backup")
+    sysid = str(base["system_identifier"])
+    start = stop_segment(base)
+    store = wal.store_area(ctx.spec, sysid)
+    complete, store_partials = walseg.listing(store)
+    spool = os.path.join(wal.receive_dir(ctx.spec), sysid)
+    spool_names = os.listdir(spool) if os.path.isdir(spool) else []
+    spool_complete = [n for n in spool_names if walchain.is_segment(n)]
+    spool_partials = [n.removesuffix(".partial") for n in spool_names if n.endswith(".partial")]
+    rejected: dict[str, str] = {}
+    while True:
+        chain = walchain.chain(
+            start,
+            {start, *complete, *spool_complete},
+            {*store_partials, *spool_partials},
+            rejected,
+        )
+        newly = False
+        for segment in chain.segments if verify else ():
+            if (segment == start and segment not in complete) or segment in spool_complete:
+                continue  # the base's own copy, or a local spool file
+            try:
+                walseg.check(store, segment, mac_key, ctx.spec.stack, sysid)
+            except walseg.SegmentRejected as exc:
+                rejected[segment] = exc.reason
+                newly = True
+                break
+        if verify and not newly and chain.partial and chain.partial not in spool_partials:
+            try:
+                walseg.check(store, chain.partial, mac_key, ctx.spec.stack, sysid, partial=True)
+            except walseg.SegmentRejected as exc:
+                rejected[chain.partial] = exc.reason
+                newly = True
+        if not newly:
+            break
+    source = None if chain.partial is None else ("spool" if chain.partial in spool_partials else "store")
+    return ChainPlan(
+        checked.name,
+        start,
+        list(chain.segments),
+        chain.partial,
+        source,
+        chain.gap,
+        chain.after_gap,
+        rejected,
+        [s for s in chain.segments if s in spool_complete],
+    )
+
+
+def extract_base(store: LocalStore, checked: CheckedSet, identity: Any, data_dir: str) -> None:
+    """Decrypt the base's tar into ``data_dir`` (which must be empty) with ``tar``."""
+    base = checked.base()
+    assert base is not None
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    if os.listdir(data_dir) not in ([], [".reconciler-service.json"]):
+        raise PermanentError(f"refusing to extract a base backup into {data_dir}: it is not empty")
+    with (
+        store.open(str(base["file"])) as source,
+        proc.streaming(["tar", "-x", "-C", data_dir, "--no-same-owner"], stdin=proc.PIPE) as tar,
+    ):
+        pipeline.decrypt_decompress(source, tar.stdin, identity)
+
+
+def stage_wal(
+    ctx: StackContext,
+    plan: ChainPlan,
+    checked: CheckedSet,
+    identity: Any,
+    mac_key: bytes | None,
+    data_dir: str,
+) -> None:
+    base = checked.base()
+    assert base is not None
+    sysid = str(base["system_identifier"])
+    store = wal.store_area(ctx.spec, sysid)
+    spool = os.path.join(wal.receive_dir(ctx.spec), sysid)
+    pg_wal = os.path.join(data_dir, "pg_wal")
+    complete, _ = walseg.listing(store)
+    for segment in plan.segments:
+        target = os.path.join(pg_wal, segment)
+        if segment in plan.spool_segments:
+            shutil.copyfile(os.path.join(spool, segment), target)
+        elif segment in complete:
+            walseg.fetch(store, segment, target, identity, mac_key, ctx.spec.stack, sysid)
+    if plan.partial is not None:
+        target = os.path.join(pg_wal, plan.partial)
+        if plan.partial_source == "spool":
+            shutil.copyfile(os.path.join(spool, f"{plan.partial}.partial"), target)
+        else:
+            walseg.fetch(store, plan.partial, target, identity, mac_key, ctx.spec.stack, sysid, partial=True)
+
+
+def write_recovery_settings(data_dir: str, target: datetime | None) -> None:
+    lines = ["restore_command = '/bin/false'", "recovery_target_action = 'promote'"]
+    if target is not None:
+        lines.append(f"recovery_target_time = '{target.isoformat()}'")
+    with open(os.path.join(data_dir, "postgresql.auto.conf"), "a") as handle:
+        handle.write("\n# reconciler: physical recovery (reset after promotion)\n" + "\n".join(lines) + "\n")
+    open(os.path.join(data_dir, "recovery.signal"), "w").close()
+
+
+def chown_tree(path: str, uid: int, gid: int) -> None:
+    os.chown(path, uid, gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+
+
+def wait_promoted(ctx: StackContext, port: int) -> None:
+    endpoint = ctx.runtime.endpoint("postgres", port)
+    deadline = time.monotonic() + _PROMOTE_TIMEOUT
+    while True:
+        with pg.connect(endpoint) as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            if row is not None and row[0] is False:
+                for setting in _RECOVERY_SETTINGS:
+                    conn.execute(f"ALTER SYSTEM RESET {setting}")
+                conn.execute("SELECT pg_reload_conf()")
+                return
+        if time.monotonic() > deadline:
+            raise PermanentError(f"PostgreSQL was still recovering after {_PROMOTE_TIMEOUT:.0f} s")
+        time.sleep(0.2)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A checked set with a base, and what reading it and its WAL needs."""
+
+    store: LocalStore
+    checked: CheckedSet
+    identity: Any
+    mac_key: bytes | None
+
+
+def recover_into(
+    ctx: StackContext,
+    source: Source,
+    data_dir: str,
+    port: int,
+    target: datetime | None = None,
+    on_extracted: Callable[[], None] | None = None,
+) -> ChainPlan:
+    """Fill the empty ``data_dir`` from the set's base and its WAL chain, start, wait for promotion."""
+    store, checked, identity, mac_key = source.store, source.checked, source.identity, source.mac_key
+    plan = chain_plan(ctx, checked, mac_key)
+    log.info("physical recovery: %s", plan.describe())
+    extract_base(store, checked, identity, data_dir)
+    stage_wal(ctx, plan, checked, identity, mac_key, data_dir)
+    write_recovery_settings(data_dir, target)
+    _, uid, gid = ctx.runtime.account("postgres")
+    chown_tree(data_dir, uid, gid)
+    os.chmod(data_dir, 0o700)
+    if on_extracted is not None:
+        on_extracted()
+    try:
+        ctx.runtime.start_service("postgres", data_dir, port)
+    except Exception as exc:
+        if target is not None:
+            raise PermanentError(
+                f"recovery to {target.isoformat()} did not complete: PostgreSQL stopped (a target after the "
+                f"end of the shipped WAL ends recovery before it is reached; {plan.describe()}): {exc}"
+            ) from None
+        raise
+    wait_promoted(ctx, port)
+    return plan
+
+
+def wanted(ctx: StackContext, checked: CheckedSet) -> bool:
+    """Restore on boot goes physical when continuous protection is on and the set holds a base."""
+    return ctx.spec.backup.continuous.enabled and ctx.spec.runtime == "local" and checked.base() is not None
+
+
+def boot_recover(
+    ctx: StackContext,
+    source: Source,
+    data_dir: str,
+    port: int,
+    mark: Callable[[], None],
+    undo: Callable[[], None],
+) -> ChainPlan | None:
+    """Restore on boot, physically: the plan replayed, or None after ``undo`` (the caller then restores
+    the set's logical dump, which stays the proven path: a physical recovery that fails for any reason
+    costs the seconds it took, never the restore)."""
+    try:
+        plan = recover_into(ctx, source, data_dir, port, None, mark)
+    except Exception as exc:
+        log.warning(
+            "physical recovery from %s failed (%s); restoring its logical dump instead",
+            source.checked.name,
+            exc,
+        )
+        events.emit(
+            ctx.state_dir,
+            "Warning",
+            "PhysicalRecoveryFailed",
+            f"physical recovery from {source.checked.name} failed ({exc}); restored its logical dump instead",
+        )
+        undo()
+        return None
+    _retire_spool(ctx, source)
+    if plan.gap:
+        events.emit(ctx.state_dir, "Warning", "WalGap", f"restore on boot: {plan.describe()}")
+    else:
+        events.emit(ctx.state_dir, "Normal", "PhysicalRecovery", f"restore on boot: {plan.describe()}")
+    return plan
+
+
+def base_for_time(ctx: StackContext, when: datetime) -> tuple[Source, str]:
+    """The newest vouched set holding a base that was taken before ``when`` (checked in full)."""
+    from reconciler.backup import keys
+    from reconciler.backup.create import identity_for_restore
+    from reconciler.backup.restore import SetRejected, load_and_check
+    from reconciler.engine import backups
+
+    store = backups.local_store(ctx)
+    identity = identity_for_restore(ctx.spec)
+    mac_key = keys.mac_key(identity) if identity is not None else None
+    doubts = backups.vouch_local(ctx)
+    reasons = []
+    for listing in backups.list_sets(ctx):
+        candidate = listing.backup_set
+        if not candidate.complete or doubts.get(candidate.name, "not checked") is not None:
+            continue
+        if candidate.created >= when:
+            continue
+        try:
+            checked = load_and_check(store, candidate.name, mac_key)
+        except SetRejected as exc:
+            reasons.append(f"{candidate.name}: {exc.reason}")
+            continue
+        base = checked.base()
+        # the base must be consistent before the target: its stream ended before it (under the MAC)
+        if (
+            base is not None
+            and datetime.fromisoformat(str(base.get("finished", "9999-12-31T00:00:00Z"))) < when
+        ):
+            return Source(store, checked, identity, mac_key), candidate.name
+    raise PermanentError(
+        f"no backup set with a physical base backup was taken before {when.isoformat()} "
+        f"(backup.continuous must have been on then){'; rejected: ' + '; '.join(reasons) if reasons else ''}"
+    )
+
+
+def restore_to_time(ctx: StackContext, when: datetime) -> ChainPlan:
+    """``reconciler restore --to TIME``: PostgreSQL as it was at ``when`` (Redis is not changed).
+
+    The current data directory is kept aside until the recovered server is promoted, and put back if
+    recovery fails. Then a ``post-restore`` set is taken at once: it becomes the newest set, so the next
+    boot restores this state and not the old timeline's WAL past ``when``."""
+    from reconciler.engine import backups
+    from reconciler.engine.journal import Journal
+    from reconciler.system import clock, fs
+
+    if ctx.spec.runtime != "local":
+        raise PermanentError("restore --to works on the local runtime only for now")
+    with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
+        pending = Journal.load(ctx.state_dir)
+        if pending is not None:
+            raise PermanentError(
+                f"an interrupted {pending.doc['kind']} ({pending.id}) must reach a safe point first; "
+                "run `reconciler apply`, then restore"
+            )
+        source, _ = base_for_time(ctx, when)
+        data_dir, port = ctx.spec.data_dir("postgres"), ctx.spec.port("postgres")
+        aside = f"{data_dir}.before-restore-{clock.now().strftime('%Y%m%dT%H%M%SZ')}"
+        ctx.runtime.stop_service("postgres", data_dir)
+        os.rename(data_dir, aside)
+        try:
+            plan = recover_into(ctx, source, data_dir, port, when)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                ctx.runtime.stop_service("postgres", data_dir)
+            shutil.rmtree(data_dir, ignore_errors=True)
+            os.rename(aside, data_dir)
+            ctx.runtime.start_service("postgres", data_dir, port)
+            raise
+        shutil.rmtree(aside)
+        _retire_spool(ctx, source)
+        backups.take_backup_locked(ctx, "post-restore", None)
+    events.emit(
+        ctx.state_dir, "Normal", "PointInTimeRestore", f"restored to {when.isoformat()}: {plan.describe()}"
+    )
+    return plan
+
+
+def _retire_spool(ctx: StackContext, source: Source) -> None:
+    """The spool of the old timeline goes aside: pg_receivewal resumes from the newest file it finds,
+    which lies on the old timeline (past the recovered point after ``--to``), and the server refuses
+    to stream from there ("disconnected", in a loop). After a restore on boot the retired files were
+    replayed and are removed once the post-restore set holds them; after ``--to`` they are the only
+    copy of the abandoned history's last seconds and are kept."""
+    base = source.checked.base()
+    assert base is not None
+    spool = os.path.join(wal.receive_dir(ctx.spec), str(base["system_identifier"]))
+    if os.path.isdir(spool):
+        os.rename(spool, f"{spool}.retired-{int(time.time())}")
+
+
+def parse_target(text: str) -> datetime:
+    """``2026-11-22 14:03`` (this host's local time) or with an offset; always aware."""
+    from reconciler.errors import InvalidInput
+
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidInput(
+            f"--to {text!r} is not a time such as '2026-11-22 14:03' or '2026-11-22T14:03:00+01:00'"
+        ) from None
+    return parsed if parsed.tzinfo is not None else parsed.astimezone()
+
+
+def preview(ctx: StackContext, actions: Any) -> list[str]:
+    """For ``plan``: which base and how much WAL a planned restore on boot will replay. Reads the
+    manifest (authenticated) and the WAL listing only; each segment is checked when it is replayed."""
+    from reconciler.backup import manifest
+    from reconciler.backup.create import identity_for_restore
+    from reconciler.backup.keys import mac_key
+    from reconciler.engine import backups
+    from reconciler.plan.actions import RestoreFromBackup
+    from reconciler.plan.backupsets import MANIFEST_SUFFIX
+
+    if not ctx.spec.backup.continuous.enabled or ctx.spec.runtime != "local":
+        return []
+    action = next((a for a in actions if isinstance(a, RestoreFromBackup) and "postgres" in a.services), None)
+    if action is None:
+        return []
+    store_name, set_name = action.candidates[0]
+    if store_name != "local":
+        return [f"postgres: whether {set_name} replays WAL is known once it is fetched from {store_name}"]
+    try:
+        identity = identity_for_restore(ctx.spec)
+        key = mac_key(identity) if identity is not None else None
+        with backups.local_store(ctx).open(f"{set_name}{MANIFEST_SUFFIX}") as handle:
+            document = manifest.decode(handle.read(4 * 1024 * 1024))
+        manifest.verify(document, key)
+    except (OSError, manifest.ManifestRejected, ReconcilerError) as exc:
+        return [f"postgres: cannot tell what {set_name} will replay ({exc})"]
+    checked = CheckedSet(set_name, document)
+    if checked.base() is None:
+        return [f"postgres: {set_name} holds no base backup; its logical dump will be restored"]
+    return [f"postgres: {chain_plan(ctx, checked, key, verify=False).describe()}"]
+
+
+def after_boot(ctx: StackContext) -> None:
+    """After a physical restore on boot: take a ``post-restore`` set at once (the caller holds the lock).
+
+    The recovered server was promoted onto a new timeline, and a chain follows one timeline: until a
+    base exists on the new one, the next power cut would replay the old chain and lose what was
+    written since. A failure here is reported, never the restore's failure: the stack serves its data,
+    and the scheduled backup retries."""
+    from reconciler.engine import backups
+
+    try:
+        backups.take_backup_locked(ctx, "post-restore", None)
+        spool = wal.receive_dir(ctx.spec)  # what was retired was replayed and is in the new base now
+        for name in os.listdir(spool) if os.path.isdir(spool) else []:
+            if ".retired-" in name:
+                shutil.rmtree(os.path.join(spool, name), ignore_errors=True)
+    except (ReconcilerError, OSError) as exc:
+        log.warning("no post-restore set after the physical recovery: %s", exc)
+        events.emit(
+            ctx.state_dir,
+            "Warning",
+            "PostRestoreBackupFailed",
+            f"no base on the new timeline yet ({exc}): until the next backup set, a power cut loses what "
+            "is written from now on",
+        )
+
+
+def verify_base(
+    store: LocalStore, checked: CheckedSet, identity: Any, runtime: Any, data_dir: str, port: int
+) -> dict[str, Any]:
+    """``verify`` of a set's base in a scratch server: extract, ``pg_verifybackup`` (every file's
+    checksum and the WAL it needs), start (crash recovery to the base's end), answer a query.
+
+    The caller owns ``data_dir`` and stops the server. A failure is returned, not raised: the set's
+    logical dump may be fine, and restore on boot falls back to it when the base fails."""
+    from reconciler.runtimes.local import postgres_bindir
+
+    try:
+        extract_base(store, checked, identity, data_dir)
+        _, uid, gid = runtime.account("postgres")
+        chown_tree(data_dir, uid, gid)
+        os.chmod(data_dir, 0o700)
+        user = runtime.account("postgres")[0]
+        proc.run([os.path.join(postgres_bindir(), "pg_verifybackup"), data_dir], user=user, timeout=3600)
+        runtime.start_service("postgres", data_dir, port)
+        with pg.connect(runtime.endpoint("postgres", port)) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_database WHERE datallowconn").fetchone()
+        return {"ok": True, "databases": int(str(row[0])) if row else 0}
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        log.warning("the base backup of %s did not verify: %s", checked.name, reason)
+        return {"ok": False, "reason": reason}
