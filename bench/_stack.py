@@ -6,7 +6,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import uuid
@@ -18,21 +17,12 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
+# Ports come from the tests' machine-wide reservation (tests/support/ports.py): a benchmark may run
+# while a test run does, and both start servers.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.ports import free_port
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A free port not handed out before in this run (two services on one port are refused)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
 
 
 @contextmanager

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -24,25 +23,11 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
+from tests.support.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 TEST_BASE = Path("/tmp/reconciler-tests")
 RAM_BASE = Path("/dev/shm/reconciler-tests")
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A port free now and never handed out before in this test run: the kernel may return the same
-    ephemeral port to two calls in a row (the first socket is closed at once), and a state.yaml with
-    two services on one port is refused at validation."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
 
 
 def _require(binary: str, hint: str) -> None:

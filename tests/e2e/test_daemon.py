@@ -33,6 +33,11 @@ pytestmark = pytest.mark.e2e
 
 class RunningDaemon:
     def __init__(self, stack: Stack, env: dict[str, str] | None = None) -> None:
+        if "metrics_port" not in (stack.document().get("daemon") or {}):
+            raise AssertionError(
+                "set daemon.metrics_port (free_port() or None): the default 9465 is one port for every "
+                "daemon of every parallel test worker"
+            )
         self.stack = stack
         self.log = open(stack.dir / "daemon.log", "w")  # noqa: SIM115 (closed in stop)
         full_env = {**os.environ, **stack.env, **(env or {})}

@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import Stack
+from tests.conftest import Stack, free_port
 from tests.e2e import test_daemon
 from tests.e2e.test_daemon import RunningDaemon, local_sets
 from tests.integration import test_docker_runtime as docker_tests
@@ -215,7 +215,12 @@ def test_the_shutdown_backup_is_taken_after_the_apps_are_drained(
     try:
         document = stack.document()
         document["drain"] = {"containers": [app.name]}
-        document["daemon"] = {"resync": "2s", "backoff_max": "4s", "verify_new_sets": False}
+        document["daemon"] = {
+            "resync": "2s",
+            "backoff_max": "4s",
+            "verify_new_sets": False,
+            "metrics_port": free_port(),
+        }
         stack.write(document)
         daemon = RunningDaemon(stack)
         daemons.append(daemon)
@@ -269,7 +274,12 @@ def test_the_shutdown_backup_is_skipped_when_the_apps_cannot_be_drained(
     stack = docker_stack
     document = stack.document()
     document["drain"] = {"containers": [f"{document['stack']}-no-such-app"]}
-    document["daemon"] = {"resync": "2s", "backoff_max": "4s", "verify_new_sets": False}
+    document["daemon"] = {
+        "resync": "2s",
+        "backoff_max": "4s",
+        "verify_new_sets": False,
+        "metrics_port": free_port(),
+    }
     stack.write(document)
     daemon = RunningDaemon(stack)
     daemons.append(daemon)
