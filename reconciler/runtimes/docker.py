@@ -183,10 +183,7 @@ class DockerRuntime:
             return
         port = self.spec.port(service)
         container = self._ensure_container(service, data_dir, port)
-        container.reload()
-        if container.status != "running":
-            container.start()
-        self._wait_ready(service, container, port)
+        self._start_and_wait(service, container, port)
         self.claim_data_dir(service, data_dir)
         log.info("initialised %s data directory %s in container %s", service, data_dir, container.name)
 
@@ -200,10 +197,7 @@ class DockerRuntime:
     @engine_call("starting a service's container")
     def start_service(self, service: str, data_dir: str, port: int) -> None:
         container = self._ensure_container(service, data_dir, port)
-        container.reload()
-        if container.status != "running":
-            container.start()
-        self._wait_ready(service, container, port)
+        self._start_and_wait(service, container, port)
         log.info("started %s in container %s with data in %s", service, container.name, data_dir)
 
     @engine_call("stopping a service's container")
@@ -389,14 +383,31 @@ class DockerRuntime:
         log.info("recreated container %s for %s with data in %s", name, service, data_dir)
         return self.client.containers.get(created["Id"])
 
-    def _wait_ready(self, service: str, container: Any, port: int) -> None:
+    def _start_and_wait(self, service: str, container: Any, port: int) -> None:
+        """Start the container unless it runs, and wait until the server answers. A container the
+        engine keeps restarting (``unless-stopped`` after an earlier failed start, e.g. a port that was
+        taken then) is stopped and started afresh: its old log lines and restart count describe that
+        earlier attempt, not this one."""
+        container.reload()
+        if container.status == "restarting":
+            container.stop(timeout=5)
+            container.reload()
+        restarts_before = int(container.attrs.get("RestartCount", 0))
+        started_at = int(time.time()) - 1  # the engine's log timestamps have second resolution
+        if container.status != "running":
+            container.start()
+        self._wait_ready(service, container, port, restarts_before, started_at)
+
+    def _wait_ready(
+        self, service: str, container: Any, port: int, restarts_before: int, started_at: int
+    ) -> None:
         deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline:
             container.reload()
             if container.status in ("exited", "dead") or (
-                container.status == "restarting" and container.attrs["RestartCount"] > 0
+                container.status == "restarting" and container.attrs["RestartCount"] > restarts_before
             ):
-                logs = container.logs(tail=15).decode(errors="replace").strip()
+                logs = container.logs(tail=15, since=started_at).decode(errors="replace").strip()
                 if "address already in use" in logs.lower():
                     raise TransientError(
                         f"{service} in container {container.name} could not listen on port {port}: it is taken by "

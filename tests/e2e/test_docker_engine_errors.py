@@ -102,7 +102,7 @@ def test_the_daemon_survives_an_engine_refusal_and_converges_once_it_is_resolved
 ) -> None:
     stack = docker_stack
     name = stack.document()["stack"]
-    stack.edit(daemon={"resync": "2s", "backoff_max": "4s", "verify_new_sets": False})
+    stack.edit(daemon={"resync": "2s", "backoff_max": "4s", "verify_new_sets": False, "metrics_port": None})
     daemon = RunningDaemon(stack, env=foreign_container_at_create(stack))
     daemons.append(daemon)
 
