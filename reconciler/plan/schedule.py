@@ -139,8 +139,9 @@ def backup_schedule(
     sets: tuple[BackupSet, ...],
     now: datetime,
     authenticity: Mapping[str, str | None] | None = None,
+    unusable: frozenset[str] = frozenset(),
 ) -> BackupSchedule:
-    candidates = _counted_local(spec, sets, authenticity)
+    candidates = _counted_local(spec, sets, authenticity, unusable)
     if not candidates:
         return BackupSchedule(None, None, True, "no complete local backup set exists", now, False)
     newest = max(candidates, key=order_key)
@@ -185,11 +186,21 @@ def set_to_verify(
     return None if newest.name in verified_or_tried else newest.name
 
 
+def _unusable(backups: BackupsObservation) -> frozenset[str]:
+    """Local sets rejected for their content or superseded by a deliberate restore (neither would come
+    back on boot, so neither makes the backups fresh)."""
+    return frozenset(name for (store, name) in backups.rejected if store == "local") | backups.superseded
+
+
 def observed_backup_drift(spec: StateSpec, backups: BackupsObservation, now: datetime) -> BackupDrift | None:
-    """``backup_drift`` for what observation found: vouched-for local sets, minus those rejected for
-    their content or superseded by a deliberate restore (neither would come back on boot)."""
-    unusable = frozenset(name for (store, name) in backups.rejected if store == "local") | backups.superseded
-    return backup_drift(spec, backups.sets, now, backups.authenticity_in("local"), unusable)
+    """``backup_drift`` for what observation found: vouched-for local sets, minus the unusable ones."""
+    return backup_drift(spec, backups.sets, now, backups.authenticity_in("local"), _unusable(backups))
+
+
+def observed_backup_schedule(spec: StateSpec, backups: BackupsObservation, now: datetime) -> BackupSchedule:
+    """``backup_schedule`` for what observation found, counting exactly the sets
+    ``observed_backup_drift`` counts: the daemon's ``BackupFresh`` and ``plan`` never disagree."""
+    return backup_schedule(spec, backups.sets, now, backups.authenticity_in("local"), _unusable(backups))
 
 
 @dataclass(frozen=True)
