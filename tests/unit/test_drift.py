@@ -14,11 +14,19 @@ from reconciler.plan.backupsets import BackupSet, order_key
 from reconciler.plan.observed import BackupsObservation, Filesystem, ObservedState
 from reconciler.plan.planner import Plan, plan
 from reconciler.plan.schedule import CLOCK_SKEW, backup_drift, backup_schedule, ram_headroom
+from reconciler.spec.loader import parse_state
 from reconciler.spec.model import StateSpec
 from tests.unit.test_planner import GIB, NOW, fresh_world, spec
 from tests.unit.test_retention import make_set
 
 BACKUPS = "backup: {cadence: 1h, stale_after: 2h, encryption: none}\n"
+SPEC_HEAD = """version: 1
+stack: demo
+mode: ram
+services:
+  postgres: {database: app, user: app, port: 5433, disk_dir: /srv/pg}
+  redis: {port: 6380, disk_dir: /srv/redis}
+"""
 
 
 def converged(extra: str = BACKUPS, mode: str = "ram") -> tuple[StateSpec, ObservedState]:
@@ -223,3 +231,27 @@ def test_the_planner_and_the_daemon_judge_headroom_with_the_same_function(
         assert all(p in u for p, u in zip(verdict.problems, result.unhealable, strict=True))
     else:  # entering RAM mode is the switch's preflight, not a headroom drift
         assert result.unhealable == ()
+
+
+def test_a_tmpfs_the_plan_grows_is_judged_at_its_new_size_not_as_pressure() -> None:
+    """The obvious cure for a nearly full tmpfs is a larger ram.tmpfs_size, which apply makes by
+    resizing the mount: the plan must not call that unhealable, nor fall back to disk instead."""
+    for on_pressure in ("warn", "fallback-to-disk"):
+        extra = (
+            BACKUPS
+            + f"ram: {{path: /dev/shm/rc/demo, mount: always, tmpfs_size: 4GiB, on_pressure: {on_pressure}}}\n"
+        )
+        desired = parse_state(SPEC_HEAD + extra, "state.yaml", "/srv")
+        _, world = converged()
+        full = Filesystem(world.ram_root.path, "tmpfs", GIB, GIB - 100 * 1024**2)  # 100 MiB free of 1 GiB
+        world = replace(
+            world,
+            ram_root=replace(world.ram_root, exists=True, filesystem=full, dedicated_mount=True),
+            host=replace(world.host, is_root=True),
+        )
+        world = with_sets(world, make_set(NOW, sequence=1, stack="demo"))
+        result = plan(desired, world, NOW)
+        assert [type(a).__name__ for a in result.actions] == ["ResizeRamRoot"], result
+        assert result.unhealable == (), on_pressure
+        after = simulate_all(world, result.actions)
+        assert plan(desired, after, NOW).in_sync
