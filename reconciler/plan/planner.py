@@ -301,6 +301,14 @@ def _plan_switch(
                 f"{format_bytes(max(free, 0))} free. Raise ram.tmpfs_size, or stay in disk mode"
             )
             return
+        if free - needed < desired.ram.min_headroom:  # the headroom drift check, before the switch
+            blockers.append(
+                f"preflight: after moving {format_bytes(needed)} into the tmpfs at {root.path} only "
+                f"{format_bytes(max(free - needed, 0))} of it would stay free, below ram.min_headroom "
+                f"({format_bytes(desired.ram.min_headroom)}): the databases' writes fail when it is full. "
+                "Raise ram.tmpfs_size, lower ram.min_headroom, or stay in disk mode"
+            )
+            return
         left = observed.host.mem_available - needed
         if left < desired.ram.min_headroom:
             blockers.append(

@@ -255,3 +255,20 @@ def test_a_tmpfs_the_plan_grows_is_judged_at_its_new_size_not_as_pressure() -> N
         assert result.unhealable == (), on_pressure
         after = simulate_all(world, result.actions)
         assert plan(desired, after, NOW).in_sync
+
+
+def test_entering_ram_mode_is_refused_when_it_would_leave_the_tmpfs_below_min_headroom() -> None:
+    """min_headroom bounds the tmpfs as well as host memory: a switch the preflight lets through must
+    not be RAM-headroom drift the moment it ends (unhealable with warn, a fallback to disk otherwise)."""
+    extra = "ram: {path: /dev/shm/rc/demo, mount: never, tmpfs_size: 50%, min_headroom: 3GiB}\n"
+    disk = parse_state(SPEC_HEAD.replace("mode: ram", "mode: disk") + extra, "state.yaml", "/srv")
+    ram = parse_state(SPEC_HEAD + extra, "state.yaml", "/srv")
+    world = simulate_all(fresh_world(disk), plan(disk, fresh_world(disk), NOW).actions)
+    pg = world.services["postgres"]
+    data = int(9.8 * GIB)  # x1.2 fits the 12 GiB tmpfs, but leaves 2.2 GiB of it free, below 3 GiB
+    world = world.with_service(replace(pg, disk=replace(pg.disk, size_bytes=data)))
+    world = with_sets(world, make_set(NOW, sequence=1, stack="demo"))
+    result = plan(ram, world, NOW)
+    assert not any(isinstance(a, SwitchMode) for a in result.actions), result.actions
+    (blocker,) = result.blockers
+    assert "tmpfs" in blocker and "below ram.min_headroom" in blocker
