@@ -35,7 +35,7 @@ Design decisions:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from reconciler.plan.backupsets import BackupSet, order_key
@@ -54,6 +54,7 @@ class BackupSchedule:
     reason: str
     next_at: datetime  # when the next scheduled backup is due (``now`` when due)
     fresh: bool  # newest set within backup.stale_after (``backup_drift`` is None for the same sets)
+    replacement: bool = False  # due only because the newest sets are unusable (rejected, superseded)
 
 
 def _counted_local(
@@ -197,10 +198,29 @@ def observed_backup_drift(spec: StateSpec, backups: BackupsObservation, now: dat
     return backup_drift(spec, backups.sets, now, backups.authenticity_in("local"), _unusable(backups))
 
 
-def observed_backup_schedule(spec: StateSpec, backups: BackupsObservation, now: datetime) -> BackupSchedule:
+def observed_backup_schedule(
+    spec: StateSpec, backups: BackupsObservation, now: datetime, replaced_at: datetime | None = None
+) -> BackupSchedule:
     """``backup_schedule`` for what observation found, counting exactly the sets
-    ``observed_backup_drift`` counts: the daemon's ``BackupFresh`` and ``plan`` never disagree."""
-    return backup_schedule(spec, backups.sets, now, backups.authenticity_in("local"), _unusable(backups))
+    ``observed_backup_drift`` counts: the daemon's ``BackupFresh`` and ``plan`` never disagree.
+
+    A set owed only because the newest sets are unusable (a verification rejected them) is a
+    *replacement*: due at once, then at most once per cadence after the last replacement
+    (``replaced_at``), so that when every new set is rejected the daemon does not take one per pass."""
+    authenticity = backups.authenticity_in("local")
+    usable = backup_schedule(spec, backups.sets, now, authenticity, _unusable(backups))
+    if not usable.due or backup_schedule(spec, backups.sets, now, authenticity).due:
+        return usable
+    if replaced_at is not None and now < replaced_at + spec.backup.cadence:
+        next_at = replaced_at + spec.backup.cadence
+        return replace(
+            usable,
+            due=False,
+            next_at=next_at,
+            reason=f"{usable.reason}; the set taken at {replaced_at:%Y-%m-%d %H:%M} UTC to replace unusable "
+            f"ones is not usable either: the next one at {next_at:%Y-%m-%d %H:%M} UTC",
+        )
+    return replace(usable, replacement=True)
 
 
 @dataclass(frozen=True)

@@ -29,3 +29,11 @@ def test_a_rejected_newest_set_is_owed_a_backup_by_the_daemon_as_by_plan(stack: 
     # the daemon neither calls the backups fresh nor leaves the promise broken until the next cadence
     assert len(manifests(stack)) == 2, (fresh, manifests(stack))
     stack.cli("plan", check=0)
+
+    # When every new set is rejected, the daemon does not take one per pass: one replacement per cadence.
+    replacement = manifests(stack)[-1]
+    records.record_verification(ctx, replacement, {"ok": False, "reason": "bad again", "rejects": True})
+    daemon.backup.run(Upkeep(ctx, ctx.observe()))
+    assert manifests(stack) == [only, replacement]
+    fresh = daemon._pending_conditions["BackupFresh"]
+    assert fresh[:2] == (False, "Stale") and "is not usable either" in fresh[2], fresh

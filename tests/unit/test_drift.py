@@ -13,7 +13,14 @@ from reconciler.plan.actions import FallBackToDisk, StartService, SwitchMode, Ta
 from reconciler.plan.backupsets import BackupSet, order_key
 from reconciler.plan.observed import BackupsObservation, Filesystem, ObservedState
 from reconciler.plan.planner import Plan, plan
-from reconciler.plan.schedule import CLOCK_SKEW, backup_drift, backup_schedule, ram_headroom
+from reconciler.plan.schedule import (
+    CLOCK_SKEW,
+    backup_drift,
+    backup_schedule,
+    observed_backup_drift,
+    observed_backup_schedule,
+    ram_headroom,
+)
 from reconciler.spec.loader import parse_state
 from reconciler.spec.model import StateSpec
 from tests.unit.test_planner import GIB, NOW, fresh_world, spec
@@ -272,3 +279,17 @@ def test_entering_ram_mode_is_refused_when_it_would_leave_the_tmpfs_below_min_he
     assert not any(isinstance(a, SwitchMode) for a in result.actions), result.actions
     (blocker,) = result.blockers
     assert "tmpfs" in blocker and "below ram.min_headroom" in blocker
+
+
+def test_the_daemon_replaces_a_rejected_newest_set_at_once_then_once_per_cadence() -> None:
+    desired = spec(extra=BACKUPS)  # cadence 1 h, stale_after 2 h
+    good = make_set(NOW - timedelta(hours=5), sequence=1, stack="demo")
+    bad = make_set(NOW - timedelta(minutes=5), sequence=2, stack="demo")
+    backups = vouched(good, bad, rejected={("local", bad.name): "sha256 does not match"})
+    first = observed_backup_schedule(desired, backups, NOW)
+    assert first.due and first.replacement and not first.fresh  # as plan says: a set is owed
+    assert observed_backup_drift(desired, backups, NOW) is not None
+    again = observed_backup_schedule(desired, backups, NOW, replaced_at=NOW - timedelta(minutes=10))
+    assert not again.due and not again.fresh and again.next_at == NOW + timedelta(minutes=50)
+    later = observed_backup_schedule(desired, backups, NOW, replaced_at=NOW - timedelta(hours=1))
+    assert later.due

@@ -25,6 +25,7 @@ class ScheduledBackup:
         self.host = host
         self.retry = Retry(backoff_max_seconds)
         self.next_at: datetime | None = None
+        self.replaced_at: datetime | None = None  # the last set taken to replace unusable ones
 
     def wakeup(self, now: float) -> tuple[str, float] | None:
         if self.next_at is None:
@@ -39,7 +40,7 @@ class ScheduledBackup:
         host, ctx, observed = self.host, upkeep.ctx, upkeep.observed
         ours = frozenset(ctx.spec.services.configured())
         mine = backups_scheduled_here(observed.backups, ours, ctx.skipped_services)  # hosts: split stacks
-        schedule = observed_backup_schedule(ctx.spec, mine, clock.now())
+        schedule = observed_backup_schedule(ctx.spec, mine, clock.now(), self.replaced_at)
         self.next_at = schedule.next_at
         if not schedule.due or self.retry.waiting():
             self._conditions(schedule.fresh, schedule.reason)
@@ -58,6 +59,7 @@ class ScheduledBackup:
             self._conditions(schedule.fresh, message, code)
             return False
         self.retry.backoff.succeeded()
+        self.replaced_at = clock.now() if schedule.replacement else None
         self.retry.not_before = 0.0
         size = sum(int(m["size"]) for m in document["members"])
         events.emit(
