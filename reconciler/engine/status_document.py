@@ -40,6 +40,7 @@ def build(ctx: StackContext, invalid: SpecInvalid | None = None) -> dict[str, An
         "in_sync": the_plan.in_sync,
         "pending": [a.describe() for a in the_plan.actions],
         "blockers": list(the_plan.blockers),
+        "unhealable": list(the_plan.unhealable),  # why in_sync is false when nothing is pending
         "services": services(ctx, observed),
         "host": asdict(observed.host),
         "conditions": with_spec_validity(

@@ -245,7 +245,20 @@ def _ram_pressure(desired: StateSpec, observed: ObservedState) -> tuple[str, ...
         and (svc.ram.initialized or (svc.running and svc.data_dir == svc.ram.path))
         for name in desired.services.configured()
     )
-    return ram_headroom(desired, observed).problems if in_ram else ()
+    return ram_headroom(desired, _after_planned_resize(desired, observed)).problems if in_ram else ()
+
+
+def _after_planned_resize(desired: StateSpec, observed: ObservedState) -> ObservedState:
+    """``observed`` with the dedicated tmpfs at the size ``_plan_ram_root`` resizes it to, when it does:
+    a larger ``ram.tmpfs_size`` is the cure for a full tmpfs, so the headroom is judged after it (not
+    reported as unhealable, nor healed by falling back to disk instead)."""
+    root, fs = observed.ram_root, observed.ram_root.filesystem
+    if not (root.dedicated_mount and should_mount(desired, observed)) or fs is None or fs.size_bytes is None:
+        return observed
+    planned = desired.ram.tmpfs_size.resolve(observed.host.mem_total)
+    if abs(fs.size_bytes - planned) <= _SIZE_TOLERANCE or planned < (fs.used_bytes or 0):
+        return observed  # no resize planned (or a shrink refused as a blocker)
+    return replace(observed, ram_root=replace(root, filesystem=replace(fs, size_bytes=planned)))
 
 
 def _plan_backup(
@@ -286,6 +299,14 @@ def _plan_switch(
                 f"preflight: the data ({format_bytes(data_bytes)}, {format_bytes(needed)} with a "
                 f"{RAM_SAFETY_FACTOR:g}x safety factor) does not fit the tmpfs at {root.path}, which has "
                 f"{format_bytes(max(free, 0))} free. Raise ram.tmpfs_size, or stay in disk mode"
+            )
+            return
+        if free - needed < desired.ram.min_headroom:  # the headroom drift check, before the switch
+            blockers.append(
+                f"preflight: after moving {format_bytes(needed)} into the tmpfs at {root.path} only "
+                f"{format_bytes(max(free - needed, 0))} of it would stay free, below ram.min_headroom "
+                f"({format_bytes(desired.ram.min_headroom)}): the databases' writes fail when it is full. "
+                "Raise ram.tmpfs_size, lower ram.min_headroom, or stay in disk mode"
             )
             return
         left = observed.host.mem_available - needed

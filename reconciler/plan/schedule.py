@@ -35,7 +35,7 @@ Design decisions:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from reconciler.plan.backupsets import BackupSet, order_key
@@ -54,6 +54,7 @@ class BackupSchedule:
     reason: str
     next_at: datetime  # when the next scheduled backup is due (``now`` when due)
     fresh: bool  # newest set within backup.stale_after (``backup_drift`` is None for the same sets)
+    replacement: bool = False  # due only because the newest sets are unusable (rejected, superseded)
 
 
 def _counted_local(
@@ -139,8 +140,9 @@ def backup_schedule(
     sets: tuple[BackupSet, ...],
     now: datetime,
     authenticity: Mapping[str, str | None] | None = None,
+    unusable: frozenset[str] = frozenset(),
 ) -> BackupSchedule:
-    candidates = _counted_local(spec, sets, authenticity)
+    candidates = _counted_local(spec, sets, authenticity, unusable)
     if not candidates:
         return BackupSchedule(None, None, True, "no complete local backup set exists", now, False)
     newest = max(candidates, key=order_key)
@@ -185,11 +187,40 @@ def set_to_verify(
     return None if newest.name in verified_or_tried else newest.name
 
 
+def _unusable(backups: BackupsObservation) -> frozenset[str]:
+    """Local sets rejected for their content or superseded by a deliberate restore (neither would come
+    back on boot, so neither makes the backups fresh)."""
+    return frozenset(name for (store, name) in backups.rejected if store == "local") | backups.superseded
+
+
 def observed_backup_drift(spec: StateSpec, backups: BackupsObservation, now: datetime) -> BackupDrift | None:
-    """``backup_drift`` for what observation found: vouched-for local sets, minus those rejected for
-    their content or superseded by a deliberate restore (neither would come back on boot)."""
-    unusable = frozenset(name for (store, name) in backups.rejected if store == "local") | backups.superseded
-    return backup_drift(spec, backups.sets, now, backups.authenticity_in("local"), unusable)
+    """``backup_drift`` for what observation found: vouched-for local sets, minus the unusable ones."""
+    return backup_drift(spec, backups.sets, now, backups.authenticity_in("local"), _unusable(backups))
+
+
+def observed_backup_schedule(
+    spec: StateSpec, backups: BackupsObservation, now: datetime, replaced_at: datetime | None = None
+) -> BackupSchedule:
+    """``backup_schedule`` for what observation found, counting exactly the sets
+    ``observed_backup_drift`` counts: the daemon's ``BackupFresh`` and ``plan`` never disagree.
+
+    A set owed only because the newest sets are unusable (a verification rejected them) is a
+    *replacement*: due at once, then at most once per cadence after the last replacement
+    (``replaced_at``), so that when every new set is rejected the daemon does not take one per pass."""
+    authenticity = backups.authenticity_in("local")
+    usable = backup_schedule(spec, backups.sets, now, authenticity, _unusable(backups))
+    if not usable.due or backup_schedule(spec, backups.sets, now, authenticity).due:
+        return usable
+    if replaced_at is not None and now < replaced_at + spec.backup.cadence:
+        next_at = replaced_at + spec.backup.cadence
+        return replace(
+            usable,
+            due=False,
+            next_at=next_at,
+            reason=f"{usable.reason}; the set taken at {replaced_at:%Y-%m-%d %H:%M} UTC to replace unusable "
+            f"ones is not usable either: the next one at {next_at:%Y-%m-%d %H:%M} UTC",
+        )
+    return replace(usable, replacement=True)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_URL = "unix:///var/run/docker.sock"
 _TIMEOUT = 60.0
+# The largest answer read: a listing of thousands of containers is a few MiB. A larger length (a broken
+# proxy, a hostile engine) is refused before anything is allocated for it, never a MemoryError.
+MAX_ANSWER_BYTES = 256 * 1024 * 1024
 
 
 def engine_url() -> str:
@@ -95,8 +98,12 @@ class _Connection:
             headers[key.strip().lower()] = value.strip()
         if headers.get("transfer-encoding", "").lower() == "chunked":
             chunks = []
+            total = 0
             while True:
                 size = int(self.file.readline(65537).split(b";")[0].strip() or b"0", 16)
+                total += size
+                if not 0 <= size <= total <= MAX_ANSWER_BYTES:
+                    raise ProtocolError(f"a chunked answer of more than {MAX_ANSWER_BYTES} bytes")
                 if size == 0:
                     while self.file.readline(65537) not in (b"\r\n", b"\n", b""):
                         pass  # trailers
@@ -105,7 +112,10 @@ class _Connection:
                 self.file.readline(65537)  # the CRLF after each chunk
             body = b"".join(chunks)
         else:
-            body = self._exactly(int(headers.get("content-length", "0")))
+            length = int(headers.get("content-length", "0"))
+            if not 0 <= length <= MAX_ANSWER_BYTES:
+                raise ProtocolError(f"an answer of {length} bytes (at most {MAX_ANSWER_BYTES} are read)")
+            body = self._exactly(length)
         if headers.get("connection", "").lower() == "close":
             self.close()
         return int(parts[1]), body
@@ -205,10 +215,24 @@ class EngineReader:
 
     def containers(self) -> list[dict[str, Any]]:
         """Every container (running or not), as ``docker ps -a`` lists them."""
-        return list(self.get("/containers/json", {"all": "1"}))
+        listing = self.get("/containers/json", {"all": "1"})
+        if not isinstance(listing, list) or not all(isinstance(item, dict) for item in listing):
+            raise self._unexpected("/containers/json", "a list of containers", listing)
+        return listing
 
     def inspect(self, container: str) -> dict[str, Any]:
-        return dict(self.get(f"/containers/{quote(container, safe='')}/json"))
+        path = f"/containers/{quote(container, safe='')}/json"
+        document = self.get(path)
+        if not isinstance(document, dict):
+            raise self._unexpected(path, "a container document", document)
+        return document
+
+    def _unexpected(self, path: str, wanted: str, got: Any) -> ReconcilerError:
+        """An answer that is JSON but not the document asked for (a proxy's page, a broken engine)."""
+        return TransientError(
+            f"the Docker engine at {self.url} answered GET {path} with a JSON {type(got).__name__}, not "
+            f"{wanted}: is DOCKER_HOST the engine itself?"
+        )
 
     def close(self) -> None:
         if self._conn is not None:

@@ -13,12 +13,27 @@ from reconciler.plan.actions import FallBackToDisk, StartService, SwitchMode, Ta
 from reconciler.plan.backupsets import BackupSet, order_key
 from reconciler.plan.observed import BackupsObservation, Filesystem, ObservedState
 from reconciler.plan.planner import Plan, plan
-from reconciler.plan.schedule import CLOCK_SKEW, backup_drift, backup_schedule, ram_headroom
+from reconciler.plan.schedule import (
+    CLOCK_SKEW,
+    backup_drift,
+    backup_schedule,
+    observed_backup_drift,
+    observed_backup_schedule,
+    ram_headroom,
+)
+from reconciler.spec.loader import parse_state
 from reconciler.spec.model import StateSpec
 from tests.unit.test_planner import GIB, NOW, fresh_world, spec
 from tests.unit.test_retention import make_set
 
 BACKUPS = "backup: {cadence: 1h, stale_after: 2h, encryption: none}\n"
+SPEC_HEAD = """version: 1
+stack: demo
+mode: ram
+services:
+  postgres: {database: app, user: app, port: 5433, disk_dir: /srv/pg}
+  redis: {port: 6380, disk_dir: /srv/redis}
+"""
 
 
 def converged(extra: str = BACKUPS, mode: str = "ram") -> tuple[StateSpec, ObservedState]:
@@ -223,3 +238,58 @@ def test_the_planner_and_the_daemon_judge_headroom_with_the_same_function(
         assert all(p in u for p, u in zip(verdict.problems, result.unhealable, strict=True))
     else:  # entering RAM mode is the switch's preflight, not a headroom drift
         assert result.unhealable == ()
+
+
+def test_a_tmpfs_the_plan_grows_is_judged_at_its_new_size_not_as_pressure() -> None:
+    """The obvious cure for a nearly full tmpfs is a larger ram.tmpfs_size, which apply makes by
+    resizing the mount: the plan must not call that unhealable, nor fall back to disk instead."""
+    for on_pressure in ("warn", "fallback-to-disk"):
+        extra = (
+            BACKUPS
+            + f"ram: {{path: /dev/shm/rc/demo, mount: always, tmpfs_size: 4GiB, on_pressure: {on_pressure}}}\n"
+        )
+        desired = parse_state(SPEC_HEAD + extra, "state.yaml", "/srv")
+        _, world = converged()
+        full = Filesystem(world.ram_root.path, "tmpfs", GIB, GIB - 100 * 1024**2)  # 100 MiB free of 1 GiB
+        world = replace(
+            world,
+            ram_root=replace(world.ram_root, exists=True, filesystem=full, dedicated_mount=True),
+            host=replace(world.host, is_root=True),
+        )
+        world = with_sets(world, make_set(NOW, sequence=1, stack="demo"))
+        result = plan(desired, world, NOW)
+        assert [type(a).__name__ for a in result.actions] == ["ResizeRamRoot"], result
+        assert result.unhealable == (), on_pressure
+        after = simulate_all(world, result.actions)
+        assert plan(desired, after, NOW).in_sync
+
+
+def test_entering_ram_mode_is_refused_when_it_would_leave_the_tmpfs_below_min_headroom() -> None:
+    """min_headroom bounds the tmpfs as well as host memory: a switch the preflight lets through must
+    not be RAM-headroom drift the moment it ends (unhealable with warn, a fallback to disk otherwise)."""
+    extra = "ram: {path: /dev/shm/rc/demo, mount: never, tmpfs_size: 50%, min_headroom: 3GiB}\n"
+    disk = parse_state(SPEC_HEAD.replace("mode: ram", "mode: disk") + extra, "state.yaml", "/srv")
+    ram = parse_state(SPEC_HEAD + extra, "state.yaml", "/srv")
+    world = simulate_all(fresh_world(disk), plan(disk, fresh_world(disk), NOW).actions)
+    pg = world.services["postgres"]
+    data = int(9.8 * GIB)  # x1.2 fits the 12 GiB tmpfs, but leaves 2.2 GiB of it free, below 3 GiB
+    world = world.with_service(replace(pg, disk=replace(pg.disk, size_bytes=data)))
+    world = with_sets(world, make_set(NOW, sequence=1, stack="demo"))
+    result = plan(ram, world, NOW)
+    assert not any(isinstance(a, SwitchMode) for a in result.actions), result.actions
+    (blocker,) = result.blockers
+    assert "tmpfs" in blocker and "below ram.min_headroom" in blocker
+
+
+def test_the_daemon_replaces_a_rejected_newest_set_at_once_then_once_per_cadence() -> None:
+    desired = spec(extra=BACKUPS)  # cadence 1 h, stale_after 2 h
+    good = make_set(NOW - timedelta(hours=5), sequence=1, stack="demo")
+    bad = make_set(NOW - timedelta(minutes=5), sequence=2, stack="demo")
+    backups = vouched(good, bad, rejected={("local", bad.name): "sha256 does not match"})
+    first = observed_backup_schedule(desired, backups, NOW)
+    assert first.due and first.replacement and not first.fresh  # as plan says: a set is owed
+    assert observed_backup_drift(desired, backups, NOW) is not None
+    again = observed_backup_schedule(desired, backups, NOW, replaced_at=NOW - timedelta(minutes=10))
+    assert not again.due and not again.fresh and again.next_at == NOW + timedelta(minutes=50)
+    later = observed_backup_schedule(desired, backups, NOW, replaced_at=NOW - timedelta(hours=1))
+    assert later.due

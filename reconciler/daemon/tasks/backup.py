@@ -1,4 +1,4 @@
-"""The scheduled backup: taken when ``plan/schedule.backup_schedule`` says one is due and every
+"""The scheduled backup: taken when ``plan/schedule.observed_backup_schedule`` says one is due and every
 service runs; a failure retries with its own backoff (not the reconcile's), reset by the next
 success. It owns ``next_at``, the wall-clock time of the next due backup, which the loop sleeps
 towards and publishes."""
@@ -13,8 +13,8 @@ from reconciler.engine import backups as engine_backups
 from reconciler.engine import events
 from reconciler.errors import ReconcilerError
 from reconciler.plan.failures import Operation
-from reconciler.plan.hosts import scheduled_here
-from reconciler.plan.schedule import backup_schedule
+from reconciler.plan.hosts import backups_scheduled_here
+from reconciler.plan.schedule import observed_backup_schedule
 from reconciler.system import clock
 
 log = logging.getLogger("reconciler.daemon.loop")
@@ -25,6 +25,7 @@ class ScheduledBackup:
         self.host = host
         self.retry = Retry(backoff_max_seconds)
         self.next_at: datetime | None = None
+        self.replaced_at: datetime | None = None  # the last set taken to replace unusable ones
 
     def wakeup(self, now: float) -> tuple[str, float] | None:
         if self.next_at is None:
@@ -38,8 +39,8 @@ class ScheduledBackup:
     def _backup_if_due(self, upkeep: Upkeep) -> bool:
         host, ctx, observed = self.host, upkeep.ctx, upkeep.observed
         ours = frozenset(ctx.spec.services.configured())
-        sets = scheduled_here(observed.backups.sets, ours, ctx.skipped_services)  # hosts: split stacks
-        schedule = backup_schedule(ctx.spec, sets, clock.now(), observed.backups.authenticity_in("local"))
+        mine = backups_scheduled_here(observed.backups, ours, ctx.skipped_services)  # hosts: split stacks
+        schedule = observed_backup_schedule(ctx.spec, mine, clock.now(), self.replaced_at)
         self.next_at = schedule.next_at
         if not schedule.due or self.retry.waiting():
             self._conditions(schedule.fresh, schedule.reason)
@@ -58,6 +59,7 @@ class ScheduledBackup:
             self._conditions(schedule.fresh, message, code)
             return False
         self.retry.backoff.succeeded()
+        self.replaced_at = clock.now() if schedule.replacement else None
         self.retry.not_before = 0.0
         size = sum(int(m["size"]) for m in document["members"])
         events.emit(
