@@ -260,6 +260,7 @@ def dump_argv(endpoint: Endpoint, database: str, options: Iterable[str]) -> list
         "--routines",
         "--events",
         "--hex-blob",
+        MAX_PACKET,  # before the user's options: a --max-allowed-packet of theirs wins
         *options,
         "--",
         database,
@@ -322,7 +323,7 @@ class GateReader:
 
 
 def restore_argv(endpoint: Endpoint, database: str) -> list[str]:
-    return _client(endpoint, "--batch", "--binary-mode", database)
+    return _client(endpoint, "--batch", "--binary-mode", MAX_PACKET, database)
 
 
 def recreate_database(endpoint: Endpoint, database: str) -> None:
@@ -464,10 +465,17 @@ def reopen(endpoint: Endpoint, data_dir: str) -> None:
 
 # -- the server (local runtime) -------------------------------------------------------------------------
 
+# The largest statement or row any of our servers and clients accept (MariaDB's maximum). The default
+# (16 MB server and client, 24 MB mariadb-dump) refuses rows a server holds legally: a 9 MB blob written
+# by a tiny statement becomes an 18 MB INSERT with --hex-blob, so a set that dumped fine would not load.
+# A packet buffer grows only as large as the largest statement actually sent.
+MAX_PACKET = "--max-allowed-packet=1G"
+
 SERVER_OPTIONS = (
     # The redo log is RAM on tmpfs and is copied by every mode switch: 32 MB instead of 96.
     "--innodb-log-file-size=32M",
     "--innodb-buffer-pool-size=64M",
+    MAX_PACKET,
 )
 
 
