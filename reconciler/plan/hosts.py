@@ -149,13 +149,13 @@ def set_services(backup_set: BackupSet) -> frozenset[str]:
     return frozenset(found)
 
 
-def restorable_here(
-    sets: tuple[BackupSet, ...], ours: frozenset[str], skipped: frozenset[str]
-) -> tuple[BackupSet, ...]:
-    """Restore candidates on a host that runs ``ours`` of a split stack: not another host's sets."""
-    if not skipped:
-        return sets
-    return tuple(s for s in sets if not s.complete or set_services(s) & ours or not set_services(s))
+def restorable_here(sets: tuple[BackupSet, ...], empty: frozenset[str]) -> tuple[BackupSet, ...]:
+    """Restore candidates for the services ``empty``: never a complete set that, by its file names,
+    holds none of them (another host's set of a split stack, or a set taken before the service was
+    added to the stack or moved to this host). Such a set cannot restore them, and trying it would
+    record it as rejected for its content: a good set of its own services that retention then deletes
+    and the next restore on boot skips. A set whose members cannot be told from its names stays."""
+    return tuple(s for s in sets if not s.complete or set_services(s) & empty or not set_services(s))
 
 
 def retained_here(sets: tuple[BackupSet, ...], skipped: frozenset[str]) -> tuple[BackupSet, ...]:

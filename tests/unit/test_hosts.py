@@ -247,12 +247,24 @@ def test_a_split_host_never_rotates_and_never_restores_from_another_hosts_sets(
     assert [s for s in sets if set_services(s) == mine] == [
         s for s in retained_here(sets, skipped) if set_services(s)
     ]
-    restorable = restorable_here(sets, mine, skipped)
+    restorable = restorable_here(sets, mine)
     # every set that could restore our service stays a candidate; only sets holding none of it go
     assert [s for s in sets if ours in set_services(s)] == [s for s in restorable if ours in set_services(s)]
     assert all(not s.complete or ours in set_services(s) or not set_services(s) for s in restorable)
     assert all(ours in set_services(s) for s in scheduled_here(sets, mine, skipped))
     # without a split nothing changes
     both = frozenset({"postgres", "redis"})
-    assert retained_here(sets, frozenset()) == sets == restorable_here(sets, both, frozenset())
+    assert retained_here(sets, frozenset()) == sets == restorable_here(sets, both)
     assert scheduled_here(sets, both, frozenset()) == sets
+
+
+@given(shared_store(), st.sets(st.sampled_from(["postgres", "redis"]), min_size=1))
+def test_restore_candidates_for_empty_services_are_the_sets_that_hold_one_of_them(
+    sets: tuple[BackupSet, ...], empty: set[str]
+) -> None:
+    """Not only on a split host: a set holding only other services (taken before the empty service was
+    added, or moved here) is never tried for it, so it is never recorded as rejected for its content."""
+    restorable = restorable_here(sets, frozenset(empty))
+    assert [s for s in sets if set_services(s) & empty or not set_services(s) or not s.complete] == list(
+        restorable
+    )
