@@ -304,10 +304,12 @@ def test_a_dump_that_fails_leaves_no_set_and_never_holds_commits_back(stack: Sta
     document["services"]["mariadb"]["dump_options"] = ["--default-character-set=nosuchcharset"]
     stack.write(document)
     seed_mariadb(stack, 50)
+    before = sorted((stack.dir / "data" / "backups").glob("*mariadb*"))  # the first set apply took
+    complete_before = [s["name"] for s in sets(stack) if s["complete"]]
     failed = stack.cli("backup", check=1)
     assert "nosuchcharset" in failed.stderr
-    assert not list((stack.dir / "data" / "backups").glob("*mariadb*"))
-    assert not [s for s in sets(stack) if s["complete"]]
+    assert sorted((stack.dir / "data" / "backups").glob("*mariadb*")) == before
+    assert [s["name"] for s in sets(stack) if s["complete"]] == complete_before
     sql(stack, "INSERT INTO orders (id, title) VALUES (424242, 'after the failed backup')")
     assert sql(stack, "SELECT COUNT(*) FROM orders") == [["51"]]
 
