@@ -52,7 +52,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from reconciler.databases.engine import EngineFacts
+from reconciler.databases.engine import EngineFacts, staging_name
 from reconciler.errors import CommandFailed, PermanentError, ReconcilerError, TransientError
 from reconciler.runtimes.base import Endpoint
 from reconciler.system import failpoints, fs, proc
@@ -62,6 +62,7 @@ RESTORING_SUFFIX = "__restoring"
 REPLACED_SUFFIX = "__replaced"
 PENDING_TABLE = "__reconciler_swap_pending"
 DUMP_TABLE_MARKER = b"\n-- Table structure for table "
+MAX_NAME_BYTES = 64  # MariaDB refuses a longer database name (ours are ASCII)
 SYSTEM_DATABASES = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
 
 
@@ -609,7 +610,7 @@ class MariadbEngine:
         return is_empty(endpoint, database)
 
     def side_name(self, database: str) -> str:
-        return database + RESTORING_SUFFIX
+        return staging_name(database, RESTORING_SUFFIX, MAX_NAME_BYTES, "mariadb")
 
     def create_side(self, endpoint: Endpoint, side: str) -> None:
         recreate_database(endpoint, side)
