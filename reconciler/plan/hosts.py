@@ -131,6 +131,18 @@ def for_this_host(spec: StateSpec, verdict: HostVerdict) -> StateSpec:
     return spec.model_copy(update={"services": services}).with_base_dir(spec.base_dir)
 
 
+def finishing_here(verdict: HostVerdict, journaled: frozenset[str] | None) -> HostVerdict:
+    """``verdict`` while an operation journaled on this host (a switch, a restore) is unfinished: every
+    service it moved stays this host's, and so does the stack, until the journal reaches its safe
+    point. The conditions may have changed since it began (a pull, a variable gone after the reboot
+    that cut it short); the journal's services are stopped, drained or half copied, and only this host
+    can finish or roll back what it started. ``journaled``: None when no operation is unfinished."""
+    if journaled is None:
+        return verdict
+    skipped = {name: why for name, why in verdict.skipped.items() if name not in journaled}
+    return replace(verdict, stack_reason=None, skipped=skipped)
+
+
 def referenced(spec: StateSpec) -> tuple[frozenset[str], frozenset[str]]:
     """The files and environment variables the conditions of ``spec`` name (what to look at)."""
     conditions = [spec.hosts, *(svc.hosts for svc in spec.services.configured().values())]

@@ -13,8 +13,10 @@ from reconciler.errors import SpecInvalid
 from reconciler.plan.backupsets import BackupSet, StoredFile
 from reconciler.plan.hosts import (
     HostFacts,
+    HostVerdict,
     decide,
     failed_conditions,
+    finishing_here,
     for_this_host,
     hostname_matches,
     restorable_here,
@@ -268,3 +270,20 @@ def test_restore_candidates_for_empty_services_are_the_sets_that_hold_one_of_the
     assert [s for s in sets if set_services(s) & empty or not set_services(s) or not s.complete] == list(
         restorable
     )
+
+
+@given(
+    st.dictionaries(st.sampled_from(["postgres", "redis", "mariadb"]), st.just("$X is not set")),
+    st.one_of(st.none(), st.just("hostname 'b' matches none of a")),
+    st.one_of(st.none(), st.sets(st.sampled_from(["postgres", "redis", "mariadb"])).map(frozenset)),
+)
+def test_an_unfinished_operation_keeps_its_services_and_the_stack_on_this_host(
+    skipped: dict[str, str], reason: str | None, journaled: frozenset[str] | None
+) -> None:
+    verdict = HostVerdict("b", reason, skipped)
+    kept = finishing_here(verdict, journaled)
+    if journaled is None:
+        assert kept == verdict
+        return
+    assert kept.matches and not set(kept.skipped) & journaled
+    assert set(kept.skipped) == set(skipped) - journaled
