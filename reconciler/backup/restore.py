@@ -194,7 +194,7 @@ def restore_postgres(
     member = checked.member("postgres")
     if member is None:
         raise SetRejected(checked.name, "it holds no postgres dump")
-    side = f"{database}__restoring"
+    side = pg.staging_name(database, "__restoring")
     try:
         pg.recreate_database(endpoint, side, owner)
     except Exception as exc:
@@ -258,6 +258,7 @@ def restore_engine(
     member = checked.member(engine.kind)
     if member is None:
         raise SetRejected(checked.name, f"it holds no {engine.kind} dump")
+    engine.side_name(database)  # refuses a name whose staging database the server cannot hold
     direct = swap and engine.is_empty(endpoint, database)
     target = database if direct else engine.side_name(database)
     try:

@@ -370,7 +370,7 @@ class Daemon:
             back_for_this_host(self)
             if self._converge(ctx, reasons):
                 ctx = self._context() or ctx
-                shutdown.resume_apps(self.state_dir, ctx)
+                shutdown.resume_apps(self.state_dir, ctx, self.failures)
                 self._upkeep(ctx)
         finally:
             if ctx is not None and self.observed_stale:

@@ -85,8 +85,9 @@ def drain_apps(state_dir: str, ctx: StackContext) -> list[str]:
     return names
 
 
-def resume_apps(state_dir: str, ctx: StackContext) -> None:
-    """Start the apps the last shutdown drained, now that the stack is in sync again."""
+def resume_apps(state_dir: str, ctx: StackContext, failures: FailureReporter | None = None) -> None:
+    """Start the apps the last shutdown drained, now that the stack is in sync again. Apps left down is
+    a failure: reported with its code (event, metrics, webhook) when ``failures`` is given."""
     recorded = fs.read_json(drained_path(state_dir))
     names = list(recorded.get("containers", [])) if isinstance(recorded, dict) else []
     if names:
@@ -98,6 +99,9 @@ def resume_apps(state_dir: str, ctx: StackContext) -> None:
                 f"could not start {', '.join(names)} again after the last shutdown: {exc}; start them by hand"
             )
             log.warning(message)
-            events.emit(state_dir, "Warning", "AppsNotResumed", message)
+            if failures is not None:
+                failures.report("AppsNotResumed", message, exc)
+            else:
+                events.emit(state_dir, "Warning", "AppsNotResumed", message)
     if recorded is not None:
         os.unlink(drained_path(state_dir))

@@ -24,6 +24,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from reconciler.errors import PermanentError
 from reconciler.runtimes.base import ServerRecipe
 
 
@@ -138,3 +139,21 @@ def engine_markers(service: str) -> tuple[str, ...] | None:
     """What in a data directory means it holds the service's data, for an engine on the interface."""
     engine = engine_for(service)
     return engine.server.data_markers if engine is not None else None
+
+
+def staging_name(database: str, suffix: str, limit: int, kind: str) -> str:
+    """``<database><suffix>`` (a restore's ``__restoring``/``__replaced`` database), or ``PermanentError``
+    when the server would not keep it whole (``limit`` bytes). Every staging name is made here: a
+    server that truncates (PostgreSQL) would otherwise make it the live database, which a restore drops
+    and re-creates, and its rollback drops; one that refuses (MariaDB) would fail with a cryptic error.
+    Refused, nothing is restored and the live database is never touched."""
+    name = database + suffix
+    if len(name.encode()) > limit:
+        room = limit - len(suffix.encode())
+        raise PermanentError(
+            f"{kind} database {database!r} is {len(database.encode())} bytes long: a restore stages the set in "
+            f"{name!r}, longer than {kind} keeps ({limit} bytes), so nothing was restored and the live database "
+            f"was not touched. Rename the database to at most {room} bytes (and services.{kind}.database in "
+            "state.yaml) to be able to restore; the backup sets stay usable"
+        )
+    return name

@@ -52,7 +52,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from reconciler.databases.engine import EngineFacts
+from reconciler.databases.engine import EngineFacts, staging_name
 from reconciler.errors import CommandFailed, PermanentError, ReconcilerError, TransientError
 from reconciler.runtimes.base import Endpoint
 from reconciler.system import failpoints, fs, proc
@@ -62,6 +62,7 @@ RESTORING_SUFFIX = "__restoring"
 REPLACED_SUFFIX = "__replaced"
 PENDING_TABLE = "__reconciler_swap_pending"
 DUMP_TABLE_MARKER = b"\n-- Table structure for table "
+MAX_NAME_BYTES = 64  # MariaDB refuses a longer database name (ours are ASCII)
 SYSTEM_DATABASES = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
 
 
@@ -260,6 +261,7 @@ def dump_argv(endpoint: Endpoint, database: str, options: Iterable[str]) -> list
         "--routines",
         "--events",
         "--hex-blob",
+        MAX_PACKET,  # before the user's options: a --max-allowed-packet of theirs wins
         *options,
         "--",
         database,
@@ -322,7 +324,7 @@ class GateReader:
 
 
 def restore_argv(endpoint: Endpoint, database: str) -> list[str]:
-    return _client(endpoint, "--batch", "--binary-mode", database)
+    return _client(endpoint, "--batch", "--binary-mode", MAX_PACKET, database)
 
 
 def recreate_database(endpoint: Endpoint, database: str) -> None:
@@ -464,10 +466,17 @@ def reopen(endpoint: Endpoint, data_dir: str) -> None:
 
 # -- the server (local runtime) -------------------------------------------------------------------------
 
+# The largest statement or row any of our servers and clients accept (MariaDB's maximum). The default
+# (16 MB server and client, 24 MB mariadb-dump) refuses rows a server holds legally: a 9 MB blob written
+# by a tiny statement becomes an 18 MB INSERT with --hex-blob, so a set that dumped fine would not load.
+# A packet buffer grows only as large as the largest statement actually sent.
+MAX_PACKET = "--max-allowed-packet=1G"
+
 SERVER_OPTIONS = (
     # The redo log is RAM on tmpfs and is copied by every mode switch: 32 MB instead of 96.
     "--innodb-log-file-size=32M",
     "--innodb-buffer-pool-size=64M",
+    MAX_PACKET,
 )
 
 
@@ -601,7 +610,7 @@ class MariadbEngine:
         return is_empty(endpoint, database)
 
     def side_name(self, database: str) -> str:
-        return database + RESTORING_SUFFIX
+        return staging_name(database, RESTORING_SUFFIX, MAX_NAME_BYTES, "mariadb")
 
     def create_side(self, endpoint: Endpoint, side: str) -> None:
         recreate_database(endpoint, side)

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from reconciler.databases.engine import staging_name as engine_staging_name
 from reconciler.errors import CommandFailed, PermanentError, ReconcilerError, TransientError
 from reconciler.runtimes.base import Endpoint
 from reconciler.system import proc
@@ -496,6 +497,17 @@ def terminate_connections(conn: psycopg.Connection[tuple[object, ...]], database
     )
 
 
+# PostgreSQL truncates a longer identifier to 63 bytes without an error: `<63-byte name>__restoring` *is*
+# the live database, and staging a restore into it, or dropping it when a restore rolls back, would drop
+# the live data.
+MAX_NAME_BYTES = 63
+
+
+def staging_name(database: str, suffix: str) -> str:
+    """``<database><suffix>`` whole, never truncated to the live name (``engine.staging_name``)."""
+    return engine_staging_name(database, suffix, MAX_NAME_BYTES, "postgres")
+
+
 def recreate_database(endpoint: Endpoint, database: str, owner: str) -> None:
     from psycopg import sql
 
@@ -513,7 +525,7 @@ def swap_databases(endpoint: Endpoint, live: str, replacement: str) -> None:
     """Put ``replacement`` in place of ``live`` by renames; the old data is dropped only afterwards."""
     from psycopg import sql
 
-    old = f"{live}__replaced"
+    old = staging_name(live, "__replaced")
     with connect(endpoint) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(old)))
         terminate_connections(conn, live)

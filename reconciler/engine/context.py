@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.databases.engine import server_recipes
-from reconciler.errors import InvalidInput, PermanentError
+from reconciler.errors import InvalidInput, PermanentError, ReconcilerError
 from reconciler.observe.hostfacts import host_facts
 from reconciler.observe.local import observe as observe_local
-from reconciler.plan.hosts import HostVerdict, decide, for_this_host
+from reconciler.observe.local import read_journal
+from reconciler.plan.hosts import HostVerdict, decide, finishing_here, for_this_host
 from reconciler.plan.observed import ObservedState
 from reconciler.runtimes.base import Runtime
 from reconciler.runtimes.local import LocalRuntime, postgres_bindir
-from reconciler.spec.model import StateSpec
+from reconciler.spec.model import SERVICE_KINDS, StateSpec
 from reconciler.system import fs
 
 OVERRIDE_FILE = "mode-override.json"
@@ -91,6 +92,8 @@ class StackContext:
         """``apply_hosts=False``: every service of the spec, whatever ``hosts:`` says (`down`)."""
         state_file = os.path.abspath(state_file)
         verdict = decide(spec, host_facts(spec)) if apply_hosts else None
+        if verdict is not None and (verdict.skipped or not verdict.matches):
+            verdict = finishing_here(verdict, journaled_services(spec.state_path))
         full_spec, spec = spec, for_this_host(spec, verdict) if verdict is not None else spec
         override = read_override(spec.state_path, state_file)
         if override is not None and override.get("mode") != spec.mode:
@@ -146,6 +149,21 @@ class StackContext:
         from reconciler.observe.docker import observe as observe_docker
 
         return observe_docker(self.spec, self.runtime)
+
+
+def journaled_services(state_dir: str) -> frozenset[str] | None:
+    """The services an unfinished operation's journal names (a switch's ``services``, a restore's
+    ``data_dirs``), or None when none is unfinished. A journal that cannot be read is reported where
+    the operation is resumed; here it keeps every service (the conservative reading)."""
+    try:
+        document = read_journal(state_dir)
+    except (ReconcilerError, OSError):
+        return frozenset(SERVICE_KINDS)
+    if document is None:
+        return None
+    payload = document.get("payload") or {}
+    named = payload.get("services") or list(payload.get("data_dirs") or ())
+    return frozenset(str(name) for name in named) if named else frozenset(SERVICE_KINDS)
 
 
 def load_spec(state_file: str) -> StateSpec:

@@ -48,7 +48,7 @@ def restore_legacy(ctx: StackContext, path: str, password_env: str, safety_backu
         endpoint = backups._endpoints(ctx)["postgres"]
         if safety_backup:
             backups.take_backup_locked(ctx, "pre-restore", None)
-        side = f"{spec.database}__restoring"
+        side = pg.staging_name(spec.database, "__restoring")
         pg.recreate_database(endpoint, side, spec.user)
         role_before = pg.role_state(endpoint, spec.user)
         try:

@@ -508,7 +508,7 @@ class _Restore:
 
     @property
     def _side(self) -> str:
-        return f"{self._database}__restoring"
+        return pg.staging_name(self._database, "__restoring")
 
     def _incoming(self) -> str:
         return os.path.join(self._dir("redis"), INCOMING_RDB)
@@ -559,7 +559,7 @@ class _Restore:
         endpoint = self._endpoint("postgres")
         if _database_exists(endpoint, self._side):
             pg.swap_databases(endpoint, self._database, self._side)
-        pg.drop_database(endpoint, f"{self._database}__replaced")  # left by a swap cut short
+        pg.drop_database(endpoint, pg.staging_name(self._database, "__replaced"))  # a swap cut short
         return {"swapped": self._database}
 
     def do_stage_engine(self, kind: str) -> Any:

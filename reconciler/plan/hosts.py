@@ -131,6 +131,18 @@ def for_this_host(spec: StateSpec, verdict: HostVerdict) -> StateSpec:
     return spec.model_copy(update={"services": services}).with_base_dir(spec.base_dir)
 
 
+def finishing_here(verdict: HostVerdict, journaled: frozenset[str] | None) -> HostVerdict:
+    """``verdict`` while an operation journaled on this host (a switch, a restore) is unfinished: every
+    service it moved stays this host's, and so does the stack, until the journal reaches its safe
+    point. The conditions may have changed since it began (a pull, a variable gone after the reboot
+    that cut it short); the journal's services are stopped, drained or half copied, and only this host
+    can finish or roll back what it started. ``journaled``: None when no operation is unfinished."""
+    if journaled is None:
+        return verdict
+    skipped = {name: why for name, why in verdict.skipped.items() if name not in journaled}
+    return replace(verdict, stack_reason=None, skipped=skipped)
+
+
 def referenced(spec: StateSpec) -> tuple[frozenset[str], frozenset[str]]:
     """The files and environment variables the conditions of ``spec`` name (what to look at)."""
     conditions = [spec.hosts, *(svc.hosts for svc in spec.services.configured().values())]
@@ -149,13 +161,13 @@ def set_services(backup_set: BackupSet) -> frozenset[str]:
     return frozenset(found)
 
 
-def restorable_here(
-    sets: tuple[BackupSet, ...], ours: frozenset[str], skipped: frozenset[str]
-) -> tuple[BackupSet, ...]:
-    """Restore candidates on a host that runs ``ours`` of a split stack: not another host's sets."""
-    if not skipped:
-        return sets
-    return tuple(s for s in sets if not s.complete or set_services(s) & ours or not set_services(s))
+def restorable_here(sets: tuple[BackupSet, ...], empty: frozenset[str]) -> tuple[BackupSet, ...]:
+    """Restore candidates for the services ``empty``: never a complete set that, by its file names,
+    holds none of them (another host's set of a split stack, or a set taken before the service was
+    added to the stack or moved to this host). Such a set cannot restore them, and trying it would
+    record it as rejected for its content: a good set of its own services that retention then deletes
+    and the next restore on boot skips. A set whose members cannot be told from its names stays."""
+    return tuple(s for s in sets if not s.complete or set_services(s) & empty or not set_services(s))
 
 
 def retained_here(sets: tuple[BackupSet, ...], skipped: frozenset[str]) -> tuple[BackupSet, ...]:

@@ -39,7 +39,13 @@ from reconciler.plan.actions import (
 )
 from reconciler.plan.backupsets import retention
 from reconciler.plan.failures import STAYS_DOWN
-from reconciler.plan.hosts import HostVerdict, backups_scheduled_here, restorable_here, retained_here
+from reconciler.plan.hosts import (
+    HostVerdict,
+    backups_scheduled_here,
+    restorable_here,
+    retained_here,
+    set_services,
+)
 from reconciler.plan.observed import ObservedState, ServiceObservation
 from reconciler.plan.schedule import backups_impossible, observed_backup_drift, ram_headroom
 from reconciler.plan.selection import select_restore
@@ -202,11 +208,9 @@ def plan(
         _plan_switch(desired, observed, switching, actions, blockers)
     protected = set(observed.backups.protected)
     if empty:
-        ours = frozenset(desired.services.configured())
-        sets = restorable_here(observed.backups.sets, ours, skipped)
         protected |= _plan_empty_services(
             desired,
-            replace(observed, backups=replace(observed.backups, sets=sets)),
+            observed,
             now,
             empty,
             allow_empty,
@@ -360,7 +364,12 @@ def _plan_empty_services(
     Returns the set names that retention must keep during this plan: the restore candidates, or the
     sets being protected before an empty start (their protection takes effect within this same plan).
     """
-    selection = select_restore(observed.backups.sets, observed.backups.not_for_restore(), now, desired.stack)
+    empty = _without_unheld(desired, observed, empty, actions, blockers, warnings)
+    if not empty:
+        return set()
+    candidates = restorable_here(observed.backups.sets, frozenset(empty))
+    others = sum(1 for s in observed.backups.sets if s.complete) - sum(1 for s in candidates if s.complete)
+    selection = select_restore(candidates, observed.backups.not_for_restore(), now, desired.stack)
     warnings.extend(selection.warnings)
     if selection.candidates:
         pg = desired.services.postgres
@@ -401,11 +410,48 @@ def _plan_empty_services(
     else:
         incomplete = [s.name for s in observed.backups.sets if not s.complete]
         note = f" ({len(incomplete)} incomplete set(s) ignored)" if incomplete else ""
+        if others:
+            note += f"; its {others} set(s) hold only other services (added since, or another host's)"
+        what = f"{' and '.join(empty)} of stack {desired.stack}" if others else f"stack {desired.stack}"
         warnings.append(
-            f"no backup of stack {desired.stack} exists in any store{note}: "
-            f"{' and '.join(empty)} will start with EMPTY data"
+            f"no backup of {what} exists in any store{note}: {' and '.join(empty)} will start with EMPTY data"
         )
-    for name in empty:
+    _start_empty(desired, observed, empty, actions, blockers)
+    return protect
+
+
+def _without_unheld(
+    desired: StateSpec,
+    observed: ObservedState,
+    empty: list[str],
+    actions: list[Action],
+    blockers: list[str],
+    warnings: list[str],
+) -> list[str]:
+    """Start empty the services that no complete set holds, while others of ``empty`` have sets: a
+    service added to the stack (or moved to this host) after its last backup. Restoring it together
+    with the others would reject every set holding only them (their data refused for its absence).
+    Only when every complete set's members are known from its file names; the rest are returned."""
+    complete = [s for s in observed.backups.sets if s.complete]
+    services = [set_services(s) for s in complete]
+    if not complete or not all(services):
+        return empty
+    held = frozenset().union(*services)
+    unheld = [name for name in empty if name not in held]
+    if not unheld or len(unheld) == len(empty):
+        return empty
+    warnings.append(
+        f"no backup set of stack {desired.stack} holds {' or '.join(unheld)} (added since, or moved here from "
+        f"another host): {' and '.join(unheld)} will start with EMPTY data"
+    )
+    _start_empty(desired, observed, unheld, actions, blockers)
+    return [name for name in empty if name in held]
+
+
+def _start_empty(
+    desired: StateSpec, observed: ObservedState, names: list[str], actions: list[Action], blockers: list[str]
+) -> None:
+    for name in names:
         service = observed.services.get(name) or ServiceObservation(name=name)
         target = service.location(desired.mode)
         if target.restore_incomplete:  # initdb never runs over it, and it is never served as it is
@@ -415,7 +461,6 @@ def _plan_empty_services(
             )
             continue
         _fresh_service(desired, name, desired.services.configured()[name], service, actions)
-    return protect
 
 
 def _plan_retention(

@@ -355,7 +355,8 @@ def test_ram_pressure_warns_or_falls_back_to_disk(stack: Stack, daemons: list[Ru
     mark = len(daemon.events())
     document["ram"]["on_pressure"] = "fallback-to-disk"
     stack.write(document)
-    daemon.wait_event("RamPressureFallback", after=mark)
+    fallback = daemon.wait_event("RamPressureFallback", after=mark)
+    assert fallback.get("code") == "host_fault", fallback  # a failure carries its code (docs/FAILURES.md)
     daemon.wait_for("disk mode", lambda: _status_file(stack).get("mode") == "disk", timeout=120)
     daemon.wait_event("Converged", after=mark, timeout=120)
     status = stack.status()

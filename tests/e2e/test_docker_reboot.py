@@ -12,6 +12,7 @@ set. The daemon's SIGTERM backup must hold every write acknowledged before the a
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -293,3 +294,18 @@ def test_the_shutdown_backup_is_skipped_when_the_apps_cannot_be_drained(
     skipped = [e for e in daemon.events() if e["reason"] == "FinalBackupSkipped"]
     assert skipped and "could not be drained" in skipped[0]["message"], daemon.reasons()
     assert not [n for n in local_sets(stack) if n.endswith("-shutdown")]
+
+
+def test_apps_the_daemon_cannot_start_again_are_a_failure_with_a_code(
+    docker_stack: Stack, engine: Any, daemons: list[RunningDaemon]
+) -> None:
+    """The last shutdown drained an app container that was removed since (`docker compose down`): the
+    app stays down, so the report is a failure on every channel, with its code (docs/FAILURES.md)."""
+    stack = docker_stack
+    stack.cli("apply")
+    gone = f"{stack.document()['stack']}-app-removed-since"
+    (stack.dir / ".reconciler" / "shutdown-drained.json").write_text(json.dumps({"containers": [gone]}))
+    daemon = RunningDaemon(stack)
+    daemons.append(daemon)
+    event = daemon.wait_event("AppsNotResumed")
+    assert gone in event["message"] and event.get("code") == "reconcile_error", event

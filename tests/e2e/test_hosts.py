@@ -280,3 +280,33 @@ def _passes(stack: Stack) -> int:
         return int(json.loads(path.read_text()).get("daemon", {}).get("passes", 0))
     except (OSError, ValueError):
         return 0
+
+
+@pytest.mark.parametrize("where", ["service", "stack"])
+def test_a_switch_interrupted_before_a_service_stops_being_for_this_host_still_finishes(
+    stack: Stack, where: str
+) -> None:
+    """The switch to disk is killed halfway; meanwhile state.yaml (a pull, an environment variable gone
+    after the reboot) says redis is not for this host. The journal moved redis too, so resuming it must
+    still take redis to a safe point: never a KeyError on every apply with both services stopped."""
+    from tests.e2e.test_mode_switch import fingerprint, prepare
+
+    original = prepare(stack, "ram")
+    stack.edit(mode="disk")
+    killed = stack.cli("apply", check=None, env={"RECONCILER_FAILPOINTS": "switch.copy.after=kill"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    document = stack.document()
+    condition = {"env": {"REDIS_ON_THIS_HOST": "yes"}}
+    if where == "service":
+        document["services"]["redis"]["hosts"] = condition
+    else:  # the whole stack moves away: the daemon would idle, `apply` would refuse, both left stopped
+        document["hosts"] = condition
+    stack.write(document)
+
+    stack.cli("apply")
+    assert not (stack.dir / ".reconciler" / "journal.json").exists()
+    services = stack.status()["services"]
+    assert services["postgres"]["running"] and services["postgres"]["data_dir"] == str(
+        stack.dir / "data" / "postgres"
+    )
+    assert fingerprint(stack) == original  # redis too: the switch it was part of finished

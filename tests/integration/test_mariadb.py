@@ -312,3 +312,19 @@ def test_a_dump_that_fails_leaves_no_set_and_never_holds_commits_back(stack: Sta
     assert [s["trigger"] for s in sets(stack)] == ["first"]
     sql(stack, "INSERT INTO orders (id, title) VALUES (424242, 'after the failed backup')")
     assert sql(stack, "SELECT COUNT(*) FROM orders") == [["51"]]
+
+
+def test_a_row_larger_than_half_the_default_packet_survives_a_round_trip(stack: Stack) -> None:
+    """A 9 MB blob is a legal row (the statement that wrote it is tiny), but `--hex-blob` makes its
+    INSERT 18 MB: a restore must not be refused by the client's or the server's default 16 MB packet."""
+    mixed_stack(stack)
+    sql(
+        stack,
+        "CREATE TABLE big (id INT PRIMARY KEY, b LONGBLOB) ENGINE=InnoDB;"
+        "INSERT INTO big VALUES (1, REPEAT(UNHEX('ab'), 9000000)), (2, 'small');",
+    )
+    before = mariadb_content(stack)
+    stack.cli("backup")
+    sql(stack, "DELETE FROM big")
+    stack.cli("restore", "--latest", "--yes")
+    assert mariadb_content(stack) == before

@@ -13,8 +13,10 @@ from reconciler.errors import SpecInvalid
 from reconciler.plan.backupsets import BackupSet, StoredFile
 from reconciler.plan.hosts import (
     HostFacts,
+    HostVerdict,
     decide,
     failed_conditions,
+    finishing_here,
     for_this_host,
     hostname_matches,
     restorable_here,
@@ -247,12 +249,41 @@ def test_a_split_host_never_rotates_and_never_restores_from_another_hosts_sets(
     assert [s for s in sets if set_services(s) == mine] == [
         s for s in retained_here(sets, skipped) if set_services(s)
     ]
-    restorable = restorable_here(sets, mine, skipped)
+    restorable = restorable_here(sets, mine)
     # every set that could restore our service stays a candidate; only sets holding none of it go
     assert [s for s in sets if ours in set_services(s)] == [s for s in restorable if ours in set_services(s)]
     assert all(not s.complete or ours in set_services(s) or not set_services(s) for s in restorable)
     assert all(ours in set_services(s) for s in scheduled_here(sets, mine, skipped))
     # without a split nothing changes
     both = frozenset({"postgres", "redis"})
-    assert retained_here(sets, frozenset()) == sets == restorable_here(sets, both, frozenset())
+    assert retained_here(sets, frozenset()) == sets == restorable_here(sets, both)
     assert scheduled_here(sets, both, frozenset()) == sets
+
+
+@given(shared_store(), st.sets(st.sampled_from(["postgres", "redis"]), min_size=1))
+def test_restore_candidates_for_empty_services_are_the_sets_that_hold_one_of_them(
+    sets: tuple[BackupSet, ...], empty: set[str]
+) -> None:
+    """Not only on a split host: a set holding only other services (taken before the empty service was
+    added, or moved here) is never tried for it, so it is never recorded as rejected for its content."""
+    restorable = restorable_here(sets, frozenset(empty))
+    assert [s for s in sets if set_services(s) & empty or not set_services(s) or not s.complete] == list(
+        restorable
+    )
+
+
+@given(
+    st.dictionaries(st.sampled_from(["postgres", "redis", "mariadb"]), st.just("$X is not set")),
+    st.one_of(st.none(), st.just("hostname 'b' matches none of a")),
+    st.one_of(st.none(), st.sets(st.sampled_from(["postgres", "redis", "mariadb"])).map(frozenset)),
+)
+def test_an_unfinished_operation_keeps_its_services_and_the_stack_on_this_host(
+    skipped: dict[str, str], reason: str | None, journaled: frozenset[str] | None
+) -> None:
+    verdict = HostVerdict("b", reason, skipped)
+    kept = finishing_here(verdict, journaled)
+    if journaled is None:
+        assert kept == verdict
+        return
+    assert kept.matches and not set(kept.skipped) & journaled
+    assert set(kept.skipped) == set(skipped) - journaled

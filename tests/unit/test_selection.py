@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler.plan.actions import InitService, ProtectBackups, RestoreFromBackup, simulate_all
-from reconciler.plan.backupsets import BackupSet, order_key
+from reconciler.plan.backupsets import BackupSet, StoredFile, order_key
 from reconciler.plan.observed import BackupsObservation
 from reconciler.plan.planner import plan
 from reconciler.plan.selection import CLOCK_SKEW_TOLERANCE, select_restore, superseded_by_restore
@@ -20,7 +20,9 @@ from tests.unit.test_retention import make_set as _make_set
 
 
 def make_set(*args: object, **kwargs: object) -> BackupSet:
-    return _make_set(*args, stack="demo", **kwargs)  # type: ignore[arg-type]
+    """A set of the demo stack (postgres and redis): it holds a member of each."""
+    made = _make_set(*args, stack="demo", **kwargs)  # type: ignore[arg-type]
+    return replace(made, files=(*made.files, StoredFile(f"{made.name}.redis.rdb.zst.age", 10)))
 
 
 def keep_last_only(desired: StateSpec) -> StateSpec:
@@ -125,6 +127,30 @@ def test_empty_ram_with_backups_restores_instead_of_starting_empty() -> None:
     assert restore[0].services == ("postgres", "redis")
     assert "restore postgres and redis from backup set" in restore[0].describe()
     assert plan(desired, simulate_all(world, result.actions), NOW).in_sync
+
+
+def test_a_service_no_set_holds_starts_empty_and_the_others_are_restored_from_their_sets() -> None:
+    """Redis was added to a postgres stack after its last backup, then the RAM was lost: postgres is
+    restored from the postgres-only sets, redis starts empty. Before, both were put in one restore that
+    rejected every set for holding no redis member, and postgres stayed down."""
+    older, newer = (
+        _make_set(NOW - timedelta(hours=2), stack="demo"),
+        _make_set(NOW - timedelta(hours=1), stack="demo"),
+    )
+    desired, world = _world_with([older, newer])
+    result = plan(desired, world, NOW)
+    restore = [a for a in result.actions if isinstance(a, RestoreFromBackup)]
+    assert len(restore) == 1 and restore[0].services == ("postgres",)
+    assert restore[0].candidates == (("local", newer.name), ("local", older.name))
+    assert [a.service_name for a in result.actions if isinstance(a, InitService)] == ["redis"]
+    assert any("holds redis" in w and "EMPTY" in w for w in result.warnings), result.warnings
+    # redis alone empty (postgres kept its data): no set is tried for it, none is rejected
+    only_redis = replace(
+        world,
+        services={**world.services, "postgres": simulate_all(world, result.actions).services["postgres"]},
+    )
+    again = plan(desired, only_redis, NOW)
+    assert not [a for a in again.actions if isinstance(a, RestoreFromBackup)]
 
 
 def test_no_backup_anywhere_starts_empty_and_says_so() -> None:

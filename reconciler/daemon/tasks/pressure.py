@@ -9,6 +9,7 @@ import logging
 from reconciler.daemon.tasks.base import Host, Upkeep
 from reconciler.engine import events, status
 from reconciler.engine.context import StackContext, write_override
+from reconciler.plan.failures import FailureCode
 from reconciler.plan.schedule import ram_headroom
 
 log = logging.getLogger("reconciler.daemon.loop")
@@ -32,9 +33,9 @@ class RamPressure:
             return
         if ctx.spec.ram.on_pressure == "fallback-to-disk":
             message = f"{headroom.message}: switching to disk mode (ram.on_pressure: fallback-to-disk)"
-            events.emit(host.state_dir, "Warning", "RamPressureFallback", message)
+            # a failure of the RAM-mode promise, on every channel with its code (the /fail ping had none)
+            host.failures.report("RamPressureFallback", message, code=FailureCode.HOST_FAULT)
             host.note({"RamHeadroom": (False, "FellBackToDisk", message)})
-            host.notifier.fail(message)
             write_override(ctx.state_dir, host.state_file, "disk", headroom.message, status.now_iso())
             fallback = StackContext.build(host.spec, host.state_file)
             host.apply_now(fallback, "switching to disk mode because of RAM pressure")
