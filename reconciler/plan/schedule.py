@@ -193,6 +193,13 @@ def _unusable(backups: BackupsObservation) -> frozenset[str]:
     return frozenset(name for (store, name) in backups.rejected if store == "local") | backups.superseded
 
 
+def newest_usable_set(spec: StateSpec, backups: BackupsObservation) -> BackupSet | None:
+    """The set ``observed_backup_drift`` ages the backups by (None: there is none), for the age that
+    the daemon's metrics publish: the same figure as ``plan``'s, never a rejected or superseded set."""
+    candidates = _counted_local(spec, backups.sets, backups.authenticity_in("local"), _unusable(backups))
+    return max(candidates, key=order_key) if candidates else None
+
+
 def observed_backup_drift(spec: StateSpec, backups: BackupsObservation, now: datetime) -> BackupDrift | None:
     """``backup_drift`` for what observation found: vouched-for local sets, minus the unusable ones."""
     return backup_drift(spec, backups.sets, now, backups.authenticity_in("local"), _unusable(backups))

@@ -37,3 +37,32 @@ def test_a_rejected_newest_set_is_owed_a_backup_by_the_daemon_as_by_plan(stack: 
     assert manifests(stack) == [only, replacement]
     fresh = daemon._pending_conditions["BackupFresh"]
     assert fresh[:2] == (False, "Stale") and "is not usable either" in fresh[2], fresh
+
+
+def test_the_backup_age_metric_is_the_age_of_the_newest_usable_set(stack: Stack) -> None:
+    """``reconciler_backup_age_seconds`` ages the set ``plan`` ages the backups by: a newer set that a
+    verification rejected (or a planted one) must not make the backups look fresh on a dashboard."""
+    stack.write(stack.default_document(mode="disk"))
+    stack.cli("apply")  # ends with a first set
+    (first,) = manifests(stack)
+    stack.cli("backup")
+    newest = manifests(stack)[-1]
+    ctx = context(stack)
+    daemon = Daemon(str(stack.state_file))
+    publish = daemon.tasks[-1]
+
+    def published_since() -> float | None:
+        entry = daemon.snapshot.ages.get("reconciler_backup_age_seconds")
+        return entry[1] if entry else None
+
+    publish.run(Upkeep(ctx, ctx.observe()))
+    by_name = {s.name: s.created.timestamp() for s in ctx.observe().backups.sets}
+    assert published_since() == by_name[newest]
+    records.record_verification(
+        ctx, newest, {"ok": False, "reason": "sha256 does not match", "rejects": True}
+    )
+    publish.run(Upkeep(ctx, ctx.observe()))
+    assert published_since() == by_name[first], "the rejected newest set is not the backup's age"
+    records.record_verification(ctx, first, {"ok": False, "reason": "bad too", "rejects": True})
+    publish.run(Upkeep(ctx, ctx.observe()))
+    assert published_since() is None, "no usable set: no age, never the age of a set restore would skip"
