@@ -302,6 +302,7 @@ def test_apps_the_daemon_cannot_start_again_are_a_failure_with_a_code(
     """The last shutdown drained an app container that was removed since (`docker compose down`): the
     app stays down, so the report is a failure on every channel, with its code (docs/FAILURES.md)."""
     stack = docker_stack
+    stack.edit(daemon={"verify_new_sets": False, "metrics_port": free_port()})
     stack.cli("apply")
     gone = f"{stack.document()['stack']}-app-removed-since"
     (stack.dir / ".reconciler" / "shutdown-drained.json").write_text(json.dumps({"containers": [gone]}))

@@ -14,18 +14,34 @@ import sys
 from tests.conftest import ROOT
 from tests.support import ports
 
-RESERVE = "from tests.support.ports import free_port; print(*[free_port() for _ in range({n})])"
+# Each process prints its ports, then stays alive until told to exit (its stdin closes): ports of a
+# process that is gone are free again by design, so "at once" means every reserver is still alive.
+RESERVE = (
+    "import sys; from tests.support.ports import free_port; "
+    "print(*[free_port() for _ in range({n})], flush=True); sys.stdin.read()"
+)
 
 
 def _reserve_in_processes(processes: int, each: int) -> dict[int, list[int]]:
-    """pid -> the ports that process reserved (it has exited when this returns)."""
+    """pid -> the ports that process reserved, all of them reserved while every process was alive
+    (they have exited when this returns)."""
     started = [
         subprocess.Popen(
-            [sys.executable, "-c", RESERVE.format(n=each)], stdout=subprocess.PIPE, text=True, cwd=ROOT
+            [sys.executable, "-c", RESERVE.format(n=each)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
         )
         for _ in range(processes)
     ]
-    return {p.pid: [int(port) for port in p.communicate(timeout=120)[0].split()] for p in started}
+    handed: dict[int, list[int]] = {}
+    for process in started:
+        assert process.stdout is not None
+        handed[process.pid] = [int(port) for port in process.stdout.readline().split()]
+    for process in started:
+        process.communicate(timeout=120)
+    return handed
 
 
 def test_processes_reserving_at_once_never_get_the_same_port() -> None:
