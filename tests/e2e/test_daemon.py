@@ -13,11 +13,9 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -27,6 +25,7 @@ from tests.e2e.test_power_cut import power_cut
 from tests.integration.test_backups import seed, snapshot, with_keys
 from tests.integration.test_gdrive import authorized_user_file
 from tests.support.gdrive_emulator import DriveEmulator
+from tests.support.webhook import webhook_receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -305,23 +304,9 @@ def test_a_blocked_plan_stalls_without_retrying_until_state_yaml_changes(
 
 
 def test_metrics_and_webhook_pings(stack: Stack, daemons: list[RunningDaemon]) -> None:
-    pings: list[str] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            pings.append(self.path)
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with webhook_receiver() as hook:
         document = daemon_stack(stack, verify_new_sets=True)
-        url = f"http://127.0.0.1:{server.server_address[1]}/ping/secret-uuid"
+        url = hook.url("/ping/secret-uuid")
         daemon = start(stack, daemons, env={"RECONCILER_WEBHOOK_URL": url})
         daemon.wait_event("SetVerified")
         code, text = _get(document["daemon"]["metrics_port"], "/metrics")
@@ -332,13 +317,11 @@ def test_metrics_and_webhook_pings(stack: Stack, daemons: list[RunningDaemon]) -
         assert float(metrics["reconciler_ram_headroom_bytes"]) > 64 * 1024**2
         assert metrics['reconciler_mode{mode="ram",runtime="local",stack="' + document["stack"] + '"}'] == "1"
         assert int(metrics["reconciler_reconcile_total"]) >= 1
-        assert pings[:2] == ["/ping/secret-uuid/start", "/ping/secret-uuid"]
+        assert hook.paths[:2] == ["/ping/secret-uuid/start", "/ping/secret-uuid"]
         assert "secret-uuid" not in daemon.output()
         assert "secret-uuid" not in (stack.dir / ".reconciler" / "events.jsonl").read_text()
         events_out = stack.cli("events", "-n", "0").stdout
         assert "BackupTaken" in events_out and "SetVerified" in events_out
-    finally:
-        server.shutdown()
 
 
 def test_ram_pressure_warns_or_falls_back_to_disk(stack: Stack, daemons: list[RunningDaemon]) -> None:

@@ -3,15 +3,12 @@ the webhook ping say the same word (docs/FAILURES.md)."""
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-
 import pytest
 
 from tests.conftest import Stack
 from tests.e2e.test_daemon import RunningDaemon, _get, _status_file, daemon_stack, daemons  # noqa: F401
 from tests.integration.test_failure_codes import random_table
+from tests.support.webhook import webhook_receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -20,21 +17,7 @@ def test_a_too_large_backup_is_too_large_on_every_channel_and_an_invalid_edit_is
     stack: Stack,
     daemons: list[RunningDaemon],  # noqa: F811 (the fixture)
 ) -> None:
-    pings: list[tuple[str, str, str | None]] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
-            pings.append((self.path, body, self.headers.get("X-Reconciler-Failure-Code")))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with webhook_receiver() as hook:
         document = daemon_stack(stack)
         document["backup"]["max_set_size"] = "64KiB"
         stack.write(document)
@@ -43,7 +26,7 @@ def test_a_too_large_backup_is_too_large_on_every_channel_and_an_invalid_edit_is
             if taken.is_file():
                 taken.unlink()
         random_table(stack, 2)
-        url = f"http://127.0.0.1:{server.server_address[1]}/ping/hook"
+        url = hook.url("/ping/hook")
         daemon = RunningDaemon(stack, env={"RECONCILER_WEBHOOK_URL": url})
         daemons.append(daemon)
 
@@ -60,7 +43,7 @@ def test_a_too_large_backup_is_too_large_on_every_channel_and_an_invalid_edit_is
         assert 'reconciler_failures_total{code="too_large"}' in text
         assert 'reconciler_last_failure{code="too_large"} 1' in text
         assert "# TYPE reconciler_failures_total counter" in text
-        fail_pings = [p for p in pings if p[0].endswith("/fail")]
+        fail_pings = [p for p in hook.pings if p[0].endswith("/fail")]
         assert fail_pings and fail_pings[0][1].startswith("[too_large] ") and fail_pings[0][2] == "too_large"
 
         mark = len(daemon.events())
@@ -71,5 +54,3 @@ def test_a_too_large_backup_is_too_large_on_every_channel_and_an_invalid_edit_is
         assert spec_valid["code"] == "spec_invalid"
 
         assert daemon.stop() in (0, 1)  # the final backup may fail too_large as well
-    finally:
-        server.shutdown()

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given
@@ -42,6 +39,7 @@ from reconciler.plan.failures import (
     operation_for_command,
 )
 from reconciler.plan.faults import Stage
+from tests.support.webhook import webhook_receiver
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "FAILURES.md"
 
@@ -145,22 +143,8 @@ def test_a_condition_carries_its_code_and_loses_it_when_it_recovers() -> None:
 def test_the_reporter_puts_one_code_on_the_event_the_metrics_and_the_webhook(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    received: list[tuple[str, str, str | None]] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
-            received.append((self.path, body, self.headers.get("X-Reconciler-Failure-Code")))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("TEST_HOOK", f"http://127.0.0.1:{server.server_address[1]}/p")
+    with webhook_receiver() as hook:
+        monkeypatch.setenv("TEST_HOOK", hook.url("/p"))
         snapshot = Snapshot()
         reporter = FailureReporter(str(tmp_path), snapshot, Notifier("TEST_HOOK"))
         error = coded(PermanentError("set too big"), FailureCode.TOO_LARGE)
@@ -170,8 +154,6 @@ def test_the_reporter_puts_one_code_on_the_event_the_metrics_and_the_webhook(
         )
         reporter.report("BackupFailed", "again", error, Operation.BACKUP, notify=False)
         reporter.report("OffsiteSyncFailed", "drive down", PermanentError("x"), Operation.UPLOAD)
-    finally:
-        server.shutdown()
     logged = events.read(str(tmp_path))
     assert [e["code"] for e in logged] == ["too_large", "too_large", "upload_error"]
     assert logged[0]["limit_bytes"] == 65536 and logged[0]["reached_bytes"] == 70000
@@ -180,7 +162,7 @@ def test_the_reporter_puts_one_code_on_the_event_the_metrics_and_the_webhook(
     assert 'reconciler_failures_total{code="upload_error"} 1' in text
     assert 'reconciler_last_failure{code="upload_error"} 1' in text
     assert 'reconciler_last_failure{code="too_large"}' not in text
-    assert received == [
+    assert hook.pings == [
         ("/p/fail", "[too_large] backup failed: set too big", "too_large"),
         ("/p/fail", "[upload_error] drive down", "upload_error"),
     ]
