@@ -68,7 +68,7 @@ from reconciler.engine.context import (
 )
 from reconciler.engine.revision import committed_state, differs_from_commit, state_revision
 from reconciler.errors import LockHeld, PermanentError, PlanBlocked, ReconcilerError, SpecInvalid
-from reconciler.plan.failures import FailureCode, failure_code
+from reconciler.plan.failures import FailureCode, Operation, failure_code
 from reconciler.plan.observed import ObservedState
 from reconciler.spec.loader import MAX_STATE_BYTES, parse_state_bytes
 from reconciler.spec.model import StateSpec
@@ -98,6 +98,7 @@ class Daemon:
         self._reasons_lock = threading.Lock()
         self._stop = threading.Event()
         self._stop_signal: str | None = None
+        self._final_backup_running = False  # what a shutdown timeout interrupted (its failure code)
         backoff_max = self.spec.daemon.backoff_max.total_seconds()
         self.reconcile_backoff = Backoff(backoff_max)
         self.next_retry: float | None = None
@@ -241,13 +242,16 @@ class Daemon:
             "Any interrupted operation is journaled and resumes at the next start"
         )
         log.error(message)
-        events.emit(self.state_dir, "Warning", "ShutdownTimeout", message)
+        # no webhook ping: it could hold the exit for its own timeout
+        operation = Operation.BACKUP if self._final_backup_running else Operation.APPLY
+        self.failures.report("ShutdownTimeout", message, operation=operation, notify=False)
         os._exit(EXIT_SHUTDOWN_TIMEOUT)
 
     def _shutdown(self) -> int:
         code = shutdown.EXIT_OK
         ctx = self._context()
         if ctx is not None and ctx.for_this_host and ctx.spec.mode == "ram" and ctx.spec.daemon.final_backup:
+            self._final_backup_running = True
             code = shutdown.final_backup(self.state_dir, self.failures, ctx)
         events.emit(
             self.state_dir, "Normal", "Stopped", f"daemon stopped ({self._stop_signal or 'asked to stop'})"

@@ -54,3 +54,20 @@ def test_a_too_large_backup_is_too_large_on_every_channel_and_an_invalid_edit_is
         assert spec_valid["code"] == "spec_invalid"
 
         assert daemon.stop() in (0, 1)  # the final backup may fail too_large as well
+
+
+def test_a_shutdown_that_outlives_its_timeout_reports_the_final_backup_it_cut_short(
+    stack: Stack,
+    daemons: list[RunningDaemon],  # noqa: F811 (the fixture)
+) -> None:
+    daemon_stack(stack, shutdown_timeout="10s")
+    stack.cli("apply")  # its first set: the daemon owes no backup before the final one
+    slow_final_backup = {"RECONCILER_FAILPOINTS": "backup.between-members=sh:sleep 25"}
+    daemon = RunningDaemon(stack, env=slow_final_backup)
+    daemons.append(daemon)
+    daemon.wait_event("Started")  # its signal handlers are in place
+
+    assert daemon.stop() == 3  # EXIT_SHUTDOWN_TIMEOUT: the watchdog ended it, not the backup
+    timed_out = next(e for e in daemon.events() if e["reason"] == "ShutdownTimeout")
+    assert timed_out["code"] == "dump_error", timed_out
+    assert "daemon.shutdown_timeout (10 s)" in timed_out["message"]

@@ -1,12 +1,13 @@
 """The scheduled backup: taken when ``plan/schedule.observed_backup_schedule`` says one is due and every
 service runs; a failure retries with its own backoff (not the reconcile's), reset by the next
 success. It owns ``next_at``, the wall-clock time of the next due backup, which the loop sleeps
-towards and publishes."""
+towards and publishes. Every reading of the wall clock here goes through ``system/clock`` like the
+schedule's own, so the sleep and the due-check never measure against two different clocks."""
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 
 from reconciler.daemon.tasks.base import Host, Retry, Upkeep
 from reconciler.engine import backups as engine_backups
@@ -30,7 +31,7 @@ class ScheduledBackup:
     def wakeup(self, now: float) -> tuple[str, float] | None:
         if self.next_at is None:
             return None
-        seconds = (self.next_at - datetime.now(UTC)).total_seconds()
+        seconds = (self.next_at - clock.now()).total_seconds()
         return "backup due", max(now + seconds, self.retry.not_before)
 
     def run(self, upkeep: Upkeep) -> None:
@@ -70,7 +71,7 @@ class ScheduledBackup:
         )
         host.snapshot.add("reconciler_backups_total", 1, "Scheduled backups taken.")
         host.notifier.success(f"backup set {document['set']}")
-        self.next_at = datetime.now(UTC) + ctx.spec.backup.cadence
+        self.next_at = clock.now() + ctx.spec.backup.cadence
         self._conditions(True, f"newest set {document['set']} was just taken")
         return True
 
