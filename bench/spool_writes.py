@@ -57,7 +57,8 @@ def window(state: Path, conn: dict[str, Any], tps: int, seconds: float) -> dict[
         receiver_before, own_before = _written(receiver), _written("self")
         appended, chunks, raw_spooled = spooler.appended, spooler.chunks, spooler.raw
         start_lsn = db.execute("SELECT pg_current_wal_lsn()").fetchone()[0]  # type: ignore[index]
-        first = db.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]  # type: ignore[index]
+        segment = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint / 16777216"  # not pg_walfile_name: a
+        first = db.execute(segment).fetchone()[0]  # type: ignore[index]  # boundary names the segment before
         started = time.monotonic()
         done = 0
         while time.monotonic() - started < seconds:
@@ -66,8 +67,10 @@ def window(state: Path, conn: dict[str, Any], tps: int, seconds: float) -> dict[
             time.sleep(max(0.0, started + done / tps - time.monotonic()))
         time.sleep(1)  # the last tick
         elapsed = time.monotonic() - started
-        end = db.execute("SELECT pg_current_wal_lsn(), pg_walfile_name(pg_current_wal_lsn())").fetchone()
-        assert end is not None and end[1] == first, "a segment completed in the window: shorten it"
+        end = db.execute("SELECT pg_current_wal_lsn()").fetchone()
+        assert end is not None and db.execute(segment).fetchone()[0] == first, (
+            "a segment completed: shorten the window"
+        )  # type: ignore[index]
         raw = int(db.execute("SELECT %s::pg_lsn - %s::pg_lsn", (str(end[0]), str(start_lsn))).fetchone()[0])  # type: ignore[index]
         own, receiver_written = _written("self") - own_before, _written(receiver) - receiver_before
         appended, chunks, raw_spooled = (

@@ -17,6 +17,10 @@ Design decisions:
 - Offsets are strict: the first chunk starts at 0, each next one where the previous one ended. A
   reordered, repeated or missing chunk breaks that and ends the scan, so the bytes recovered are
   always a prefix of the segment as ``pg_receivewal`` received it, never a mixture.
+- A segment that completes is spooled to its end (the last chunk includes its zero padding) before
+  the next segment gets a chunk and before it is shipped: a spool file covering the whole segment is
+  a complete segment for recovery, so the seconds between a segment's completion and its shipping
+  are covered too, and the next segment's chunks always follow a segment recovery has.
 - Torn-write rule: a power cut during an append leaves a last chunk that is cut short (its lengths
   run past the end of the file) or does not authenticate. ``scan`` stops at the end of the last
   whole, authentic chunk and says where and why; recovery uses that prefix. A writer that resumes
@@ -210,20 +214,27 @@ class Spooler:
     def binding(self, segment: str) -> Binding:
         return Binding(self.stack, self.system_identifier, segment)
 
-    def follow(self, received_path: str, segment: str) -> int:
-        """Spool what ``received_path`` holds beyond what is spooled; returns chunk bytes written."""
+    def follow(self, received_path: str, segment: str, complete: bool = False) -> int:
+        """Spool what ``received_path`` holds beyond what is spooled; returns chunk bytes written.
+
+        ``complete``: the segment is complete; its last chunk runs to the end of the segment, zeros
+        included, so that a spool file covering the whole segment says the segment is complete."""
         if segment != self.segment:
             self._resume(segment)
         try:
             stat = os.stat(received_path)
-            if stat.st_mtime_ns == self.mtime and self.settled:
+            if stat.st_mtime_ns == self.mtime and self.settled and not complete:
                 return 0  # idle: a stat, no read, no write
             self.settled = stat.st_mtime_ns == self.mtime
             with open(received_path, "rb") as handle:
                 block_start = self.end - self.end % PAGE
-                data = received(handle, block_start)
+                if complete:
+                    handle.seek(block_start)
+                    data = handle.read(SEGMENT_BYTES - block_start)
+                else:
+                    data = received(handle, block_start)
         except FileNotFoundError:
-            return 0  # completed and renamed meanwhile: shipped whole by the caller
+            return 0  # completed and renamed meanwhile: spooled to its end on the next tick
         self.mtime = stat.st_mtime_ns
         if len(data) < self.end - block_start:
             self.settled = False
@@ -280,6 +291,9 @@ class Spooler:
         self.end = 0
         self._advance(data, 0, len(chunk), len(data))
         return len(chunk)
+
+    def has(self, segment: str) -> bool:
+        return os.path.exists(path(self.directory, segment))
 
     def shipped(self, segment: str) -> None:
         """``segment`` is durable in the store: its spool file goes."""

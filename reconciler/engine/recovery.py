@@ -67,6 +67,7 @@ class ChainPlan:
     rejected: dict[str, str] = field(default_factory=dict)
     spool_segments: list[str] = field(default_factory=list)
     spool_note: str | None = None  # where and why the spool's chunks of the partial stop early
+    chunk_segments: list[str] = field(default_factory=list)  # complete segments rebuilt from the spool
 
     def describe(self) -> str:
         text = f"base {self.set} + {len(self.segments)} WAL segment(s)"
@@ -106,11 +107,14 @@ def chain_plan(
     spool_complete = [n for n in spool_names if walchain.is_segment(n)]
     spool_partials = [n.removesuffix(".partial") for n in spool_names if n.endswith(".partial")]
     chunked = walspool.segments(os.path.join(wal.spool_root(ctx.spec), sysid))
+    whole = [s for s in chunked if spool_check(ctx, sysid, s, mac_key, whole=True) is None]
+    chunked = [s for s in chunked if s not in whole]
+    from_chunks = [s for s in whole if s not in complete]
     rejected: dict[str, str] = {}
     while True:
         chain = walchain.chain(
             start,
-            {start, *complete, *spool_complete},
+            {start, *complete, *spool_complete, *whole},
             {*store_partials, *spool_partials, *chunked},
             rejected,
         )
@@ -118,9 +122,14 @@ def chain_plan(
         for segment in chain.segments if verify else ():
             if (segment == start and segment not in complete) or segment in spool_complete:
                 continue  # the base's own copy, or a local spool file
+            if segment in from_chunks:
+                continue  # spooled whole and authenticated (completed, not shipped before the cut)
             try:
                 walseg.check(store, segment, mac_key, ctx.spec.stack, sysid)
             except walseg.SegmentRejected as exc:
+                if segment in whole:
+                    from_chunks.append(segment)  # the spool's copy is good
+                    continue
                 rejected[segment] = exc.reason
                 newly = True
                 break
@@ -157,19 +166,23 @@ def chain_plan(
         rejected,
         [s for s in chain.segments if s in spool_complete],
         note if source == "spool" else None,
+        [s for s in chain.segments if s in from_chunks and s not in spool_complete],
     )
 
 
-def spool_check(ctx: StackContext, sysid: str, segment: str, mac_key: bytes | None) -> str | None:
-    """None when every chunk of ``segment``'s spool file is whole and authentic, else where and why
-    they stop (``none of ...`` when not even the first one is usable)."""
+def spool_check(
+    ctx: StackContext, sysid: str, segment: str, mac_key: bytes | None, whole: bool = False
+) -> str | None:
+    """None when every chunk of ``segment``'s spool file is whole and authentic (``whole``: and they
+    cover the whole segment), else where and why they stop (``none of ...`` when not even the first
+    one is usable)."""
     binding = walspool.Binding(ctx.spec.stack, sysid, segment)
     try:
         _, found = walspool.read(os.path.join(wal.spool_root(ctx.spec), sysid), mac_key, binding)
     except OSError as exc:
         return f"none of the spool's chunks of {segment} can be read ({exc})"
     if found.problem is None:
-        return None
+        return "not the whole segment" if whole and found.end < walspool.SEGMENT_BYTES else None
     if not found.chunks:
         return f"none of the spool's chunks of {segment} is usable: {found.problem}"
     return f"the spool's chunks stop at WAL byte {found.end}: {found.problem}"
@@ -208,6 +221,8 @@ def stage_wal(
         target = os.path.join(pg_wal, segment)
         if segment in plan.spool_segments:
             shutil.copyfile(os.path.join(spool, segment), target)
+        elif segment in plan.chunk_segments:
+            from_spool(ctx, sysid, segment, identity, mac_key, target)
         elif segment in complete:
             walseg.fetch(store, segment, target, identity, mac_key, ctx.spec.stack, sysid)
     if plan.partial is not None:
@@ -215,12 +230,19 @@ def stage_wal(
         if plan.partial_source == "receive directory":
             shutil.copyfile(os.path.join(spool, f"{plan.partial}.partial"), target)
         elif plan.partial_source == "spool":
-            binding = walspool.Binding(ctx.spec.stack, sysid, plan.partial)
-            data, found = walspool.read(os.path.join(wal.spool_root(ctx.spec), sysid), mac_key, binding)
-            with open(target, "wb") as out:
-                out.write(walspool.rebuild(data, found, identity))
+            from_spool(ctx, sysid, plan.partial, identity, mac_key, target)
         else:
             walseg.fetch(store, plan.partial, target, identity, mac_key, ctx.spec.stack, sysid, partial=True)
+
+
+def from_spool(
+    ctx: StackContext, sysid: str, segment: str, identity: Any, mac_key: bytes | None, target: str
+) -> None:
+    """``segment`` rebuilt from the spool's chunks (up to the first torn or bad one), zero-padded."""
+    binding = walspool.Binding(ctx.spec.stack, sysid, segment)
+    data, found = walspool.read(os.path.join(wal.spool_root(ctx.spec), sysid), mac_key, binding)
+    with open(target, "wb") as out:
+        out.write(walspool.rebuild(data, found, identity))
 
 
 def write_recovery_settings(data_dir: str, target: datetime | None) -> None:

@@ -19,8 +19,9 @@ Design decisions:
   into the WAL area of the local store, one directory per database cluster (its system identifier):
   a restore by initdb makes a new cluster whose segment names restart, and two histories must never
   share names. A segment is removed from the receive directory, and its spool file, only after it is
-  stored (fsynced). Completed segments are shipped before the next segment is spooled, so the spool
-  never holds a segment whose predecessor is neither stored nor spooled.
+  stored (fsynced). Each tick spools a completed segment to its end first, then the next segment,
+  then ships: shipping (seconds on a Pi) never delays the spool, and the spool never holds a segment
+  whose predecessor is neither stored nor spooled whole.
 - The supervisor is one thread with a short tick that lists one directory, stats one file and checks
   one child's exit status: the daemon's idle cost stays a few system calls per tick. A receiver that
   exits is restarted with capped backoff, and its stderr tail is reported once, not every tick.
@@ -45,7 +46,7 @@ from reconciler.plan.observed import ObservedState
 from reconciler.runtimes.base import Endpoint
 from reconciler.runtimes.local import postgres_bindir
 from reconciler.spec.model import StateSpec
-from reconciler.system import fs, proc
+from reconciler.system import failpoints, fs, proc
 
 log = logging.getLogger(__name__)
 
@@ -93,22 +94,50 @@ class Shipper:
     def ship_completed(self) -> list[str]:
         store = store_area(self.spec, self.system_identifier)
         shipped = []
+        failure: Exception | None = None
         for name in sorted(os.listdir(self.directory)):
             if not walchain.is_segment(name):
                 continue  # .partial (in progress), .history handled by recovery itself
-            walseg.ship(
-                store,
-                os.path.join(self.directory, name),
-                name,
-                self.sealing,
-                self.spec.stack,
-                self.system_identifier,
-            )
-            os.unlink(os.path.join(self.directory, name))
-            if self.spooler is not None:
-                self.spooler.shipped(name)
-            shipped.append(name)
+            if failure is None:
+                try:
+                    failpoints.hit("wal.ship", segment=name)
+                    walseg.ship(
+                        store,
+                        os.path.join(self.directory, name),
+                        name,
+                        self.sealing,
+                        self.spec.stack,
+                        self.system_identifier,
+                    )
+                    os.unlink(os.path.join(self.directory, name))
+                    if self.spooler is not None:
+                        self.spooler.shipped(name)
+                    shipped.append(name)
+                    continue
+                except (ReconcilerError, OSError) as exc:
+                    if self.spooler is None:
+                        raise
+                    failure = exc
+            # the store refuses it: the spool keeps it whole until it does (the chain goes on there)
+            assert self.spooler is not None
+            self.spooler.follow(os.path.join(self.directory, name), name, complete=True)
+        if failure is not None:
+            raise failure
         return shipped
+
+    def spool_completed(self) -> bool:
+        """Spool the completed segments that have a spool file to their end (placement ``spool``);
+        False when one has none (then it is shipped before the next segment is spooled)."""
+        if self.spooler is None:
+            return True
+        ready = True
+        for name in sorted(os.listdir(self.directory)):
+            if walchain.is_segment(name):
+                if self.spooler.has(name):
+                    self.spooler.follow(os.path.join(self.directory, name), name, complete=True)
+                else:
+                    ready = False
+        return ready
 
     def spool_partial(self) -> int:
         """Append the new bytes of the segment in progress to the spool (placement ``spool``)."""
@@ -201,9 +230,15 @@ class WalStreamer:
             if self.process is None and now >= self._next_start:
                 self._start_receiver()
             if self.shipper is not None:
-                if self.shipper.ship_completed():
-                    self._backoff = 1.0
-                self.shipper.spool_partial()
+                ready = self.shipper.spool_completed()
+                if ready:
+                    self.shipper.spool_partial()
+                try:
+                    if self.shipper.ship_completed():
+                        self._backoff = 1.0
+                finally:
+                    if not ready:  # shipped now, or spooled whole because the store refused it
+                        self.shipper.spool_partial()
                 continuous = self.spec.backup.continuous
                 interval = continuous.interval.total_seconds()
                 if continuous.placement == "offsite" and now - self.shipper.last_partial >= interval:

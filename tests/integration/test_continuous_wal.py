@@ -315,3 +315,37 @@ def test_an_idle_database_writes_nothing_to_the_spool(stack: Stack) -> None:
     finally:
         supervisor.stop()
     assert ticks == [0] * 5 and (spooler.chunks, spooler.appended) == (chunks, appended)
+
+
+def test_a_completed_segment_is_spooled_whole_before_the_next_one_and_before_shipping(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between a segment's completion and its shipping (seconds on a Pi; here shipping fails), the
+    spool holds it whole, and the next segment's chunks follow it."""
+    continuous_stack(stack)
+    monkeypatch.setenv("RECONCILER_FAILPOINTS", "wal.ship=error")
+    ctx, supervisor, sysid, store = start_streaming(stack)
+    receive = Path(wal.receive_dir(ctx.spec)) / sysid
+    try:
+        with pg(stack) as conn:
+            conn.execute("SET ROLE app")
+            conn.execute("CREATE TABLE t (n int)")
+            conn.execute("INSERT INTO t SELECT generate_series(1, 100)")
+            first, _ = wal_position(stack)
+            conn.execute("RESET ROLE")
+            conn.execute("SELECT pg_switch_wal()")
+            conn.execute("INSERT INTO t VALUES (101)")
+        segment, offset = wal_position(stack)
+        assert segment == walchain.successor(first)
+        wait_for(lambda: spooled_through(supervisor, segment, offset), "the next segment in the spool")
+        halt(supervisor)
+        completed = (receive / first).read_bytes()
+    finally:
+        supervisor.stop()
+    assert walseg.listing(store) == ([], []), "shipping was to fail"
+    shutil.rmtree(receive)  # the power cut
+    rebuilt_first, found = rebuilt(ctx, sysid, first)
+    assert found.problem is None and found.end == 16 * 1024 * 1024
+    assert rebuilt_first == completed
+    _, found = rebuilt(ctx, sysid, segment)
+    assert found.problem is None and found.end >= offset
