@@ -30,6 +30,26 @@ from reconciler.engine import wal
 from reconciler.engine.context import StackContext, load_spec
 
 
+def commit_steadily(db: psycopg.Connection[Any], tps: int, seconds: float) -> None:
+    """``tps`` small autocommitted INSERTs per second for ``seconds`` (the workload of bench/continuous)."""
+    started, done = time.monotonic(), 0
+    while time.monotonic() - started < seconds:
+        db.execute("INSERT INTO posts (body, at) VALUES (repeat('a community post ', 20), now())")
+        done += 1
+        time.sleep(max(0.0, started + done / tps - time.monotonic()))
+
+
+def connection(state: Path) -> dict[str, Any]:
+    document = YAML(typ="safe").load(state.read_text())
+    sock = str(state.parent / ".reconciler" / "run" / "postgres")
+    return {
+        "host": sock,
+        "port": document["services"]["postgres"]["port"],
+        "user": "postgres",
+        "dbname": "bench",
+    }
+
+
 def overhead(sealing: Any) -> float:
     """Mean bytes a chunk adds to incompressible content (header, mac, zstd frame, age header and tag)."""
     binding = walspool.Binding("bench", "1", "000000010000000000000001")
@@ -60,11 +80,7 @@ def window(state: Path, conn: dict[str, Any], tps: int, seconds: float) -> dict[
         segment = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint / 16777216"  # not pg_walfile_name: a
         first = db.execute(segment).fetchone()[0]  # type: ignore[index]  # boundary names the segment before
         started = time.monotonic()
-        done = 0
-        while time.monotonic() - started < seconds:
-            db.execute("INSERT INTO posts (body, at) VALUES (repeat('a community post ', 20), now())")
-            done += 1
-            time.sleep(max(0.0, started + done / tps - time.monotonic()))
+        commit_steadily(db, tps, seconds)
         time.sleep(1)  # the last tick
         elapsed = time.monotonic() - started
         end = db.execute("SELECT pg_current_wal_lsn()").fetchone()
@@ -96,23 +112,51 @@ def window(state: Path, conn: dict[str, Any], tps: int, seconds: float) -> dict[
     }
 
 
+def postgres_pids(state: Path, ram_or_disk: Path) -> list[int]:
+    postmaster = int((ram_or_disk / "postmaster.pid").read_text().split()[0])
+    children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    return [postmaster, *map(int, children)]
+
+
+def disk_window(state: Path, conn: dict[str, Any], tps: int, seconds: float) -> dict[str, Any]:
+    """Disk mode, same workload: what every PostgreSQL process wrote (WAL with its fsync per commit,
+    bgwriter; a checkpoint falls in a 60 s window only by chance, so this is a lower bound)."""
+    data_dir = state.parent / "data" / "postgres"
+    with psycopg.connect(**conn, autocommit=True) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS posts (id bigserial PRIMARY KEY, body text, at timestamptz)")
+        db.execute("CHECKPOINT")
+        pids = postgres_pids(state, data_dir)
+        before = {pid: _written(pid) for pid in pids}
+        started = time.monotonic()
+        commit_steadily(db, tps, seconds)
+        elapsed = time.monotonic() - started
+        written = sum(_written(pid) - before[pid] for pid in pids if Path(f"/proc/{pid}").exists())
+    return {
+        "tps": tps,
+        "seconds": round(elapsed, 1),
+        "disk_mode_write_bytes_mb_per_hour": round(written * 3600 / elapsed / 1e6, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--disk", action="store_true", help="Disk mode, no continuous WAL, same workload.")
     args = parser.parse_args()
+    if args.disk:
+        with bench_stack(mode="disk") as state:
+            cli(state, "apply")
+            print(
+                json.dumps(
+                    [disk_window(state, connection(state), tps, args.seconds) for tps in (10, 100)], indent=2
+                )
+            )
+        return
     with bench_stack(encrypted=True) as state:
         set_continuous(state, True)
         cli(state, "apply")
         cli(state, "backup")
-        document = YAML(typ="safe").load(state.read_text())
-        sock = str(state.parent / ".reconciler" / "run" / "postgres")
-        conn = {
-            "host": sock,
-            "port": document["services"]["postgres"]["port"],
-            "user": "postgres",
-            "dbname": "bench",
-        }
-        results = [window(state, conn, tps, args.seconds) for tps in (10, 100)]
+        results = [window(state, connection(state), tps, args.seconds) for tps in (10, 100)]
     print(json.dumps(results, indent=2))
 
 
