@@ -207,6 +207,7 @@ class Spooler:
     tail: bytes = b""  # the spooled bytes of the last (partial) 8 KiB block, to check on the next read
     mtime: int = -1  # of the received file when it was last read
     settled: bool = False  # read twice with that mtime (file times are coarse): nothing new to read
+    whole: set[str] = field(default_factory=set)  # completed segments spooled to their end
     appended: int = 0  # chunk bytes written (for measurements)
     chunks: int = 0
     raw: int = 0  # WAL bytes spooled
@@ -219,6 +220,8 @@ class Spooler:
 
         ``complete``: the segment is complete; its last chunk runs to the end of the segment, zeros
         included, so that a spool file covering the whole segment says the segment is complete."""
+        if complete and segment in self.whole:
+            return 0
         if segment != self.segment:
             self._resume(segment)
         try:
@@ -242,6 +245,8 @@ class Spooler:
         if self.tail and data[: len(self.tail)] != self.tail:
             return self._rewrite(received_path, segment)
         new = data[self.end - block_start :]
+        if complete and self.end + len(new) == SEGMENT_BYTES:
+            self.whole.add(segment)
         if not new:
             return 0
         chunk = seal(new, self.end, self.sealing, self.binding(segment))
@@ -299,5 +304,6 @@ class Spooler:
         """``segment`` is durable in the store: its spool file goes."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path(self.directory, segment))
+        self.whole.discard(segment)
         if segment == self.segment:
             self.segment = None

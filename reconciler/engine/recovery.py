@@ -102,8 +102,7 @@ def chain_plan(
     start = stop_segment(base)
     store = wal.store_area(ctx.spec, sysid)
     complete, store_partials = walseg.listing(store)
-    spool = os.path.join(wal.receive_dir(ctx.spec), sysid)
-    spool_names = os.listdir(spool) if os.path.isdir(spool) else []
+    spool_names = [name for directory in raw_dirs(ctx, sysid) for name in os.listdir(directory)]
     spool_complete = [n for n in spool_names if walchain.is_segment(n)]
     spool_partials = [n.removesuffix(".partial") for n in spool_names if n.endswith(".partial")]
     chunked = walspool.segments(os.path.join(wal.spool_root(ctx.spec), sysid))
@@ -170,6 +169,13 @@ def chain_plan(
     )
 
 
+def raw_dirs(ctx: StackContext, sysid: str) -> list[str]:
+    """Where raw WAL files of the cluster may be: the receive directory (RAM; a restart without a
+    power cut), and the spool directory as an earlier version left it (it received there)."""
+    dirs = [os.path.join(wal.receive_dir(ctx.spec), sysid), os.path.join(wal.spool_root(ctx.spec), sysid)]
+    return [d for d in dirs if os.path.isdir(d)]
+
+
 def spool_check(
     ctx: StackContext, sysid: str, segment: str, mac_key: bytes | None, whole: bool = False
 ) -> str | None:
@@ -214,13 +220,13 @@ def stage_wal(
     assert base is not None
     sysid = str(base["system_identifier"])
     store = wal.store_area(ctx.spec, sysid)
-    spool = os.path.join(wal.receive_dir(ctx.spec), sysid)
+    raw = {name: os.path.join(d, name) for d in reversed(raw_dirs(ctx, sysid)) for name in os.listdir(d)}
     pg_wal = os.path.join(data_dir, "pg_wal")
     complete, _ = walseg.listing(store)
     for segment in plan.segments:
         target = os.path.join(pg_wal, segment)
         if segment in plan.spool_segments:
-            shutil.copyfile(os.path.join(spool, segment), target)
+            shutil.copyfile(raw[segment], target)
         elif segment in plan.chunk_segments:
             from_spool(ctx, sysid, segment, identity, mac_key, target)
         elif segment in complete:
@@ -228,7 +234,7 @@ def stage_wal(
     if plan.partial is not None:
         target = os.path.join(pg_wal, plan.partial)
         if plan.partial_source == "receive directory":
-            shutil.copyfile(os.path.join(spool, f"{plan.partial}.partial"), target)
+            shutil.copyfile(raw[f"{plan.partial}.partial"], target)
         elif plan.partial_source == "spool":
             from_spool(ctx, sysid, plan.partial, identity, mac_key, target)
         else:

@@ -80,6 +80,19 @@ def receivewal_argv(bindir: str, endpoint: Endpoint, directory: str, slot: str) 
     ]
 
 
+def adopt_raw_spool(spool: str, directory: str) -> None:
+    """Raw WAL an earlier version received onto the card moves to the receive directory (copied,
+    then removed from the card): pg_receivewal resumes from it, and it is shipped and spooled as
+    sealed chunks like any other. Done before pg_receivewal starts."""
+    import shutil
+
+    for name in sorted(os.listdir(spool)):
+        stem = name.removesuffix(".partial")
+        if walchain.is_segment(stem):
+            shutil.copyfile(os.path.join(spool, name), os.path.join(directory, name))
+            os.unlink(os.path.join(spool, name))
+
+
 @dataclass
 class Shipper:
     """Ships what ``pg_receivewal`` wrote in ``directory`` to the store; one cluster, one sealing."""
@@ -205,6 +218,7 @@ class WalStreamer:
             spool = os.path.join(spool_root(self.spec), sysid)
             fs.ensure_dir(os.path.dirname(spool), 0o700)
             fs.ensure_dir(spool, 0o700)
+            adopt_raw_spool(spool, self.directory)
             self.shipper.spooler = walspool.Spooler(spool, self.shipper.sealing, self.spec.stack, sysid)
         physical.ensure_slot(self.bindir, self.endpoint, self.slot)
         with open(self._log_path, "ab") as stderr:

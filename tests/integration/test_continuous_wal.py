@@ -188,6 +188,10 @@ def test_retention_deletes_only_the_wal_no_kept_base_needs(stack: Stack) -> None
         base = next(
             m for m in json.loads(newest.read_text())["members"] if m["content"] == "pg_basebackup-tar"
         )
+        wait_for(  # the backup's own segment switch completed the base's first segment: shipped
+            lambda: any(s >= base["start_segment"] for s in walseg.listing(store)[0]),
+            "the base's first segment",
+        )
         stack.cli("prune")
         after = walseg.listing(store)[0]
         assert after and all(s >= base["start_segment"] for s in after)
@@ -349,3 +353,40 @@ def test_a_completed_segment_is_spooled_whole_before_the_next_one_and_before_shi
     assert rebuilt_first == completed
     _, found = rebuilt(ctx, sysid, segment)
     assert found.problem is None and found.end >= offset
+
+
+def test_raw_wal_an_earlier_version_left_on_the_card_is_adopted(stack: Stack) -> None:
+    """An earlier version received onto the card (raw ``.partial`` in spool_dir): on start it moves to
+    RAM, the receiver resumes from it, and the card is left with sealed chunks only."""
+    continuous_stack(stack)
+    ctx, supervisor, sysid, _ = start_streaming(stack)
+    receive = Path(wal.receive_dir(ctx.spec)) / sysid
+    spool = Path(wal.spool_root(ctx.spec)) / sysid
+    try:
+        with pg(stack) as conn:
+            conn.execute("CREATE TABLE t (n int)")
+            conn.execute("INSERT INTO t SELECT generate_series(1, 100)")
+        segment, offset = wal_position(stack)
+        wait_for(lambda: spooled_through(supervisor, segment, offset), "the rows in the spool")
+        halt(supervisor)
+    finally:
+        supervisor.stop()
+    for entry in spool.iterdir():  # the earlier layout: raw WAL on the card, no chunks
+        entry.unlink()
+    for entry in receive.iterdir():
+        shutil.move(str(entry), spool / entry.name)
+    assert (spool / f"{segment}.partial").exists()
+    _, supervisor, _, _ = start_streaming(stack)
+    try:
+        with pg(stack) as conn:
+            conn.execute("INSERT INTO t SELECT generate_series(101, 200)")
+        segment2, offset = wal_position(stack)
+        assert segment2 == segment
+        wait_for(lambda: spooled_through(supervisor, segment, offset), "the later rows in the spool")
+        received = (receive / f"{segment}.partial").read_bytes()
+    finally:
+        supervisor.stop()
+    assert [p.name for p in spool.iterdir()] == [f"{segment}{walspool.SUFFIX}"]
+    segment_bytes, found = rebuilt(ctx, sysid, segment)
+    assert found.problem is None and found.end >= offset
+    assert segment_bytes == received[: found.end] + bytes(16 * 1024 * 1024 - found.end)
