@@ -51,6 +51,7 @@ import zstandard
 from reconciler.backup import pipeline
 from reconciler.backup.create import Sealing
 from reconciler.plan import walchain
+from reconciler.system import fs
 
 SUFFIX = ".walspool"
 MAGIC = b"RWS1"
@@ -250,12 +251,16 @@ class Spooler:
         if not new:
             return 0
         chunk = seal(new, self.end, self.sealing, self.binding(segment))
-        fd = os.open(path(self.directory, segment), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        target = path(self.directory, segment)
+        created = not os.path.exists(target)
+        fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, chunk)
             os.fdatasync(fd)
         finally:
             os.close(fd)
+        if created:
+            fs.fsync_dir(self.directory)  # once per segment: the new file's name is durable too
         self._advance(data, block_start, len(chunk), len(new))
         return len(chunk)
 
@@ -268,16 +273,14 @@ class Spooler:
         self.raw += raw
 
     def _resume(self, segment: str) -> None:
-        """Continue ``segment``'s spool file where its last whole chunk ends (a torn tail is cut off;
-        a file whose chunks do not authenticate is started afresh: its bytes are in RAM still)."""
+        """Continue ``segment``'s spool file where its last whole, authentic chunk ends: what follows
+        (a torn tail, or chunks after one that does not authenticate) is cut off and spooled again
+        from RAM."""
         self.segment, self.end, self.tail, self.mtime, self.settled = segment, 0, b"", -1, False
         target = path(self.directory, segment)
         if not os.path.exists(target):
             return
         _, found = read(self.directory, self.sealing.mac_key, self.binding(segment))
-        if found.problem is not None and not found.torn:
-            os.unlink(target)
-            return
         if found.problem is not None:
             os.truncate(target, found.valid)
         self.end = found.end
@@ -293,6 +296,7 @@ class Spooler:
             out.flush()
             os.fsync(out.fileno())
         os.replace(f"{target}.tmp", target)
+        fs.fsync_dir(self.directory)
         self.end = 0
         self._advance(data, 0, len(chunk), len(data))
         return len(chunk)
