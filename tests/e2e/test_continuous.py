@@ -151,10 +151,12 @@ def test_a_power_cut_loses_at_most_a_second_with_the_spool(
         writer.start()
         time.sleep(moments.uniform(1.5, 4.0))  # the random moment of the cut (not a synchronisation)
         cut = time.monotonic()
+        receiving = list((stack.ram_root / "wal-receive").rglob("*.partial"))
         kill_everything(stack, daemon)
         writer.stop.set()
         writer.join(10)
         assert len(writer.acknowledged) > 100
+        assert receiving, "pg_receivewal was not receiving into RAM"
         # the receiver wrote into RAM, which the cut wiped: what comes back came from the spool's chunks
         # (and the store), and the card never held raw WAL
         assert not (stack.ram_root / "wal-receive").exists()
