@@ -11,11 +11,12 @@ Design decisions:
   the identity), and PostgreSQL recovers with ``restore_command = '/bin/false'`` (archive recovery
   requires one; it finds nothing there and reads ``pg_wal``): the server's account never needs the
   secret identity, which a ``restore_command`` calling back into the reconciler would.
-- The segment in progress (``.partial``) ends the chain: from the spool (placement ``spool``, about
-  one second behind the last commit; pg_receivewal pads it with zeros, which recovery reads as the
-  end of WAL) or from the store (placement ``offsite``, at most ``interval`` behind). Segments that
-  completed in the spool but were not shipped before a power cut are used too: the spool is as
-  trusted as the data directory (both are this machine's persistent storage).
+- The segment in progress ends the chain: from the receive directory when it survived (RAM: a
+  restart without a power cut), else from the spool's chunks (placement ``spool``, about one second
+  behind the last commit; each chunk authenticated, the first torn or bad one ends it, padded with
+  zeros, which recovery reads as the end of WAL: ``backup/walspool``), else from the store
+  (placement ``offsite``, at most ``interval`` behind). Segments that completed in the receive
+  directory but were not shipped are used too: it is as trusted as the data directory.
 - ``recovery_target_action = 'promote'``: the recovered server becomes a primary on a new timeline.
   The recovery settings are reset with ``ALTER SYSTEM RESET`` once it is promoted, so they never
   apply to a later start.
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from reconciler.backup import physical, pipeline, walseg
+from reconciler.backup import physical, pipeline, walseg, walspool
 from reconciler.backup.restore import CheckedSet
 from reconciler.databases import postgres as pg
 from reconciler.engine import events, wal
@@ -65,11 +66,15 @@ class ChainPlan:
     after_gap: int
     rejected: dict[str, str] = field(default_factory=dict)
     spool_segments: list[str] = field(default_factory=list)
+    spool_note: str | None = None  # where and why the spool's chunks of the partial stop early
+    chunk_segments: list[str] = field(default_factory=list)  # complete segments rebuilt from the spool
 
     def describe(self) -> str:
         text = f"base {self.set} + {len(self.segments)} WAL segment(s)"
         if self.partial:
             text += f" + the segment in progress {self.partial} (from the {self.partial_source})"
+        if self.spool_note:
+            text += f"; {self.spool_note}"
         if self.gap:
             why = self.rejected.get(self.gap, "it is missing")
             text += (
@@ -97,29 +102,47 @@ def chain_plan(
     start = stop_segment(base)
     store = wal.store_area(ctx.spec, sysid)
     complete, store_partials = walseg.listing(store)
-    spool = os.path.join(wal.receive_dir(ctx.spec), sysid)
-    spool_names = os.listdir(spool) if os.path.isdir(spool) else []
+    spool_names = [name for directory in raw_dirs(ctx, sysid) for name in os.listdir(directory)]
     spool_complete = [n for n in spool_names if walchain.is_segment(n)]
     spool_partials = [n.removesuffix(".partial") for n in spool_names if n.endswith(".partial")]
+    chunked = walspool.segments(os.path.join(wal.spool_root(ctx.spec), sysid))
+    whole = [s for s in chunked if spool_check(ctx, sysid, s, mac_key, whole=True) is None]
+    chunked = [s for s in chunked if s not in whole]
+    from_chunks = [s for s in whole if s not in complete]
     rejected: dict[str, str] = {}
     while True:
         chain = walchain.chain(
             start,
-            {start, *complete, *spool_complete},
-            {*store_partials, *spool_partials},
+            {start, *complete, *spool_complete, *whole},
+            {*store_partials, *spool_partials, *chunked},
             rejected,
         )
         newly = False
         for segment in chain.segments if verify else ():
             if (segment == start and segment not in complete) or segment in spool_complete:
                 continue  # the base's own copy, or a local spool file
+            if segment in from_chunks:
+                continue  # spooled whole and authenticated (completed, not shipped before the cut)
             try:
                 walseg.check(store, segment, mac_key, ctx.spec.stack, sysid)
             except walseg.SegmentRejected as exc:
+                if segment in whole:
+                    from_chunks.append(segment)  # the spool's copy is good
+                    continue
                 rejected[segment] = exc.reason
                 newly = True
                 break
+        note = None
         if verify and not newly and chain.partial and chain.partial not in spool_partials:
+            if chain.partial in chunked:
+                note = spool_check(ctx, sysid, chain.partial, mac_key)
+                if note is None or not note.startswith("none of"):
+                    break
+                if chain.partial not in store_partials:
+                    rejected[chain.partial] = note
+                    newly = True
+                    continue
+                chunked.remove(chain.partial)  # nothing usable in the spool: the store's copy
             try:
                 walseg.check(store, chain.partial, mac_key, ctx.spec.stack, sysid, partial=True)
             except walseg.SegmentRejected as exc:
@@ -127,7 +150,10 @@ def chain_plan(
                 newly = True
         if not newly:
             break
-    source = None if chain.partial is None else ("spool" if chain.partial in spool_partials else "store")
+    source = None
+    if chain.partial is not None:
+        source = "receive directory" if chain.partial in spool_partials else "store"
+        source = "spool" if source == "store" and chain.partial in chunked else source
     return ChainPlan(
         checked.name,
         start,
@@ -138,7 +164,34 @@ def chain_plan(
         chain.after_gap,
         rejected,
         [s for s in chain.segments if s in spool_complete],
+        note if source == "spool" else None,
+        [s for s in chain.segments if s in from_chunks and s not in spool_complete],
     )
+
+
+def raw_dirs(ctx: StackContext, sysid: str) -> list[str]:
+    """Where raw WAL files of the cluster may be: the receive directory (RAM; a restart without a
+    power cut), and the spool directory as an earlier version left it (it received there)."""
+    dirs = [os.path.join(wal.receive_dir(ctx.spec), sysid), os.path.join(wal.spool_root(ctx.spec), sysid)]
+    return [d for d in dirs if os.path.isdir(d)]
+
+
+def spool_check(
+    ctx: StackContext, sysid: str, segment: str, mac_key: bytes | None, whole: bool = False
+) -> str | None:
+    """None when every chunk of ``segment``'s spool file is whole and authentic (``whole``: and they
+    cover the whole segment), else where and why they stop (``none of ...`` when not even the first
+    one is usable)."""
+    binding = walspool.Binding(ctx.spec.stack, sysid, segment)
+    try:
+        _, found = walspool.read(os.path.join(wal.spool_root(ctx.spec), sysid), mac_key, binding)
+    except OSError as exc:
+        return f"none of the spool's chunks of {segment} can be read ({exc})"
+    if found.problem is None:
+        return "not the whole segment" if whole and found.end < walspool.SEGMENT_BYTES else None
+    if not found.chunks:
+        return f"none of the spool's chunks of {segment} is usable: {found.problem}"
+    return f"the spool's chunks stop at WAL byte {found.end}: {found.problem}"
 
 
 def extract_base(store: LocalStore, checked: CheckedSet, identity: Any, data_dir: str) -> None:
@@ -167,21 +220,35 @@ def stage_wal(
     assert base is not None
     sysid = str(base["system_identifier"])
     store = wal.store_area(ctx.spec, sysid)
-    spool = os.path.join(wal.receive_dir(ctx.spec), sysid)
+    raw = {name: os.path.join(d, name) for d in reversed(raw_dirs(ctx, sysid)) for name in os.listdir(d)}
     pg_wal = os.path.join(data_dir, "pg_wal")
     complete, _ = walseg.listing(store)
     for segment in plan.segments:
         target = os.path.join(pg_wal, segment)
         if segment in plan.spool_segments:
-            shutil.copyfile(os.path.join(spool, segment), target)
+            shutil.copyfile(raw[segment], target)
+        elif segment in plan.chunk_segments:
+            from_spool(ctx, sysid, segment, identity, mac_key, target)
         elif segment in complete:
             walseg.fetch(store, segment, target, identity, mac_key, ctx.spec.stack, sysid)
     if plan.partial is not None:
         target = os.path.join(pg_wal, plan.partial)
-        if plan.partial_source == "spool":
-            shutil.copyfile(os.path.join(spool, f"{plan.partial}.partial"), target)
+        if plan.partial_source == "receive directory":
+            shutil.copyfile(raw[f"{plan.partial}.partial"], target)
+        elif plan.partial_source == "spool":
+            from_spool(ctx, sysid, plan.partial, identity, mac_key, target)
         else:
             walseg.fetch(store, plan.partial, target, identity, mac_key, ctx.spec.stack, sysid, partial=True)
+
+
+def from_spool(
+    ctx: StackContext, sysid: str, segment: str, identity: Any, mac_key: bytes | None, target: str
+) -> None:
+    """``segment`` rebuilt from the spool's chunks (up to the first torn or bad one), zero-padded."""
+    binding = walspool.Binding(ctx.spec.stack, sysid, segment)
+    data, found = walspool.read(os.path.join(wal.spool_root(ctx.spec), sysid), mac_key, binding)
+    with open(target, "wb") as out:
+        out.write(walspool.rebuild(data, found, identity))
 
 
 def write_recovery_settings(data_dir: str, target: datetime | None) -> None:
@@ -292,6 +359,8 @@ def boot_recover(
         undo()
         return None
     _retire_spool(ctx, source)
+    if plan.spool_note:
+        events.emit(ctx.state_dir, "Warning", "WalSpoolTruncated", f"restore on boot: {plan.spool_note}")
     if plan.gap:
         events.emit(ctx.state_dir, "Warning", "WalGap", f"restore on boot: {plan.describe()}")
     else:
@@ -385,9 +454,10 @@ def _retire_spool(ctx: StackContext, source: Source) -> None:
     copy of the abandoned history's last seconds and are kept."""
     base = source.checked.base()
     assert base is not None
-    spool = os.path.join(wal.receive_dir(ctx.spec), str(base["system_identifier"]))
-    if os.path.isdir(spool):
-        os.rename(spool, f"{spool}.retired-{int(time.time())}")
+    for root in (wal.receive_dir(ctx.spec), wal.spool_root(ctx.spec)):
+        spool = os.path.join(root, str(base["system_identifier"]))
+        if os.path.isdir(spool):
+            os.rename(spool, f"{spool}.retired-{int(time.time())}")
 
 
 def parse_target(text: str) -> datetime:
@@ -446,10 +516,10 @@ def after_boot(ctx: StackContext) -> None:
 
     try:
         backups.take_backup_locked(ctx, "post-restore", None)
-        spool = wal.receive_dir(ctx.spec)  # what was retired was replayed and is in the new base now
-        for name in os.listdir(spool) if os.path.isdir(spool) else []:
-            if ".retired-" in name:
-                shutil.rmtree(os.path.join(spool, name), ignore_errors=True)
+        for spool in (wal.receive_dir(ctx.spec), wal.spool_root(ctx.spec)):  # replayed, in the new base
+            for name in os.listdir(spool) if os.path.isdir(spool) else []:
+                if ".retired-" in name:
+                    shutil.rmtree(os.path.join(spool, name), ignore_errors=True)
     except (ReconcilerError, OSError) as exc:
         log.warning("no post-restore set after the physical recovery: %s", exc)
         events.emit(

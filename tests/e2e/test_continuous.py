@@ -151,13 +151,20 @@ def test_a_power_cut_loses_at_most_a_second_with_the_spool(
         writer.start()
         time.sleep(moments.uniform(1.5, 4.0))  # the random moment of the cut (not a synchronisation)
         cut = time.monotonic()
+        receiving = list((stack.ram_root / "wal-receive").rglob("*.partial"))
         kill_everything(stack, daemon)
         writer.stop.set()
         writer.join(10)
         assert len(writer.acknowledged) > 100
+        assert receiving, "pg_receivewal was not receiving into RAM"
+        # the receiver wrote into RAM, which the cut wiped: what comes back came from the spool's chunks
+        # (and the store), and the card never held raw WAL
+        assert not (stack.ram_root / "wal-receive").exists()
+        spooled = [p for p in (stack.dir / "data" / "spool").rglob("*") if p.is_file()]
+        assert spooled and all(p.name.endswith(".walspool") for p in spooled), spooled
 
         plan = stack.cli("plan", check=2).stdout
-        assert "postgres: base" in plan and "WAL segment(s)" in plan and "segment in progress" in plan
+        assert "postgres: base" in plan and "WAL segment(s)" in plan and "(from the spool)" in plan
         stack.cli("apply")
         present = rows(stack)
         assert present == list(range(1, len(present) + 1)), f"cycle {cycle}: a gap, rows lost in the middle"
@@ -274,3 +281,65 @@ def test_restore_to_a_time_returns_exactly_the_rows_committed_before_it(
     kill_everything(stack, daemon)
     stack.cli("apply")
     assert rows(stack) == [*range(1, 51), 1000]
+
+
+@pytest.mark.parametrize(("damage", "reason"), [("flipped", "does not authenticate"), ("torn", "is torn")])
+def test_a_bad_spool_chunk_stops_recovery_at_the_chunk_before_it(
+    stack: Stack,
+    daemons: list[RunningDaemon],  # noqa: F811
+    damage: str,
+    reason: str,
+) -> None:
+    from reconciler.backup import keys, walspool
+
+    continuous_stack(stack)
+    daemon = start_streaming(stack, daemons)
+    with pg(stack, "postgres") as conn:
+        sysid = str(conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()[0])  # type: ignore[index]
+    key = keys.mac_key(keys.load(str(stack.dir / "keys" / "backup.key")))
+
+    def spooled(segment: str) -> walspool.Scan:
+        binding = walspool.Binding(stack.document()["stack"], sysid, segment)
+        return walspool.read(str(stack.dir / "data" / "spool" / sysid), key, binding)[1]
+
+    def insert(first: int) -> str:
+        """Rows first..first+99 in one transaction; waits until the spool holds its commit."""
+        with pg(stack) as conn:
+            conn.execute(
+                "INSERT INTO numbers SELECT generate_series(%s::bigint, %s::bigint)", (first, first + 99)
+            )
+            row = conn.execute(
+                "SELECT pg_walfile_name(pg_current_wal_lsn()), "
+                "(pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint % (16 * 1024 * 1024)"
+            ).fetchone()
+        assert row is not None
+        segment, offset = str(row[0]), int(row[1])
+        daemon.wait_for(
+            f"rows {first}.. in the spool",
+            lambda: (
+                os.path.exists(walspool.path(str(stack.dir / "data" / "spool" / sysid), segment))
+                and spooled(segment).end >= offset
+            ),
+        )
+        return segment
+
+    segment = insert(1)
+    kept = len(spooled(segment).chunks)  # rows 101-200 are in this chunk or later ones
+    assert insert(101) == segment
+    kill_everything(stack, daemon)
+    path = Path(walspool.path(str(stack.dir / "data" / "spool" / sysid), segment))
+    found = spooled(segment)
+    victim = found.chunks[kept]
+    data = bytearray(path.read_bytes())
+    if damage == "flipped":
+        data[victim.position + victim.payload_length // 2] ^= 0x04
+        path.write_bytes(bytes(data))
+    else:  # a power cut in the middle of appending it
+        path.write_bytes(bytes(data[: victim.position + victim.payload_length // 2]))
+
+    stack.cli("apply")
+    assert rows(stack) == list(range(1, 101))  # up to the last whole, authentic chunk
+    truncated = events_with(stack, "WalSpoolTruncated")
+    assert truncated and reason in truncated[-1]["message"], truncated
+    assert f"stop at WAL byte {victim.offset}" in truncated[-1]["message"]
+    assert events_with(stack, "PhysicalRecovery")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from reconciler.backup import physical, walseg
+from reconciler.backup import physical, walseg, walspool
 from reconciler.backup.create import identity_for_restore, sealing_for
 from reconciler.backup.keys import mac_key
 from reconciler.engine import wal
@@ -99,10 +100,14 @@ def test_segments_are_streamed_sealed_and_checked(stack: Stack) -> None:
         with pg(stack, "postgres") as conn:
             slots = conn.execute("SELECT slot_name, active FROM pg_replication_slots").fetchall()
         assert slots == [(physical.slot_name(ctx.spec.stack), True)]
-        # the spool keeps only the segment in progress; shipped ones are stored compressed and sealed
+        # the spool keeps only chunks of the segment in progress; shipped ones are stored compressed and
+        # sealed; raw WAL is received in RAM and never on the card
         spool = Path(stack.dir / "data" / "spool" / sysid)
-        assert [p.name for p in spool.iterdir() if walchain.is_segment(p.name)] == []
-        assert any(p.name.endswith(".partial") for p in spool.iterdir())
+        wait_for(lambda: walspool.segments(str(spool)), "the segment in progress in the spool")
+        assert all(p.name.endswith(walspool.SUFFIX) for p in spool.iterdir())
+        assert any(
+            p.name.endswith(".partial") for p in (Path(ctx.spec.ram_root) / "wal-receive" / sysid).iterdir()
+        )
         stored = Path(store.path) / f"{complete[0]}.wal.zst.age"
         assert stored.read_bytes().startswith(b"age-encryption.org/v1") and stored.stat().st_size < 4 << 20
         assert walchain.chain(complete[0], complete).gap is None
@@ -183,9 +188,205 @@ def test_retention_deletes_only_the_wal_no_kept_base_needs(stack: Stack) -> None
         base = next(
             m for m in json.loads(newest.read_text())["members"] if m["content"] == "pg_basebackup-tar"
         )
+        wait_for(  # the backup's own segment switch completed the base's first segment: shipped
+            lambda: any(s >= base["start_segment"] for s in walseg.listing(store)[0]),
+            "the base's first segment",
+        )
         stack.cli("prune")
         after = walseg.listing(store)[0]
         assert after and all(s >= base["start_segment"] for s in after)
         assert set(before) - set(after) == {s for s in before if s < base["start_segment"]} != set()
     finally:
         supervisor.stop()
+
+
+def wal_position(stack: Stack) -> tuple[str, int]:
+    """(segment, byte offset in it) of the server's current WAL write position."""
+    with pg(stack, "postgres") as conn:
+        row = conn.execute(
+            "SELECT pg_walfile_name(pg_current_wal_lsn()), "
+            "(pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint % (16 * 1024 * 1024)"
+        ).fetchone()
+    assert row is not None
+    return str(row[0]), int(row[1])
+
+
+def spooled_through(supervisor: wal.WalSupervisor, segment: str, offset: int) -> bool:
+    streamer = supervisor.streamer
+    spooler = streamer.shipper.spooler if streamer is not None and streamer.shipper else None
+    return spooler is not None and spooler.segment == segment and spooler.end >= offset
+
+
+def halt(supervisor: wal.WalSupervisor) -> None:
+    """The power cut, for the streamer: its thread stops between ticks and the receiver is SIGKILLed
+    (no last tick, no orderly flush)."""
+    streamer = supervisor.streamer
+    assert streamer is not None
+    streamer._stop.set()
+    assert streamer._thread is not None
+    streamer._thread.join()
+    streamer.process.kill()
+    streamer.process.wait()
+    supervisor.streamer = None
+
+
+def rebuilt(ctx: StackContext, sysid: str, segment: str) -> tuple[bytes, walspool.Scan]:
+    identity = identity_for_restore(ctx.spec)
+    key = mac_key(identity) if identity is not None else None
+    directory = os.path.join(wal.spool_root(ctx.spec), sysid)
+    data, found = walspool.read(directory, key, walspool.Binding(ctx.spec.stack, sysid, segment))
+    return walspool.rebuild(data, found, identity), found
+
+
+def test_the_spool_holds_the_bytes_sent_up_to_the_last_tick_after_ram_is_wiped(stack: Stack) -> None:
+    continuous_stack(stack)
+    ctx, supervisor, sysid, _ = start_streaming(stack)
+    receive = Path(wal.receive_dir(ctx.spec)) / sysid
+    try:
+        with pg(stack) as conn:
+            conn.execute("SET ROLE app")
+            conn.execute("CREATE TABLE t (n int)")
+            for n in range(200):
+                conn.execute("INSERT INTO t VALUES (%s)", (n,))
+        segment, offset = wal_position(stack)
+        wait_for(lambda: spooled_through(supervisor, segment, offset), "the last commit in the spool")
+        streamer = supervisor.streamer
+        assert streamer is not None and streamer.shipper is not None and streamer.shipper.spooler is not None
+        end = streamer.shipper.spooler.end
+        halt(supervisor)
+        received = (receive / f"{segment}.partial").read_bytes()
+    finally:
+        supervisor.stop()
+    shutil.rmtree(receive)  # the power cut wipes RAM
+    # the card holds no raw WAL: only the chunk file of the segment in progress
+    spool = Path(wal.spool_root(ctx.spec)) / sysid
+    assert [p.name for p in spool.iterdir()] == [f"{segment}{walspool.SUFFIX}"]
+    segment_bytes, found = rebuilt(ctx, sysid, segment)
+    assert found.problem is None and found.end == end >= offset
+    assert segment_bytes == received[:end] + bytes(16 * 1024 * 1024 - end)
+    assert (spool / f"{segment}{walspool.SUFFIX}").stat().st_size < end  # compressed
+
+
+def test_the_spool_resumes_after_a_restart_without_duplicating_or_skipping_bytes(stack: Stack) -> None:
+    continuous_stack(stack)
+    ctx, supervisor, sysid, _ = start_streaming(stack)
+    spool = Path(wal.spool_root(ctx.spec)) / sysid
+    try:
+        with pg(stack) as conn:
+            conn.execute("SET ROLE app")
+            conn.execute("CREATE TABLE t (n int)")
+            conn.execute("INSERT INTO t SELECT generate_series(1, 100)")
+        segment, offset = wal_position(stack)
+        wait_for(lambda: spooled_through(supervisor, segment, offset), "the first rows in the spool")
+        supervisor.stop()  # a daemon restart: RAM stays
+        spool_file = spool / f"{segment}{walspool.SUFFIX}"
+        before = spool_file.stat().st_size
+        with spool_file.open("ab") as handle:  # and a chunk torn by a crash mid-append
+            handle.write(walspool.MAGIC + b"\0\0")
+        with pg(stack) as conn:
+            conn.execute("INSERT INTO t SELECT generate_series(101, 200)")
+        _, supervisor, _, _ = start_streaming(stack)
+        with pg(stack) as conn:
+            conn.execute("INSERT INTO t SELECT generate_series(201, 300)")
+        segment2, offset = wal_position(stack)
+        assert segment2 == segment
+        wait_for(lambda: spooled_through(supervisor, segment, offset), "the later rows in the spool")
+        halt(supervisor)
+        received = (Path(wal.receive_dir(ctx.spec)) / sysid / f"{segment}.partial").read_bytes()
+    finally:
+        supervisor.stop()
+    segment_bytes, found = rebuilt(ctx, sysid, segment)
+    assert found.problem is None, found.problem  # the torn tail was cut off before appending
+    assert len(found.chunks) >= 2 and spool_file.stat().st_size > before
+    assert segment_bytes == received[: found.end] + bytes(16 * 1024 * 1024 - found.end)
+    assert found.end >= offset
+
+
+def test_an_idle_database_writes_nothing_to_the_spool(stack: Stack) -> None:
+    continuous_stack(stack)
+    _, supervisor, _, _ = start_streaming(stack)
+    try:
+        with pg(stack) as conn:
+            conn.execute("CREATE TABLE t (n int)")
+        segment, offset = wal_position(stack)
+        wait_for(lambda: spooled_through(supervisor, segment, offset), "the table in the spool")
+        streamer = supervisor.streamer
+        assert streamer is not None and streamer.shipper is not None
+        spooler = streamer.shipper.spooler
+        assert spooler is not None
+        chunks, appended = spooler.chunks, spooler.appended
+        ticks = [streamer.shipper.spool_partial() for _ in range(5)]  # as five ticks would
+    finally:
+        supervisor.stop()
+    assert ticks == [0] * 5 and (spooler.chunks, spooler.appended) == (chunks, appended)
+
+
+def test_a_completed_segment_is_spooled_whole_before_the_next_one_and_before_shipping(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between a segment's completion and its shipping (seconds on a Pi; here shipping fails), the
+    spool holds it whole, and the next segment's chunks follow it."""
+    continuous_stack(stack)
+    monkeypatch.setenv("RECONCILER_FAILPOINTS", "wal.ship=error")
+    ctx, supervisor, sysid, store = start_streaming(stack)
+    receive = Path(wal.receive_dir(ctx.spec)) / sysid
+    try:
+        with pg(stack) as conn:
+            conn.execute("SET ROLE app")
+            conn.execute("CREATE TABLE t (n int)")
+            conn.execute("INSERT INTO t SELECT generate_series(1, 100)")
+            first, _ = wal_position(stack)
+            conn.execute("RESET ROLE")
+            conn.execute("SELECT pg_switch_wal()")
+            conn.execute("INSERT INTO t VALUES (101)")
+        segment, offset = wal_position(stack)
+        assert segment == walchain.successor(first)
+        wait_for(lambda: spooled_through(supervisor, segment, offset), "the next segment in the spool")
+        halt(supervisor)
+        completed = (receive / first).read_bytes()
+    finally:
+        supervisor.stop()
+    assert walseg.listing(store) == ([], []), "shipping was to fail"
+    shutil.rmtree(receive)  # the power cut
+    rebuilt_first, found = rebuilt(ctx, sysid, first)
+    assert found.problem is None and found.end == 16 * 1024 * 1024
+    assert rebuilt_first == completed
+    _, found = rebuilt(ctx, sysid, segment)
+    assert found.problem is None and found.end >= offset
+
+
+def test_raw_wal_an_earlier_version_left_on_the_card_is_adopted(stack: Stack) -> None:
+    """An earlier version received onto the card (raw ``.partial`` in spool_dir): on start it moves to
+    RAM, the receiver resumes from it, and the card is left with sealed chunks only."""
+    continuous_stack(stack)
+    ctx, supervisor, sysid, _ = start_streaming(stack)
+    receive = Path(wal.receive_dir(ctx.spec)) / sysid
+    spool = Path(wal.spool_root(ctx.spec)) / sysid
+    try:
+        with pg(stack) as conn:
+            conn.execute("CREATE TABLE t (n int)")
+            conn.execute("INSERT INTO t SELECT generate_series(1, 100)")
+        segment, offset = wal_position(stack)
+        wait_for(lambda: spooled_through(supervisor, segment, offset), "the rows in the spool")
+        halt(supervisor)
+    finally:
+        supervisor.stop()
+    for entry in spool.iterdir():  # the earlier layout: raw WAL on the card, no chunks
+        entry.unlink()
+    for entry in receive.iterdir():
+        shutil.move(str(entry), spool / entry.name)
+    assert (spool / f"{segment}.partial").exists()
+    _, supervisor, _, _ = start_streaming(stack)
+    try:
+        with pg(stack) as conn:
+            conn.execute("INSERT INTO t SELECT generate_series(101, 200)")
+        segment2, offset = wal_position(stack)
+        assert segment2 == segment
+        wait_for(lambda: spooled_through(supervisor, segment, offset), "the later rows in the spool")
+        received = (receive / f"{segment}.partial").read_bytes()
+    finally:
+        supervisor.stop()
+    assert [p.name for p in spool.iterdir()] == [f"{segment}{walspool.SUFFIX}"]
+    segment_bytes, found = rebuilt(ctx, sysid, segment)
+    assert found.problem is None and found.end >= offset
+    assert segment_bytes == received[: found.end] + bytes(16 * 1024 * 1024 - found.end)
