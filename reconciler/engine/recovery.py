@@ -38,7 +38,7 @@ from typing import Any
 from reconciler.backup import physical, pipeline, walseg
 from reconciler.backup.restore import CheckedSet
 from reconciler.databases import postgres as pg
-from reconciler.engine import events, wal
+from reconciler.engine import events, wal, waloffsite
 from reconciler.engine.context import StackContext
 from reconciler.errors import PermanentError, ReconcilerError
 from reconciler.plan import walchain
@@ -65,9 +65,15 @@ class ChainPlan:
     after_gap: int
     rejected: dict[str, str] = field(default_factory=dict)
     spool_segments: list[str] = field(default_factory=list)
+    from_drive: int = 0  # how many of the replayed segments come from Google Drive (engine/waloffsite)
+    drive_unreachable: str | None = None
 
     def describe(self) -> str:
         text = f"base {self.set} + {len(self.segments)} WAL segment(s)"
+        if self.from_drive:
+            text += f" ({self.from_drive} from Google Drive)"
+        if self.drive_unreachable:
+            text += f" (WAL on Google Drive could not be read: {self.drive_unreachable})"
         if self.partial:
             text += f" + the segment in progress {self.partial} (from the {self.partial_source})"
         if self.gap:
@@ -95,7 +101,7 @@ def chain_plan(
         raise PermanentError(f"backup set {checked.name} holds no physical base backup")
     sysid = str(base["system_identifier"])
     start = stop_segment(base)
-    store = wal.store_area(ctx.spec, sysid)
+    store = waloffsite.recovery_area(ctx.spec, wal.store_area(ctx.spec, sysid), sysid)
     complete, store_partials = walseg.listing(store)
     spool = os.path.join(wal.receive_dir(ctx.spec), sysid)
     spool_names = os.listdir(spool) if os.path.isdir(spool) else []
@@ -128,6 +134,9 @@ def chain_plan(
         if not newly:
             break
     source = None if chain.partial is None else ("spool" if chain.partial in spool_partials else "store")
+    if source == "store" and chain.partial is not None and store.from_drive(chain.partial, partial=True):
+        source = "store on Google Drive"
+    drive_count = sum(1 for s in chain.segments if s in complete and store.from_drive(s))
     return ChainPlan(
         checked.name,
         start,
@@ -138,6 +147,8 @@ def chain_plan(
         chain.after_gap,
         rejected,
         [s for s in chain.segments if s in spool_complete],
+        drive_count,
+        store.unreachable,
     )
 
 
@@ -166,7 +177,7 @@ def stage_wal(
     base = checked.base()
     assert base is not None
     sysid = str(base["system_identifier"])
-    store = wal.store_area(ctx.spec, sysid)
+    store = waloffsite.recovery_area(ctx.spec, wal.store_area(ctx.spec, sysid), sysid)
     spool = os.path.join(wal.receive_dir(ctx.spec), sysid)
     pg_wal = os.path.join(data_dir, "pg_wal")
     complete, _ = walseg.listing(store)
@@ -180,7 +191,7 @@ def stage_wal(
         target = os.path.join(pg_wal, plan.partial)
         if plan.partial_source == "spool":
             shutil.copyfile(os.path.join(spool, f"{plan.partial}.partial"), target)
-        else:
+        else:  # the store: local, or Google Drive
             walseg.fetch(store, plan.partial, target, identity, mac_key, ctx.spec.stack, sysid, partial=True)
 
 

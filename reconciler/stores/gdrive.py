@@ -19,6 +19,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import http.client
 import json
@@ -365,6 +366,37 @@ class GdriveStore:
 
     def remote_md5(self, name: str) -> str | None:
         return self._md5s.get(name)
+
+    def _children(self, clause: str | None, folder: bool) -> builtins.list[dict[str, Any]]:
+        """Files (or folders) directly in the store's folder, optionally narrowed by a ``q`` clause."""
+        service = self._build()
+        q = f"'{self.folder()}' in parents and trashed = false"
+        q += f" and mimeType {'=' if folder else '!='} '{FOLDER_MIME}'"
+        if clause:
+            q += f" and {clause}"
+        found = self._call(
+            "lookup",
+            lambda: (
+                service.files()
+                .list(q=q, fields="files(id, name)", pageSize=1000, **self._list_kwargs())
+                .execute()
+            ),
+        )
+        return builtins.list(found.get("files", []))
+
+    def ids_named(self, name: str) -> builtins.list[str]:
+        """Every file called ``name`` in the folder: Drive allows several files with one name."""
+        escaped = name.replace("\\", "\\\\").replace("'", "\\'")
+        return [str(f["id"]) for f in self._children(f"name = '{escaped}'", folder=False)]
+
+    def subfolders(self) -> builtins.list[str]:
+        """Names of the folders directly in the store's folder (the WAL area's clusters)."""
+        return sorted(str(f["name"]) for f in self._children(None, folder=True))
+
+    def delete_id(self, file_id: str) -> None:
+        service = self._build()
+        self._call("delete", lambda: service.files().delete(fileId=file_id, **self._common()).execute())
+        self._ids = {k: v for k, v in self._ids.items() if v != file_id}
 
     def free_bytes(self) -> int | None:
         service = self._build()
