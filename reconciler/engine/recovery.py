@@ -430,13 +430,16 @@ def preview(ctx: StackContext, actions: Any) -> list[str]:
     if action is None:
         return []
     store_name, set_name = action.candidates[0]
-    if store_name != "local":
+    if store_name not in ("local", "gdrive"):
         return [f"postgres: whether {set_name} replays WAL is known once it is fetched from {store_name}"]
     try:
         identity = identity_for_restore(ctx.spec)
         key = mac_key(identity) if identity is not None else None
-        with backups.local_store(ctx).open(f"{set_name}{MANIFEST_SUFFIX}") as handle:
-            document = manifest.decode(handle.read(4 * 1024 * 1024))
+        if store_name == "gdrive":  # only its manifest is read (checked below), from Drive
+            document = manifest.decode(waloffsite.read_set_manifest(ctx.spec, set_name))
+        else:
+            with backups.local_store(ctx).open(f"{set_name}{MANIFEST_SUFFIX}") as handle:
+                document = manifest.decode(handle.read(4 * 1024 * 1024))
         manifest.verify(document, key)
     except (OSError, manifest.ManifestRejected, ReconcilerError) as exc:
         return [f"postgres: cannot tell what {set_name} will replay ({exc})"]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -48,13 +49,15 @@ from reconciler.plan.backupsets import StoredFile
 from reconciler.plan.failures import FailureCode
 from reconciler.spec.model import StateSpec
 from reconciler.stores.base import PutResult
-from reconciler.stores.gdrive import GdriveStore, file_md5
+from reconciler.stores.gdrive import FolderMissing, GdriveStore, file_md5
 from reconciler.stores.local import LocalStore
 from reconciler.system import fs
 
 log = logging.getLogger(__name__)
 
 FOLDER = walseg.AREA  # "wal", below the sets folder
+_DATA = ".wal.zst"  # backup/walseg's names: <stem>.wal.zst[.age] and its sidecar <stem>.wal.json
+_SIDECAR = ".wal.json"
 # The streaming shipper retries each Drive call briefly: the supervisor retries every tick anyway.
 STREAM_ATTEMPTS = 3
 STREAM_DEADLINE = 20.0
@@ -65,8 +68,12 @@ def enabled(spec: StateSpec) -> bool:
     return bool(gdrive.enabled and gdrive.credentials_file)
 
 
-def drive(spec: StateSpec, *parts: str, attempts: int = 8, deadline: float = 600) -> GdriveStore:
-    """The gdrive store scoped to ``<sets folder>/<parts...>`` (created on first use)."""
+def drive(
+    spec: StateSpec, *parts: str, attempts: int = 8, deadline: float = 600, create: bool = True
+) -> GdriveStore:
+    """The gdrive store scoped to ``<sets folder>/<parts...>``. Only writers create the folders
+    (``create``): Drive allows two folders with one name, and a reader creating ``wal`` while the
+    shipper does would leave the segments in a folder nobody finds."""
     gdrive = spec.backup.stores.gdrive
     if not enabled(spec):
         raise PermanentError("backup.stores.gdrive is not enabled in state.yaml")
@@ -77,13 +84,18 @@ def drive(spec: StateSpec, *parts: str, attempts: int = 8, deadline: float = 600
         spec.resolve(gdrive.credentials_file),
         attempts,
         deadline,
+        create_folders=create,
     )
 
 
 def scratch_dir(spec: StateSpec) -> str:
-    path = os.path.join(spec.ram_root, "wal-scratch")
-    fs.ensure_dir(path, 0o700)
-    return path
+    return os.path.join(spec.ram_root, "wal-scratch")
+
+
+def _scratch(directory: str, prefix: str) -> str:
+    """A fresh temporary directory in the scratch area (created on first use: ``plan`` creates none)."""
+    fs.ensure_dir(directory, 0o700)
+    return tempfile.mkdtemp(prefix=prefix, dir=directory)
 
 
 class DriveArea:
@@ -100,25 +112,47 @@ class DriveArea:
         return self.store.describe()
 
     def list(self) -> builtins.list[StoredFile]:
-        files = self.store.list()
+        try:
+            files = self.store.list()
+        except FolderMissing:
+            files = []  # nothing was ever shipped for this cluster
         self._names = {f.name for f in files}
         return files
 
     def open(self, name: str) -> BinaryIO:
-        if self._names is None or name not in self._names:
-            self.list()
-        if self._names is None or name not in self._names:
+        """The newest copy of ``name``; for a segment's data with several copies (a shipment of the
+        segment in progress cut short), the newest one its newest sidecar describes."""
+        ids = self.store.ids_named(name)
+        if not ids:
             raise FileNotFoundError(name)
-        tmp = tempfile.mkdtemp(prefix="get-", dir=self.scratch)
+        stem, data, _ = name.partition(_DATA)
+        wanted = self._described_sha256(f"{stem}{_SIDECAR}") if data and len(ids) > 1 else None
+        tmp = _scratch(self.scratch, "get-")
         try:
-            path = os.path.join(tmp, name)
-            self.store.download(name, path)
-            return open(path, "rb")  # the caller closes it; the name goes at once
+            newest = None
+            for index, file_id in enumerate(reversed(ids)):
+                path = os.path.join(tmp, f"{index}")
+                self.store.download(name, path, file_id)
+                newest = newest or path
+                if wanted is None or _sha256(path) == wanted:
+                    return open(path, "rb")  # the caller closes it; the name goes at once
+            assert newest is not None
+            return open(newest, "rb")  # none matches: the caller's check says so
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def _described_sha256(self, sidecar: str) -> str | None:
+        """The sha256 the newest copy of ``sidecar`` names (unauthenticated: it only picks a copy;
+        ``walseg.check`` authenticates the sidecar and checks the copy)."""
+        try:
+            with self.open(sidecar) as handle:
+                document = json.loads(handle.read(64 * 1024))
+        except (FileNotFoundError, ValueError):
+            return None
+        return str(document.get("sha256")) if isinstance(document, dict) else None
+
     def put_with(self, name: str, produce: Callable[[BinaryIO], None]) -> PutResult:
-        tmp = tempfile.mkdtemp(prefix="put-", dir=self.scratch)
+        tmp = _scratch(self.scratch, "put-")
         try:
             result = LocalStore(tmp).put_with(name, produce)
             self.replace(name, os.path.join(tmp, name))
@@ -133,11 +167,18 @@ class DriveArea:
         return self.put_with(name, write_all)
 
     def replace(self, name: str, path: str) -> None:
-        """Upload ``path`` as ``name``, then delete the older copies of that name."""
-        older = self.store.ids_named(name)
+        """Upload ``path`` as ``name``. A segment's data keeps its older copies until the sidecar that
+        describes the new one is stored: the sidecar is the commit point, so a cut anywhere leaves a
+        consistent pair (the older one, or the newer one) that ``open`` finds."""
+        older = self.store.ids_named(name) if name.endswith(_SIDECAR) else []
         self.store.upload(name, path)
         for file_id in older:
             self.store.delete_id(file_id)
+        if name.endswith(_SIDECAR):
+            stem = name.removesuffix(_SIDECAR)
+            for data in (f"{stem}{_DATA}", f"{stem}{_DATA}.age"):
+                for file_id in self.store.ids_named(data)[:-1]:
+                    self.store.delete_id(file_id)
         if self._names is not None:
             self._names.add(name)
 
@@ -150,12 +191,19 @@ class DriveArea:
             self._names.discard(name)
 
 
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def drive_area(
-    spec: StateSpec, system_identifier: str, attempts: int = 8, deadline: float = 600
+    spec: StateSpec, system_identifier: str, attempts: int = 8, deadline: float = 600, create: bool = True
 ) -> DriveArea:
-    return DriveArea(
-        drive(spec, FOLDER, system_identifier, attempts=attempts, deadline=deadline), scratch_dir(spec)
-    )
+    store = drive(spec, FOLDER, system_identifier, attempts=attempts, deadline=deadline, create=create)
+    return DriveArea(store, scratch_dir(spec))
 
 
 class ShippingArea(DriveArea):
@@ -253,12 +301,27 @@ def recovery_area(spec: StateSpec, local: LocalStore, system_identifier: str) ->
     remote = None
     if enabled(spec):
         try:
-            remote = drive_area(spec, system_identifier, attempts=3, deadline=60)
+            remote = drive_area(spec, system_identifier, attempts=3, deadline=60, create=False)
         except (ReconcilerError, OSError) as exc:
             log.warning("WAL on Drive is unavailable: %s", exc)
     layered = Layered(local, remote)
     layered.list()
     return layered
+
+
+def read_set_manifest(spec: StateSpec, set_name: str) -> bytes:
+    """A set's manifest as stored on Drive (for ``plan``; the caller authenticates it)."""
+    from reconciler.plan.backupsets import MANIFEST_SUFFIX
+
+    store = drive(spec, attempts=3, deadline=60, create=False)
+    scratch = _scratch(scratch_dir(spec), "manifest-")
+    try:
+        path = os.path.join(scratch, "manifest.json")
+        store.download(f"{set_name}{MANIFEST_SUFFIX}", path)
+        with open(path, "rb") as handle:
+            return handle.read(4 * 1024 * 1024)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 # -- the off-site sync (placement spool) and Drive retention -------------------------------------
@@ -313,7 +376,7 @@ def prune_drive_wal(
     from reconciler.plan.backupsets import MANIFEST_SUFFIX
 
     documents = []
-    scratch = tempfile.mkdtemp(prefix="manifests-", dir=scratch_dir(spec))
+    scratch = _scratch(scratch_dir(spec), "manifests-")
     try:
         for name in vouched:
             manifest_name = f"{name}{MANIFEST_SUFFIX}"
@@ -329,8 +392,12 @@ def prune_drive_wal(
     deleted: list[str] = []
     if not starts:
         return deleted  # no kept base: never retention's job to decide a chain is moot
-    for sysid in drive(spec, FOLDER, attempts=attempts, deadline=deadline).subfolders():
-        area = drive_area(spec, sysid, attempts, deadline)
+    try:
+        clusters = drive(spec, FOLDER, attempts=attempts, deadline=deadline, create=False).subfolders()
+    except FolderMissing:
+        clusters = []  # no WAL on Drive yet
+    for sysid in clusters:
+        area = drive_area(spec, sysid, attempts, deadline, create=False)
         complete, partial = walseg.listing(area)
         for segment in walchain.unneeded_in_cluster([*complete, *partial], starts, sysid):
             walseg.delete(area, segment)

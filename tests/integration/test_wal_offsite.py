@@ -29,15 +29,7 @@ def drive_stack(stack: Stack, emulator: DriveEmulator, placement: str, **backup:
     document = stack.default_document("ram")
     document["backup"] = {
         "encryption": {"recipients": [recipient], "identity_file": "./keys/backup.key"},
-        "stores": {
-            "gdrive": {
-                "enabled": True,
-                "folder_id": folder,
-                "credentials_file": authorized_user_file(stack.dir / "keys" / "gdrive.json", emulator),
-                "api_url": emulator.url,
-                "chunk_size": "256KiB",
-            }
-        },
+        "stores": {"gdrive": gdrive_store(stack, emulator, folder)},
         "continuous": {
             "enabled": True,
             "placement": placement,
@@ -50,6 +42,16 @@ def drive_stack(stack: Stack, emulator: DriveEmulator, placement: str, **backup:
     stack.write(document)
     stack.cli("apply")
     return folder
+
+
+def gdrive_store(stack: Stack, emulator: DriveEmulator, folder: str) -> dict[str, Any]:
+    return {
+        "enabled": True,
+        "folder_id": folder,
+        "credentials_file": authorized_user_file(stack.dir / "keys" / "gdrive.json", emulator),
+        "api_url": emulator.url,
+        "chunk_size": "256KiB",
+    }
 
 
 def drive_wal(emulator: DriveEmulator, folder: str, sysid: str) -> list[str]:
@@ -195,3 +197,53 @@ def test_the_spool_sync_sends_wal_after_the_sets_and_drive_retention_keeps_chain
         assert {s for s in on_drive if s < start}, "the test must make some segments unneeded"
     finally:
         supervisor.stop()
+
+
+def test_a_cut_between_a_partial_and_its_sidecar_leaves_the_older_consistent_pair(
+    tmp_path: Path, emulator: DriveEmulator
+) -> None:
+    from reconciler.backup.create import Sealing
+    from reconciler.engine import waloffsite
+    from reconciler.spec.model import GdriveStoreSpec
+    from reconciler.stores.gdrive import GdriveStore
+
+    folder = emulator.make_folder()
+    spec = GdriveStoreSpec(
+        enabled=True,
+        folder_id=folder,
+        credentials_file=authorized_user_file(tmp_path / "gdrive.json", emulator),
+        api_url=emulator.url,
+        sub_path="wal/1",
+    )
+    (tmp_path / "scratch").mkdir()
+    area = waloffsite.DriveArea(GdriveStore(spec, str(spec.credentials_file)), str(tmp_path / "scratch"))
+    segment, key = "000000010000000000000003", os.urandom(32)
+    sealing = Sealing(None, [], key)
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.write_bytes(b"first" * 1000)
+    new.write_bytes(b"second" * 1000)
+    walseg.ship(area, str(old), segment, sealing, "s", "1", partial=True)
+    # the next shipment is cut after its data reached Drive, before its sidecar did
+    data_name = f"{segment}.partial.wal.zst"
+    area.put_with(data_name, lambda out: out.write(walseg_bytes(new)))
+    assert len(area.store.ids_named(data_name)) == 2
+    out = tmp_path / "fetched"
+    walseg.fetch(area, segment, str(out), None, key, "s", "1", partial=True)
+    assert out.read_bytes() == old.read_bytes(), "the older consistent pair"
+    # the next complete shipment commits and leaves one copy of each
+    walseg.ship(area, str(new), segment, sealing, "s", "1", partial=True)
+    assert len(area.store.ids_named(data_name)) == 1
+    walseg.fetch(area, segment, str(out), None, key, "s", "1", partial=True)
+    assert out.read_bytes() == new.read_bytes()
+
+
+def walseg_bytes(path: Path) -> bytes:
+    """What walseg.ship stores for ``path`` without encryption (zstd)."""
+    import io
+
+    from reconciler.backup import pipeline
+
+    buffer = io.BytesIO()
+    with path.open("rb") as handle:
+        pipeline.compress_encrypt(handle, buffer, None)
+    return buffer.getvalue()
