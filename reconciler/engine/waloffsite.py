@@ -375,6 +375,12 @@ def prune_drive_wal(
     """Delete the Drive segments no vouched Drive set's base can replay (``walchain.unneeded``)."""
     from reconciler.plan.backupsets import MANIFEST_SUFFIX
 
+    try:  # first: without WAL on Drive there is nothing to read the manifests for
+        clusters = drive(spec, FOLDER, attempts=attempts, deadline=deadline, create=False).subfolders()
+    except FolderMissing:
+        return []
+    if not clusters:
+        return []
     documents = []
     scratch = _scratch(scratch_dir(spec), "manifests-")
     try:
@@ -392,10 +398,6 @@ def prune_drive_wal(
     deleted: list[str] = []
     if not starts:
         return deleted  # no kept base: never retention's job to decide a chain is moot
-    try:
-        clusters = drive(spec, FOLDER, attempts=attempts, deadline=deadline, create=False).subfolders()
-    except FolderMissing:
-        clusters = []  # no WAL on Drive yet
     for sysid in clusters:
         area = drive_area(spec, sysid, attempts, deadline, create=False)
         complete, partial = walseg.listing(area)
