@@ -320,26 +320,29 @@ def base_for_time(ctx: StackContext, when: datetime) -> tuple[Source, str]:
     store = backups.local_store(ctx)
     identity = identity_for_restore(ctx.spec)
     mac_key = keys.mac_key(identity) if identity is not None else None
-    doubts = backups.vouch_local(ctx)
     reasons = []
-    for listing in backups.list_sets(ctx):
-        candidate = listing.backup_set
-        if not candidate.complete or doubts.get(candidate.name, "not checked") is not None:
-            continue
-        if candidate.created >= when:
-            continue
-        try:
-            checked = load_and_check(store, candidate.name, mac_key)
-        except SetRejected as exc:
-            reasons.append(f"{candidate.name}: {exc.reason}")
-            continue
-        base = checked.base()
-        # the base must be consistent before the target: its stream ended before it (under the MAC)
-        if (
-            base is not None
-            and datetime.fromisoformat(str(base.get("finished", "9999-12-31T00:00:00Z"))) < when
-        ):
-            return Source(store, checked, identity, mac_key), candidate.name
+    for attempt in range(2):  # the second time after fetching a set from Drive (engine/waloffsite)
+        if attempt and not waloffsite.fetch_set_before(ctx, when):
+            break
+        doubts = backups.vouch_local(ctx)
+        for listing in backups.list_sets(ctx):
+            candidate = listing.backup_set
+            if not candidate.complete or doubts.get(candidate.name, "not checked") is not None:
+                continue
+            if candidate.created >= when:
+                continue
+            try:
+                checked = load_and_check(store, candidate.name, mac_key)
+            except SetRejected as exc:
+                reasons.append(f"{candidate.name}: {exc.reason}")
+                continue
+            base = checked.base()
+            # the base must be consistent before the target: its stream ended before it (under the MAC)
+            if (
+                base is not None
+                and datetime.fromisoformat(str(base.get("finished", "9999-12-31T00:00:00Z"))) < when
+            ):
+                return Source(store, checked, identity, mac_key), candidate.name
     raise PermanentError(
         f"no backup set with a physical base backup was taken before {when.isoformat()} "
         f"(backup.continuous must have been on then){'; rejected: ' + '; '.join(reasons) if reasons else ''}"

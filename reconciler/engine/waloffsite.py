@@ -324,6 +324,30 @@ def read_set_manifest(spec: StateSpec, set_name: str) -> bytes:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def fetch_set_before(ctx: Any, when: Any) -> str | None:
+    """For ``restore --to`` when no local set fits (the disk was lost): fetch the newest complete Drive
+    set taken before ``when`` that the local store lacks (vouched, then downloaded: ``offsite.fetch_set``);
+    its WAL is then read from Drive like any other. None when Drive is off or holds no such set."""
+    from reconciler.engine import backups, offsite
+
+    if not enabled(ctx.spec):
+        return None
+    local = {listing.backup_set.name for listing in backups.list_sets(ctx)}
+    store = drive(ctx.spec, attempts=3, deadline=60, create=False)
+    try:
+        remote = offsite.remote_sets(ctx, store)
+    except FolderMissing:
+        return None
+    candidates = sorted(
+        (s for s in remote if s.complete and s.created < when and s.name not in local),
+        key=lambda s: s.created,
+    )
+    if not candidates:
+        return None
+    offsite.fetch_set(ctx, candidates[-1].name)
+    return candidates[-1].name
+
+
 # -- the off-site sync (placement spool) and Drive retention -------------------------------------
 
 

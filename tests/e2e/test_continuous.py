@@ -214,12 +214,8 @@ def test_a_bad_segment_stops_recovery_at_the_last_consistent_point(
     assert gap and segments[2] in gap[-1]["message"] and reason in gap[-1]["message"]
 
 
-def test_restore_to_a_time_returns_exactly_the_rows_committed_before_it(
-    stack: Stack,
-    daemons: list[RunningDaemon],  # noqa: F811
-) -> None:
-    continuous_stack(stack)
-    daemon = start_streaming(stack, daemons)
+def rows_around_a_moment(stack: Stack) -> Any:
+    """Rows 1-50, a moment (returned: the server's clock), rows 51-100 clearly after it."""
     with pg(stack) as conn:
         for n in range(1, 51):
             conn.execute("INSERT INTO numbers VALUES (%s)", (n,))
@@ -231,6 +227,16 @@ def test_restore_to_a_time_returns_exactly_the_rows_committed_before_it(
             pass
         for n in range(51, 101):
             conn.execute("INSERT INTO numbers VALUES (%s)", (n,))
+    return chosen
+
+
+def test_restore_to_a_time_returns_exactly_the_rows_committed_before_it(
+    stack: Stack,
+    daemons: list[RunningDaemon],  # noqa: F811
+) -> None:
+    continuous_stack(stack)
+    daemon = start_streaming(stack, daemons)
+    chosen = rows_around_a_moment(stack)
     # a set taken after the chosen moment: its base must not be chosen (it is consistent only after
     # it). A set in the same second as the chosen moment once made this test fail (names have second
     # resolution; the base's own end time decides now); that timing is not forced here.

@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 
 from tests.conftest import Stack
-from tests.e2e.test_continuous import Writer, events_with, kill_everything, rows, start_streaming
+from tests.e2e.test_continuous import (
+    Writer,
+    events_with,
+    kill_everything,
+    rows,
+    rows_around_a_moment,
+    start_streaming,
+)
 from tests.e2e.test_daemon import RunningDaemon, daemon_stack, daemons  # noqa: F401 (fixture)
 from tests.integration.test_backups import pg, with_keys
 from tests.integration.test_wal_offsite import drive_segments, gdrive_store, segment_files_on_disk
@@ -158,3 +165,19 @@ def test_a_bad_segment_on_drive_stops_recovery_at_the_last_consistent_point(
     assert rows(stack) == list(range(1, 201))  # up to the last consistent point, nothing after the gap
     gap = events_with(stack, "WalGap")
     assert gap and segments[2] in gap[-1]["message"] and reason in gap[-1]["message"], gap
+
+
+def test_restore_to_a_time_with_the_local_store_lost_reads_the_set_and_wal_from_drive(
+    stack: Stack,
+    emulator: DriveEmulator,
+    daemons: list[RunningDaemon],  # noqa: F811
+) -> None:
+    offsite_stack(stack, emulator)
+    daemon = start_streaming(stack, daemons)
+    chosen = rows_around_a_moment(stack)
+    assert daemon.stop() == 0  # ships what it streamed (the segment in progress too) on the way out
+    shutil.rmtree(stack.dir / "data" / "backups")  # the disk's sets and WAL are gone; Drive remains
+
+    result = stack.cli("restore", "--to", chosen.isoformat(), "--yes")
+    assert "restored PostgreSQL to" in result.stdout
+    assert rows(stack) == list(range(1, 51))
