@@ -221,6 +221,13 @@ class ShippingArea(DriveArea):
             super().replace(name, path)
         except (ReconcilerError, OSError) as exc:
             if self.failing is None:
+                note_status(
+                    self.state_dir,
+                    "behind",
+                    error=str(exc),
+                    code=str(FailureCode.UPLOAD_ERROR),
+                    waiting=self.waiting(),
+                )
                 events.emit(
                     self.state_dir,
                     "Warning",
@@ -233,12 +240,32 @@ class ShippingArea(DriveArea):
             raise
         if self.failing is not None:
             self.failing = None
+            note_status(self.state_dir, "caught_up")
             events.emit(
                 self.state_dir,
                 "Normal",
                 "WalOffsiteCaughtUp",
                 f"continuous WAL reaches {self.describe()} again; the waiting segments are being shipped",
             )
+
+
+STATUS_FILE = "wal-offsite.json"
+
+
+def note_status(state_dir: str, state: str, **details: Any) -> None:
+    """What ``status`` shows as ``walOffsite``; written on a change of state only (not per tick)."""
+    from reconciler.system import clock
+
+    fs.atomic_write_json(
+        os.path.join(state_dir, STATUS_FILE), {"state": state, "since": clock.now_iso(), **details}
+    )
+
+
+def status(state_dir: str) -> dict[str, Any] | None:
+    """``behind`` (Drive unreachable: the recovery point grows, with the error and its code) or
+    ``caught_up``; None when the off-site shipper never failed."""
+    document = fs.read_json(os.path.join(state_dir, STATUS_FILE))
+    return document if isinstance(document, dict) else None
 
 
 def destination(spec: StateSpec, system_identifier: str, receive_dir: str) -> DriveArea | None:

@@ -160,12 +160,16 @@ def test_a_drive_outage_keeps_segments_in_ram_and_ships_them_when_drive_is_back(
         )
         assert behind[0]["code"] == "upload_error" and "recovery point grows" in behind[0]["message"]
         assert not set(names) & set(drive_segments(emulator, folder, sysid))
+        shown = json.loads(stack.cli("status", "-o", "json").stdout)["walOffsite"]
+        assert shown["state"] == "behind" and shown["code"] == "upload_error", shown
+        assert "the recovery point grows" in stack.cli("status").stdout
         emulator.state.faults.clear()  # Drive is back
         wait_for(lambda: set(waiting) <= set(drive_segments(emulator, folder, sysid)), "shipped later")
         wait_for(lambda: not set(waiting) & {p.name for p in receive.iterdir()}, "RAM freed after the ack")
         complete = drive_segments(emulator, folder, sysid)
         assert walchain.chain(names[0], complete).gap is None, "a segment was lost in the outage"
         assert any(e["reason"] == "WalOffsiteCaughtUp" for e in events.read(ctx.state_dir))
+        assert json.loads(stack.cli("status", "-o", "json").stdout)["walOffsite"]["state"] == "caught_up"
     finally:
         supervisor.stop()
 
