@@ -100,3 +100,14 @@ def measure(argv: list[str], env: dict[str, str] | None = None, stdin: Any = Non
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:4])} failed ({process.returncode}): {stderr.decode()[-800:]}")
     return Measurement(seconds, peak_tree, peak_own, process.returncode)
+
+
+def commit_posts(db: Any, tps: int, seconds: float) -> tuple[int, float]:
+    """Commit ``tps`` small community posts per second (autocommit) for ``seconds``: (count, elapsed)."""
+    started = time.monotonic()
+    done = 0
+    while time.monotonic() - started < seconds:
+        db.execute("INSERT INTO posts (body, at) VALUES (repeat('a community post ', 20), now())")
+        done += 1
+        time.sleep(max(0.0, started + done / tps - time.monotonic()))
+    return done, time.monotonic() - started

@@ -117,3 +117,14 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     for row in rows:
         table.add_row(*row)
     Console().print(table)
+
+
+def pg_conn(state: Path) -> dict[str, Any]:
+    """psycopg connection arguments for a bench stack's PostgreSQL (its socket, as the superuser)."""
+    document = YAML(typ="safe").load(state.read_text())
+    return {
+        "host": str(state.parent / ".reconciler" / "run" / "postgres"),
+        "port": document["services"]["postgres"]["port"],
+        "user": "postgres",
+        "dbname": "bench",
+    }

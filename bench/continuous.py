@@ -18,7 +18,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psycopg
-from _measure import measure
+from _measure import commit_posts, measure
 from _stack import bench_stack, cli, print_table, write_results
 from dataset import generate
 from restore import power_cut, rows_in
@@ -69,13 +69,7 @@ def wal_volume(state: Path, conn: dict[str, Any], tps: int, seconds: float) -> d
         receiver = supervisor.streamer.process.pid
         receiver_before, own_before = _written(receiver), _written("self")
         start_lsn = db.execute("SELECT pg_current_wal_lsn()").fetchone()[0]  # type: ignore[index]
-        started = time.monotonic()
-        done = 0
-        while time.monotonic() - started < seconds:
-            db.execute("INSERT INTO posts (body, at) VALUES (repeat('a community post ', 20), now())")
-            done += 1
-            time.sleep(max(0.0, started + done / tps - time.monotonic()))
-        elapsed = time.monotonic() - started
+        done, elapsed = commit_posts(db, tps, seconds)
         end = db.execute("SELECT pg_current_wal_lsn(), pg_walfile_name(pg_current_wal_lsn())").fetchone()
         assert end is not None
         raw = int(db.execute("SELECT %s::pg_lsn - %s::pg_lsn", (str(end[0]), str(start_lsn))).fetchone()[0])  # type: ignore[index]

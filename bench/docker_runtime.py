@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import docker
-from _stack import bench_stack, cli, print_table, write_results
+from _stack import bench_stack, cli, pg_conn, print_table, write_results
 from dataset import generate
 from ruamel.yaml import YAML
 
@@ -32,14 +32,7 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 
 def fill(state: Path, megabytes: int) -> int:
-    document = YAML(typ="safe").load(state.read_text())
-    sock = str(state.parent / ".reconciler" / "run" / "postgres")
-    conn = {
-        "host": sock,
-        "port": document["services"]["postgres"]["port"],
-        "user": "postgres",
-        "dbname": "bench",
-    }
+    conn = pg_conn(state)
     return int(generate(conn, next(Path("/usr/lib/postgresql").glob("*/bin")), megabytes)["database_bytes"])
 
 

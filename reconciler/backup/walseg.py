@@ -22,7 +22,8 @@ import contextlib
 import hashlib
 import json
 import os
-from typing import Any, BinaryIO
+from collections.abc import Callable
+from typing import Any, BinaryIO, Protocol
 
 from pyrage import x25519
 
@@ -30,6 +31,8 @@ from reconciler.backup import manifest, pipeline
 from reconciler.backup.create import Sealing
 from reconciler.errors import PermanentError
 from reconciler.plan import walchain
+from reconciler.plan.backupsets import StoredFile
+from reconciler.stores.base import PutResult
 from reconciler.stores.local import LocalStore
 
 FORMAT = "reconciler-wal-segment/1"
@@ -48,6 +51,20 @@ class SegmentRejected(PermanentError):
         super().__init__(f"WAL segment {segment} rejected: {reason}")
 
 
+class Area(Protocol):
+    """Where segments are kept: the local store's WAL area, or one on Google Drive (engine/waloffsite)."""
+
+    def list(self) -> list[StoredFile]: ...
+
+    def open(self, name: str) -> BinaryIO: ...
+
+    def put_with(self, name: str, produce: Callable[[BinaryIO], None]) -> PutResult: ...
+
+    def put_bytes(self, name: str, data: bytes) -> PutResult: ...
+
+    def delete(self, name: str) -> None: ...
+
+
 def area(store_path: str) -> LocalStore:
     return LocalStore(os.path.join(store_path, AREA))
 
@@ -56,7 +73,7 @@ def _stem(segment: str, partial: bool) -> str:
     return f"{segment}.partial" if partial else segment
 
 
-def listing(store: LocalStore) -> tuple[list[str], list[str]]:
+def listing(store: Area) -> tuple[list[str], list[str]]:
     """(complete segments, partial segments) that have their sidecar; anything else is not counted."""
     names = {f.name for f in store.list()}
     complete: list[str] = []
@@ -75,7 +92,7 @@ def listing(store: LocalStore) -> tuple[list[str], list[str]]:
 
 
 def ship(
-    store: LocalStore,
+    store: Area,
     source: str,
     segment: str,
     sealing: Sealing,
@@ -116,7 +133,7 @@ def ship(
 
 
 def check(
-    store: LocalStore,
+    store: Area,
     segment: str,
     mac_key: bytes | None,
     stack: str,
@@ -155,7 +172,7 @@ def check(
 
 
 def fetch(
-    store: LocalStore,
+    store: Area,
     segment: str,
     dest: str,
     identity: x25519.Identity | None,
@@ -181,7 +198,7 @@ def fetch(
         raise SegmentRejected(segment, f"it does not decrypt ({type(exc).__name__}: {exc})") from None
 
 
-def delete(store: LocalStore, segment: str) -> None:
+def delete(store: Area, segment: str) -> None:
     """Remove a segment (complete and partial): the sidecar first, so it is never half present."""
     for stem in (segment, f"{segment}.partial"):
         store.delete(f"{stem}{_SIDECAR}")

@@ -101,6 +101,13 @@ def status_text(document: dict[str, Any]) -> list[str]:
             )
     if document.get("nextScheduledBackup"):
         lines.append(f"  next scheduled backup {document['nextScheduledBackup']}")
+    wal_offsite = document.get("walOffsite")
+    if wal_offsite and wal_offsite.get("state") == "behind":
+        lines.append(
+            f"  continuous WAL behind since {wal_offsite['since']} ({wal_offsite.get('code')}): "
+            f"{_escape(str(wal_offsite.get('error')))}; the recovery point grows until Drive takes the "
+            f"{wal_offsite.get('waiting')} waiting segment(s)"
+        )
     daemon = document.get("daemon")
     if daemon:
         if daemon.get("running"):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from reconciler.backup import vouch
 from reconciler.backup.restore import SetRejected
-from reconciler.engine import backups, records
+from reconciler.engine import backups, records, waloffsite
 from reconciler.engine.context import StackContext
 from reconciler.errors import PermanentError, ReconcilerError, TransientError, coded
 from reconciler.plan.backupsets import MANIFEST_SUFFIX, BackupSet, group_sets, retention
@@ -102,7 +102,13 @@ def sync(ctx: StackContext, attempts: int = 8, deadline: float = 600) -> SyncRes
             result.bytes_sent += upload_set(ctx, store, backup_set, remote_files)
             result.uploaded.append(backup_set.name)
             log.info("uploaded backup set %s to %s", backup_set.name, store.describe())
+        # after the sets: a dead disk still leaves Drive with base + WAL (engine/waloffsite)
+        wal_root = os.path.join(backups.local_store(ctx).path, waloffsite.FOLDER)
+        result.bytes_sent += waloffsite.upload_local_wal(ctx.spec, wal_root, attempts, deadline)
         result.pruned, vouched = prune_remote(ctx, store)
+        waloffsite.prune_drive_wal(
+            ctx.spec, store, vouched, backups.local_store(ctx).path, attempts, deadline
+        )
     except ReconcilerError as exc:
         code = coded(exc, FailureCode.UPLOAD_ERROR).code
         records.update(

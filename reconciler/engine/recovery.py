@@ -39,7 +39,7 @@ from typing import Any
 from reconciler.backup import physical, pipeline, walseg, walspool
 from reconciler.backup.restore import CheckedSet
 from reconciler.databases import postgres as pg
-from reconciler.engine import events, wal
+from reconciler.engine import events, wal, waloffsite
 from reconciler.engine.context import StackContext
 from reconciler.errors import PermanentError, ReconcilerError
 from reconciler.plan import walchain
@@ -61,16 +61,22 @@ class ChainPlan:
     base_stop: str
     segments: list[str]
     partial: str | None
-    partial_source: str | None  # "spool" or "store"
+    partial_source: str | None  # receive directory, spool (chunks), store, store on Google Drive
     gap: str | None
     after_gap: int
     rejected: dict[str, str] = field(default_factory=dict)
     spool_segments: list[str] = field(default_factory=list)
     spool_note: str | None = None  # where and why the spool's chunks of the partial stop early
     chunk_segments: list[str] = field(default_factory=list)  # complete segments rebuilt from the spool
+    from_drive: int = 0  # how many of the replayed segments come from Google Drive (engine/waloffsite)
+    drive_unreachable: str | None = None
 
     def describe(self) -> str:
         text = f"base {self.set} + {len(self.segments)} WAL segment(s)"
+        if self.from_drive:
+            text += f" ({self.from_drive} from Google Drive)"
+        if self.drive_unreachable:
+            text += f" (WAL on Google Drive could not be read: {self.drive_unreachable})"
         if self.partial:
             text += f" + the segment in progress {self.partial} (from the {self.partial_source})"
         if self.spool_note:
@@ -100,7 +106,7 @@ def chain_plan(
         raise PermanentError(f"backup set {checked.name} holds no physical base backup")
     sysid = str(base["system_identifier"])
     start = stop_segment(base)
-    store = wal.store_area(ctx.spec, sysid)
+    store = waloffsite.recovery_area(ctx.spec, wal.store_area(ctx.spec, sysid), sysid)
     complete, store_partials = walseg.listing(store)
     spool_names = [name for directory in raw_dirs(ctx, sysid) for name in os.listdir(directory)]
     spool_complete = [n for n in spool_names if walchain.is_segment(n)]
@@ -154,6 +160,9 @@ def chain_plan(
     if chain.partial is not None:
         source = "receive directory" if chain.partial in spool_partials else "store"
         source = "spool" if source == "store" and chain.partial in chunked else source
+    if source == "store" and chain.partial is not None and store.from_drive(chain.partial, partial=True):
+        source = "store on Google Drive"
+    drive_count = sum(1 for s in chain.segments if s in complete and store.from_drive(s))
     return ChainPlan(
         checked.name,
         start,
@@ -166,6 +175,8 @@ def chain_plan(
         [s for s in chain.segments if s in spool_complete],
         note if source == "spool" else None,
         [s for s in chain.segments if s in from_chunks and s not in spool_complete],
+        drive_count,
+        store.unreachable,
     )
 
 
@@ -219,7 +230,7 @@ def stage_wal(
     base = checked.base()
     assert base is not None
     sysid = str(base["system_identifier"])
-    store = wal.store_area(ctx.spec, sysid)
+    store = waloffsite.recovery_area(ctx.spec, wal.store_area(ctx.spec, sysid), sysid)
     raw = {name: os.path.join(d, name) for d in reversed(raw_dirs(ctx, sysid)) for name in os.listdir(d)}
     pg_wal = os.path.join(data_dir, "pg_wal")
     complete, _ = walseg.listing(store)
@@ -237,7 +248,7 @@ def stage_wal(
             shutil.copyfile(raw[f"{plan.partial}.partial"], target)
         elif plan.partial_source == "spool":
             from_spool(ctx, sysid, plan.partial, identity, mac_key, target)
-        else:
+        else:  # the store: local, or Google Drive
             walseg.fetch(store, plan.partial, target, identity, mac_key, ctx.spec.stack, sysid, partial=True)
 
 
@@ -378,26 +389,29 @@ def base_for_time(ctx: StackContext, when: datetime) -> tuple[Source, str]:
     store = backups.local_store(ctx)
     identity = identity_for_restore(ctx.spec)
     mac_key = keys.mac_key(identity) if identity is not None else None
-    doubts = backups.vouch_local(ctx)
     reasons = []
-    for listing in backups.list_sets(ctx):
-        candidate = listing.backup_set
-        if not candidate.complete or doubts.get(candidate.name, "not checked") is not None:
-            continue
-        if candidate.created >= when:
-            continue
-        try:
-            checked = load_and_check(store, candidate.name, mac_key)
-        except SetRejected as exc:
-            reasons.append(f"{candidate.name}: {exc.reason}")
-            continue
-        base = checked.base()
-        # the base must be consistent before the target: its stream ended before it (under the MAC)
-        if (
-            base is not None
-            and datetime.fromisoformat(str(base.get("finished", "9999-12-31T00:00:00Z"))) < when
-        ):
-            return Source(store, checked, identity, mac_key), candidate.name
+    for attempt in range(2):  # the second time after fetching a set from Drive (engine/waloffsite)
+        if attempt and not waloffsite.fetch_set_before(ctx, when):
+            break
+        doubts = backups.vouch_local(ctx)
+        for listing in backups.list_sets(ctx):
+            candidate = listing.backup_set
+            if not candidate.complete or doubts.get(candidate.name, "not checked") is not None:
+                continue
+            if candidate.created >= when:
+                continue
+            try:
+                checked = load_and_check(store, candidate.name, mac_key)
+            except SetRejected as exc:
+                reasons.append(f"{candidate.name}: {exc.reason}")
+                continue
+            base = checked.base()
+            # the base must be consistent before the target: its stream ended before it (under the MAC)
+            if (
+                base is not None
+                and datetime.fromisoformat(str(base.get("finished", "9999-12-31T00:00:00Z"))) < when
+            ):
+                return Source(store, checked, identity, mac_key), candidate.name
     raise PermanentError(
         f"no backup set with a physical base backup was taken before {when.isoformat()} "
         f"(backup.continuous must have been on then){'; rejected: ' + '; '.join(reasons) if reasons else ''}"
@@ -489,13 +503,16 @@ def preview(ctx: StackContext, actions: Any) -> list[str]:
     if action is None:
         return []
     store_name, set_name = action.candidates[0]
-    if store_name != "local":
+    if store_name not in ("local", "gdrive"):
         return [f"postgres: whether {set_name} replays WAL is known once it is fetched from {store_name}"]
     try:
         identity = identity_for_restore(ctx.spec)
         key = mac_key(identity) if identity is not None else None
-        with backups.local_store(ctx).open(f"{set_name}{MANIFEST_SUFFIX}") as handle:
-            document = manifest.decode(handle.read(4 * 1024 * 1024))
+        if store_name == "gdrive":  # only its manifest is read (checked below), from Drive
+            document = manifest.decode(waloffsite.read_set_manifest(ctx.spec, set_name))
+        else:
+            with backups.local_store(ctx).open(f"{set_name}{MANIFEST_SUFFIX}") as handle:
+                document = manifest.decode(handle.read(4 * 1024 * 1024))
         manifest.verify(document, key)
     except (OSError, manifest.ManifestRejected, ReconcilerError) as exc:
         return [f"postgres: cannot tell what {set_name} will replay ({exc})"]

@@ -103,9 +103,19 @@ class Shipper:
     system_identifier: str
     last_partial: float = 0.0
     spooler: walspool.Spooler | None = None  # placement ``spool``
+    area: Any = None  # where segments go, chosen by placement (engine/waloffsite); None: not chosen yet
+
+    def destination(self) -> Any:
+        """Drive with placement ``offsite`` (nothing on persistent storage), else the local store."""
+        if self.area is None:
+            from reconciler.engine import waloffsite
+
+            area = waloffsite.destination(self.spec, self.system_identifier, self.directory)
+            self.area = area if area is not None else store_area(self.spec, self.system_identifier)
+        return self.area
 
     def ship_completed(self) -> list[str]:
-        store = store_area(self.spec, self.system_identifier)
+        store = self.destination()
         shipped = []
         failure: Exception | None = None
         for name in sorted(os.listdir(self.directory)):
@@ -170,7 +180,7 @@ class Shipper:
         name = partials[-1].removesuffix(".partial")
         if not walchain.is_segment(name):
             return None
-        store = store_area(self.spec, self.system_identifier)
+        store = self.destination()
         with contextlib.suppress(FileNotFoundError):  # completed and renamed while we looked
             walseg.ship(
                 store,

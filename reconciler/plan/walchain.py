@@ -16,7 +16,7 @@ Design decisions:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
@@ -107,3 +107,15 @@ def unneeded(segments: Iterable[str], base_starts: Iterable[str]) -> list[str]:
         elif timeline < oldest_timeline:
             deletable.append(name)
     return sorted(deletable)
+
+
+def unneeded_in_cluster(
+    segments: Iterable[str], starts_by_cluster: Mapping[str, Iterable[str]], cluster: str
+) -> list[str]:
+    """``unneeded`` for one cluster's segments, given the kept bases of every cluster. A cluster with
+    no kept base while another has one is the history a restore by initdb abandoned: all of it goes.
+    With no kept base anywhere nothing goes."""
+    if not starts_by_cluster:
+        return []
+    bases = list(starts_by_cluster.get(cluster, ())) or ["FFFFFFFF" + "0" * 16]
+    return unneeded(segments, bases)

@@ -858,8 +858,10 @@ class ContinuousSpec(_Strict):
     placement: Literal["spool", "offsite"] = _field(
         "spool",
         description="Where the WAL being written lives: `spool` keeps the segment in progress on "
-        "persistent storage (spool_dir; recovery point about one second), `offsite` writes nothing to "
-        "persistent storage and ships the segment in progress every `interval`.",
+        "persistent storage (spool_dir; recovery point about one second; completed segments also go to "
+        "Google Drive with each sync when the gdrive store is on), `offsite` writes nothing to "
+        "persistent storage and ships every segment, and the one in progress every `interval`, to "
+        "Google Drive (requires the gdrive store).",
         example="spool",
     )
     spool_dir: PathText = _field(
@@ -919,6 +921,17 @@ class BackupSpec(_Strict):
         description="Continuous protection of PostgreSQL: physical base backups and streamed WAL.",
         example={"enabled": True, "placement": "spool", "spool_dir": "./data/wal-spool", "interval": "60s"},
     )
+
+    @model_validator(mode="after")
+    def _offsite_needs_drive(self) -> BackupSpec:
+        continuous = self.continuous
+        if continuous.enabled and continuous.placement == "offsite" and not self.stores.gdrive.enabled:
+            raise ValueError(
+                "backup.continuous.placement offsite ships the WAL to Google Drive only, but "
+                "backup.stores.gdrive is not enabled: enable and configure the gdrive store, or use "
+                "placement spool"
+            )
+        return self
 
 
 class DaemonSpec(_Strict):

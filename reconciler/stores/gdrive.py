@@ -19,6 +19,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import http.client
 import json
@@ -42,6 +43,10 @@ FOLDER_MIME = "application/vnd.google-apps.folder"
 T = TypeVar("T")
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 _RATE_LIMIT_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "backendError"}
+
+
+class FolderMissing(PermanentError):
+    """A folder below folder_id does not exist, and this store only reads (``create_folders=False``)."""
 
 
 def _http_error_details(exc: Exception) -> tuple[int, str]:
@@ -136,9 +141,15 @@ class GdriveStore:
     name = "gdrive"
 
     def __init__(
-        self, spec: GdriveStoreSpec, credentials_file: str, attempts: int = 8, deadline: float = 600
+        self,
+        spec: GdriveStoreSpec,
+        credentials_file: str,
+        attempts: int = 8,
+        deadline: float = 600,
+        create_folders: bool = True,
     ) -> None:
         self.spec = spec
+        self.create_folders = create_folders  # False: a reader, which must not race a writer creating them
         self.credentials_file = credentials_file
         self.attempts = attempts
         self.deadline = deadline
@@ -319,6 +330,8 @@ class GdriveStore:
             )
             for part in filter(None, (self.spec.sub_path or "").split("/")):
                 existing = self._find(current, part, folder=True)
+                if existing is None and not self.create_folders:
+                    raise FolderMissing(f"{self.describe()} does not exist (no folder {part})")
                 if existing is None:
                     body = {"name": part, "mimeType": FOLDER_MIME, "parents": [current]}
 
@@ -365,6 +378,39 @@ class GdriveStore:
 
     def remote_md5(self, name: str) -> str | None:
         return self._md5s.get(name)
+
+    def _children(self, clause: str | None, folder: bool) -> builtins.list[dict[str, Any]]:
+        """Files (or folders) directly in the store's folder, optionally narrowed by a ``q`` clause."""
+        service = self._build()
+        q = f"'{self.folder()}' in parents and trashed = false"
+        q += f" and mimeType {'=' if folder else '!='} '{FOLDER_MIME}'"
+        if clause:
+            q += f" and {clause}"
+        found = self._call(
+            "lookup",
+            lambda: (
+                service.files()
+                .list(
+                    q=q, fields="files(id, name)", orderBy="createdTime", pageSize=1000, **self._list_kwargs()
+                )
+                .execute()
+            ),
+        )
+        return builtins.list(found.get("files", []))
+
+    def ids_named(self, name: str) -> builtins.list[str]:
+        """Every file called ``name`` in the folder, oldest first: Drive allows several with one name."""
+        escaped = name.replace("\\", "\\\\").replace("'", "\\'")
+        return [str(f["id"]) for f in self._children(f"name = '{escaped}'", folder=False)]
+
+    def subfolders(self) -> builtins.list[str]:
+        """Names of the folders directly in the store's folder (the WAL area's clusters)."""
+        return sorted(str(f["name"]) for f in self._children(None, folder=True))
+
+    def delete_id(self, file_id: str) -> None:
+        service = self._build()
+        self._call("delete", lambda: service.files().delete(fileId=file_id, **self._common()).execute())
+        self._ids = {k: v for k, v in self._ids.items() if v != file_id}
 
     def free_bytes(self) -> int | None:
         service = self._build()
@@ -425,21 +471,22 @@ class GdriveStore:
         self._ids[name] = str(response["id"])
         return response
 
-    def download(self, name: str, target: str) -> None:
-        """Download to ``target`` atomically (temporary name, fsync, rename)."""
+    def download(self, name: str, target: str, file_id: str | None = None) -> None:
+        """Download to ``target`` atomically (temporary name, fsync, rename); ``file_id`` picks one of
+        several files called ``name``."""
         from googleapiclient.http import MediaIoBaseDownload
 
         service = self._build()
-        if name not in self._ids:
+        if file_id is None and name not in self._ids:
             self.list()
-        if name not in self._ids:
+        if file_id is None and name not in self._ids:
             raise PermanentError(f"{name} is not in {self.describe()}")
         # A hidden ``.partial-`` name: never listed as a set member, removed by the store's clean-up,
         # and 0600 from the first byte like every file the local store writes.
         tmp = os.path.join(os.path.dirname(target), f".partial-{os.path.basename(target)}.downloading")
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "wb") as handle:
             os.fchmod(handle.fileno(), 0o600)
-            request = service.files().get_media(fileId=self._ids[name], **self._common())
+            request = service.files().get_media(fileId=file_id or self._ids[name], **self._common())
             downloader = MediaIoBaseDownload(handle, request, chunksize=self.spec.chunk_size)
             done = False
             while not done:

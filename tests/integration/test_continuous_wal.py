@@ -146,26 +146,6 @@ def test_segments_are_streamed_sealed_and_checked(stack: Stack) -> None:
     assert streamer is not None and streamer.process is None
 
 
-def test_offsite_placement_ships_the_segment_in_progress(stack: Stack) -> None:
-    continuous_stack(stack, "offsite")
-    ctx = StackContext.build(load_spec(str(stack.state_file)), str(stack.state_file))
-    supervisor = wal.WalSupervisor()
-    DIAGNOSIS[:] = [supervisor]
-    supervisor.follow(ctx, ctx.observe())
-    try:
-        sysid = system_identifier(stack)
-        store = wal.store_area(ctx.spec, sysid)
-        wait_for(lambda: slot_active(stack), "the replication slot to be streamed")
-        with pg(stack) as conn:
-            conn.execute("SET ROLE app")
-            conn.execute("CREATE TABLE t (n int)")
-        wait_for(lambda: walseg.listing(store)[1], "a shipped partial segment")
-        assert not (stack.dir / "data" / "spool").exists()  # nothing on persistent storage but the store
-        assert (Path(ctx.spec.ram_root) / "wal-receive" / sysid).is_dir()
-    finally:
-        supervisor.stop()
-
-
 def test_retention_deletes_only_the_wal_no_kept_base_needs(stack: Stack) -> None:
     continuous_stack(stack)
     document = stack.document()

@@ -66,6 +66,12 @@ class State:
         return sum(int(f.get("size", 0)) for f in self.files.values())
 
 
+def _created_now() -> str:
+    """RFC 3339 with milliseconds, as Drive reports createdTime (two uploads a second apart order)."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+
+
 def _match_q(query: str, meta: dict[str, Any]) -> bool:
     for raw in re.split(r"\s+and\s+", query.strip()):
         clause = raw.strip()
@@ -310,6 +316,8 @@ class _Handler(BaseHTTPRequestHandler):
                     (m for m in self.state.files.values() if _match_q(q, m)),
                     key=lambda m: (m["name"], m["id"]),
                 )
+                if (query.get("orderBy") or [""])[0] == "createdTime":  # what the WAL area asks for
+                    matches.sort(key=lambda m: str(m.get("createdTime", "")))
             except ValueError as exc:
                 self._error(400, "invalid", str(exc))
                 return
@@ -408,7 +416,7 @@ class _Handler(BaseHTTPRequestHandler):
             "name": metadata.get("name", "untitled"),
             "mimeType": metadata.get("mimeType", "application/octet-stream"),
             "parents": list(metadata.get("parents", [])),
-            "createdTime": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+            "createdTime": _created_now(),
         }
         if content is not None:
             with open(self.state.blob(file_id), "wb") as handle:
