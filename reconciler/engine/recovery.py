@@ -201,7 +201,10 @@ def chown_tree(path: str, uid: int, gid: int) -> None:
 
 
 def wait_promoted(ctx: StackContext, port: int) -> None:
-    endpoint = ctx.runtime.endpoint("postgres", port)
+    wait_promoted_at(ctx.runtime.endpoint("postgres", port))
+
+
+def wait_promoted_at(endpoint: Any) -> None:
     deadline = time.monotonic() + _PROMOTE_TIMEOUT
     while True:
         with pg.connect(endpoint) as conn:
@@ -459,30 +462,3 @@ def after_boot(ctx: StackContext) -> None:
             f"no base on the new timeline yet ({exc}): until the next backup set, a power cut loses what "
             "is written from now on",
         )
-
-
-def verify_base(
-    store: LocalStore, checked: CheckedSet, identity: Any, runtime: Any, data_dir: str, port: int
-) -> dict[str, Any]:
-    """``verify`` of a set's base in a scratch server: extract, ``pg_verifybackup`` (every file's
-    checksum and the WAL it needs), start (crash recovery to the base's end), answer a query.
-
-    The caller owns ``data_dir`` and stops the server. A failure is returned, not raised: the set's
-    logical dump may be fine, and restore on boot falls back to it when the base fails."""
-    from reconciler.runtimes.local import postgres_bindir
-
-    try:
-        extract_base(store, checked, identity, data_dir)
-        _, uid, gid = runtime.account("postgres")
-        chown_tree(data_dir, uid, gid)
-        os.chmod(data_dir, 0o700)
-        user = runtime.account("postgres")[0]
-        proc.run([os.path.join(postgres_bindir(), "pg_verifybackup"), data_dir], user=user, timeout=3600)
-        runtime.start_service("postgres", data_dir, port)
-        with pg.connect(runtime.endpoint("postgres", port)) as conn:
-            row = conn.execute("SELECT count(*) FROM pg_database WHERE datallowconn").fetchone()
-        return {"ok": True, "databases": int(str(row[0])) if row else 0}
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        log.warning("the base backup of %s did not verify: %s", checked.name, reason)
-        return {"ok": False, "reason": reason}
