@@ -264,7 +264,7 @@ def recover_into(
 
 def wanted(ctx: StackContext, checked: CheckedSet) -> bool:
     """Restore on boot goes physical when continuous protection is on and the set holds a base."""
-    return ctx.spec.backup.continuous.enabled and ctx.spec.runtime == "local" and checked.base() is not None
+    return ctx.spec.backup.continuous.enabled and checked.base() is not None
 
 
 def boot_recover(
@@ -348,8 +348,6 @@ def restore_to_time(ctx: StackContext, when: datetime) -> ChainPlan:
     from reconciler.engine.journal import Journal
     from reconciler.system import clock, fs
 
-    if ctx.spec.runtime != "local":
-        raise PermanentError("restore --to works on the local runtime only for now")
     with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
         pending = Journal.load(ctx.state_dir)
         if pending is not None:
@@ -362,8 +360,17 @@ def restore_to_time(ctx: StackContext, when: datetime) -> ChainPlan:
         aside = f"{data_dir}.before-restore-{clock.now().strftime('%Y%m%dT%H%M%SZ')}"
         ctx.runtime.stop_service("postgres", data_dir)
         os.rename(data_dir, aside)
-        try:
-            plan = recover_into(ctx, source, data_dir, port, when)
+        from reconciler.engine.restore_op import mark_restoring
+
+        try:  # the new directory is the reconciler's own (the docker runtime checks its marker)
+            plan = recover_into(
+                ctx,
+                source,
+                data_dir,
+                port,
+                when,
+                lambda: mark_restoring(data_dir, ctx.spec.stack, "postgres", None),
+            )
         except BaseException:
             with contextlib.suppress(Exception):
                 ctx.runtime.stop_service("postgres", data_dir)
@@ -416,7 +423,7 @@ def preview(ctx: StackContext, actions: Any) -> list[str]:
     from reconciler.plan.actions import RestoreFromBackup
     from reconciler.plan.backupsets import MANIFEST_SUFFIX
 
-    if not ctx.spec.backup.continuous.enabled or ctx.spec.runtime != "local":
+    if not ctx.spec.backup.continuous.enabled:
         return []
     action = next((a for a in actions if isinstance(a, RestoreFromBackup) and "postgres" in a.services), None)
     if action is None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
+import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -18,6 +22,7 @@ from tests.e2e.test_continuous import (
     continuous_stack,
     events_with,
     kill_everything,
+    receivers,
     rows,
     slot_active,
     start_streaming,
@@ -26,6 +31,7 @@ from tests.e2e.test_continuous import (
 from tests.e2e.test_daemon import RunningDaemon, _status_file, daemons  # noqa: F401 (fixture)
 from tests.e2e.test_mode_switch import WRITER_PASSWORD
 from tests.integration.test_backups import pg
+from tests.integration.test_docker_runtime import PG_IMAGE, REDIS_IMAGE, engine  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -237,3 +243,56 @@ def test_the_mode_switch_keeps_the_wal_chain_and_a_power_cut_after_it_loses_noth
     found = walchain.chain(names[0], names)
     assert found.gap is None and len(found.segments) == len(names), f"the chain breaks at {found.gap}"
     print(f"switch: longest write pause {writer.longest_pause():.2f} s, stream resumed after {resumed} s")
+
+
+def test_continuous_wal_on_docker_restores_to_a_time_and_survives_a_power_cut(
+    stack: Stack,
+    engine: Any,  # noqa: F811
+    daemons: list[RunningDaemon],  # noqa: F811
+) -> None:
+    """pg_receivewal and pg_basebackup run on the host against the container's socket (bind-mounted);
+    recovery extracts the base into the container's bind-mounted data directory."""
+    name = ""
+    try:
+        name = continuous_stack(stack, images={"postgres": PG_IMAGE, "redis": REDIS_IMAGE})["stack"]
+        daemon = start_streaming(stack, daemons)
+        sysid = system_identifier(stack)
+        segments = fill_segments(stack, 3)
+        with pg(stack) as conn:
+            chosen = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+            while conn.execute("SELECT clock_timestamp() > %s + interval '200 ms'", (chosen,)).fetchone() != (
+                True,
+            ):
+                pass
+            conn.execute("INSERT INTO numbers SELECT g FROM generate_series(301, 350) g")
+            daemon.wait_for("the stream to catch up", lambda: streamed(conn))
+        daemon.wait_for("the segments shipped", lambda: shipped(wal_area(stack, sysid), segments))
+        assert daemon.stop() == 0
+
+        result = stack.cli("restore", "--to", chosen.isoformat(), "--yes")
+        assert "restored PostgreSQL to" in result.stdout
+        assert rows(stack) == list(range(1, 301))
+
+        daemon = start_streaming(stack, daemons)
+        with pg(stack) as conn:
+            conn.execute("INSERT INTO numbers VALUES (1000)")
+            daemon.wait_for("the write to reach the spool", lambda: streamed(conn))
+        # the power cut: the daemon and its receiver, the containers, the RAM
+        for pid in [daemon.process.pid, *receivers(stack)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        daemon.process.wait()
+        for service in ("postgres", "redis"):
+            engine.containers.get(f"{name}-{service}").kill()
+        for entry in stack.ram_root.iterdir():
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+        stack.cli("apply")
+        assert rows(stack) == [*range(1, 301), 1000], "a row streamed before the cut is lost"
+        assert events_with(stack, "PhysicalRecovery"), "restore on boot did not replay the WAL"
+        assert verify(stack)["base"]["wal"]["ok"]
+    finally:
+        name = name or stack.document()["stack"]
+        for service in ("postgres", "redis"):
+            for container in engine.containers.list(all=True, filters={"name": f"{name}-{service}"}):
+                container.remove(force=True)
