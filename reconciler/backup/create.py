@@ -38,6 +38,7 @@ from reconciler.errors import CommandFailed, PermanentError, ReconcilerError, co
 from reconciler.plan.backupsets import MANIFEST_SUFFIX, set_name
 from reconciler.plan.failures import FailureCode
 from reconciler.runtimes.base import Endpoint
+from reconciler.runtimes.local import postgres_bindir
 from reconciler.spec.model import PostgresSpec, StateSpec
 from reconciler.spec.units import format_bytes
 from reconciler.stores.local import LocalStore, OverLimit
@@ -229,8 +230,11 @@ def _backup_postgres_base(
 ) -> dict[str, Any]:
     """The physical member: ``pg_basebackup`` as one tar (its WAL included), see ``backup/physical``."""
     identity = physical.server_identity(endpoint)
-    if endpoint.container is None:  # the stream's slot first (see physical.ensure_slot); docker: host tools
-        physical.ensure_slot(bindir, endpoint, physical.slot_name(stack))
+    # the stream's slot first (see physical.ensure_slot); docker: with the host's tools, through the
+    # bind-mounted socket directory, as the receiver itself connects
+    physical.ensure_slot(
+        postgres_bindir() if endpoint.container else bindir, endpoint, physical.slot_name(stack)
+    )
     argv = physical.basebackup_argv(bindir, pg.client_args(endpoint), base)
     file_name = f"{base}.{physical.MEMBER_SUFFIX}{sealing.suffix}"
     try:

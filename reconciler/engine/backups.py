@@ -392,11 +392,11 @@ def verify(ctx: StackContext, set_name: str | None) -> dict[str, Any]:
                     + (f" ({expires} of them with a TTL)" if expires else ""),
                 )
         if checked.base() is not None:  # the physical member, in its own scratch server (engine/recovery)
-            from reconciler.engine.recovery import verify_base
+            from reconciler.engine.walverify import verify_physical
 
             base_dir = os.path.join(scratch, "postgres-base")
             started_services.append(("postgres", base_dir))
-            result["base"] = verify_base(store, checked, identity, runtime, base_dir, _free_port())
+            result["base"] = verify_physical(ctx, store, checked, identity, runtime, base_dir, _free_port())
         result.update(ok=True, seconds=round(time.monotonic() - started, 3))
     except SetRejected as exc:
         result.update(

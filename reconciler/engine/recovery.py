@@ -279,7 +279,10 @@ def chown_tree(path: str, uid: int, gid: int) -> None:
 
 
 def wait_promoted(ctx: StackContext, port: int) -> None:
-    endpoint = ctx.runtime.endpoint("postgres", port)
+    wait_promoted_at(ctx.runtime.endpoint("postgres", port))
+
+
+def wait_promoted_at(endpoint: Any) -> None:
     deadline = time.monotonic() + _PROMOTE_TIMEOUT
     while True:
         with pg.connect(endpoint) as conn:
@@ -339,7 +342,7 @@ def recover_into(
 
 def wanted(ctx: StackContext, checked: CheckedSet) -> bool:
     """Restore on boot goes physical when continuous protection is on and the set holds a base."""
-    return ctx.spec.backup.continuous.enabled and ctx.spec.runtime == "local" and checked.base() is not None
+    return ctx.spec.backup.continuous.enabled and checked.base() is not None
 
 
 def boot_recover(
@@ -428,8 +431,6 @@ def restore_to_time(ctx: StackContext, when: datetime) -> ChainPlan:
     from reconciler.engine.journal import Journal
     from reconciler.system import clock, fs
 
-    if ctx.spec.runtime != "local":
-        raise PermanentError("restore --to works on the local runtime only for now")
     with fs.exclusive_lock(ctx.lock_path, f"stack {ctx.spec.stack}"):
         pending = Journal.load(ctx.state_dir)
         if pending is not None:
@@ -442,8 +443,17 @@ def restore_to_time(ctx: StackContext, when: datetime) -> ChainPlan:
         aside = f"{data_dir}.before-restore-{clock.now().strftime('%Y%m%dT%H%M%SZ')}"
         ctx.runtime.stop_service("postgres", data_dir)
         os.rename(data_dir, aside)
-        try:
-            plan = recover_into(ctx, source, data_dir, port, when)
+        from reconciler.engine.restore_op import mark_restoring
+
+        try:  # the new directory is the reconciler's own (the docker runtime checks its marker)
+            plan = recover_into(
+                ctx,
+                source,
+                data_dir,
+                port,
+                when,
+                lambda: mark_restoring(data_dir, ctx.spec.stack, "postgres", None),
+            )
         except BaseException:
             with contextlib.suppress(Exception):
                 ctx.runtime.stop_service("postgres", data_dir)
@@ -497,7 +507,7 @@ def preview(ctx: StackContext, actions: Any) -> list[str]:
     from reconciler.plan.actions import RestoreFromBackup
     from reconciler.plan.backupsets import MANIFEST_SUFFIX
 
-    if not ctx.spec.backup.continuous.enabled or ctx.spec.runtime != "local":
+    if not ctx.spec.backup.continuous.enabled:
         return []
     action = next((a for a in actions if isinstance(a, RestoreFromBackup) and "postgres" in a.services), None)
     if action is None:
@@ -546,30 +556,3 @@ def after_boot(ctx: StackContext) -> None:
             f"no base on the new timeline yet ({exc}): until the next backup set, a power cut loses what "
             "is written from now on",
         )
-
-
-def verify_base(
-    store: LocalStore, checked: CheckedSet, identity: Any, runtime: Any, data_dir: str, port: int
-) -> dict[str, Any]:
-    """``verify`` of a set's base in a scratch server: extract, ``pg_verifybackup`` (every file's
-    checksum and the WAL it needs), start (crash recovery to the base's end), answer a query.
-
-    The caller owns ``data_dir`` and stops the server. A failure is returned, not raised: the set's
-    logical dump may be fine, and restore on boot falls back to it when the base fails."""
-    from reconciler.runtimes.local import postgres_bindir
-
-    try:
-        extract_base(store, checked, identity, data_dir)
-        _, uid, gid = runtime.account("postgres")
-        chown_tree(data_dir, uid, gid)
-        os.chmod(data_dir, 0o700)
-        user = runtime.account("postgres")[0]
-        proc.run([os.path.join(postgres_bindir(), "pg_verifybackup"), data_dir], user=user, timeout=3600)
-        runtime.start_service("postgres", data_dir, port)
-        with pg.connect(runtime.endpoint("postgres", port)) as conn:
-            row = conn.execute("SELECT count(*) FROM pg_database WHERE datallowconn").fetchone()
-        return {"ok": True, "databases": int(str(row[0])) if row else 0}
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        log.warning("the base backup of %s did not verify: %s", checked.name, reason)
-        return {"ok": False, "reason": reason}

@@ -333,7 +333,14 @@ class WalSupervisor:
         running = service is not None and service.running and service.port is not None
         wanted = spec.backup.continuous.enabled and running
         endpoint = ctx.runtime.endpoint("postgres", service.port) if wanted and service else None
-        key = (spec.backup.continuous, spec.backup.encryption, spec.ram_root, endpoint) if wanted else None
+        # a new server (a mode switch's copy, a restart) gets a new receiver at once: the old one may
+        # wait out up to _BACKOFF_MAX of back-off from the switch's downtime, streaming nothing
+        server = (service.pid, service.data_dir) if service else None
+        key = (
+            (spec.backup.continuous, spec.backup.encryption, spec.ram_root, endpoint, server)
+            if wanted
+            else None
+        )
         if key == self._key:
             return
         self.stop()

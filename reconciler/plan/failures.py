@@ -44,6 +44,7 @@ class FailureCode(StrEnum):
     PLAN_BLOCKED = "plan_blocked"
     BUSY = "busy"
     RECONCILE_ERROR = "reconcile_error"
+    WAL_GAP = "wal_gap"
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,13 @@ TABLE: dict[FailureCode, Meaning] = {
     FailureCode.RECONCILE_ERROR: Meaning(
         "applying the plan failed for another reason (a step's command failed)",
         "read the step and the tool's output in the message; the daemon retries with backoff",
+    ),
+    FailureCode.WAL_GAP: Meaning(
+        "a shipped WAL segment after a base backup is missing, corrupt, planted or of another cluster "
+        "(`verify`, restore on boot); recovery stops at the last consistent point before it, the set "
+        "is not rejected",
+        "read the segment and reason in the message (`WalGap` event); take a backup set now: its base "
+        "starts a whole chain",
     ),
 }
 

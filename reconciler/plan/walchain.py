@@ -119,3 +119,28 @@ def unneeded_in_cluster(
         return []
     bases = list(starts_by_cluster.get(cluster, ())) or ["FFFFFFFF" + "0" * 16]
     return unneeded(segments, bases)
+
+
+def bounded(found: Chain, until: str | None) -> Chain:
+    """What ``verify`` replays after a base: ``found`` cut at ``until`` (the next base's stop segment,
+    or None: the end of the chain).
+
+    Past the next base, the WAL is that base's to prove: a gap there is reported when that base is
+    verified, not here. Short of it, the window must be whole: a chain that ends before ``until`` has
+    a gap (the first segment it could not reach) even when no later segment was listed."""
+    if until is None:
+        return found
+    timeline, limit = parse(found.start)[0], parse(until)[1]
+    segments = tuple(s for s in found.segments if parse(s)[1] <= limit)
+    partial = found.partial if found.partial is not None and parse(found.partial)[1] <= limit else None
+    if (found.partial is not None and parse(found.partial)[1] >= limit) or (
+        found.segments and parse(found.segments[-1])[1] >= limit
+    ):
+        return Chain(found.start, segments, partial, None, 0)
+    if found.gap is not None:
+        return Chain(found.start, segments, partial, found.gap, found.after_gap)
+    if found.partial is not None:
+        last = parse(found.partial)[1]
+    else:
+        last = parse(found.segments[-1])[1] if found.segments else parse(found.start)[1] - 1
+    return Chain(found.start, segments, partial, segment_name(timeline, last + 1), found.after_gap)

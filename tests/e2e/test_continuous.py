@@ -22,9 +22,16 @@ from tests.integration.test_backups import pg, with_keys
 pytestmark = pytest.mark.e2e
 
 
-def continuous_stack(stack: Stack, placement: str = "spool") -> dict[str, Any]:
+def continuous_stack(
+    stack: Stack, placement: str = "spool", images: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """``images``: the docker runtime, with these images per service."""
     recipient = with_keys(stack)
     document = daemon_stack(stack)
+    if images:
+        document["runtime"] = "docker"
+        for service, image in images.items():
+            document["services"][service]["image"] = image
     document["backup"] = {
         "cadence": "1h",
         "encryption": {"recipients": [recipient], "identity_file": "./keys/backup.key"},

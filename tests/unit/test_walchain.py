@@ -67,3 +67,32 @@ def test_retention_never_deletes_a_segment_a_kept_base_can_replay(
         assert walchain.chain(start, kept) == walchain.chain(start, names)
     if not bases:
         assert not gone
+
+
+@given(
+    start=st.integers(min_value=0, max_value=200),
+    present=st.sets(st.integers(min_value=0, max_value=300), max_size=60),
+    partial=st.sets(st.integers(min_value=0, max_value=300), max_size=2),
+    until=st.none() | st.integers(min_value=0, max_value=300),
+)
+def test_verify_replays_up_to_the_next_base_and_reports_a_gap_only_short_of_it(
+    start: int, present: set[int], partial: set[int], until: int | None
+) -> None:
+    name = lambda n: walchain.segment_name(1, n)  # noqa: E731
+    found = walchain.chain(name(start), [name(n) for n in present | {start}], [name(n) for n in partial])
+    window = walchain.bounded(found, None if until is None else name(max(until, start)))
+    if until is None:
+        assert window == found
+        return
+    limit = max(until, start)
+    numbers = [walchain.parse(s)[1] for s in window.segments]
+    assert numbers == [walchain.parse(s)[1] for s in found.segments][: len(numbers)]  # a prefix
+    assert all(n <= limit for n in numbers)
+    reached = walchain.parse(window.partial)[1] if window.partial else numbers[-1]
+    have = present | {start}
+    whole = all(n in have for n in range(start, limit)) and (limit in have or limit in partial)
+    assert (window.gap is None) == whole  # whole: every segment up to the next base's is there
+    if window.gap is not None:
+        assert walchain.parse(window.gap)[1] == reached + 1 <= limit
+    else:
+        assert reached == limit
