@@ -1,0 +1,194 @@
+"""Redis snapshots between sets: one RDB, compressed, encrypted and authenticated, outside the sets.
+
+Design decisions:
+- A snapshot is ``<counter>.rdb.zst[.age]`` next to a small signed sidecar ``<counter>.rdb.json`` in
+  ``<local store>/redis/<stack>/``. The directory is outside the set namespace: set listings ignore
+  directories, so snapshots never count for, or disturb, set retention.
+- The sidecar carries the stack, the service, the counter, ``after_set`` (the newest set when it was
+  taken), size and sha256 of the stored bytes, under the same HMAC as a set manifest (key derived from
+  the secret identity). Someone who knows only the public recipient can encrypt an RDB but cannot make
+  a sidecar; a snapshot of another stack, or one renamed to another counter (to make an old one look
+  newest), names another stack or counter in its sidecar and is refused. The counter and ``after_set``
+  are the snapshot's position (``plan/redissnaps``): the host clock is never asked which is newer.
+- The sidecar is written after the data (each atomically, ``LocalStore``): data without its sidecar
+  (a snapshot cut short) is not a snapshot; deletion removes the sidecar first for the same reason.
+- ``fetch`` checks size and sha256 before decrypting, and decrypts into a temporary file renamed into
+  place: Redis never loads half an RDB, and an RDB that does not decrypt or decompress is refused.
+- The RDB is Redis's own BGSAVE file (``databases/redis.snapshot``), read through an open handle: a
+  later save renames a new file in and our handle keeps the one we asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+from typing import Any, BinaryIO
+
+from pyrage import x25519
+
+from reconciler.backup import manifest, pipeline
+from reconciler.backup.create import Sealing
+from reconciler.databases import redis as rd
+from reconciler.errors import PermanentError
+from reconciler.plan.redissnaps import Snapshot
+from reconciler.runtimes.base import Endpoint
+from reconciler.stores.local import LocalStore
+
+FORMAT = "reconciler-redis-snapshot/1"
+AREA = "redis"
+_DATA = ".rdb.zst"
+_SIDECAR = ".rdb.json"
+_MAX_SIDECAR = 64 * 1024
+_NAME = re.compile(r"^(\d{12})\.rdb\.json$")
+
+
+class SnapshotRejected(PermanentError):
+    """This snapshot cannot be loaded; the next older one (or the set's RDB) is used instead."""
+
+    def __init__(self, counter: int, reason: str) -> None:
+        self.counter = counter
+        self.reason = reason
+        super().__init__(f"Redis snapshot {counter} rejected: {reason}")
+
+
+def area(store_path: str, stack: str) -> LocalStore:
+    return LocalStore(os.path.join(store_path, AREA, stack))
+
+
+def _stem(counter: int) -> str:
+    return f"{counter:012d}"
+
+
+def listing(store: LocalStore) -> list[int]:
+    """Counters of the snapshots that have a sidecar (unchecked), oldest first."""
+    if not os.path.isdir(store.path):
+        return []
+    found = []
+    for entry in store.list():
+        match = _NAME.match(entry.name)
+        if match:
+            found.append(int(match.group(1)))
+    return sorted(found)
+
+
+def take(
+    store: LocalStore,
+    endpoint: Endpoint,
+    counter: int,
+    after_set: str,
+    sealing: Sealing,
+    stack: str,
+    taken: str,
+) -> dict[str, Any]:
+    """BGSAVE, then store the RDB as snapshot ``counter`` (sealed), then its signed sidecar."""
+    if endpoint.container is not None:
+        raise PermanentError("Redis snapshots between sets need the local runtime")
+    rdb_path, keys, expires = rd.snapshot(endpoint)
+    data_name = f"{_stem(counter)}{_DATA}{sealing.suffix}"
+    raw_size = 0
+
+    def produce(out: BinaryIO) -> None:
+        nonlocal raw_size
+        with open(rdb_path, "rb") as rdb:
+            raw_size = pipeline.compress_encrypt(rdb, out, sealing.recipients)
+
+    result = store.put_with(data_name, produce)
+    document: dict[str, Any] = {
+        "format": FORMAT,
+        "stack": stack,
+        "service": "redis",
+        "counter": counter,
+        "after_set": after_set,
+        "taken": taken,  # informative only: the order is the counter's
+        "file": data_name,
+        "size": result.size,
+        "sha256": result.sha256,
+        "raw_size": raw_size,
+        "check": {"keys": keys, "expires": expires},
+        "encryption": {"method": "age" if sealing.recipients else "none"},
+    }
+    if sealing.mac_key is not None:
+        document = manifest.sign(document, sealing.mac_key)
+    store.put_bytes(f"{_stem(counter)}{_SIDECAR}", manifest.encode(document))
+    return document
+
+
+def sidecar(store: LocalStore, counter: int, mac_key: bytes | None, stack: str) -> dict[str, Any]:
+    """The authenticated sidecar of snapshot ``counter`` (its data is not read); raises SnapshotRejected."""
+    try:
+        with store.open(f"{_stem(counter)}{_SIDECAR}") as handle:
+            data = handle.read(_MAX_SIDECAR + 1)
+    except FileNotFoundError:
+        raise SnapshotRejected(counter, "it is missing") from None
+    try:
+        document = json.loads(data)
+        if not isinstance(document, dict) or document.get("format") != FORMAT:
+            raise manifest.ManifestRejected(f"its sidecar is not a {FORMAT} document")
+        manifest.verify(document, mac_key)
+    except (ValueError, manifest.ManifestRejected) as exc:
+        raise SnapshotRejected(counter, f"its sidecar does not authenticate ({exc})") from None
+    if document.get("counter") != counter:
+        raise SnapshotRejected(counter, f"its sidecar describes another snapshot ({document.get('counter')})")
+    if document.get("stack") != stack or document.get("service") != "redis":
+        raise SnapshotRejected(counter, "it belongs to another stack or service")
+    if not isinstance(document.get("after_set"), str) or document.get("file") != (
+        f"{_stem(counter)}{_DATA}{'.age' if document.get('encryption', {}).get('method') == 'age' else ''}"
+    ):
+        raise SnapshotRejected(counter, "its sidecar names no valid data file")
+    return document
+
+
+def position(document: dict[str, Any]) -> Snapshot:
+    return Snapshot(int(document["counter"]), str(document["after_set"]))
+
+
+def check(store: LocalStore, counter: int, mac_key: bytes | None, stack: str) -> dict[str, Any]:
+    """The sidecar, after the data's size and sha256 matched it; raises SnapshotRejected."""
+    document = sidecar(store, counter, mac_key, stack)
+    digest, size = hashlib.sha256(), 0
+    try:
+        with store.open(str(document["file"])) as handle:
+            while chunk := handle.read(pipeline.CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+    except FileNotFoundError:
+        raise SnapshotRejected(counter, "its data file is missing") from None
+    if size != document.get("size") or digest.hexdigest() != document.get("sha256"):
+        raise SnapshotRejected(counter, "its data does not match its sidecar's size and sha256 (corrupt)")
+    return document
+
+
+def fetch(
+    store: LocalStore,
+    document: dict[str, Any],
+    dest: str,
+    identity: x25519.Identity | None,
+    owner: tuple[int, int],
+) -> None:
+    """Decrypt a checked snapshot to ``dest`` atomically (owned by ``owner``, mode 0600)."""
+    counter = int(document["counter"])
+    tmp = f"{dest}.restoring"
+    try:
+        with store.open(str(document["file"])) as source, open(tmp, "wb") as out:
+            pipeline.decrypt_decompress(source, out, identity)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chown(tmp, *owner)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, dest)
+    except Exception as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise
+        raise SnapshotRejected(counter, f"it does not decrypt ({type(exc).__name__}: {exc})") from None
+
+
+def delete(store: LocalStore, counter: int) -> None:
+    """Remove a snapshot: the sidecar first, so it is never half present."""
+    store.delete(f"{_stem(counter)}{_SIDECAR}")
+    for suffix in (_DATA, f"{_DATA}.age"):
+        store.delete(f"{_stem(counter)}{suffix}")
