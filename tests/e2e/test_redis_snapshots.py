@@ -1,0 +1,158 @@
+"""Redis between sets (``backup.continuous.redis_every``): a power cut loses at most one snapshot
+interval of Redis, not a backup cadence; a bad snapshot is refused; snapshots never cost a set."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.conftest import Stack
+from tests.e2e.test_continuous import continuous_stack, events_with, kill_everything, start_streaming
+from tests.e2e.test_daemon import RunningDaemon, daemons, local_sets  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.e2e
+
+
+def snapshot_stack(stack: Stack, **retention: int) -> dict[str, Any]:
+    document = continuous_stack(stack)  # takes the first set
+    document["backup"]["continuous"]["redis_every"] = "5s"
+    if retention:
+        document["backup"]["retention"] = retention
+    stack.write(document)
+    return document
+
+
+def area(stack: Stack) -> Path:
+    return stack.dir / "data" / "backups" / "redis" / stack.document()["stack"]
+
+
+def counters(stack: Stack) -> list[int]:
+    return sorted(int(p.name.split(".")[0]) for p in area(stack).glob("*.rdb.json"))
+
+
+def sidecar(stack: Stack, counter: int) -> dict[str, Any]:
+    return dict(json.loads((area(stack) / f"{counter:012d}.rdb.json").read_text()))
+
+
+def write_batch(stack: Stack, batch: str, n: int = 1000) -> None:
+    client = redis.Redis(port=stack.redis_port)
+    with client.pipeline(transaction=False) as pipe:
+        for i in range(n):
+            pipe.set(f"{batch}:{i}", i)
+        pipe.execute()
+
+
+def batch_present(stack: Stack, batch: str, n: int = 1000) -> bool:
+    found = len(redis.Redis(port=stack.redis_port).keys(f"{batch}:*"))
+    assert found in (0, n), f"batch {batch} half there ({found} of {n} keys)"
+    return found == n
+
+
+def snapshots_after(daemon: RunningDaemon, count: int) -> int:
+    """Wait for ``count`` snapshots taken from now on; the counter of the last. The second one began
+    after this call, so it holds everything written before it."""
+    start = len(daemon.events())
+    event: dict[str, Any] = {}
+    for _ in range(count):
+        event = daemon.wait_event("RedisSnapshotTaken", after=start)
+        start = daemon.events().index(event) + 1
+    return int(event["message"].split()[2])
+
+
+def test_keys_written_after_the_last_set_come_back_from_the_newest_snapshot_after_a_power_cut(
+    stack: Stack,
+    daemons: list[RunningDaemon],  # noqa: F811
+) -> None:
+    snapshot_stack(stack)
+    write_batch(stack, "in-set")
+    stack.cli("backup")
+    daemon = start_streaming(stack, daemons)
+    write_batch(stack, "after-set")  # an hour of Redis writes at cadence 1h, lost on old main
+    snapshots_after(daemon, 2)
+    kill_everything(stack, daemon)
+
+    plan = stack.cli("plan", check=2).stdout
+    assert "redis: snapshot" in plan and "instead of" in plan, plan
+    stack.cli("apply")
+    assert batch_present(stack, "in-set") and batch_present(stack, "after-set")
+    assert events_with(stack, "RedisSnapshotRestored")
+    assert not events_with(stack, "RedisSnapshotRejected")
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "planted", "renamed"])
+def test_a_bad_snapshot_is_refused_reported_and_the_older_one_loaded(
+    stack: Stack,
+    daemons: list[RunningDaemon],  # noqa: F811
+    damage: str,
+) -> None:
+    snapshot_stack(stack)
+    daemon = start_streaming(stack, daemons)
+    write_batch(stack, "a")
+    good = snapshots_after(daemon, 2)  # holds batch a
+    write_batch(stack, "b")
+    newest = snapshots_after(daemon, 2)  # holds batch b
+    kill_everything(stack, daemon)
+    later = [c for c in counters(stack) if c > good]
+    assert newest in later
+    if damage == "corrupt":  # bit rot in every snapshot after the good one
+        for counter in later:
+            victim = area(stack) / sidecar(stack, counter)["file"]
+            data = bytearray(victim.read_bytes())
+            data[len(data) // 2] ^= 0x10
+            victim.write_bytes(bytes(data))
+        expected, reason = "a", "corrupt"
+    elif damage == "planted":  # someone with only the public key makes one that looks newest
+        plant(stack, newest + 100, source=good)
+        expected, reason = "b", "does not authenticate"
+    else:  # an old, genuine snapshot renamed to look newest (replayed out of order)
+        for suffix in (".rdb.json", ".rdb.zst.age"):
+            os.link(area(stack) / f"{good:012d}{suffix}", area(stack) / f"{newest + 100:012d}{suffix}")
+        expected, reason = "b", "another snapshot"
+
+    stack.cli("apply")
+    assert batch_present(stack, "a")
+    assert batch_present(stack, "b") == (expected == "b")
+    rejected = events_with(stack, "RedisSnapshotRejected")
+    assert rejected and all(reason in e["message"] for e in rejected), rejected
+    assert rejected[0]["code"] == "verify_error"
+
+
+def plant(stack: Stack, counter: int, source: int) -> None:
+    """A snapshot sealed for the stack's public recipient, its sidecar signed with another key."""
+    from reconciler.backup import manifest
+
+    document = {k: v for k, v in sidecar(stack, source).items() if k != "mac"}
+    document["counter"] = counter
+    document["file"] = f"{counter:012d}.rdb.zst.age"
+    (area(stack) / document["file"]).write_bytes((area(stack) / f"{source:012d}.rdb.zst.age").read_bytes())
+    signed = manifest.sign(document, os.urandom(32))
+    (area(stack) / f"{counter:012d}.rdb.json").write_bytes(manifest.encode(signed))
+
+
+def test_snapshots_never_cost_a_set_and_those_before_the_newest_set_are_pruned(
+    stack: Stack,
+    daemons: list[RunningDaemon],  # noqa: F811
+) -> None:
+    snapshot_stack(stack, keep_last=3)
+    stack.cli("backup")
+    sets = local_sets(stack)
+    assert len(sets) == 3  # the first set of apply, continuous_stack's and this one
+    daemon = start_streaming(stack, daemons)
+    snapshots_after(daemon, 5)
+    assert len(counters(stack)) <= 3, "at most a few snapshots are kept"
+    stack.cli("prune")
+    assert local_sets(stack) == sets, "a set was deleted because of snapshots"
+
+    stack.cli("backup")  # a newer set: every snapshot before it is useless
+    newest_set = local_sets(stack)[-1]
+    snapshots_after(daemon, 1)
+    remaining = counters(stack)
+    assert remaining and all(sidecar(stack, c)["after_set"] == newest_set for c in remaining), [
+        sidecar(stack, c)["after_set"] for c in remaining
+    ]
+    assert newest_set in local_sets(stack)
