@@ -20,16 +20,13 @@ Design decisions:
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import os
 import re
-from typing import Any, BinaryIO
+from typing import Any
 
 from pyrage import x25519
 
-from reconciler.backup import manifest, pipeline
+from reconciler.backup import manifest, sealed
 from reconciler.backup.create import Sealing
 from reconciler.databases import redis as rd
 from reconciler.errors import PermanentError
@@ -41,7 +38,6 @@ FORMAT = "reconciler-redis-snapshot/1"
 AREA = "redis"
 _DATA = ".rdb.zst"
 _SIDECAR = ".rdb.json"
-_MAX_SIDECAR = 64 * 1024
 _NAME = re.compile(r"^(\d{12})\.rdb\.json$")
 
 
@@ -87,15 +83,7 @@ def take(
     if endpoint.container is not None:
         raise PermanentError("Redis snapshots between sets need the local runtime")
     rdb_path, keys, expires = rd.snapshot(endpoint)
-    data_name = f"{_stem(counter)}{_DATA}{sealing.suffix}"
-    raw_size = 0
-
-    def produce(out: BinaryIO) -> None:
-        nonlocal raw_size
-        with open(rdb_path, "rb") as rdb:
-            raw_size = pipeline.compress_encrypt(rdb, out, sealing.recipients)
-
-    result = store.put_with(data_name, produce)
+    stored = sealed.put(store, f"{_stem(counter)}{_DATA}{sealing.suffix}", rdb_path, sealing)
     document: dict[str, Any] = {
         "format": FORMAT,
         "stack": stack,
@@ -103,32 +91,20 @@ def take(
         "counter": counter,
         "after_set": after_set,
         "taken": taken,  # informative only: the order is the counter's
-        "file": data_name,
-        "size": result.size,
-        "sha256": result.sha256,
-        "raw_size": raw_size,
+        **stored,
         "check": {"keys": keys, "expires": expires},
         "encryption": {"method": "age" if sealing.recipients else "none"},
     }
-    if sealing.mac_key is not None:
-        document = manifest.sign(document, sealing.mac_key)
-    store.put_bytes(f"{_stem(counter)}{_SIDECAR}", manifest.encode(document))
-    return document
+    return sealed.put_sidecar(store, f"{_stem(counter)}{_SIDECAR}", document, sealing)
 
 
 def sidecar(store: LocalStore, counter: int, mac_key: bytes | None, stack: str) -> dict[str, Any]:
     """The authenticated sidecar of snapshot ``counter`` (its data is not read); raises SnapshotRejected."""
     try:
-        with store.open(f"{_stem(counter)}{_SIDECAR}") as handle:
-            data = handle.read(_MAX_SIDECAR + 1)
+        document = sealed.read_sidecar(store, f"{_stem(counter)}{_SIDECAR}", FORMAT, mac_key)
     except FileNotFoundError:
         raise SnapshotRejected(counter, "it is missing") from None
-    try:
-        document = json.loads(data)
-        if not isinstance(document, dict) or document.get("format") != FORMAT:
-            raise manifest.ManifestRejected(f"its sidecar is not a {FORMAT} document")
-        manifest.verify(document, mac_key)
-    except (ValueError, manifest.ManifestRejected) as exc:
+    except manifest.ManifestRejected as exc:
         raise SnapshotRejected(counter, f"its sidecar does not authenticate ({exc})") from None
     if document.get("counter") != counter:
         raise SnapshotRejected(counter, f"its sidecar describes another snapshot ({document.get('counter')})")
@@ -148,15 +124,11 @@ def position(document: dict[str, Any]) -> Snapshot:
 def check(store: LocalStore, counter: int, mac_key: bytes | None, stack: str) -> dict[str, Any]:
     """The sidecar, after the data's size and sha256 matched it; raises SnapshotRejected."""
     document = sidecar(store, counter, mac_key, stack)
-    digest, size = hashlib.sha256(), 0
     try:
-        with store.open(str(document["file"])) as handle:
-            while chunk := handle.read(pipeline.CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
+        intact = sealed.matches(store, document)
     except FileNotFoundError:
         raise SnapshotRejected(counter, "its data file is missing") from None
-    if size != document.get("size") or digest.hexdigest() != document.get("sha256"):
+    if not intact:
         raise SnapshotRejected(counter, "its data does not match its sidecar's size and sha256 (corrupt)")
     return document
 
@@ -169,22 +141,10 @@ def fetch(
     owner: tuple[int, int],
 ) -> None:
     """Decrypt a checked snapshot to ``dest`` atomically (owned by ``owner``, mode 0600)."""
-    counter = int(document["counter"])
-    tmp = f"{dest}.restoring"
     try:
-        with store.open(str(document["file"])) as source, open(tmp, "wb") as out:
-            pipeline.decrypt_decompress(source, out, identity)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chown(tmp, *owner)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, dest)
-    except Exception as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise
-        raise SnapshotRejected(counter, f"it does not decrypt ({type(exc).__name__}: {exc})") from None
+        sealed.unseal(store, document, dest, identity, owner)
+    except sealed.Unreadable as exc:
+        raise SnapshotRejected(int(document["counter"]), f"it does not decrypt ({exc})") from None
 
 
 def delete(store: LocalStore, counter: int) -> None:
