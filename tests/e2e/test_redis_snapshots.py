@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,16 @@ import pytest
 import redis
 
 from tests.conftest import Stack
-from tests.e2e.test_continuous import continuous_stack, events_with, kill_everything, start_streaming
+from tests.e2e.test_continuous import (
+    continuous_stack,
+    events_with,
+    kill_everything,
+    receivers,
+    start_streaming,
+)
 from tests.e2e.test_daemon import RunningDaemon, daemons, local_sets  # noqa: F401 (fixture)
+from tests.e2e.test_power_cut import power_cut
+from tests.e2e.test_restore_crash import kill_at
 
 pytestmark = pytest.mark.e2e
 
@@ -156,3 +165,46 @@ def test_snapshots_never_cost_a_set_and_those_before_the_newest_set_are_pruned(
         sidecar(stack, c)["after_set"] for c in remaining
     ]
     assert newest_set in local_sets(stack)
+
+
+@pytest.mark.parametrize("point", ["restore.boot.redis.rdb", "restore.boot.redis.start"])
+def test_a_restore_on_boot_killed_after_loading_a_snapshot_is_redone_by_the_next_apply(
+    stack: Stack,
+    daemons: list[RunningDaemon],  # noqa: F811
+    point: str,
+) -> None:
+    snapshot_stack(stack)
+    daemon = start_streaming(stack, daemons)
+    write_batch(stack, "after-set")
+    snapshots_after(daemon, 2)
+    kill_everything(stack, daemon)
+
+    kill_at(stack, point, "apply")
+    stack.cli("apply")
+    assert batch_present(stack, "after-set")
+    history = [json.loads(p.read_text()) for p in (stack.dir / ".reconciler" / "journal-history").iterdir()]
+    assert sorted(h["status"] for h in history) == ["done", "rolled-back"]
+    stack.cli("plan", check=0)
+
+
+def test_a_deliberate_restore_supersedes_the_snapshots_taken_before_it(
+    stack: Stack,
+    daemons: list[RunningDaemon],  # noqa: F811
+) -> None:
+    """The Redis data the user chose to discard must not come back from a snapshot at the next boot,
+    even when the machine goes down before the post-restore set is taken."""
+    snapshot_stack(stack)
+    chosen = local_sets(stack)[-1]
+    daemon = start_streaming(stack, daemons)
+    write_batch(stack, "discarded")
+    snapshots_after(daemon, 2)  # taken after the chosen set: it holds the discarded keys
+    for pid in [daemon.process.pid, *receivers(stack)]:  # no shutdown backup: the daemon just dies
+        os.kill(pid, signal.SIGKILL)
+    daemon.process.wait()
+
+    kill_at(stack, "restore.backup-after.before", "restore", chosen, "--yes")
+    assert not batch_present(stack, "discarded")
+    power_cut(stack)
+    stack.cli("apply")
+    assert not batch_present(stack, "discarded"), "a snapshot brought back the data the restore discarded"
+    assert not events_with(stack, "RedisSnapshotRestored")
