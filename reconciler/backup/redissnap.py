@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from pyrage import x25519
@@ -58,16 +59,22 @@ def _stem(counter: int) -> str:
     return f"{counter:012d}"
 
 
+def data_name(counter: int, sealing: Sealing) -> str:
+    return f"{_stem(counter)}{_DATA}{sealing.suffix}"
+
+
+def sidecar_name(counter: int) -> str:
+    return f"{_stem(counter)}{_SIDECAR}"
+
+
+def counters(names: Iterable[str]) -> list[int]:
+    """Counters of the snapshots whose sidecar is among ``names`` (unchecked), oldest first."""
+    return sorted(int(m.group(1)) for m in map(_NAME.match, names) if m)
+
+
 def listing(store: LocalStore) -> list[int]:
-    """Counters of the snapshots that have a sidecar (unchecked), oldest first."""
-    if not os.path.isdir(store.path):
-        return []
-    found = []
-    for entry in store.list():
-        match = _NAME.match(entry.name)
-        if match:
-            found.append(int(match.group(1)))
-    return sorted(found)
+    """``counters`` of a local area."""
+    return counters(f.name for f in store.list()) if os.path.isdir(store.path) else []
 
 
 def take(
@@ -83,7 +90,7 @@ def take(
     if endpoint.container is not None:
         raise PermanentError("Redis snapshots between sets need the local runtime")
     rdb_path, keys, expires = rd.snapshot(endpoint)
-    stored = sealed.put(store, f"{_stem(counter)}{_DATA}{sealing.suffix}", rdb_path, sealing)
+    stored = sealed.put(store, data_name(counter, sealing), rdb_path, sealing)
     document: dict[str, Any] = {
         "format": FORMAT,
         "stack": stack,
@@ -95,13 +102,13 @@ def take(
         "check": {"keys": keys, "expires": expires},
         "encryption": {"method": "age" if sealing.recipients else "none"},
     }
-    return sealed.put_sidecar(store, f"{_stem(counter)}{_SIDECAR}", document, sealing)
+    return sealed.put_sidecar(store, sidecar_name(counter), document, sealing)
 
 
 def sidecar(store: LocalStore, counter: int, mac_key: bytes | None, stack: str) -> dict[str, Any]:
     """The authenticated sidecar of snapshot ``counter`` (its data is not read); raises SnapshotRejected."""
     try:
-        document = sealed.read_sidecar(store, f"{_stem(counter)}{_SIDECAR}", FORMAT, mac_key)
+        document = sealed.read_sidecar(store, sidecar_name(counter), FORMAT, mac_key)
     except FileNotFoundError:
         raise SnapshotRejected(counter, "it is missing") from None
     except manifest.ManifestRejected as exc:
@@ -147,8 +154,12 @@ def fetch(
         raise SnapshotRejected(int(document["counter"]), f"it does not decrypt ({exc})") from None
 
 
+def file_names(counter: int) -> list[str]:
+    """Every name snapshot ``counter`` may have, the sidecar first (the order to delete them in: a
+    snapshot is never half present)."""
+    return [sidecar_name(counter), f"{_stem(counter)}{_DATA}", f"{_stem(counter)}{_DATA}.age"]
+
+
 def delete(store: LocalStore, counter: int) -> None:
-    """Remove a snapshot: the sidecar first, so it is never half present."""
-    store.delete(f"{_stem(counter)}{_SIDECAR}")
-    for suffix in (_DATA, f"{_DATA}.age"):
-        store.delete(f"{_stem(counter)}{suffix}")
+    for name in file_names(counter):
+        store.delete(name)

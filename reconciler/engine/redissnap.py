@@ -23,21 +23,27 @@ Design decisions:
   restore meets them); set retention never reads this area.
 - The snapshot is taken under the stack lock, like a set: it never races a restore or a switch, and
   it is refused while a restore is incomplete (the data would be no set's data).
-- Placement ``offsite`` writes nothing to local persistent storage, so it takes no snapshots: Redis's
-  recovery point stays ``backup.cadence`` there (said in the docs and in the option).
+- Where they live follows ``backup.continuous.placement``: ``spool`` → the local store's area;
+  ``offsite`` → nothing on local persistent storage, so the Drive store, in the folder
+  ``<sub_path>/redis/<stack>`` (``stores/gdrive`` as it is), staged through RAM (``<ram root>/
+  .redis-snapshots``): sealed there, uploaded data first and sidecar last, then removed; at restore
+  the sidecars and the chosen data are downloaded there and checked exactly like local ones. Without
+  a Drive store, ``offsite`` takes none and Redis's recovery point stays ``backup.cadence``. Drive
+  unreachable at boot is reported (``RedisSnapshotsUnavailable``) and the set's RDB is loaded: the
+  stack comes up with what the sets hold rather than wait for the network.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Protocol
 
 from reconciler.backup import keys, redissnap
 from reconciler.backup.create import identity_for_restore, sealing_for
 from reconciler.engine import backups, events, records
 from reconciler.engine.context import StackContext
-from reconciler.errors import PermanentError
+from reconciler.errors import PermanentError, ReconcilerError
 from reconciler.plan import redissnaps
 from reconciler.stores.local import LocalStore
 from reconciler.system import clock, failpoints, fs
@@ -45,17 +51,98 @@ from reconciler.system import clock, failpoints, fs
 log = logging.getLogger(__name__)
 
 RECORD = "redis_snapshots"
+STAGING = ".redis-snapshots"
+
+
+class Place(Protocol):
+    """Where the snapshots are; ``store`` is the local directory a file is read from once pulled."""
+
+    store: LocalStore
+
+    def names(self) -> list[str]: ...
+    def pull(self, name: str) -> None: ...
+    def push(self, name: str) -> None: ...
+    def remove(self, name: str) -> None: ...
+    def done(self) -> None: ...
+
+
+class LocalPlace:
+    """The local store's area: files are already where they are read."""
+
+    def __init__(self, store: LocalStore) -> None:
+        self.store = store
+
+    def names(self) -> list[str]:
+        return [f.name for f in self.store.list()] if os.path.isdir(self.store.path) else []
+
+    def pull(self, name: str) -> None:
+        return None
+
+    def push(self, name: str) -> None:
+        fs.fsync_dir(self.store.path)
+
+    def remove(self, name: str) -> None:
+        self.store.delete(name)
+
+    def done(self) -> None:
+        return None
+
+
+class DrivePlace:
+    """A Drive folder, staged through a directory in RAM (nothing touches local persistent storage)."""
+
+    def __init__(self, drive: Any, staging: LocalStore) -> None:
+        self.drive = drive
+        self.store = staging
+
+    def names(self) -> list[str]:
+        return [f.name for f in self.drive.list()]
+
+    def pull(self, name: str) -> None:
+        self.store.ensure_private_dir()
+        self.drive.download(name, os.path.join(self.store.path, name))
+
+    def push(self, name: str) -> None:
+        self.drive.upload(name, os.path.join(self.store.path, name))
+        self.store.delete(name)
+
+    def remove(self, name: str) -> None:
+        self.drive.delete(name)
+        self.store.delete(name)
+
+    def done(self) -> None:
+        """Empty the RAM staging directory (what was pulled to be checked or loaded)."""
+        for entry in self.store.list():
+            self.store.delete(entry.name)
+
+
+def _drive(ctx: StackContext, attempts: int = 3, deadline: float = 60) -> Any:
+    from reconciler.engine.offsite import drive_store
+
+    store = drive_store(ctx, attempts, deadline)
+    if store is None:
+        return None
+    sub_path = "/".join(filter(None, (store.spec.sub_path, redissnap.AREA, ctx.spec.stack)))
+    store.spec = store.spec.model_copy(update={"sub_path": sub_path})  # a folder of their own
+    return store
 
 
 def active(ctx: StackContext) -> bool:
-    """Snapshots are taken: continuous protection on, placement spool, Redis configured, local runtime."""
+    """Snapshots are taken: continuous protection on, Redis configured, local runtime, and a place for
+    them (placement ``spool``: the local store; ``offsite``: a Drive store)."""
     spec = ctx.spec
-    return (
-        spec.backup.continuous.enabled
-        and spec.backup.continuous.placement == "spool"
-        and spec.services.redis is not None
-        and spec.runtime == "local"
+    continuous = spec.backup.continuous
+    placed = continuous.placement == "spool" or (
+        spec.backup.stores.gdrive.enabled and bool(spec.backup.stores.gdrive.credentials_file)
     )
+    return continuous.enabled and placed and spec.services.redis is not None and spec.runtime == "local"
+
+
+def place(ctx: StackContext) -> Place:
+    if ctx.spec.backup.continuous.placement == "spool":
+        return LocalPlace(area(ctx))
+    staging = LocalStore(os.path.join(ctx.spec.ram_root, STAGING))
+    return DrivePlace(_drive(ctx), staging)
 
 
 def area(ctx: StackContext) -> LocalStore:
@@ -75,15 +162,19 @@ def _mac(ctx: StackContext) -> bytes | None:
     return keys.mac_key(identity) if identity is not None else None
 
 
-def authenticated(ctx: StackContext, mac: bytes | None) -> list[redissnaps.Snapshot]:
-    """The positions of the snapshots whose sidecar authenticates (their data is not read)."""
-    store = area(ctx)
+def _positions(
+    ctx: StackContext, where: Place, mac: bytes | None, report: bool = False
+) -> list[redissnaps.Snapshot]:
+    """The positions of the snapshots whose sidecar authenticates (their data is not read); with
+    ``report``, each one that does not is a ``RedisSnapshotRejected`` event."""
     found = []
-    for counter in redissnap.listing(store):
+    for counter in redissnap.counters(where.names()):
         try:
-            found.append(redissnap.position(redissnap.sidecar(store, counter, mac, ctx.spec.stack)))
-        except redissnap.SnapshotRejected:
-            continue
+            where.pull(redissnap.sidecar_name(counter))
+            found.append(redissnap.position(redissnap.sidecar(where.store, counter, mac, ctx.spec.stack)))
+        except redissnap.SnapshotRejected as exc:
+            if report:
+                _reject(ctx, counter, exc.reason)
     return found
 
 
@@ -102,31 +193,45 @@ def take(ctx: StackContext) -> dict[str, Any]:
         raise PermanentError("redis is not running; no snapshot was taken")
     endpoint = ctx.runtime.endpoint("redis", service.port)
     mac = _mac(ctx)
-    known = authenticated(ctx, mac)
+    where = place(ctx)
+    try:
+        return _take(ctx, where, endpoint, mac)
+    finally:
+        where.done()
+
+
+def _take(ctx: StackContext, where: Place, endpoint: Any, mac: bytes | None) -> dict[str, Any]:
+    known = _positions(ctx, where, mac)
     counter = redissnaps.next_counter((s.counter for s in known), _record(ctx).get("counter", 0))
     with records.changing(ctx) as document:  # the number is handed out before it is used
         section = document.get(RECORD)
         document[RECORD] = {**(section if isinstance(section, dict) else {}), "counter": counter}
     after = _newest_set(ctx) or ""
     failpoints.hit("redissnap.before-take")
-    snapshot = redissnap.take(
-        area(ctx), endpoint, counter, after, sealing_for(ctx.spec), ctx.spec.stack, clock.now_iso()
-    )
-    prune(ctx)
+    sealing = sealing_for(ctx.spec)
+    snapshot = redissnap.take(where.store, endpoint, counter, after, sealing, ctx.spec.stack, clock.now_iso())
+    where.push(redissnap.data_name(counter, sealing))  # the data first: a sidecar names only what exists
+    where.push(redissnap.sidecar_name(counter))
+    known.append(redissnap.position(snapshot))
+    _prune(ctx, where, known)
     return snapshot
 
 
 def prune(ctx: StackContext) -> list[int]:
     """Delete the snapshots no restore would load (``plan/redissnaps.unneeded``); the caller holds the lock."""
-    store = area(ctx)
-    if not os.path.isdir(store.path):
-        return []
-    known = authenticated(ctx, _mac(ctx))
+    where = place(ctx)
+    try:
+        return _prune(ctx, where, _positions(ctx, where, _mac(ctx)))
+    finally:
+        where.done()
+
+
+def _prune(ctx: StackContext, where: Place, known: list[redissnaps.Snapshot]) -> list[int]:
     doomed = redissnaps.unneeded(known, _newest_set(ctx), _record(ctx).get("superseded_through", 0))
     for counter in doomed:
-        redissnap.delete(store, counter)
+        for name in redissnap.file_names(counter):
+            where.remove(name)
     if doomed:
-        fs.fsync_dir(store.path)
         log.info("Redis snapshot retention deleted %d snapshot(s)", len(doomed))
     return doomed
 
@@ -152,12 +257,6 @@ def unsupersede(document: dict[str, Any], change: dict[str, Any]) -> None:
     document[RECORD] = section
 
 
-def _usable(ctx: StackContext, set_name: str, mac: bytes | None) -> list[redissnaps.Snapshot]:
-    if not active(ctx):
-        return []
-    return redissnaps.usable_for(authenticated(ctx, mac), set_name, _record(ctx).get("superseded_through", 0))
-
-
 def _reject(ctx: StackContext, counter: int, reason: str) -> None:
     events.emit(
         ctx.state_dir,
@@ -178,18 +277,38 @@ def restore_newest(
     if not active(ctx):
         return None
     mac = keys.mac_key(identity) if identity is not None else None
-    store = area(ctx)
-    known = []
-    for counter in redissnap.listing(store):
-        try:
-            known.append(redissnap.position(redissnap.sidecar(store, counter, mac, ctx.spec.stack)))
-        except redissnap.SnapshotRejected as exc:
-            _reject(ctx, counter, exc.reason)
+    where = place(ctx)
+    try:
+        return _restore_from(ctx, where, set_name, mac, identity, target, owner)
+    except ReconcilerError as exc:  # Drive unreachable: come up with what the set holds, and say so
+        events.emit(
+            ctx.state_dir,
+            "Warning",
+            "RedisSnapshotsUnavailable",
+            f"the Redis snapshots could not be read ({exc}); Redis is restored from set {set_name}'s RDB",
+            code="download_error",
+        )
+        return None
+    finally:
+        where.done()
+
+
+def _restore_from(
+    ctx: StackContext,
+    where: Place,
+    set_name: str,
+    mac: bytes | None,
+    identity: Any,
+    target: str,
+    owner: tuple[int, int],
+) -> int | None:
+    known = _positions(ctx, where, mac, report=True)
     superseded = _record(ctx).get("superseded_through", 0)
     for snapshot in redissnaps.usable_for(known, set_name, superseded):
         try:
-            document = redissnap.check(store, snapshot.counter, mac, ctx.spec.stack)
-            redissnap.fetch(store, document, target, identity, owner)
+            where.pull(str(redissnap.sidecar(where.store, snapshot.counter, mac, ctx.spec.stack)["file"]))
+            document = redissnap.check(where.store, snapshot.counter, mac, ctx.spec.stack)
+            redissnap.fetch(where.store, document, target, identity, owner)
         except redissnap.SnapshotRejected as exc:
             _reject(ctx, snapshot.counter, exc.reason)
             continue
@@ -208,9 +327,14 @@ def preview(ctx: StackContext, set_name: str) -> list[str]:
     """For ``plan``: which Redis snapshot a restore of ``set_name`` would load (sidecars only)."""
     if not active(ctx):
         return []
+    if ctx.spec.backup.continuous.placement != "spool":  # plan stays off the network
+        return [
+            f"redis: the newest snapshot on Drive taken after {set_name} that authenticates, else its RDB"
+        ]
     try:
-        usable = _usable(ctx, set_name, _mac(ctx))
-    except (OSError, PermanentError) as exc:
+        superseded = _record(ctx).get("superseded_through", 0)
+        usable = redissnaps.usable_for(_positions(ctx, place(ctx), _mac(ctx)), set_name, superseded)
+    except (OSError, ReconcilerError) as exc:
         return [f"redis: cannot tell which snapshot will be loaded ({exc})"]
     if not usable:
         return [f"redis: no snapshot newer than {set_name}; its RDB member will be loaded"]

@@ -73,6 +73,13 @@ def snapshots_after(daemon: RunningDaemon, count: int) -> int:
     return int(event["message"].split()[2])
 
 
+def batch_snapshotted(stack: Stack, daemons: list[RunningDaemon], batch: str) -> tuple[RunningDaemon, int]:  # noqa: F811
+    """Start the daemon, write ``batch`` and wait until a snapshot holds it; (daemon, its counter)."""
+    daemon = start_streaming(stack, daemons)
+    write_batch(stack, batch)
+    return daemon, snapshots_after(daemon, 2)
+
+
 def test_keys_written_after_the_last_set_come_back_from_the_newest_snapshot_after_a_power_cut(
     stack: Stack,
     daemons: list[RunningDaemon],  # noqa: F811
@@ -80,9 +87,7 @@ def test_keys_written_after_the_last_set_come_back_from_the_newest_snapshot_afte
     snapshot_stack(stack)
     write_batch(stack, "in-set")
     stack.cli("backup")
-    daemon = start_streaming(stack, daemons)
-    write_batch(stack, "after-set")  # an hour of Redis writes at cadence 1h, lost on old main
-    snapshots_after(daemon, 2)
+    daemon, _ = batch_snapshotted(stack, daemons, "after-set")  # lost on old main (cadence 1h)
     kill_everything(stack, daemon)
 
     plan = stack.cli("plan", check=2).stdout
@@ -100,9 +105,7 @@ def test_a_bad_snapshot_is_refused_reported_and_the_older_one_loaded(
     damage: str,
 ) -> None:
     snapshot_stack(stack)
-    daemon = start_streaming(stack, daemons)
-    write_batch(stack, "a")
-    good = snapshots_after(daemon, 2)  # holds batch a
+    daemon, good = batch_snapshotted(stack, daemons, "a")
     write_batch(stack, "b")
     newest = snapshots_after(daemon, 2)  # holds batch b
     kill_everything(stack, daemon)
@@ -174,9 +177,7 @@ def test_a_restore_on_boot_killed_after_loading_a_snapshot_is_redone_by_the_next
     point: str,
 ) -> None:
     snapshot_stack(stack)
-    daemon = start_streaming(stack, daemons)
-    write_batch(stack, "after-set")
-    snapshots_after(daemon, 2)
+    daemon, _ = batch_snapshotted(stack, daemons, "after-set")
     kill_everything(stack, daemon)
 
     kill_at(stack, point, "apply")
@@ -195,9 +196,7 @@ def test_a_deliberate_restore_supersedes_the_snapshots_taken_before_it(
     even when the machine goes down before the post-restore set is taken."""
     snapshot_stack(stack)
     chosen = local_sets(stack)[-1]
-    daemon = start_streaming(stack, daemons)
-    write_batch(stack, "discarded")
-    snapshots_after(daemon, 2)  # taken after the chosen set: it holds the discarded keys
+    daemon, _ = batch_snapshotted(stack, daemons, "discarded")  # taken after the chosen set
     for pid in [daemon.process.pid, *receivers(stack)]:  # no shutdown backup: the daemon just dies
         os.kill(pid, signal.SIGKILL)
     daemon.process.wait()
@@ -208,3 +207,39 @@ def test_a_deliberate_restore_supersedes_the_snapshots_taken_before_it(
     stack.cli("apply")
     assert not batch_present(stack, "discarded"), "a snapshot brought back the data the restore discarded"
     assert not events_with(stack, "RedisSnapshotRestored")
+
+
+def drive_snapshots(emulator: Any) -> list[str]:
+    """Names of the Redis snapshot files on the emulated Drive, wherever they are."""
+    return sorted(m["name"] for m in emulator.state.files.values() if ".rdb." in m["name"])
+
+
+def test_off_site_placement_keeps_redis_snapshots_on_drive_and_writes_none_locally(
+    stack: Stack,
+    daemons: list[RunningDaemon],  # noqa: F811
+    emulator: Any,
+) -> None:
+    from tests.integration.test_gdrive import authorized_user_file
+
+    document = continuous_stack(stack, "offsite")
+    document["backup"]["continuous"]["redis_every"] = "5s"
+    document["backup"]["stores"] = {
+        "gdrive": {
+            "enabled": True,
+            "folder_id": emulator.make_folder(),
+            "credentials_file": authorized_user_file(stack.dir / "keys" / "gdrive.json", emulator),
+            "api_url": emulator.url,
+            "chunk_size": "256KiB",
+        }
+    }
+    stack.write(document)
+    daemon, _ = batch_snapshotted(stack, daemons, "after-set")
+    kill_everything(stack, daemon)
+    assert not area(stack).exists(), "off-site placement wrote Redis snapshots to persistent storage"
+    on_drive = drive_snapshots(emulator)
+    assert any(n.endswith(".rdb.json") for n in on_drive) and any(n.endswith(".age") for n in on_drive)
+
+    stack.cli("apply")
+    assert batch_present(stack, "after-set")
+    assert events_with(stack, "RedisSnapshotRestored")
+    assert not list((stack.ram_root / ".redis-snapshots").iterdir()), "the RAM staging was not emptied"
