@@ -18,7 +18,7 @@ Design decisions:
   journaled change as the sets it supersedes, and its rollback puts the old value back), just as it
   supersedes the later sets: a reboot brings back what was chosen, not the discarded data.
 - Retention keeps only what is useful: snapshots taken after the newest vouched set and not
-  superseded, at most ``plan/redissnaps.KEEP``. It runs after every snapshot and after set retention.
+  superseded, at most ``plan/redissnaps.KEEP``. It runs after every snapshot and after a new set.
   Unauthenticated files in the area are never counted and never deleted (they are reported when a
   restore meets them); set retention never reads this area.
 - The snapshot is taken under the stack lock, like a set: it never races a restore or a switch, and
