@@ -54,6 +54,7 @@ from reconciler.daemon.tasks.base import Backoff, Upkeep, UpkeepTask
 from reconciler.daemon.tasks.offsite import OffsiteSync
 from reconciler.daemon.tasks.pressure import RamPressure
 from reconciler.daemon.tasks.publish import BackupMetrics
+from reconciler.daemon.tasks.redissnap import RedisSnapshots
 from reconciler.daemon.tasks.services import ServicesRunning
 from reconciler.daemon.tasks.verify import VerifyNewest
 from reconciler.daemon.tasks.wal import ContinuousWal
@@ -111,6 +112,7 @@ class Daemon:
             self.wal,
             RamPressure(self),
             self.backup,
+            RedisSnapshots(self, backoff_max),  # Redis between sets (continuous protection)
             VerifyNewest(self),
             self.offsite,
             BackupMetrics(self, self.backup),

@@ -57,7 +57,7 @@ from reconciler.backup.restore import (
 )
 from reconciler.databases import postgres as pg
 from reconciler.databases.engine import engine_for, engine_markers, engines
-from reconciler.engine import backups, records, recovery, status
+from reconciler.engine import backups, records, recovery, redissnap, status
 from reconciler.engine.context import StackContext
 from reconciler.engine.journal import Journal
 from reconciler.engine.secrets import from_env_or_file, service_password
@@ -286,7 +286,9 @@ def _restore_fresh(
             if name == "redis":
                 _, uid, gid = runtime.account("redis")
                 try:
-                    write_redis_rdb(store, checked, identity, os.path.join(data_dir, "dump.rdb"), (uid, gid))
+                    rdb = os.path.join(data_dir, "dump.rdb")
+                    if redissnap.restore_newest(ctx, checked.name, identity, rdb, (uid, gid)) is None:
+                        write_redis_rdb(store, checked, identity, rdb, (uid, gid))
                 except Exception as exc:
                     raise _content_errors_reject(checked.name, exc) from None
                 failpoints.hit("restore.boot.redis.rdb")
@@ -529,6 +531,7 @@ class _Restore:
         with records.changing(self.ctx) as document:
             current = set(document.get("superseded", []))
             change = {"added": sorted(newer - current), "unsuperseded": self.set_name in current}
+            change |= redissnap.supersede(document)  # the Redis snapshots taken so far, likewise
             self.journal.set(supersede=change)
             document["superseded"] = sorted((current | newer) - {self.set_name})
         return change
@@ -651,6 +654,7 @@ class _Restore:
                 if change["unsuperseded"]:
                     current.add(self.set_name)
                 document["superseded"] = sorted(current)
+                redissnap.unsupersede(document, change)
 
 
 def _database_exists(endpoint: Any, database: str) -> bool:

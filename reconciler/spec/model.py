@@ -876,6 +876,15 @@ class ContinuousSpec(_Strict):
         "to 1h: the recovery point after a power cut.",
         example="60s",
     )
+    redis_every: Annotated[Duration, duration_between(timedelta(seconds=5), timedelta(hours=1))] = _field(
+        300,
+        description="Also snapshot Redis this often, from 5s to 1h: each snapshot is compressed, encrypted "
+        "and signed outside the sets (placement `spool`: the local store's `redis/` area; `offsite`: the "
+        "Drive store's `redis/<stack>` folder, staged in RAM, nothing written locally), and restore on boot "
+        "loads the newest one taken after the restored set. Redis's recovery point after a power cut. "
+        "Placement `offsite` without a Drive store takes none: Redis's recovery point stays `backup.cadence`.",
+        example="5m",
+    )
 
 
 class BackupSpec(_Strict):

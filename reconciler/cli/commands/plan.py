@@ -26,6 +26,9 @@ def show_plan(state: CliState, ctx: StackContext, output_format: str, allow_empt
         from reconciler.engine.recovery import preview
 
         replay = preview(ctx, the_plan.actions)
+        from reconciler.engine.redissnap import plan_lines
+
+        replay += plan_lines(ctx, the_plan.actions)
     if output_format == "json":
         state.out.json(
             {

@@ -8,6 +8,7 @@ order after a pass that ended in sync, and sleeps until the earliest wake-up:
 1. ``services.ServicesRunning``: a service that died after the apply looked → converge again at once;
 2. ``pressure.RamPressure``: RAM headroom (and the fallback to disk mode);
 3. ``backup.ScheduledBackup``: a backup that has come due (with its own retry backoff);
+3b. ``redissnap.RedisSnapshots``: Redis alone between sets (``backup.continuous.redis_every``);
 4. ``verify.VerifyNewest``: verify the newest unverified set, then run retention;
 5. ``offsite.OffsiteSync``: Drive uploads (after a backup, after a failure, once per cadence);
 6. ``publish.BackupMetrics``: the backup metrics (age, size, next due).
