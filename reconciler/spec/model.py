@@ -606,7 +606,7 @@ class ServicesSpec(_Strict):
     )
     mariadb: MariadbSpec | None = _field(
         None,
-        description="The MariaDB server (local runtime).",
+        description="The MariaDB server.",
         example={"database": "app", "user": "app", "disk_dir": "./data/mariadb"},
     )
 
