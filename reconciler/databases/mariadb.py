@@ -525,6 +525,22 @@ class MariadbServer:
         # root over the unix socket, authenticated as the OS user (unix_socket)
         return Endpoint(socket_dir, port, "root")
 
+    # The docker runtime (reconciler/mariadb image, compose/images/mariadb-entrypoint.sh): the same server
+    # options; the host's socket directory is bound at /run/mysqld, so ``endpoint`` is the same.
+    container_data_dir = "/var/lib/mysql"
+    container_socket_dir = "/run/mysqld"
+    socket_name = "mariadb.sock"
+
+    def container_command(self, port: int) -> list[str]:
+        return [
+            "mariadbd",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={self.container_socket_dir}/{self.socket_name}",
+            "--skip-name-resolve",
+            *SERVER_OPTIONS,
+        ]
+
 
 # -- the engine ------------------------------------------------------------------------------------------
 

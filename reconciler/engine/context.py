@@ -104,7 +104,9 @@ class StackContext:
         if spec.runtime == "docker":
             from reconciler.runtimes.docker import DockerRuntime
 
-            runtime = DockerRuntime(spec.stack, spec.state_path, spec)
+            runtime = DockerRuntime(
+                spec.stack, spec.state_path, spec, server_recipes(spec.services.configured())
+            )
         else:
             runtime = LocalRuntime(spec.stack, spec.state_path, server_recipes(spec.services.configured()))
         return cls(spec, runtime, state_file, override, host=verdict, full_spec=full_spec)

@@ -27,11 +27,10 @@ import os
 from dataclasses import replace
 from typing import Any
 
-from reconciler.observe.local import data_dir_facts, with_server_facts
+from reconciler.observe.local import _configured_password, data_dir_facts, with_server_facts
 from reconciler.observe.local import observe as observe_host
 from reconciler.plan.observed import ObservedState, ServiceObservation
 from reconciler.runtimes.docker import (
-    DATA_PATHS,
     RAM_MODE_ENV,
     DockerRuntime,
     container_env,
@@ -108,21 +107,22 @@ def _observe_service(
     mounts: list[host.Mount],
 ) -> ServiceObservation:
     # The container's own user owns the files; reachability of host parents does not matter to a bind.
-    ram = data_dir_facts(name, spec.ram_dir(name), 0, 0, mounts)
+    markers = runtime.data_markers(name)
+    ram = data_dir_facts(name, spec.ram_dir(name), 0, 0, mounts, markers)
     if ram.initialized and read_marker(ram.path) is None:
         ram = replace(ram, unclaimed=True)
-    disk = data_dir_facts(name, spec.disk_dir(name), 0, 0, mounts)
+    disk = data_dir_facts(name, spec.disk_dir(name), 0, 0, mounts, markers)
     if attrs is None:
         return ServiceObservation(name=name, ram=ram, disk=disk)
     state = attrs.get("State") or {}
     container = str(attrs.get("Name", "")).lstrip("/")
     running = bool(state.get("Running")) and not state.get("Paused") and not state.get("Restarting")
     health = (state.get("Health") or {}).get("Status")
-    mount = data_mount(attrs, DATA_PATHS[name])
+    mount = data_mount(attrs, runtime.data_path(name))
     data_dir: str | None = None
     unmanaged: str | None = None
     if mount is None:
-        unmanaged = f"the container's own filesystem at {DATA_PATHS[name]} (no mount)"
+        unmanaged = f"the container's own filesystem at {runtime.data_path(name)} (no mount)"
     elif mount.get("Type") == "bind":
         source = os.path.normpath(str(mount.get("Source")))
         if source in (ram.path, disk.path):
@@ -138,7 +138,7 @@ def _observe_service(
     env = container_env(attrs)
     if data_dir is not None and any(env.get(k) != v for k, v in wanted.items()):
         drift = f"{RAM_MODE_ENV}={env.get(RAM_MODE_ENV, '(unset)')}, want {wanted[RAM_MODE_ENV]}"
-    elif data_dir == ram.path and creates_missing_source(attrs, DATA_PATHS[name]):
+    elif data_dir == ram.path and creates_missing_source(attrs, runtime.data_path(name)):
         drift = "its RAM data is a -v bind, which Docker re-creates empty after a reboot"
     port = spec.port(name)
     observation = ServiceObservation(
@@ -158,4 +158,5 @@ def _observe_service(
         log.warning("container %s reports itself unhealthy", container)
     if not running:
         return observation
-    return with_server_facts(observation, svc_spec, runtime.endpoint(name, port), "")
+    password = _configured_password(spec, svc_spec) if name in runtime.recipes else None
+    return with_server_facts(observation, svc_spec, runtime.endpoint(name, port), "", password)

@@ -58,3 +58,15 @@ class ServerRecipe(Protocol):
     ) -> list[str]: ...
 
     def endpoint(self, socket_dir: str, port: int) -> Endpoint: ...
+
+    # The docker runtime: the image's entrypoint initialises an empty data directory on first start and
+    # runs the server as its own user; the runtime binds the host's socket directory at
+    # ``container_socket_dir`` (so ``endpoint`` works from the host unchanged) and the data directory at
+    # ``container_data_dir``.
+    container_data_dir: str
+    container_socket_dir: str
+    socket_name: str  # the server's socket file in its socket directory (readiness: it accepts)
+
+    def container_command(self, port: int) -> list[str]:
+        """The container's command (the entrypoint adds the data directory)."""
+        ...

@@ -29,21 +29,29 @@ Design decisions:
   the start fails until the reconciler has restored the data. Data directories the reconciler made
   carry its marker; ``init_service`` sets aside content without one (see docs/ARCHITECTURE.md,
   "Docker after a reboot").
+- Engines on the interface (MariaDB) are given as ``ServerRecipe``s, as to the local runtime: the
+  recipe names the image's data path, socket directory and command. Their socket directory is a host
+  directory bound into the container like PostgreSQL's, and their client programs (``mariadb``,
+  ``mariadb-dump``) run on the host against it: a statement costs ~5 ms that way and ~50 ms through
+  exec, and the engine module runs unchanged on both runtimes (the host's MariaDB root is the
+  container's root, ``unix_socket`` authenticates it by uid 0).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
 import struct
 import threading
 import time
+from collections.abc import Mapping
 from typing import IO, Any
 
 from reconciler.errors import CommandFailed, PermanentError, TransientError
-from reconciler.runtimes.base import Endpoint
+from reconciler.runtimes.base import Endpoint, ServerRecipe
 from reconciler.runtimes.engine import (
     DockerPyReader,
     EngineReader,
@@ -80,11 +88,15 @@ def connect_engine() -> Any:
 class DockerRuntime:
     name = "docker"
 
-    def __init__(self, stack: str, state_dir: str, spec: Any) -> None:
+    def __init__(
+        self, stack: str, state_dir: str, spec: Any, recipes: Mapping[str, ServerRecipe] | None = None
+    ) -> None:
         self.stack = stack
         self.state_dir = state_dir
         self.spec = spec  # StateSpec: container names, images, credentials references
-        self.host_side = LocalRuntime(stack, state_dir)  # RAM root and run directories are host things
+        # RAM root and run directories are host things; the recipes: engines on the interface
+        self.host_side = LocalRuntime(stack, state_dir, recipes)
+        self.recipes = self.host_side.recipes
         self._client: Any = None
         self._reader: EngineReader | DockerPyReader | None = None
         self._names: dict[str, str] = {}
@@ -127,14 +139,29 @@ class DockerRuntime:
     def socket_dir(self, service: str) -> str:
         return self.host_side.socket_dir(service)
 
+    def data_path(self, service: str) -> str:
+        """Where the service's image keeps its data (the data directory is bound there)."""
+        recipe = self.recipes.get(service)
+        return recipe.container_data_dir if recipe is not None else DATA_PATHS[service]
+
     def endpoint(self, service: str, port: int) -> Endpoint:
         container = self.container_name(service)
         if service == "postgres":
             return Endpoint(self.socket_dir("postgres"), port, "postgres", container, PG_SOCKET_DIR)
+        recipe = self.recipes.get(service)
+        if recipe is not None:
+            return dataclasses.replace(
+                recipe.endpoint(self.socket_dir(service), port),
+                container=container,
+                container_host=recipe.container_socket_dir,
+            )
         return Endpoint("127.0.0.1", port, "default", container)
 
     def account(self, service: str) -> tuple[str | None, int, int]:
         return self.host_side.account(service)
+
+    def data_markers(self, service: str) -> tuple[str, ...] | None:
+        return self.host_side.data_markers(service)
 
     # -- RAM root (on the host) -----------------------------------------------------------------
 
@@ -155,7 +182,7 @@ class DockerRuntime:
         directory). Content without the reconciler's marker (a database an image's entrypoint
         initialised on its own) is set aside next to it, never deleted. PostgreSQL's image refuses to
         initialise a directory holding any file, so its marker is written only after the container
-        has initialised it and answers; Redis needs no initialisation and is marked at once (a restore
+        has initialised it and answers (so is an engine's on the interface, e.g. MariaDB); Redis needs no initialisation and is marked at once (a restore
         then puts its RDB file in before the first start).
         """
         # Held before the stop: a Redis stopped on an empty directory saves its empty dataset there,
@@ -163,7 +190,7 @@ class DockerRuntime:
         # partial cluster, which is set aside like any unclaimed content.
         held = os.path.isdir(data_dir) and not fs.is_empty_dir(data_dir)
         self.stop_service(service, data_dir)  # only if it serves this directory
-        held = held or (service == "postgres" and os.path.isdir(data_dir) and not fs.is_empty_dir(data_dir))
+        held = held or (service != "redis" and os.path.isdir(data_dir) and not fs.is_empty_dir(data_dir))
         if held and read_marker(data_dir) is not None:
             return
         if held:
@@ -206,7 +233,7 @@ class DockerRuntime:
         if container is None:
             return
         container.reload()
-        mount = data_mount(container.attrs, DATA_PATHS[service])
+        mount = data_mount(container.attrs, self.data_path(service))
         if (
             mount is not None
             and mount.get("Type") == "bind"
@@ -257,7 +284,7 @@ class DockerRuntime:
         container = self.find(service)
         if container is None:
             return self._create(service, data_dir, port)
-        mount = data_mount(container.attrs, DATA_PATHS[service])
+        mount = data_mount(container.attrs, self.data_path(service))
         env = container_env(container.attrs)
         wanted_env = self.desired_env(service)
         if (
@@ -267,18 +294,20 @@ class DockerRuntime:
             and all(env.get(k) == v for k, v in wanted_env.items())
             and not (  # RAM data only: a disk directory does not vanish at a reboot
                 _same_dir(data_dir, self.spec.ram_dir(service))
-                and creates_missing_source(container.attrs, DATA_PATHS[service])
+                and creates_missing_source(container.attrs, self.data_path(service))
             )
         ):
             return container
         return self._recreate(service, container, data_dir)
 
     def _binds(self, service: str) -> list[str]:
-        """Binds Docker may create when missing: only the PostgreSQL socket directory (on disk)."""
-        if service != "postgres":
+        """Binds Docker may create when missing: only the server's socket directory (on disk)."""
+        recipe = self.recipes.get(service)
+        if service != "postgres" and recipe is None:
             return []
         self.host_side.ensure_run_dir(service)
-        return [f"{self.socket_dir(service)}:{PG_SOCKET_DIR}"]
+        inside = recipe.container_socket_dir if recipe is not None else PG_SOCKET_DIR
+        return [f"{self.socket_dir(service)}:{inside}"]
 
     def _create(self, service: str, data_dir: str, port: int) -> Any:
         import docker.errors
@@ -297,6 +326,8 @@ class DockerRuntime:
             # (PostgreSQL 15's public schema belongs to the database owner); the image only gets a superuser.
             env.update(POSTGRES_USER="postgres")
             command = ["postgres", "-p", str(port)]
+        elif service in self.recipes:
+            command = self.recipes[service].container_command(port)
         else:
             command = [
                 "redis-server",
@@ -322,7 +353,7 @@ class DockerRuntime:
             ) from None
         host_config = self.client.api.create_host_config(
             binds=self._binds(service),
-            mounts=[data_bind(data_dir, DATA_PATHS[service])],
+            mounts=[data_bind(data_dir, self.data_path(service))],
             network_mode="host",
             restart_policy={"Name": "unless-stopped"},
         )
@@ -344,7 +375,7 @@ class DockerRuntime:
         attrs = old.attrs
         config = dict(attrs["Config"])
         host_config = dict(attrs["HostConfig"])
-        target = DATA_PATHS[service]
+        target = self.data_path(service)
         env = {**container_env(attrs), **self.desired_env(service)}
         config["Env"] = [f"{k}={v}" for k, v in env.items()]
         host_config["Binds"] = [b for b in host_config.get("Binds") or [] if _bind_target(b) != target]
@@ -443,6 +474,14 @@ class DockerRuntime:
                 return True
             except psycopg.Error:
                 return False
+        recipe = self.recipes.get(service)
+        if recipe is not None:  # accepting on its socket (a socket file left by a killed server refuses)
+            path = os.path.join(self.socket_dir(service), recipe.socket_name)
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(1)
+                sock.connect(path)
+                return True
+            return False
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
             sock.sendall(b"PING\r\n")
             return sock.recv(16).startswith(b"+PONG")

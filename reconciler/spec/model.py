@@ -499,7 +499,7 @@ _MARIADB_DUMP_VALUED = frozenset({"--max-allowed-packet", "--net-buffer-length",
 
 
 class MariadbSpec(_Strict):
-    """A MariaDB server with one application database (local runtime)."""
+    """A MariaDB server with one application database."""
 
     database: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")] = _field(
         description="Name of the application's database (letters, digits and _, at most 64 characters; not a "
@@ -537,6 +537,18 @@ class MariadbSpec(_Strict):
         + ", ".join(f"{o}=VALUE" for o in sorted(_MARIADB_DUMP_VALUED))
         + ".",
         example=["--order-by-primary"],
+    )
+    container: ContainerName | None = _field(
+        None,
+        description="Container name (docker runtime only; default <stack>-mariadb).",
+        example="shop-db",
+    )
+    image: ImageName | None = _field(
+        None,
+        description="Image to create the container from when it does not exist (docker runtime only): one "
+        "whose entrypoint runs `mariadbd` like reconciler/mariadb (scripts/docker-images); an existing "
+        "container keeps its own image.",
+        example="reconciler/mariadb:10.11",
     )
     hosts: HostsSpec | None = _service_hosts()
 
@@ -594,7 +606,7 @@ class ServicesSpec(_Strict):
     )
     mariadb: MariadbSpec | None = _field(
         None,
-        description="The MariaDB server (local runtime).",
+        description="The MariaDB server.",
         example={"database": "app", "user": "app", "disk_dir": "./data/mariadb"},
     )
 
@@ -1066,13 +1078,6 @@ class StateSpec(_Strict):
             if port in taken:
                 problems.append((path, f"port {port} is also {taken[port]}'s; each needs a port of its own"))
             taken.setdefault(port, where)
-        if self.runtime == "docker" and self.services.mariadb is not None:
-            problems.append(
-                (
-                    ("services", "mariadb"),
-                    "mariadb runs on the local runtime only for now; use `runtime: local` for this stack",
-                )
-            )
         if self.backup.stale_after <= self.backup.cadence:
             problems.append(
                 (

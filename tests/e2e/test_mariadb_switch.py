@@ -5,7 +5,8 @@ client per write, recording a write only when the server acknowledged its commit
 try to write in the dangerous windows (between the fingerprint and the stop; while the new copy runs
 unverified), as the PostgreSQL tests do. Without the drain (accounts locked, connections killed) a
 write acknowledged after the fingerprint fails the verification, or one acknowledged by the
-unverified copy is lost by a rollback.
+unverified copy is lost by a rollback. Every scenario runs on both runtimes (``runtime``: the local
+processes, and the docker runtime's containers from the locally built images).
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import pytest
 
 from tests.conftest import Stack
 from tests.e2e.test_mode_switch import failpoints
+from tests.integration import test_mariadb
 from tests.integration.test_mariadb import PASSWORD, mariadb_content, mixed_stack, seed_mariadb, sql
 
 pytestmark = pytest.mark.e2e
+
+runtime = test_mariadb.runtime  # the fixture: local and docker
 
 
 class MariadbWriter:
@@ -98,8 +102,8 @@ class MariadbWriter:
         )
 
 
-def prepared(stack: Stack) -> dict[str, Any]:
-    mixed_stack(stack)
+def prepared(stack: Stack, runtime: str) -> dict[str, Any]:
+    mixed_stack(stack, runtime=runtime)
     seed_mariadb(stack, 3000)
     sql(stack, "CREATE TABLE writes (id INT PRIMARY KEY) ENGINE=InnoDB")
     stack.cli("backup", "--trigger", "before-test")
@@ -112,10 +116,10 @@ def unchanged(stack: Stack) -> dict[str, Any]:
 
 @pytest.mark.parametrize("direction", [("ram", "disk"), ("disk", "ram")], ids=["ram-to-disk", "disk-to-ram"])
 def test_a_switch_under_live_writes_keeps_every_acknowledged_mariadb_write(
-    stack: Stack, direction: tuple[str, str]
+    stack: Stack, runtime: str, direction: tuple[str, str]
 ) -> None:
     start, goal = direction
-    original = prepared(stack)
+    original = prepared(stack, runtime)
     if start == "disk":
         stack.edit(mode="disk")
         stack.cli("apply")
@@ -124,6 +128,10 @@ def test_a_switch_under_live_writes_keeps_every_acknowledged_mariadb_write(
         wait = writer.wait_shell()
         stack.cli("apply", env=failpoints(**{"switch.fingerprint.after": wait, "switch.start.after": wait}))
         writer.wait_for_acks(3)  # the new copy serves the writer again: its account is unlocked
+    assert_converged(stack, writer, goal, original)
+
+
+def assert_converged(stack: Stack, writer: MariadbWriter, goal: str, original: dict[str, Any]) -> None:
     writer.assert_every_acknowledged_write_present()
     status = stack.status()["services"]["mariadb"]
     expected = str(stack.ram_root / "mariadb") if goal == "ram" else str(stack.dir / "data" / "mariadb")
@@ -132,11 +140,30 @@ def test_a_switch_under_live_writes_keeps_every_acknowledged_mariadb_write(
     stack.cli("plan", check=0)
 
 
+@pytest.mark.parametrize("point", ["fingerprint", "copy", "start"])
+def test_a_switch_killed_under_live_writes_and_resumed_keeps_every_acknowledged_mariadb_write(
+    stack: Stack, runtime: str, point: str
+) -> None:
+    """SIGKILL after the drain and fingerprint, after the physical copy, after the new copy started: the
+    writer keeps trying while nothing runs the switch, and the next apply finishes it without losing an
+    acknowledged write (the drain's account lock lives in the data directory, so both copies stay closed)."""
+    original = prepared(stack, runtime)
+    with MariadbWriter(stack) as writer:
+        stack.edit(mode="disk")
+        killed = stack.cli("apply", check=None, env=failpoints(**{f"switch.{point}.after": "kill"}))
+        assert killed.returncode == -9, killed.stderr[-2000:]
+        subprocess.run(writer.wait_shell()[3:], shell=True, check=True)  # it tries meanwhile
+        wait = writer.wait_shell()
+        stack.cli("apply", env=failpoints(**{"switch.fingerprint.after": wait, "switch.start.after": wait}))
+        writer.wait_for_acks(3)
+    assert_converged(stack, writer, "disk", original)
+
+
 @pytest.mark.parametrize("step", ["stop", "start", "verify"])
 def test_a_switch_rolled_back_under_live_writes_keeps_every_acknowledged_mariadb_write(
-    stack: Stack, step: str
+    stack: Stack, runtime: str, step: str
 ) -> None:
-    original = prepared(stack)
+    original = prepared(stack, runtime)
     with MariadbWriter(stack) as writer:
         stack.edit(mode="disk")
         wait = writer.wait_shell()

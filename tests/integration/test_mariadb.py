@@ -5,6 +5,10 @@ checksums computed here independently of the reconciler), a tampered set is refu
 the live data, a power cut (every process killed, RAM emptied) brings the newest set back, and the
 statistics in the signed manifest describe exactly what the dump holds even while a writer keeps
 committing during the backup.
+
+The scenarios taking the ``runtime`` fixture run twice: on the local runtime and on the docker runtime
+(the three servers in containers from the locally built images, scripts/docker-images), with the same
+test bodies.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,11 +31,60 @@ from tests.integration.test_backups import member_file, pg, seed, sets, snapshot
 pytestmark = pytest.mark.integration
 
 PASSWORD = "mdb-secret-Ünï-" + "x" * 12
+IMAGES = {
+    "postgres": "reconciler/postgres:15",
+    "redis": "reconciler/redis:7",
+    "mariadb": "reconciler/mariadb:10.11",
+}
 
 
-def mixed_stack(stack: Stack, stores: dict[str, Any] | None = None) -> None:
-    """PostgreSQL + MariaDB + Redis in RAM mode, encrypted backups; the user's password from the env."""
-    _require("mariadbd", "install it with apt-get install mariadb-server (scripts/bootstrap does)")
+@pytest.fixture(params=["local", "docker"])
+def runtime(request: pytest.FixtureRequest, stack: Stack) -> Iterator[str]:
+    """The runtime a scenario runs on; docker: its images must exist, its containers go afterwards."""
+    if request.param == "docker":
+        import docker
+
+        client = docker.from_env()
+        for image in IMAGES.values():
+            try:
+                client.images.get(image)
+            except docker.errors.ImageNotFound:
+                pytest.fail(f"image {image} missing: run scripts/docker-images (.ci/run does)", pytrace=False)
+    yield str(request.param)
+    if request.param == "docker" and stack.state_file.exists():
+        stack.cli("down", check=None)
+        name = stack.document()["stack"]
+        for container in client.containers.list(all=True, filters={"label": f"io.reconciler.stack={name}"}):
+            container.remove(force=True)
+
+
+def containers(stack: Stack) -> list[Any]:
+    import docker
+
+    name = stack.document()["stack"]
+    return list(docker.from_env().containers.list(all=True, filters={"label": f"io.reconciler.stack={name}"}))
+
+
+def cut_power(stack: Stack) -> None:
+    """Every server of the stack dies at once and the tmpfs comes back empty, as after a reboot."""
+    if stack.document()["runtime"] == "docker":
+        for container in containers(stack):
+            container.kill()
+        for entry in stack.ram_root.iterdir():
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    else:
+        pid = int((stack.dir / ".reconciler" / "run" / "mariadb" / "mariadb.pid").read_text())
+        power_cut(stack)
+        os.kill(pid, 9)
+    assert not (stack.ram_root / "mariadb").exists()
+
+
+def mixed_stack(stack: Stack, stores: dict[str, Any] | None = None, runtime: str = "local") -> None:
+    """PostgreSQL + MariaDB + Redis in RAM mode, encrypted backups; the user's password from the env.
+    On the docker runtime the three run in containers from the locally built images."""
+    _require("mariadb", "install it with apt-get install mariadb-server (scripts/bootstrap does)")
+    if runtime == "local":
+        _require("mariadbd", "install it with apt-get install mariadb-server (scripts/bootstrap does)")
     recipient = with_keys(stack)
     document = stack.default_document("ram")
     stack.mariadb_port = free_port()  # type: ignore[attr-defined]
@@ -41,6 +96,10 @@ def mixed_stack(stack: Stack, stores: dict[str, Any] | None = None) -> None:
         "disk_dir": "./data/mariadb",
     }
     document["ram"]["tmpfs_size"] = "1GiB"
+    if runtime == "docker":
+        document["runtime"] = "docker"
+        for service, image in IMAGES.items():
+            document["services"][service]["image"] = image
     document["backup"] = {
         "encryption": {"recipients": [recipient], "identity_file": "./keys/backup.key"},
         "retention": {"keep_last": 24},
@@ -92,8 +151,10 @@ def mariadb_content(stack: Stack, database: str = "shop") -> dict[str, str]:
     return content
 
 
-def test_mixed_stack_round_trip_restores_identical_content_in_all_three_engines(stack: Stack) -> None:
-    mixed_stack(stack)
+def test_mixed_stack_round_trip_restores_identical_content_in_all_three_engines(
+    stack: Stack, runtime: str
+) -> None:
+    mixed_stack(stack, runtime=runtime)
     seed(stack, 500)
     seed_mariadb(stack)
     before = (snapshot(stack), mariadb_content(stack))
@@ -135,10 +196,15 @@ def test_mixed_stack_round_trip_restores_identical_content_in_all_three_engines(
         if path.is_file() and path.stat().st_size < 50_000_000 and not path.is_socket():
             assert PASSWORD.encode() not in path.read_bytes(), path
     assert PASSWORD not in result.stdout + result.stderr
+    for container in containers(stack):  # nor in any container's command line, environment or log
+        assert PASSWORD not in json.dumps(container.attrs, ensure_ascii=False), container.name
+        assert PASSWORD.encode() not in container.logs(), container.name
 
 
-def test_a_tampered_mariadb_member_is_refused_and_the_live_data_is_untouched(stack: Stack) -> None:
-    mixed_stack(stack)
+def test_a_tampered_mariadb_member_is_refused_and_the_live_data_is_untouched(
+    stack: Stack, runtime: str
+) -> None:
+    mixed_stack(stack, runtime=runtime)
     seed_mariadb(stack, 500)
     stack.cli("backup")
     name = sets(stack)[0]["name"]
@@ -156,16 +222,13 @@ def test_a_tampered_mariadb_member_is_refused_and_the_live_data_is_untouched(sta
     assert "sha256 does not match" in verify.stderr
 
 
-def test_a_power_cut_brings_all_three_engines_back_from_the_newest_set(stack: Stack) -> None:
-    mixed_stack(stack)
+def test_a_power_cut_brings_all_three_engines_back_from_the_newest_set(stack: Stack, runtime: str) -> None:
+    mixed_stack(stack, runtime=runtime)
     seed(stack, 300)
     seed_mariadb(stack, 1000)
     stack.cli("backup")
     expected = (snapshot(stack), mariadb_content(stack))
-    pid = int((stack.dir / ".reconciler" / "run" / "mariadb" / "mariadb.pid").read_text())
-    power_cut(stack)
-    os.kill(pid, 9)
-    assert not (stack.ram_root / "mariadb").exists()
+    cut_power(stack)
 
     plan = stack.cli("plan", check=2).stdout
     assert "restore postgres and redis and mariadb from backup set" in plan
@@ -271,7 +334,7 @@ def test_disaster_recovery_by_hand_with_age_zstd_and_the_mariadb_client(stack: S
 
 
 def test_with_every_local_set_gone_a_power_cut_restores_all_three_engines_from_drive(
-    stack: Stack, emulator: Any
+    stack: Stack, emulator: Any, runtime: str
 ) -> None:
     from tests.integration.test_gdrive import authorized_user_file
 
@@ -279,15 +342,13 @@ def test_with_every_local_set_gone_a_power_cut_restores_all_three_engines_from_d
     (stack.dir / "keys").mkdir(mode=0o700)
     credentials = authorized_user_file(stack.dir / "keys" / "gdrive.json", emulator)
     gdrive = {"enabled": True, "folder_id": folder, "credentials_file": credentials, "api_url": emulator.url}
-    mixed_stack(stack, {"gdrive": {**gdrive, "chunk_size": "256KiB"}})
+    mixed_stack(stack, {"gdrive": {**gdrive, "chunk_size": "256KiB"}}, runtime)
     seed(stack, 200)
     seed_mariadb(stack, 700)
     stack.cli("backup")
     assert any(name.endswith(".mariadb.sql.zst.age") for name in emulator.names_in(folder))
     expected = (snapshot(stack), mariadb_content(stack))
-    pid = int((stack.dir / ".reconciler" / "run" / "mariadb" / "mariadb.pid").read_text())
-    power_cut(stack)
-    os.kill(pid, 9)
+    cut_power(stack)
     for path in (stack.dir / "data" / "backups").iterdir():
         path.unlink()
     assert "(gdrive store)" in stack.cli("plan", check=2).stdout

@@ -53,10 +53,20 @@ def test_a_stack_holds_all_three_engines() -> None:
     assert spec.services.database_of("redis") is None
 
 
+def test_a_docker_stack_holds_all_three_engines_with_their_images() -> None:
+    text = state(runtime="docker").replace(
+        "    disk_dir: ./data/mariadb\n",
+        "    disk_dir: ./data/mariadb\n    container: shop-db\n    image: reconciler/mariadb:10.11\n",
+    )
+    spec = parse_state(text, "state.yaml", "/srv/shop")
+    mariadb = spec.services.mariadb
+    assert spec.runtime == "docker" and mariadb is not None
+    assert (mariadb.container, mariadb.image) == ("shop-db", "reconciler/mariadb:10.11")
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"runtime": "docker"}, "mariadb runs on the local runtime only"),
         ({"database": "mysql"}, "system database"),
         ({"database": "shop__restoring"}, "restore staging"),
         ({"database": "'shop; DROP'"}, "services.mariadb.database"),
