@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -75,6 +76,12 @@ class MariadbWriter(Writer):
         return len({n for n, _ in self.acked["mariadb"]} - {int(r) for r in rows})
 
 
+def run_sql(client: list[str], sql: str) -> str:
+    return subprocess.run(
+        [*client, "-N", "-e", sql], text=True, check=True, capture_output=True
+    ).stdout.strip()
+
+
 def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -119,6 +126,7 @@ def run_scale(megabytes: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]
             m,
             (work / "plain.sql.zst").stat().st_size,
         )
+        (work / "plain.sql.zst").unlink()  # the machine's disk is shared: keep only what is used
 
         m = measure(
             [PY, "-m", "reconciler", "-f", str(state), "restore", "--latest", "--yes", "--no-safety-backup"]
@@ -128,7 +136,24 @@ def run_scale(megabytes: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]
         m = measure(["sh", "-c", f"gunzip -c {work}/plain.sql.gz | {' '.join(client)} plain_restore"])
         record("gunzip | mariadb (plain)", "restore", m)
         plain_restore = m.seconds
-        subprocess.run([*client, "-e", "DROP DATABASE plain_restore"], check=True)
+        # experiment: the same plain restore with a buffer pool of 256 MB instead of the 64 MB we run with
+        pool = run_sql(client, "SELECT @@innodb_buffer_pool_size")
+        subprocess.run(
+            [
+                *client,
+                "-e",
+                "DROP DATABASE plain_restore; CREATE DATABASE plain_restore; "
+                f"SET GLOBAL innodb_buffer_pool_size = {256 * 2**20}",
+            ],
+            check=True,
+        )
+        m = measure(["sh", "-c", f"gunzip -c {work}/plain.sql.gz | {' '.join(client)} plain_restore"])
+        record("gunzip | mariadb, buffer pool 256 MB (experiment)", "restore", m)
+        subprocess.run(
+            [*client, "-e", f"DROP DATABASE plain_restore; SET GLOBAL innodb_buffer_pool_size = {pool}"],
+            check=True,
+        )
+        shutil.rmtree(work)
 
         # the switch, under a live writer
         subprocess.run(
@@ -142,10 +167,10 @@ def run_scale(megabytes: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]
         switches = []
         for mode, what in (("disk", "ram → disk"), ("ram", "disk → ram")):
             result = switch(state, mode, writer)
-            if "failed" in result:
-                log = state.parent / ".reconciler" / "run" / "mariadb" / "mariadb.log"
-                tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
-                raise SystemExit(f"the switch to {mode} failed: {result['failed']}\n{tail}")
+            if "failed" in result:  # recorded as such; the backup and restore figures still count
+                print(f"  switch   {what}: FAILED {result['failed']}", flush=True)
+                switches.append({"scale_mb": megabytes, "what": what, **result})
+                break
             switches.append(
                 {"scale_mb": megabytes, "what": what, "data_dir_gb": round(data_dir_gb, 3), **result}
             )
@@ -157,6 +182,8 @@ def run_scale(megabytes: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]
         legacy = plain_dump + plain_restore
         for row in switches:
             row["lost_acknowledged_writes"] = lost
+            if "failed" in row:
+                continue
             row["legacy_downtime_seconds"] = round(legacy, 2)
             for key in ("writer_gap_seconds", "downtime_seconds", "total_seconds"):
                 row[key.replace("_seconds", "_s_per_gb")] = round(row[key] / data_dir_gb, 2)
@@ -210,6 +237,12 @@ def main() -> None:
                 str(r["lost_acknowledged_writes"]),
             ]
             for r in switches
+            if "failed" not in r
+        ]
+        + [
+            [f"{r['scale_mb']} MB", r["what"], "FAILED: " + r["failed"][:120]]
+            for r in switches
+            if "failed" in r
         ],
     )
     summary = {}
