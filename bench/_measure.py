@@ -10,6 +10,7 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,3 +112,48 @@ def commit_posts(db: Any, tps: int, seconds: float) -> tuple[int, float]:
         done += 1
         time.sleep(max(0.0, started + done / tps - time.monotonic()))
     return done, time.monotonic() - started
+
+
+class Recorder:
+    """Collects one result row per measured command (with the fields every row of a scale shares) and
+    prints a progress line for each."""
+
+    def __init__(self, **fixed: Any) -> None:
+        self.fixed = fixed
+        self.rows: list[dict[str, Any]] = []
+
+    def __call__(self, what: str, kind: str, m: Measurement, output_bytes: int | None = None) -> None:
+        self.rows.append({**self.fixed, "what": what, "kind": kind, **m.row(), "output_bytes": output_bytes})
+        print(
+            f"  {kind:8} {what:42} {m.seconds:7.1f} s  own {m.peak_own_rss / 2**20:7.1f} MB  "
+            f"tree {m.peak_tree_rss / 2**20:7.1f} MB",
+            flush=True,
+        )
+
+
+COMPARISON_COLUMNS = ["scale", "kind", "what", "seconds", "x base", "own RSS MB", "tree RSS MB", "output MB"]
+
+
+def comparison_table(
+    rows: list[dict[str, Any]], scale_key: str, is_baseline: Callable[[dict[str, Any]], bool]
+) -> list[list[str]]:
+    """Table rows (``COMPARISON_COLUMNS``): each row's seconds as a ratio to the baseline row of the same
+    scale and kind, measured in the same run."""
+    table = []
+    for row in rows:
+        base = next(
+            r for r in rows if r[scale_key] == row[scale_key] and r["kind"] == row["kind"] and is_baseline(r)
+        )
+        table.append(
+            [
+                f"{row[scale_key]} MB",
+                row["kind"],
+                row["what"],
+                f"{row['seconds']:.1f}",
+                f"{row['seconds'] / base['seconds']:.2f}",
+                f"{row['peak_own_rss_mb']:.0f}",
+                f"{row['peak_tree_rss_mb']:.0f}",
+                "-" if row["output_bytes"] is None else f"{row['output_bytes'] / 2**20:.0f}",
+            ]
+        )
+    return table

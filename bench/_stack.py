@@ -116,7 +116,7 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
         table.add_column(column, justify="right" if column != columns[0] else "left")
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    Console(width=200).print(table)
 
 
 def pg_conn(state: Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import measure
+from _measure import COMPARISON_COLUMNS, Recorder, comparison_table, measure
 from _stack import bench_stack, print_table, write_results
 from dataset import generate
 from ruamel.yaml import YAML
@@ -38,24 +38,7 @@ def run_scale(megabytes: int) -> list[dict[str, Any]]:
         work = state.parent / "work"
         work.mkdir()
         env = {"LEGACY_PASSWORD": "benchmark-password"}
-        rows: list[dict[str, Any]] = []
-
-        def record(what: str, kind: str, m: Any, size: int | None = None) -> None:
-            rows.append(
-                {
-                    "scale_mb": megabytes,
-                    "db_bytes": info["database_bytes"],
-                    "what": what,
-                    "kind": kind,
-                    **m.row(),
-                    "output_bytes": size,
-                }
-            )
-            print(
-                f"  {kind:8} {what:28} {m.seconds:7.1f} s  own {m.peak_own_rss / 2**20:7.1f} MB  "
-                f"tree {m.peak_tree_rss / 2**20:7.1f} MB",
-                flush=True,
-            )
+        record = Recorder(scale_mb=megabytes, db_bytes=info["database_bytes"])
 
         m = measure([PY, "-m", "reconciler", "-f", str(state), "backup"])
         store = state.parent / "data" / "backups"
@@ -92,7 +75,7 @@ def run_scale(megabytes: int) -> list[dict[str, Any]]:
             env,
         )
         record("legacy: Fernet + psql", "restore", m)
-        return rows
+        return record.rows
 
 
 def main() -> None:
@@ -103,29 +86,10 @@ def main() -> None:
     for megabytes in scales:
         print(f"scale ~{megabytes} MB:", flush=True)
         rows += run_scale(megabytes)
-    table = []
-    for row in rows:
-        base = next(
-            r
-            for r in rows
-            if r["scale_mb"] == row["scale_mb"] and r["kind"] == row["kind"] and "raw" in r["what"]
-        )
-        table.append(
-            [
-                f"{row['scale_mb']} MB",
-                row["kind"],
-                row["what"],
-                f"{row['seconds']:.1f}",
-                f"{row['seconds'] / base['seconds']:.2f}",
-                f"{row['peak_own_rss_mb']:.0f}",
-                f"{row['peak_tree_rss_mb']:.0f}",
-                "-" if row["output_bytes"] is None else f"{row['output_bytes'] / 2**20:.0f}",
-            ]
-        )
     print_table(
         "backup and restore (ratio: to the raw pg_dump/pg_restore of the same scale)",
-        ["scale", "kind", "what", "seconds", "x raw", "own RSS MB", "tree RSS MB", "output MB"],
-        table,
+        COMPARISON_COLUMNS,
+        comparison_table(rows, "scale_mb", lambda r: "raw" in r["what"]),
     )
     summary = {}
     for scale in scales:

@@ -141,6 +141,12 @@ def engine_markers(service: str) -> tuple[str, ...] | None:
     return engine.server.data_markers if engine is not None else None
 
 
+def engine_mapped_files(service: str) -> tuple[str, ...]:
+    """Files of the service's data directory a mode switch copies again whatever their mtime says."""
+    engine = engine_for(service)
+    return engine.server.mapped_files if engine is not None else ()
+
+
 def staging_name(database: str, suffix: str, limit: int, kind: str) -> str:
     """``<database><suffix>`` (a restore's ``__restoring``/``__replaced`` database), or ``PermanentError``
     when the server would not keep it whole (``limit`` bytes). Every staging name is made here: a

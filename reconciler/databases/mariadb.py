@@ -495,6 +495,9 @@ class MariadbServer:
     service: str = "mariadb"
     account: str = "mysql"
     data_markers: tuple[str, ...] = ("ibdata1", "mysql")
+    # InnoDB memory-maps its redo log when it lives on tmpfs (RAM mode; --innodb-log-file-mmap): its
+    # writes do not move the file's mtime, so the switch must copy it again (fs.refresh_copy).
+    mapped_files: tuple[str, ...] = ("ib_logfile0",)
     process_names: tuple[str, ...] = ("mariadbd", "mysqld")
 
     def init_argv(self, data_dir: str) -> list[str]:

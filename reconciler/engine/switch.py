@@ -32,7 +32,7 @@ from reconciler.backup.create import identity_for_restore
 from reconciler.backup.restore import load_and_check, restore_postgres
 from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
-from reconciler.databases.engine import engine_for, engine_markers
+from reconciler.databases.engine import engine_for, engine_mapped_files, engine_markers
 from reconciler.engine import backups, drain, records
 from reconciler.engine.context import StackContext
 from reconciler.engine.journal import Journal
@@ -264,7 +264,7 @@ class _Switch:
                 self._logical_copy(target)
                 continue
             if os.path.isdir(tmp) and since:
-                copied += fs.refresh_copy(source, tmp, since)
+                copied += fs.refresh_copy(source, tmp, since, engine_mapped_files(name))
             else:
                 shutil.rmtree(tmp, ignore_errors=True)
                 copied += fs.copy_tree(source, tmp)

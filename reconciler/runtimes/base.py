@@ -49,6 +49,7 @@ class ServerRecipe(Protocol):
     service: str
     account: str  # the system user it runs as when the reconciler runs as root
     data_markers: tuple[str, ...]  # entries of a data directory that hold this engine's data
+    mapped_files: tuple[str, ...]  # written through mmap: unchanged mtime proves nothing (fs.refresh_copy)
     process_names: tuple[str, ...]  # basename of its argv[0] in /proc/<pid>/cmdline
 
     def init_argv(self, data_dir: str) -> list[str]: ...

@@ -15,7 +15,7 @@ import errno
 import fcntl
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 from reconciler.errors import LockHeld
@@ -149,13 +149,18 @@ def copy_tree(source: str, target: str, progress: Callable[[int], None] | None =
     return copied
 
 
-def refresh_copy(source: str, target: str, since_ns: int) -> int:
+def refresh_copy(source: str, target: str, since_ns: int, always: Collection[str] = ()) -> int:
     """Make ``target`` (an earlier copy of ``source``) identical to it again; return bytes copied.
 
     A file is skipped only when size and mtime match *and* it was last modified before ``since_ns``
     (when the earlier copy started), so a change made while or after it was read is always copied
     again, whatever the filesystem's timestamp granularity. Files and directories that disappeared
     from ``source`` are removed from ``target``.
+
+    ``always`` (paths relative to ``source``) are copied whatever their times say: a file a server
+    writes through a shared memory mapping keeps its mtime on tmpfs (shmem has no ``page_mkwrite``, so
+    a store to a page already mapped writable never reaches ``file_update_time``): MariaDB's redo log
+    ``ib_logfile0`` in RAM mode. Skipping it by mtime gave the copy an old log with newer data files.
     """
     import shutil
 
@@ -174,7 +179,8 @@ def refresh_copy(source: str, target: str, since_ns: int) -> int:
             try:
                 dstat = os.lstat(dst)
                 unchanged = (
-                    dstat.st_size == fst.st_size
+                    os.path.relpath(src, source) not in always
+                    and dstat.st_size == fst.st_size
                     and dstat.st_mtime_ns == fst.st_mtime_ns
                     and fst.st_mtime_ns < since_ns
                 )

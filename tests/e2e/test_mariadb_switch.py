@@ -11,8 +11,6 @@ processes, and the docker runtime's containers from the locally built images).
 
 from __future__ import annotations
 
-import os
-import subprocess
 import threading
 from typing import Any
 
@@ -22,6 +20,7 @@ from tests.conftest import Stack
 from tests.e2e.test_mode_switch import failpoints
 from tests.integration import test_mariadb
 from tests.integration.test_mariadb import PASSWORD, mariadb_content, mixed_stack, seed_mariadb, sql
+from tests.support.mariadb_client import tcp_statement
 
 pytestmark = pytest.mark.e2e
 
@@ -41,24 +40,12 @@ class MariadbWriter:
         n = 0
         while not self.stopping.is_set():
             n += 1
-            result = subprocess.run(
-                [
-                    "mariadb",
-                    "--no-defaults",
-                    "-h",
-                    "127.0.0.1",
-                    "-P",
-                    str(self.stack.mariadb_port),  # type: ignore[attr-defined]
-                    "-u",
-                    "shop",
-                    "--connect-timeout=3",
-                    "shop",
-                ],
-                input=f"INSERT INTO writes (id) VALUES ({n});",
-                capture_output=True,
-                text=True,
-                env={**os.environ, "MYSQL_PWD": PASSWORD},
-                check=False,
+            result = tcp_statement(
+                self.stack.mariadb_port,  # type: ignore[attr-defined]
+                "shop",
+                "shop",
+                PASSWORD,
+                f"INSERT INTO writes (id) VALUES ({n});",
             )
             if result.returncode == 0:
                 self.acked.append(n)
