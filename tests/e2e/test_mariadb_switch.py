@@ -11,6 +11,7 @@ processes, and the docker runtime's containers from the locally built images).
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from typing import Any
 
