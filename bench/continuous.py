@@ -34,7 +34,7 @@ pgbench         pgbench tps with continuous WAL on vs off (daemon running in bot
 
 Usage: python bench/continuous.py [--only recovery-point,bytes,uplink,recovery,pgbench] [--mb 300]
        python bench/continuous.py --mb 20 --seconds 10 --cuts 1 --uplink-seconds 20 \\
-           --pgbench-seconds 5 --rounds 1          (a smoke run, ~4 minutes)
+           --uplink-interval 5 --pgbench-seconds 5 --rounds 1          (a smoke run, ~4 minutes)
 """
 
 from __future__ import annotations
@@ -792,6 +792,10 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
     tps_list = [int(t) for t in args.tps.split(",")]
+    if "uplink" in only and args.uplink_seconds < 2 * args.uplink_interval:
+        print(
+            f"warning: an uplink window under two intervals ({args.uplink_seconds:g} s < 2 x {args.uplink_interval:g} s) sees 0-1 shipment"
+        )
     results: dict[str, Any] = {"sections": only, "args": vars(args)}
     timings: dict[str, float] = {}
     loads: dict[str, list[float]] = {}
