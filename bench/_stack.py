@@ -78,12 +78,15 @@ def bench_stack(
 
 
 def cli(state: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "reconciler", "-f", str(state), *args],
         capture_output=True,
         text=True,
-        check=check,
+        check=False,
     )
+    if check and result.returncode != 0:  # say why: a bare CalledProcessError hides the reconciler's message
+        raise RuntimeError(f"reconciler {' '.join(args)} exited {result.returncode}: {result.stderr[-1500:]}")
+    return result
 
 
 def machine() -> dict[str, Any]:
