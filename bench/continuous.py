@@ -60,10 +60,9 @@ import psycopg
 from _measure import _children, measure
 from _stack import bench_stack, cli, print_table, write_results
 from dataset import generate
-from restore import power_cut, rows_in
+from restore import Legacy, power_cut, rows_in
 from ruamel.yaml import YAML
 
-from reconciler.databases.postgres import RESTORE_ENV
 from tests.support.ports import free_port
 
 PY = sys.executable
@@ -642,21 +641,8 @@ def recovery_times(stack: Stack, megabytes: int, info: dict[str, Any]) -> list[d
     set_continuous(state, True)
     cli(state, "apply")
     backup = measure([PY, "-m", "reconciler", "-f", str(state), "backup"])
-    pg_args = ["-h", conn["host"], "-p", str(conn["port"]), "-U", "postgres"]
-    legacy_file = state.parent / "legacy.sql.enc"
-    env = {"LEGACY_PASSWORD": "benchmark-password", **RESTORE_ENV}  # as bench/restore.py
-    legacy_backup = measure(
-        [
-            PY,
-            str(HERE / "legacy_pipeline.py"),
-            "backup",
-            *pg_args,
-            "bench",
-            str(state.parent / "p.sql"),
-            str(legacy_file),
-        ],
-        env,
-    )
+    baseline = Legacy(state, conn)
+    legacy_backup = baseline.backup()
 
     power_cut(state, stack.ram_root)
     physical, physical_answer = timed_apply(stack, newest)
@@ -675,9 +661,7 @@ def recovery_times(stack: Stack, megabytes: int, info: dict[str, Any]) -> list[d
     try:
         start = time.perf_counter()
         measure([PY, "-m", "reconciler", "-f", str(state), "apply"])
-        measure(
-            [PY, str(HERE / "legacy_pipeline.py"), "restore", str(legacy_file), *pg_args, "-d", "bench"], env
-        )
+        baseline.restore()
         legacy = time.perf_counter() - start  # psql returns once the data is in: done = answering
     finally:
         shutil.rmtree(stack.store, ignore_errors=True)  # what the empty start stored (a set of nothing)

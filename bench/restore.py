@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psycopg
-from _measure import measure
+from _measure import Measurement, measure
 from _stack import bench_stack, cli, print_table, write_results
 from dataset import generate
 from ruamel.yaml import YAML
@@ -33,6 +33,27 @@ from reconciler.databases.postgres import RESTORE_ENV
 
 PY = sys.executable
 HERE = Path(__file__).resolve().parent
+
+
+class Legacy:
+    """The legacy pipeline (bench/legacy_pipeline.py: pg_dump | Fernet, psql restore) against a bench
+    stack's PostgreSQL. Its psql gets the same server settings as our pg_restore
+    (maintenance_work_mem, synchronous_commit): the comparison is of the pipelines, not the settings."""
+
+    def __init__(self, state: Path, conn: dict[str, Any]) -> None:
+        self.state = state
+        self.pg_args = ["-h", str(conn["host"]), "-p", str(conn["port"]), "-U", "postgres"]
+        self.file = state.parent / "legacy.sql.enc"
+        self.env = {"LEGACY_PASSWORD": "benchmark-password", **RESTORE_ENV}
+
+    def backup(self) -> Measurement:
+        plain = str(self.state.parent / "p.sql")
+        argv = [PY, str(HERE / "legacy_pipeline.py"), "backup", *self.pg_args, "bench", plain, str(self.file)]
+        return measure(argv, self.env)
+
+    def restore(self) -> Measurement:
+        argv = [PY, str(HERE / "legacy_pipeline.py"), "restore", str(self.file), *self.pg_args, "-d", "bench"]
+        return measure(argv, self.env)
 
 
 def power_cut(state: Path, ram_root: Path) -> None:
@@ -65,23 +86,8 @@ def main() -> None:
         info = generate(conn, bindir, megabytes)
         expected = rows_in(conn)
         cli(state, "backup")
-        pg_args = ["-h", sock, "-p", str(port), "-U", "postgres"]
-        legacy_file = state.parent / "legacy.sql.enc"
-        # The baseline's psql gets the same server settings as our pg_restore (maintenance_work_mem,
-        # synchronous_commit): the comparison is of the pipelines, not of the settings.
-        env = {"LEGACY_PASSWORD": "benchmark-password", **RESTORE_ENV}
-        measure(
-            [
-                PY,
-                str(HERE / "legacy_pipeline.py"),
-                "backup",
-                *pg_args,
-                "bench",
-                str(state.parent / "p.sql"),
-                str(legacy_file),
-            ],
-            env,
-        )
+        legacy = Legacy(state, conn)
+        legacy.backup()
 
         power_cut(state, ram_root)
         ours = measure([PY, "-m", "reconciler", "-f", str(state), "apply"])
@@ -93,11 +99,10 @@ def main() -> None:
         (state.parent / "data" / "backups").rename(hidden)
         start = time.perf_counter()
         empty = measure([PY, "-m", "reconciler", "-f", str(state), "apply"])
-        restore = measure(
-            [PY, str(HERE / "legacy_pipeline.py"), "restore", str(legacy_file), *pg_args, "-d", "bench"], env
-        )
+        restore = legacy.restore()
         legacy_seconds = time.perf_counter() - start
         assert rows_in(conn) == expected
+        shutil.rmtree(state.parent / "data" / "backups")  # the empty start's first set (of nothing)
         hidden.rename(state.parent / "data" / "backups")
 
     rows = [
