@@ -324,13 +324,29 @@ def dump_argv(endpoint: Endpoint, database: str, options: Iterable[str]) -> list
 
 class SnapshotGate:
     """Hold commits back (``BACKUP STAGE BLOCK_COMMIT``) while the statistics transaction and the dump
-    take their snapshots; ``release`` once the dump has started writing tables."""
+    take their snapshots; ``release`` once the dump has started writing tables.
+
+    Non-transactional tables (MyISAM, Aria, MEMORY, ...: any engine but InnoDB) have no snapshot: the
+    dump and the statistics read them whenever they get there, so a writer in between makes the set
+    disagree with its own manifest (and with the InnoDB tables). Before the gate, a third session
+    takes ``FLUSH TABLES <just those> WITH READ LOCK`` and keeps it until the dump has ended and the
+    statistics are read (``thaw``): their writers wait for the length of the dump, readers and every
+    InnoDB writer go on. Measured choices: ``LOCK TABLES ... READ`` deadlocks (a waiting MyISAM writer
+    queues at the table lock ahead of the dump's own read, and holds the backup lock the gate needs);
+    the metadata lock of ``FLUSH TABLES ... WITH READ LOCK`` keeps writers waiting *before* either.
+    Taken after the gate, it would wait for writers the gate holds back."""
 
     def __init__(self, endpoint: Endpoint, database: str) -> None:
         self.database = database
         self.lock = Session(endpoint)
         self.stats = Session(endpoint, database)
+        self.freeze: Session | None = None
         try:
+            self.frozen = [r[0] for r in self.lock.query(_non_transactional_sql(database))]
+            if self.frozen:
+                tables = ", ".join(f"{ident(database)}.{ident(t)}" for t in self.frozen)
+                self.freeze = Session(endpoint)
+                self.freeze.query(f"SET SESSION lock_wait_timeout = 60; FLUSH TABLES {tables} WITH READ LOCK")
             self.lock.query(
                 "SET SESSION lock_wait_timeout = 60; BACKUP STAGE START; BACKUP STAGE BLOCK_COMMIT"
             )
@@ -352,11 +368,25 @@ class SnapshotGate:
             finally:
                 self.released.set()
 
+    def thaw(self) -> None:
+        """Let writers of the non-transactional tables go on (the connection's end drops its locks)."""
+        freeze, self.freeze = self.freeze, None
+        if freeze is not None:
+            freeze.close()
+
     def close(self) -> None:
+        self.thaw()
         self.lock.close()
         self.stats.close()
         if hasattr(self, "released"):
             self.released.set()
+
+
+def _non_transactional_sql(database: str) -> str:
+    return (
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = "
+        f"{literal(database)} AND table_type = 'BASE TABLE' AND engine <> 'InnoDB' ORDER BY table_name"
+    )
 
 
 class GateReader:
@@ -739,6 +769,7 @@ class _MariadbDump:
     def stats(self) -> dict[str, list[Any]]:
         self.gate.release()
         self._thread.join()
+        self.gate.thaw()  # the dump has ended (its stream was read to the end) and the statistics are in
         if self._error is not None:
             raise self._error
         return self._result

@@ -367,8 +367,9 @@ def verify(ctx: StackContext, set_name: str | None) -> dict[str, Any]:
             database = str(member["database"])
             engine.ensure(endpoint, database, str(member.get("owner") or database), None)
             tables = restore_engine(engine, store, checked, identity, endpoint, database)
-            result[f"{kind}_tables"] = len(tables)
-            result[f"{kind}_rows"] = sum(int(v[0]) for v in tables.values())
+            rows = [int(v[0]) for v in tables.values() if v[0] is not None]  # a view's entry has no rows
+            result[f"{kind}_tables"] = len(rows)
+            result[f"{kind}_rows"] = sum(rows)
         redis_member = checked.member("redis")
         if redis_member is not None:
             data_dir = os.path.join(scratch, "redis")
