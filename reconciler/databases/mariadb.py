@@ -11,6 +11,14 @@ Design decisions:
   user can read, and the server does not log it (the general log is off; a failing statement's text is
   not echoed by the client in batch mode, and our errors quote the client's stderr tail only after
   removing the password).
+- What a failing client prints never reaches an error, event, status or log as it is: in batch mode
+  the ``mariadb`` client echoes the whole failing statement (row data of a dump being loaded, a
+  password hash) between dashed lines, and server messages quote values (``Duplicate entry '<row
+  data>' for key``, ``near '<statement text>'``). ``scrub_client_error`` drops the echo, replaces every
+  single- or double-quoted text by ``'…'`` (backquoted identifiers stay: they name the table or
+  constraint), keeps the ``ERROR <code> (<sqlstate>) at line <n>`` line and at most 300 characters.
+  Applied to every client that receives data (the loader, ``run_sql``, ``Session``); mariadb-dump's
+  own messages quote only its own queries and stay whole (they name a bad option).
 - Identifiers are quoted with backticks (a backtick doubled), literals with single quotes (a quote and a
   backslash escaped): the spec allows only plain names, and this keeps anything else inert.
 - A backup is ``mariadb-dump --single-transaction`` (InnoDB: a consistent snapshot without locking
@@ -63,6 +71,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -102,13 +111,44 @@ def _client(endpoint: Endpoint, *extra: str) -> list[str]:
     return ["mariadb", "--no-defaults", *client_args(endpoint), *extra]
 
 
+_ERROR_LINE = re.compile(r"^(?:ERROR|mariadb: |mysql: )", re.M)
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.|'')*'?|\"(?:[^\"\\]|\\.|\"\")*\"?", re.S)
+SCRUBBED_LIMIT = 300
+
+
+def scrub_client_error(text: str) -> str:
+    """A mariadb client's stderr without the row data or secrets it may hold (see the module docstring).
+
+    Only the client's own lines (``ERROR ...``) are kept when there are any: the echoed statement
+    before them may be cut anywhere by the stderr tail, so its quotes cannot be trusted to pair up.
+    Otherwise whatever follows the last dashed line (the end of an echo)."""
+    lines = text.splitlines()
+    if any(_ERROR_LINE.match(line) for line in lines):
+        lines = [line for line in lines if _ERROR_LINE.match(line)]
+    else:
+        dashes = [i for i, line in enumerate(lines) if line.strip() and set(line.strip()) == {"-"}]
+        lines = lines[dashes[-1] + 1 :] if dashes else lines
+    kept = [_QUOTED.sub("'…'", line).strip()[:200] for line in lines if line.strip()]
+    return "\n".join(kept)[-SCRUBBED_LIMIT:]
+
+
+@contextlib.contextmanager
+def scrubbed() -> Iterator[None]:
+    """Re-raise a client's ``CommandFailed`` with its stderr scrubbed (and without the original chained)."""
+    try:
+        yield
+    except CommandFailed as exc:
+        raise CommandFailed(exc.argv, exc.returncode, scrub_client_error(exc.stderr_tail)) from None
+
+
 def run_sql(
     endpoint: Endpoint, sql: str, database: str | None = None, timeout: float = 120
 ) -> list[list[str]]:
     """Run ``sql`` (several statements allowed) and return the rows of its output, tab-separated fields."""
     argv = _client(endpoint, "--batch", "--skip-column-names", "--raw", *([database] if database else []))
     try:
-        out = proc.run(argv, input_bytes=sql.encode(), timeout=timeout).stdout.decode()
+        with scrubbed():
+            out = proc.run(argv, input_bytes=sql.encode(), timeout=timeout).stdout.decode()
     except CommandFailed as exc:
         if "Can't connect" in exc.stderr_tail:
             raise TransientError(
@@ -155,7 +195,7 @@ class Session:
         self.process.kill()
         stderr = self.process.stderr.read() if self.process.stderr else b""
         code = self.process.wait()
-        raise CommandFailed(self.argv, code, stderr.decode(errors="replace")[-2000:])
+        raise CommandFailed(self.argv, code, scrub_client_error(stderr.decode(errors="replace")))
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -814,8 +854,10 @@ class MariadbEngine:
         finally:
             gate.close()
 
-    def load(self, endpoint: Endpoint, database: str) -> Any:
-        return proc.streaming(restore_argv(endpoint, database), stdin=proc.PIPE)
+    @contextlib.contextmanager
+    def load(self, endpoint: Endpoint, database: str) -> Iterator[Any]:
+        with scrubbed(), proc.streaming(restore_argv(endpoint, database), stdin=proc.PIPE) as loader:
+            yield loader
 
     def stats(self, endpoint: Endpoint, database: str) -> dict[str, list[Any]]:
         return database_stats(endpoint, database)
