@@ -14,9 +14,11 @@ Design decisions:
 - What a failing client prints never reaches an error, event, status or log as it is: in batch mode
   the ``mariadb`` client echoes the whole failing statement (row data of a dump being loaded, a
   password hash) between dashed lines, and server messages quote values (``Duplicate entry '<row
-  data>' for key``, ``near '<statement text>'``). ``scrub_client_error`` drops the echo, replaces every
-  single- or double-quoted text by ``'…'`` (backquoted identifiers stay: they name the table or
-  constraint), keeps the ``ERROR <code> (<sqlstate>) at line <n>`` line and at most 300 characters.
+  data>' for key``, ``near '<statement text>'``). ``scrub_client_error`` drops the echo and keeps
+  only the client's ``ERROR <code> (<sqlstate>) at line <n>: ...`` lines, each cut to the text before
+  its first quote and after its last (``Duplicate entry … for key``, ``The table … is full``: robust to
+  values that hold quotes themselves), an errno at the end rewritten from its number, at most 300
+  characters. The raw text stays on the exception as ``evidence`` for the fault policy only.
   Applied to every client that receives data (the loader, ``run_sql``, ``Session``); mariadb-dump's
   own messages quote only its own queries and stay whole (they name a bad option).
 - Identifiers are quoted with backticks (a backtick doubled), literals with single quotes (a quote and a
@@ -112,33 +114,61 @@ def _client(endpoint: Endpoint, *extra: str) -> list[str]:
 
 
 _ERROR_LINE = re.compile(r"^(?:ERROR|mariadb: |mysql: )", re.M)
-_QUOTED = re.compile(r"'(?:[^'\\]|\\.|'')*'?|\"(?:[^\"\\]|\\.|\"\")*\"?", re.S)
+_ERRNO = re.compile(r"\(Errcode: (\d+) \"[^\"]*\"\)\s*$")  # the server's own ending: an errno and its text
+_QUOTE = re.compile(r"\"|(?<![A-Za-z])'|'(?![A-Za-z])")  # an apostrophe inside a word (Can't) is no quote
 SCRUBBED_LIMIT = 300
+
+
+def _scrub_line(line: str) -> str:
+    """The server's own words of one message: its text before the first quote and after the last one
+    (values, statements and paths are quoted; the message's own ending follows the closing quote
+    even when a value holds quotes itself), and an errno at the end re-written from its number."""
+    errno = _ERRNO.search(line)
+    body = line[: errno.start()] if errno else line
+    quotes = [m.start() for m in _QUOTE.finditer(body)]
+    if len(quotes) >= 2:
+        body = body[: quotes[0]] + "…" + body[quotes[-1] + 1 :]
+    elif quotes:
+        body = body[: quotes[0]] + "…"
+    if errno:
+        body += f'(Errcode: {errno.group(1)} "{os.strerror(int(errno.group(1)))}")'
+    return body.strip()[:200]
 
 
 def scrub_client_error(text: str) -> str:
     """A mariadb client's stderr without the row data or secrets it may hold (see the module docstring).
 
     Only the client's own lines (``ERROR ...``) are kept when there are any: the echoed statement
-    before them may be cut anywhere by the stderr tail, so its quotes cannot be trusted to pair up.
-    Otherwise whatever follows the last dashed line (the end of an echo)."""
-    lines = text.splitlines()
+    before them may be cut anywhere by the stderr tail. Otherwise whatever follows the last dashed
+    line (the end of an echo)."""
+    lines = text.split("\n")  # the client's lines (splitlines would also split inside a value at \x1e)
     if any(_ERROR_LINE.match(line) for line in lines):
         lines = [line for line in lines if _ERROR_LINE.match(line)]
     else:
         dashes = [i for i, line in enumerate(lines) if line.strip() and set(line.strip()) == {"-"}]
         lines = lines[dashes[-1] + 1 :] if dashes else lines
-    kept = [_QUOTED.sub("'…'", line).strip()[:200] for line in lines if line.strip()]
-    return "\n".join(kept)[-SCRUBBED_LIMIT:]
+    return "\n".join(_scrub_line(line) for line in lines if line.strip())[-SCRUBBED_LIMIT:]
+
+
+class ScrubbedFailure(CommandFailed):
+    """A client's failure with its stderr scrubbed for every message; ``evidence`` keeps the raw text
+    only for the fault policy (``plan/faults`` reads the server's own words in it, e.g. "is full"),
+    never shown."""
+
+    def __init__(self, failed: CommandFailed) -> None:
+        super().__init__(failed.argv, failed.returncode, scrub_client_error(failed.stderr_tail))
+        self.evidence = failed.stderr_tail
 
 
 @contextlib.contextmanager
 def scrubbed() -> Iterator[None]:
-    """Re-raise a client's ``CommandFailed`` with its stderr scrubbed (and without the original chained)."""
+    """Re-raise a client's ``CommandFailed`` scrubbed (and without the original chained)."""
     try:
         yield
+    except ScrubbedFailure:
+        raise
     except CommandFailed as exc:
-        raise CommandFailed(exc.argv, exc.returncode, scrub_client_error(exc.stderr_tail)) from None
+        raise ScrubbedFailure(exc) from None
 
 
 def run_sql(
@@ -149,8 +179,8 @@ def run_sql(
     try:
         with scrubbed():
             out = proc.run(argv, input_bytes=sql.encode(), timeout=timeout).stdout.decode()
-    except CommandFailed as exc:
-        if "Can't connect" in exc.stderr_tail:
+    except ScrubbedFailure as exc:
+        if "Can't connect" in exc.evidence:
             raise TransientError(
                 f"cannot connect to mariadb at {client_args(endpoint)[1]}: {exc.stderr_tail.strip()}"
             ) from None
@@ -195,7 +225,7 @@ class Session:
         self.process.kill()
         stderr = self.process.stderr.read() if self.process.stderr else b""
         code = self.process.wait()
-        raise CommandFailed(self.argv, code, scrub_client_error(stderr.decode(errors="replace")))
+        raise ScrubbedFailure(CommandFailed(self.argv, code, stderr.decode(errors="replace")[-2000:]))
 
     def close(self) -> None:
         if self.process.poll() is None:
