@@ -271,16 +271,18 @@ def create_set(
     revision: str | None,
     progress: Progress | None = None,
     sequence: int | None = None,
+    size_limit_exempt: bool = False,
 ) -> dict[str, Any]:
     """Write a complete set into ``store`` and return its manifest. Raises on any failure.
 
-    ``sequence`` (see ``plan/backupsets``) goes into the name and the manifest, so the MAC covers it."""
+    ``sequence`` (see ``plan/backupsets``) goes into the name and the manifest, so the MAC covers it.
+    ``size_limit_exempt``: ``backup.max_set_size`` does not apply (``plan/setsize``)."""
     sealing = sealing_for(spec)
     base = set_name(spec.stack, now, trigger, sequence)
     started = time.monotonic()
     members: list[dict[str, Any]] = []
     written: list[str] = []
-    budget = Budget(spec.backup.max_set_size)
+    budget = Budget(None if size_limit_exempt else spec.backup.max_set_size)
     try:
         if spec.services.redis is not None:
             members.append(_backup_redis(endpoints["redis"], store, base, sealing, progress, budget))

@@ -72,7 +72,8 @@ def classify_failure(
         return exc
     if isinstance(exc, CommandFailed):
         tool = os.path.basename(exc.argv[0]) if exc.argv else "a command"
-        return classified(set_name, stage, f"{tool} failed: {exc.stderr_tail.strip()}", exc.stderr_tail)
+        evidence = getattr(exc, "evidence", exc.stderr_tail)  # a scrubbed client's raw words (never shown)
+        return classified(set_name, stage, f"{tool} failed: {exc.stderr_tail.strip()}", evidence)
     return classified(set_name, stage, str(exc) or type(exc).__name__)
 
 

@@ -11,6 +11,16 @@ Design decisions:
   user can read, and the server does not log it (the general log is off; a failing statement's text is
   not echoed by the client in batch mode, and our errors quote the client's stderr tail only after
   removing the password).
+- What a failing client prints never reaches an error, event, status or log as it is: in batch mode
+  the ``mariadb`` client echoes the whole failing statement (row data of a dump being loaded, a
+  password hash) between dashed lines, and server messages quote values (``Duplicate entry '<row
+  data>' for key``, ``near '<statement text>'``). ``scrub_client_error`` drops the echo and keeps
+  only the client's ``ERROR <code> (<sqlstate>) at line <n>: ...`` lines, each cut to the text before
+  its first quote and after its last (``Duplicate entry … for key``, ``The table … is full``: robust to
+  values that hold quotes themselves), an errno at the end rewritten from its number, at most 300
+  characters. The raw text stays on the exception as ``evidence`` for the fault policy only.
+  Applied to every client that receives data (the loader, ``run_sql``, ``Session``); mariadb-dump's
+  own messages quote only its own queries and stay whole (they name a bad option).
 - Identifiers are quoted with backticks (a backtick doubled), literals with single quotes (a quote and a
   backslash escaped): the spec allows only plain names, and this keeps anything else inert.
 - A backup is ``mariadb-dump --single-transaction`` (InnoDB: a consistent snapshot without locking
@@ -34,9 +44,27 @@ Design decisions:
   ``databases/engine.Engine`` and carries the local runtime's ``ServerRecipe``.
 - Restore loads the dump into ``<db>__restoring`` and swaps all tables in with one ``RENAME TABLE``
   statement (atomic in MariaDB); the old tables go to ``<db>__replaced`` and are dropped after.
-  MariaDB cannot move views or tables with triggers to another database, so such a database is
-  restored directly into the (empty) live database when it is empty (restore on boot), and a
-  deliberate restore of it is refused with what to do (known limit).
+  MariaDB cannot move views, triggers, routines or events to another database (and refuses to move a
+  table that has triggers), so those travel as their definitions: once the side database is checked,
+  ``mark_staged`` reads each one's ``SHOW CREATE`` text (with its sql_mode, character set and time
+  zone, as mariadb-dump writes them) into a table ``__reconciler_objects`` of the side database and
+  drops the side's triggers, then sets the flag table. The swap drops the live triggers (their tables
+  are being replaced), and the one ``RENAME TABLE`` moves the flag *and* the definitions table into
+  ``<db>__replaced``. As long as that table exists there, the swap (re-)does the rest, idempotently:
+  drop every live view, trigger, routine and event, create the backup's from their definitions
+  (``EXECUTE IMMEDIATE``, views in dependency order by retrying), check each one's digest against
+  the one recorded in the checked side database, and only then drop the definitions table. A crash
+  before the rename redoes it (the flag is still in the side database); a crash after it redoes the
+  objects. The application sees the restored tables with the old views/routines for the
+  milliseconds between the rename and the re-creation (it is being restored over anyway).
+- Views, triggers, routines and events are in the manifest's per-table check too, as
+  ``[null, sha256 of the definition, "definition-sha256"]`` (no row count or sum: a view holds no
+  rows of its own; its rows are its tables'). Views are keyed by name (they share the tables'
+  namespace), the others as ``trigger:<name>``, ``procedure:<name>``, ``function:<name>``,
+  ``event:<name>``. A set taken before that (no definition entries) is checked on its tables only.
+- Known limit: a trigger or routine whose *text* names its own database (``CREATE TRIGGER shop.t ...
+  ON shop.orders``) is written by mariadb-dump as written, so loading it into the side database
+  would create it in the live one; MariaDB stores views normalised, so views are not affected.
 """
 
 from __future__ import annotations
@@ -45,6 +73,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -61,6 +90,8 @@ _END = "\x1ereconciler-end"
 RESTORING_SUFFIX = "__restoring"
 REPLACED_SUFFIX = "__replaced"
 PENDING_TABLE = "__reconciler_swap_pending"
+OBJECTS_TABLE = "__reconciler_objects"  # the definitions a swap re-creates in the live database
+DEFINITION = "definition-sha256"
 DUMP_TABLE_MARKER = b"\n-- Table structure for table "
 MAX_NAME_BYTES = 64  # MariaDB refuses a longer database name (ours are ASCII)
 SYSTEM_DATABASES = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
@@ -82,15 +113,74 @@ def _client(endpoint: Endpoint, *extra: str) -> list[str]:
     return ["mariadb", "--no-defaults", *client_args(endpoint), *extra]
 
 
+_ERROR_LINE = re.compile(r"^(?:ERROR|mariadb: |mysql: )", re.M)
+_ERRNO = re.compile(r"\(Errcode: (\d+) \"[^\"]*\"\)\s*$")  # the server's own ending: an errno and its text
+_QUOTE = re.compile(r"\"|(?<![A-Za-z])'|'(?![A-Za-z])")  # an apostrophe inside a word (Can't) is no quote
+SCRUBBED_LIMIT = 300
+
+
+def _scrub_line(line: str) -> str:
+    """The server's own words of one message: its text before the first quote and after the last one
+    (values, statements and paths are quoted; the message's own ending follows the closing quote
+    even when a value holds quotes itself), and an errno at the end re-written from its number."""
+    errno = _ERRNO.search(line)
+    body = line[: errno.start()] if errno else line
+    quotes = [m.start() for m in _QUOTE.finditer(body)]
+    if len(quotes) >= 2:
+        body = body[: quotes[0]] + "…" + body[quotes[-1] + 1 :]
+    elif quotes:
+        body = body[: quotes[0]] + "…"
+    if errno:
+        body += f'(Errcode: {errno.group(1)} "{os.strerror(int(errno.group(1)))}")'
+    return body.strip()[:200]
+
+
+def scrub_client_error(text: str) -> str:
+    """A mariadb client's stderr without the row data or secrets it may hold (see the module docstring).
+
+    Only the client's own lines (``ERROR ...``) are kept when there are any: the echoed statement
+    before them may be cut anywhere by the stderr tail. Otherwise whatever follows the last dashed
+    line (the end of an echo)."""
+    lines = text.split("\n")  # the client's lines (splitlines would also split inside a value at \x1e)
+    if any(_ERROR_LINE.match(line) for line in lines):
+        lines = [line for line in lines if _ERROR_LINE.match(line)]
+    else:
+        dashes = [i for i, line in enumerate(lines) if line.strip() and set(line.strip()) == {"-"}]
+        lines = lines[dashes[-1] + 1 :] if dashes else lines
+    return "\n".join(_scrub_line(line) for line in lines if line.strip())[-SCRUBBED_LIMIT:]
+
+
+class ScrubbedFailure(CommandFailed):
+    """A client's failure with its stderr scrubbed for every message; ``evidence`` keeps the raw text
+    only for the fault policy (``plan/faults`` reads the server's own words in it, e.g. "is full"),
+    never shown."""
+
+    def __init__(self, failed: CommandFailed) -> None:
+        super().__init__(failed.argv, failed.returncode, scrub_client_error(failed.stderr_tail))
+        self.evidence = failed.stderr_tail
+
+
+@contextlib.contextmanager
+def scrubbed() -> Iterator[None]:
+    """Re-raise a client's ``CommandFailed`` scrubbed (and without the original chained)."""
+    try:
+        yield
+    except ScrubbedFailure:
+        raise
+    except CommandFailed as exc:
+        raise ScrubbedFailure(exc) from None
+
+
 def run_sql(
     endpoint: Endpoint, sql: str, database: str | None = None, timeout: float = 120
 ) -> list[list[str]]:
     """Run ``sql`` (several statements allowed) and return the rows of its output, tab-separated fields."""
     argv = _client(endpoint, "--batch", "--skip-column-names", "--raw", *([database] if database else []))
     try:
-        out = proc.run(argv, input_bytes=sql.encode(), timeout=timeout).stdout.decode()
-    except CommandFailed as exc:
-        if "Can't connect" in exc.stderr_tail:
+        with scrubbed():
+            out = proc.run(argv, input_bytes=sql.encode(), timeout=timeout).stdout.decode()
+    except ScrubbedFailure as exc:
+        if "Can't connect" in exc.evidence:
             raise TransientError(
                 f"cannot connect to mariadb at {client_args(endpoint)[1]}: {exc.stderr_tail.strip()}"
             ) from None
@@ -135,7 +225,7 @@ class Session:
         self.process.kill()
         stderr = self.process.stderr.read() if self.process.stderr else b""
         code = self.process.wait()
-        raise CommandFailed(self.argv, code, stderr.decode(errors="replace")[-2000:])
+        raise ScrubbedFailure(CommandFailed(self.argv, code, stderr.decode(errors="replace")[-2000:]))
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -234,10 +324,44 @@ def table_stats(session: Session, database: str) -> dict[str, list[Any]]:
             f"AS UNSIGNED)), 0) FROM {ident(database)}.{ident(table)}"
         )
         stats[table] = [int(rows[0][0]), rows[0][1], "sha256-sum"]
+    for name, digest in object_digests(session, database).items():
+        stats[name] = [None, digest, DEFINITION]
     return stats
 
 
+def _object_digest_sql(database: str) -> str:
+    """``(key, sha256)`` of every view, trigger, routine and event of ``database``, from the catalogue.
+
+    Everything that makes the object behave, nothing that a faithful restore changes (creation times,
+    the database's own collation); a view's definition with its database's qualifier removed (the
+    server stores it qualified, so the side database's copy would differ by name only)."""
+    db = literal(database)
+    return (
+        "SELECT table_name, SHA2(CONCAT_WS('|', REPLACE(view_definition, CONCAT('`', table_schema, '`.'), ''), "
+        "check_option, definer, security_type, algorithm, character_set_client, collation_connection), 256) "
+        f"FROM information_schema.views WHERE table_schema = {db} "
+        "UNION ALL SELECT CONCAT('trigger:', trigger_name), SHA2(CONCAT_WS('|', event_object_table, action_timing, "
+        "event_manipulation, action_order, action_statement, definer, sql_mode, character_set_client, "
+        f"collation_connection), 256) FROM information_schema.triggers WHERE trigger_schema = {db} "
+        "UNION ALL SELECT CONCAT(LOWER(type), ':', name), SHA2(CONCAT_WS('|', param_list, returns, body, definer, "
+        "security_type, sql_data_access, is_deterministic, sql_mode, comment, character_set_client, "
+        f"collation_connection, aggregate), 256) FROM mysql.proc WHERE db = {db} "
+        "UNION ALL SELECT CONCAT('event:', event_name), SHA2(CONCAT_WS('|', event_definition, definer, event_type, "
+        "execute_at, interval_value, interval_field, starts, ends, status, on_completion, sql_mode, time_zone, "
+        f"event_comment, character_set_client, collation_connection), 256) FROM information_schema.events "
+        f"WHERE event_schema = {db}"
+    )
+
+
+def object_digests(session: Session, database: str) -> dict[str, str]:
+    return {key: digest for key, digest in session.query(_object_digest_sql(database))}
+
+
 def stats_differ(expected: dict[str, list[Any]], actual: dict[str, list[Any]]) -> list[str]:
+    """The tables (and views, triggers, routines, events) whose statistics differ. A set taken before
+    definitions were recorded holds none: it is checked on its tables only."""
+    if not any(len(v) > 2 and v[2] == DEFINITION for v in expected.values()):
+        actual = {k: v for k, v in actual.items() if not (len(v) > 2 and v[2] == DEFINITION)}
     names = sorted(set(expected) | set(actual))
     return [n for n in names if list(expected.get(n, [])[:2]) != list(actual.get(n, [])[:2])]
 
@@ -270,13 +394,29 @@ def dump_argv(endpoint: Endpoint, database: str, options: Iterable[str]) -> list
 
 class SnapshotGate:
     """Hold commits back (``BACKUP STAGE BLOCK_COMMIT``) while the statistics transaction and the dump
-    take their snapshots; ``release`` once the dump has started writing tables."""
+    take their snapshots; ``release`` once the dump has started writing tables.
+
+    Non-transactional tables (MyISAM, Aria, MEMORY, ...: any engine but InnoDB) have no snapshot: the
+    dump and the statistics read them whenever they get there, so a writer in between makes the set
+    disagree with its own manifest (and with the InnoDB tables). Before the gate, a third session
+    takes ``FLUSH TABLES <just those> WITH READ LOCK`` and keeps it until the dump has ended and the
+    statistics are read (``thaw``): their writers wait for the length of the dump, readers and every
+    InnoDB writer go on. Measured choices: ``LOCK TABLES ... READ`` deadlocks (a waiting MyISAM writer
+    queues at the table lock ahead of the dump's own read, and holds the backup lock the gate needs);
+    the metadata lock of ``FLUSH TABLES ... WITH READ LOCK`` keeps writers waiting *before* either.
+    Taken after the gate, it would wait for writers the gate holds back."""
 
     def __init__(self, endpoint: Endpoint, database: str) -> None:
         self.database = database
         self.lock = Session(endpoint)
         self.stats = Session(endpoint, database)
+        self.freeze: Session | None = None
         try:
+            self.frozen = [r[0] for r in self.lock.query(_non_transactional_sql(database))]
+            if self.frozen:
+                tables = ", ".join(f"{ident(database)}.{ident(t)}" for t in self.frozen)
+                self.freeze = Session(endpoint)
+                self.freeze.query(f"SET SESSION lock_wait_timeout = 60; FLUSH TABLES {tables} WITH READ LOCK")
             self.lock.query(
                 "SET SESSION lock_wait_timeout = 60; BACKUP STAGE START; BACKUP STAGE BLOCK_COMMIT"
             )
@@ -298,11 +438,25 @@ class SnapshotGate:
             finally:
                 self.released.set()
 
+    def thaw(self) -> None:
+        """Let writers of the non-transactional tables go on (the connection's end drops its locks)."""
+        freeze, self.freeze = self.freeze, None
+        if freeze is not None:
+            freeze.close()
+
     def close(self) -> None:
+        self.thaw()
         self.lock.close()
         self.stats.close()
         if hasattr(self, "released"):
             self.released.set()
+
+
+def _non_transactional_sql(database: str) -> str:
+    return (
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = "
+        f"{literal(database)} AND table_type = 'BASE TABLE' AND engine <> 'InnoDB' ORDER BY table_name"
+    )
 
 
 class GateReader:
@@ -342,47 +496,177 @@ def database_exists(endpoint: Endpoint, database: str) -> bool:
     return bool(rows)
 
 
-def unmovable_objects(endpoint: Endpoint, database: str) -> list[str]:
-    """Views and triggers: RENAME TABLE cannot move them to another database."""
-    rows = run_sql(
-        endpoint,
-        f"SELECT CONCAT('view ', table_name) FROM information_schema.views WHERE table_schema = {literal(database)};"
-        f"SELECT CONCAT('trigger ', trigger_name) FROM information_schema.triggers WHERE trigger_schema = {literal(database)};",
+# kind: SHOW CREATE statement and the columns of its row holding the definition, the sql_mode, the time
+# zone and the character_set_client (collation_connection follows it)
+_SHOW_CREATE: dict[str, tuple[str, int, int | None, int | None, int]] = {
+    "view": ("SHOW CREATE VIEW", 1, None, None, 2),
+    "trigger": ("SHOW CREATE TRIGGER", 2, 1, None, 3),
+    "procedure": ("SHOW CREATE PROCEDURE", 2, 1, None, 3),
+    "function": ("SHOW CREATE FUNCTION", 2, 1, None, 3),
+    "event": ("SHOW CREATE EVENT", 3, 1, 2, 4),
+}
+_DROP = {
+    "view": "VIEW",
+    "trigger": "TRIGGER",
+    "procedure": "PROCEDURE",
+    "function": "FUNCTION",
+    "event": "EVENT",
+}
+_UNESCAPE = {"\\": "\\", "t": "\t", "n": "\n", "0": "\0"}
+
+
+def _unescape(field: str) -> str:
+    """A field of the client's batch output (without ``--raw``): backslash, tab, newline, NUL escaped."""
+    out, chars = [], iter(field)
+    for char in chars:
+        out.append(_UNESCAPE.get(next(chars, ""), "") if char == "\\" else char)
+    return "".join(out)
+
+
+def _key(kind: str, name: str) -> str:
+    """An object's name in the statistics (views share the tables' namespace)."""
+    return name if kind == "view" else f"{kind}:{name}"
+
+
+def _objects(session: Session, database: str) -> list[tuple[str, str]]:
+    """``(kind, name)`` of every view, trigger, routine and event, in the order to re-create them:
+    views (dependencies are resolved by retrying), routines, triggers by table and firing order, events."""
+    db = literal(database)
+    rows = session.query(
+        f"SELECT 'view', table_name, 0, '' FROM information_schema.views WHERE table_schema = {db} "
+        f"UNION ALL SELECT LOWER(type), name, 1, '' FROM mysql.proc WHERE db = {db} "
+        "UNION ALL SELECT 'trigger', trigger_name, 2, CONCAT(event_object_table, '/', LPAD(action_order, 6, '0')) "
+        f"FROM information_schema.triggers WHERE trigger_schema = {db} "
+        f"UNION ALL SELECT 'event', event_name, 3, '' FROM information_schema.events WHERE event_schema = {db} "
+        "ORDER BY 3, 4, 2"
     )
-    return [r[0] for r in rows]
+    return [(kind, name) for kind, name, _, _ in rows if kind in _SHOW_CREATE]
+
+
+def _definitions(endpoint: Endpoint, database: str, objects: list[tuple[str, str]]) -> list[list[str]]:
+    """``[kind, name, definition, sql_mode, character_set_client, collation_connection, time_zone]`` each,
+    read as mariadb-dump reads them (``SHOW CREATE`` over a utf8mb4 connection)."""
+    if not objects:
+        return []
+    statements = "".join(f"{_SHOW_CREATE[kind][0]} {ident(name)};\n" for kind, name in objects)
+    argv = _client(endpoint, "--batch", "--skip-column-names", "--default-character-set=utf8mb4", database)
+    out = proc.run(argv, input_bytes=statements.encode(), timeout=120).stdout.decode()
+    rows = [[_unescape(f) for f in line.split("\t")] for line in out.splitlines()]
+    if len(rows) != len(objects):
+        raise TransientError(f"mariadb: {len(objects)} objects in {database}, {len(rows)} definitions read")
+    found = []
+    for (kind, name), row in zip(objects, rows, strict=True):
+        _, column, mode, zone, client = _SHOW_CREATE[kind]
+        found.append(
+            [
+                kind,
+                name,
+                row[column],
+                row[mode] if mode is not None else "",
+                row[client],
+                row[client + 1],
+                row[zone] if zone is not None else "SYSTEM",
+            ]
+        )
+    return found
 
 
 def mark_staged(endpoint: Endpoint, side: str) -> None:
     """Flag ``side`` as checked and waiting to be swapped in. The swap's one ``RENAME TABLE`` moves the
     flag out with the tables, so a swap interrupted after it is never done twice (which would move the
-    restored tables aside and drop them)."""
-    run_sql(endpoint, f"CREATE TABLE {ident(side)}.{ident(PENDING_TABLE)} (x int);")
+    restored tables aside and drop them). Before the flag: the definitions of the side's views,
+    triggers, routines and events (with their digests, checked against the manifest a moment ago) go
+    into ``OBJECTS_TABLE``, and the side's triggers are dropped (a table with triggers cannot move)."""
+    with Session(endpoint) as session:
+        digests = object_digests(session, side)
+        objects = _objects(session, side)
+        session.query(
+            f"DROP TABLE IF EXISTS {ident(side)}.{ident(OBJECTS_TABLE)}; CREATE TABLE {ident(side)}.{ident(OBJECTS_TABLE)} "
+            "(seq INT PRIMARY KEY, kind VARCHAR(16), name VARCHAR(64) CHARACTER SET utf8mb4, definition LONGBLOB, "
+            "sql_mode TEXT, cs_client VARCHAR(64), coll_connection VARCHAR(64), time_zone VARCHAR(64), "
+            "digest CHAR(64)) ENGINE=InnoDB"
+        )
+        for seq, (kind, name, definition, mode, client, collation, zone) in enumerate(
+            _definitions(endpoint, side, objects)
+        ):
+            values = ", ".join(
+                [str(seq), literal(kind), literal(name), f"UNHEX('{definition.encode().hex()}')"]
+                + [literal(v) for v in (mode, client, collation, zone, digests.get(_key(kind, name), ""))]
+            )
+            session.query(f"INSERT INTO {ident(side)}.{ident(OBJECTS_TABLE)} VALUES ({values})")
+        _drop_objects(session, side, ("trigger",))
+        session.query(f"CREATE TABLE {ident(side)}.{ident(PENDING_TABLE)} (x int)")
+
+
+def _drop_objects(session: Session, database: str, kinds: Iterable[str] = tuple(_DROP)) -> None:
+    for kind, name in _objects(session, database):
+        if kind in kinds:
+            session.query(f"DROP {_DROP[kind]} IF EXISTS {ident(database)}.{ident(name)}")
+
+
+def _recreate_objects(endpoint: Endpoint, session: Session, database: str, replaced: str) -> None:
+    """The backup's views, triggers, routines and events into the live ``database``, from their
+    definitions in ``replaced``'s ``OBJECTS_TABLE``; idempotent (whatever the live database holds of
+    them is dropped first). Each is then checked against the digest of the checked side database."""
+    table = f"{ident(replaced)}.{ident(OBJECTS_TABLE)}"
+    rows = session.query(f"SELECT seq, kind, name, digest FROM {table} ORDER BY seq")
+    _drop_objects(session, database)
+    pending = rows
+    while pending:  # a view naming a view not created yet fails: retried once the others exist
+        failed: list[list[str]] = []
+        error: CommandFailed | None = None
+        for row in pending:
+            statement = (
+                "SELECT sql_mode, cs_client, coll_connection, time_zone, definition INTO @m, @c, @l, @z, @d "
+                f"FROM {table} WHERE seq = {int(row[0])}; SET SESSION sql_mode = @m, character_set_client = @c, "
+                "collation_connection = @l, time_zone = @z; EXECUTE IMMEDIATE @d;"
+            )
+            try:
+                run_sql(endpoint, statement, database)
+            except CommandFailed as exc:
+                if row[1] != "view":
+                    raise
+                failed.append(row)
+                error = exc
+        if error is not None and len(failed) == len(pending):
+            raise error
+        pending = failed
+    live = object_digests(session, database)
+    wrong = [_key(kind, name) for _, kind, name, digest in rows if live.get(_key(kind, name)) != digest]
+    if wrong:
+        raise PermanentError(
+            f"mariadb: after the swap, {', '.join(wrong[:5])} in {database} differ from the restored set's "
+            "definitions; `reconciler apply` re-creates them"
+        )
 
 
 def swap_databases(endpoint: Endpoint, database: str, side: str) -> None:
-    """Replace every table of ``database`` by ``side``'s in one atomic ``RENAME TABLE``; drop the old ones.
+    """Replace every table of ``database`` by ``side``'s in one atomic ``RENAME TABLE``, then its views,
+    triggers, routines and events by the set's; drop the old ones.
 
-    Only a side flagged by ``mark_staged`` is swapped in; without the flag the swap already happened
-    and only the leftovers are dropped."""
-    blocking = unmovable_objects(endpoint, side) + unmovable_objects(endpoint, database)
-    if blocking and database_exists(endpoint, side):
-        raise PermanentError(
-            f"the restored mariadb database holds {', '.join(blocking[:5])}, which MariaDB cannot move between "
-            "databases, so it cannot replace the live one atomically. Stop the application, drop the database "
-            f"{database} and run `reconciler apply` (an empty service is restored from the newest set)"
-        )
+    Only a side flagged by ``mark_staged`` is swapped in; without the flag the swap already happened.
+    While the definitions table sits in ``<database>__replaced`` the objects are (re-)created."""
     replaced = database + REPLACED_SUFFIX
     with Session(endpoint) as session:
         live = [r[0] for r in session.query(_base_tables_sql(database))]
         incoming = [r[0] for r in session.query(_base_tables_sql(side))]
         if PENDING_TABLE in incoming:
             incoming.remove(PENDING_TABLE)
+            carried = [PENDING_TABLE]
+            if OBJECTS_TABLE in incoming:
+                incoming.remove(OBJECTS_TABLE)
+                carried.append(OBJECTS_TABLE)
+            _drop_objects(session, database, ("trigger",))  # a table with triggers cannot move out
             session.query(f"DROP DATABASE IF EXISTS {ident(replaced)}; CREATE DATABASE {ident(replaced)}")
             moves = [f"{ident(database)}.{ident(t)} TO {ident(replaced)}.{ident(t)}" for t in live]
             moves += [f"{ident(side)}.{ident(t)} TO {ident(database)}.{ident(t)}" for t in incoming]
-            moves.append(f"{ident(side)}.{ident(PENDING_TABLE)} TO {ident(replaced)}.{ident(PENDING_TABLE)}")
+            moves += [f"{ident(side)}.{ident(t)} TO {ident(replaced)}.{ident(t)}" for t in carried]
             session.query("RENAME TABLE " + ", ".join(moves))
             failpoints.hit("mariadb.swap.renamed")  # tests: killed between the rename and the clean-up
+        if OBJECTS_TABLE in [r[0] for r in session.query(_base_tables_sql(replaced))]:
+            _recreate_objects(endpoint, session, database, replaced)
+            failpoints.hit("mariadb.swap.objects")  # tests: killed after the objects, before the clean-up
+            session.query(f"DROP TABLE {ident(replaced)}.{ident(OBJECTS_TABLE)}")
         session.query(f"DROP DATABASE IF EXISTS {ident(side)}; DROP DATABASE IF EXISTS {ident(replaced)}")
 
 
@@ -396,9 +680,11 @@ def _base_tables_sql(database: str) -> str:
 def is_empty(endpoint: Endpoint, database: str) -> bool:
     rows = run_sql(
         endpoint,
-        f"SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = {literal(database)};",
+        f"SELECT (SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = {literal(database)}) + "
+        f"(SELECT COUNT(*) FROM mysql.proc WHERE db = {literal(database)}) + "
+        f"(SELECT COUNT(*) FROM information_schema.events WHERE event_schema = {literal(database)});",
     )
-    return int(rows[0][0]) == 0
+    return int(rows[0][0]) == 0  # routines and events too: a direct restore would collide with them
 
 
 # -- the drain (mode switch) --------------------------------------------------------------------------
@@ -572,6 +858,7 @@ class _MariadbDump:
     def stats(self) -> dict[str, list[Any]]:
         self.gate.release()
         self._thread.join()
+        self.gate.thaw()  # the dump has ended (its stream was read to the end) and the statistics are in
         if self._error is not None:
             raise self._error
         return self._result
@@ -616,8 +903,10 @@ class MariadbEngine:
         finally:
             gate.close()
 
-    def load(self, endpoint: Endpoint, database: str) -> Any:
-        return proc.streaming(restore_argv(endpoint, database), stdin=proc.PIPE)
+    @contextlib.contextmanager
+    def load(self, endpoint: Endpoint, database: str) -> Iterator[Any]:
+        with scrubbed(), proc.streaming(restore_argv(endpoint, database), stdin=proc.PIPE) as loader:
+            yield loader
 
     def stats(self, endpoint: Endpoint, database: str) -> dict[str, list[Any]]:
         return database_stats(endpoint, database)
@@ -638,19 +927,10 @@ class MariadbEngine:
         mark_staged(endpoint, side)
 
     def swap_refusal(self, endpoint: Endpoint, database: str) -> str | None:
-        blocking = unmovable_objects(endpoint, database)
-        if not blocking:
-            return None
-        return (
-            f"mariadb database {database} holds {', '.join(blocking[:5])}, which MariaDB cannot move between "
-            "databases, so a restore cannot replace it atomically (a known limit). Stop the application, drop "
-            "the database, and run `reconciler apply`: restore on boot fills it"
-        )
+        return None  # views, triggers, routines and events travel as definitions (swap_databases)
 
     def swap(self, endpoint: Endpoint, database: str, side: str) -> None:
-        if database_exists(endpoint, side):
-            swap_databases(endpoint, database, side)
-        drop_database(endpoint, database + REPLACED_SUFFIX)  # left by a swap cut short
+        swap_databases(endpoint, database, side)  # finishes a swap cut short, else drops the leftovers
 
     def drop(self, endpoint: Endpoint, database: str) -> None:
         drop_database(endpoint, database)

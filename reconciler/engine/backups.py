@@ -43,7 +43,7 @@ from reconciler.backup.restore import (
 from reconciler.databases import postgres as pg
 from reconciler.databases import redis as rd
 from reconciler.databases.engine import engines, server_recipes
-from reconciler.engine import records, status
+from reconciler.engine import events, records, status
 from reconciler.engine.context import StackContext
 from reconciler.engine.journal import Journal
 from reconciler.engine.revision import state_revision
@@ -61,6 +61,7 @@ from reconciler.plan.backupsets import (
 )
 from reconciler.plan.failures import FailureCode, Operation, failure_code
 from reconciler.plan.hosts import retained_here
+from reconciler.plan.setsize import set_size_limit
 from reconciler.runtimes.local import LocalRuntime, postgres_bindir
 from reconciler.stores.local import LocalStore
 from reconciler.system import clock, failpoints, fs
@@ -179,6 +180,7 @@ def take_backup_locked(ctx: StackContext, trigger: str, progress: Progress | Non
     store = local_store(ctx)
     store.clean_partials()
     started = clock.now_iso()
+    _, exempt = set_size_limit(ctx.spec.backup.max_set_size, trigger, ctx.mode_override is not None)
     try:
         created, sequence = _new_set_position(ctx)
         records.note_sequence(ctx, sequence)  # a crashed attempt still uses up its number
@@ -192,6 +194,7 @@ def take_backup_locked(ctx: StackContext, trigger: str, progress: Progress | Non
             state_revision(ctx.state_file),
             progress,
             sequence=sequence,
+            size_limit_exempt=exempt is not None,
         )
     except ReconcilerError as exc:
         code = failure_code(exc, Operation.BACKUP).value
@@ -207,6 +210,10 @@ def take_backup_locked(ctx: StackContext, trigger: str, progress: Progress | Non
         )
         raise
     size = sum(int(m["size"]) for m in document["members"])
+    if exempt is not None:
+        events.emit(
+            ctx.state_dir, "Normal", "SizeLimitExempt", f"backup {document['set']}: {exempt}", size=size
+        )
     records.update(
         ctx,
         last_attempt={"started": started, "result": "success", "set": document["set"], "trigger": trigger},
@@ -367,8 +374,9 @@ def verify(ctx: StackContext, set_name: str | None) -> dict[str, Any]:
             database = str(member["database"])
             engine.ensure(endpoint, database, str(member.get("owner") or database), None)
             tables = restore_engine(engine, store, checked, identity, endpoint, database)
-            result[f"{kind}_tables"] = len(tables)
-            result[f"{kind}_rows"] = sum(int(v[0]) for v in tables.values())
+            rows = [int(v[0]) for v in tables.values() if v[0] is not None]  # a view's entry has no rows
+            result[f"{kind}_tables"] = len(rows)
+            result[f"{kind}_rows"] = sum(rows)
         redis_member = checked.member("redis")
         if redis_member is not None:
             data_dir = os.path.join(scratch, "redis")

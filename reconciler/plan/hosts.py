@@ -19,8 +19,12 @@ Design decisions:
   on boot never tries a set that holds none of its services (another host's set), and retention never
   counts nor deletes a set that holds a member of a service it does not run (someone else's data;
   that host's retention decides). A set taken before the split holds both: it is a restore candidate
-  here (only this host's members are restored) and is left to the other host's retention. The
-  daemon's backup schedule counts only sets holding every service of this host.
+  here (only this host's members are restored). Its owner for retention is the host that runs the
+  first of its services by name (each host knows that from its own verdict alone, so exactly one
+  host owns it when the services are split without overlap), and only once every service of it that
+  runs elsewhere has a newer complete set in the store: until then it may be the other host's only
+  backup, and nobody deletes it. Before that rule, pre-split sets were deleted by neither host and
+  piled up forever. The daemon's backup schedule counts only sets holding every service of this host.
 - A reason names the actual hostname and every failed condition, but never the actual value of an
   environment variable (it may be private); the expected one is in state.yaml anyway.
 """
@@ -32,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from reconciler.plan.backupsets import BackupSet, split_file_name
+from reconciler.plan.backupsets import BackupSet, order_key, split_file_name
 from reconciler.spec.model import SERVICE_KINDS, HostsSpec, StateSpec
 
 if TYPE_CHECKING:
@@ -171,10 +175,23 @@ def restorable_here(sets: tuple[BackupSet, ...], empty: frozenset[str]) -> tuple
 
 
 def retained_here(sets: tuple[BackupSet, ...], skipped: frozenset[str]) -> tuple[BackupSet, ...]:
-    """The sets this host's retention may count and delete: none that holds a service it does not run."""
+    """The sets this host's retention may count and delete: those holding only services it runs, and the
+    pre-split sets it owns (``owns_pre_split``)."""
     if not skipped:
         return sets
-    return tuple(s for s in sets if not set_services(s) & skipped)
+    return tuple(s for s in sets if not set_services(s) & skipped or owns_pre_split(s, sets, skipped))
+
+
+def owns_pre_split(backup_set: BackupSet, sets: tuple[BackupSet, ...], skipped: frozenset[str]) -> bool:
+    """A set holding services of this host and of others (taken before the split) is this host's to
+    rotate when the first of its services by name runs here and every service of it that runs
+    elsewhere is in a newer complete set (so deleting it never takes another host's only backup)."""
+    services = set_services(backup_set)
+    elsewhere = services & skipped
+    if not elsewhere or min(services) in skipped:
+        return False
+    newer = [s for s in sets if s.complete and order_key(s) > order_key(backup_set)]
+    return all(any(service in set_services(s) for s in newer) for service in elsewhere)
 
 
 def scheduled_here(

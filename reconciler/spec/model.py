@@ -934,7 +934,8 @@ class BackupSpec(_Strict):
         "every member together), at least 64KiB (unset: no limit). The backup counts bytes as it writes "
         "and stops as soon as the set goes past the limit, so a runaway table never fills the store: the "
         "partial set is removed, every earlier set is kept, and the failure is reported with the code "
-        "`too_large` (docs/FAILURES.md).",
+        "`too_large` (docs/FAILURES.md). One set is exempt: the pre-switch set of a RAM-pressure fallback to "
+        "disk (`ram.on_pressure: fallback-to-disk`), so the rescue is never blocked; an event says so.",
         example="2GiB",
     )
     continuous: ContinuousSpec = _field(

@@ -115,3 +115,31 @@ def test_ram_pressure_with_fallback_to_disk_is_healed_by_apply(stack: Stack) -> 
     assert not status["services"]["redis"]["on_tmpfs"]
     assert client.get("kept") == b"across the fallback"
     stack.cli("plan", check=0)  # the override holds: no fight back into RAM
+
+
+def test_a_pressure_fallback_takes_its_pre_switch_backup_past_max_set_size_and_says_so(stack: Stack) -> None:
+    """The database grew past `backup.max_set_size`; RAM pressure with `on_pressure: fallback-to-disk`
+    must still move it to disk (its pre-switch set is exempt, an event says so), while a manual backup
+    stays limited."""
+    from tests.integration.test_backups import pg
+
+    document = stack.default_document()
+    document["backup"]["max_set_size"] = "64KiB"
+    stack.write(document)
+    stack.cli("apply")
+    with pg(stack) as conn:
+        conn.execute(  # ~380 KB that no compression shrinks
+            "CREATE TABLE blob AS SELECT (SELECT decode(string_agg(md5(random()::text || g || h), ''), 'hex') "
+            "FROM generate_series(1, 60) h) AS b FROM generate_series(1, 400) g"
+        )
+    document["ram"].update(min_headroom="100TiB", on_pressure="fallback-to-disk")
+    stack.write(document)
+    stack.cli("apply")
+    status = stack.status()
+    assert status["mode"] == "disk" and status["modeOverride"]["mode"] == "disk"
+    pre_switch = [s for s in sets(stack) if s["trigger"] == "pre-switch"]
+    assert len(pre_switch) == 1 and pre_switch[0]["size"] > 64 * 1024
+    events = json.loads(stack.cli("events", "-n", "0", "-o", "json").stdout)
+    exempt = [e for e in events if e["reason"] == "SizeLimitExempt"]
+    assert len(exempt) == 1 and pre_switch[0]["name"] in exempt[0]["message"]
+    assert "max_set_size" in stack.cli("backup", check=1).stderr

@@ -219,6 +219,39 @@ def test_a_split_host_restores_only_from_sets_that_hold_its_service_and_rotates_
         shutil.rmtree(shared, ignore_errors=True)
 
 
+def test_a_set_taken_before_the_split_is_rotated_by_one_host_once_the_other_has_a_newer_set(
+    stack: Stack,
+) -> None:
+    """A stack ran on one machine (sets hold postgres and redis), then was split: postgres on the
+    kitchen, redis on the attic, one shared store, keep_last 1. The pre-split set stays while it is the
+    attic's only redis backup; once the attic has its own, the kitchen (postgres: first by name) rotates
+    it and the attic never does. Before the owner rule, neither host ever deleted it."""
+    document = stack.default_document("ram")
+    document["backup"]["retention"] = {"keep_last": 1}
+    document["daemon"] = {"verify_new_sets": False, "metrics_port": None}
+    stack.write(document)
+    as_host(stack, "pi-kitchen", "apply", check=0)
+    store = stack.dir / "data" / "backups"
+    pre_split = {p.name.split(".")[0] for p in store.glob("*.redis.*")}
+    assert len(pre_split) == 1 and {p.name.split(".")[0] for p in store.glob("*.postgres.*")} == pre_split
+
+    def names() -> set[str]:
+        return {p.name.split(".")[0] for p in store.iterdir() if ".manifest." in p.name}
+
+    document["services"]["postgres"]["hosts"] = {"hostname": ["pi-kitchen"]}
+    document["services"]["redis"]["hosts"] = {"hostname": ["pi-attic"]}
+    stack.write(document)
+    as_host(stack, "pi-kitchen", "backup", check=0)
+    assert pre_split <= names()  # the attic's only redis backup: kept
+    as_host(stack, "pi-attic", "backup", check=0)
+    as_host(stack, "pi-attic", "prune", check=0)
+    assert pre_split <= names()  # not the attic's to rotate
+    as_host(stack, "pi-kitchen", "backup", check=0)
+    as_host(stack, "pi-kitchen", "prune", check=0)
+    assert not pre_split & names()
+    assert any(s.endswith("manual") for s in names())
+
+
 class DaemonOnHost(RunningDaemon):
     """``reconciler daemon`` on a machine called ``hostname``."""
 

@@ -19,6 +19,7 @@ from reconciler.plan.hosts import (
     finishing_here,
     for_this_host,
     hostname_matches,
+    owns_pre_split,
     restorable_here,
     retained_here,
     scheduled_here,
@@ -245,9 +246,10 @@ def test_a_split_host_never_rotates_and_never_restores_from_another_hosts_sets(
 ) -> None:
     other = "redis" if ours == "postgres" else "postgres"
     mine, skipped = frozenset({ours}), frozenset({other})
-    assert all(other not in set_services(s) for s in retained_here(sets, skipped))
+    # another host's data only in a pre-split set this host owns (owns_pre_split, tested below)
+    assert all(ours in set_services(s) for s in retained_here(sets, skipped) if other in set_services(s))
     assert [s for s in sets if set_services(s) == mine] == [
-        s for s in retained_here(sets, skipped) if set_services(s)
+        s for s in retained_here(sets, skipped) if set_services(s) == mine
     ]
     restorable = restorable_here(sets, mine)
     # every set that could restore our service stays a candidate; only sets holding none of it go
@@ -287,3 +289,23 @@ def test_an_unfinished_operation_keeps_its_services_and_the_stack_on_this_host(
         return
     assert kept.matches and not set(kept.skipped) & journaled
     assert set(kept.skipped) == set(skipped) - journaled
+
+
+@given(shared_store())
+def test_a_pre_split_set_is_rotated_by_exactly_one_host_once_each_of_its_services_has_a_newer_set(
+    sets: tuple[BackupSet, ...],
+) -> None:
+    """Two hosts (postgres on one, redis on the other) share a store. A set holding both (taken before
+    the split) is counted by the postgres host alone (first service by name), and only when both
+    services are in newer complete sets; otherwise by neither (it may be the redis host's only backup).
+    Before the rule, neither host ever deleted it."""
+    hosts = {"postgres": frozenset({"redis"}), "redis": frozenset({"postgres"})}  # host: its skipped
+    retained = {host: retained_here(sets, skipped) for host, skipped in hosts.items()}
+    for position, backup_set in enumerate(sets):
+        if set_services(backup_set) != {"postgres", "redis"}:
+            continue
+        newer = [s for s in sets[position + 1 :] if s.complete]
+        covered = any("redis" in set_services(s) for s in newer)
+        assert (backup_set in retained["postgres"]) == covered
+        assert backup_set not in retained["redis"]
+        assert owns_pre_split(backup_set, sets, hosts["postgres"]) == covered
