@@ -119,6 +119,8 @@ def test_the_per_chunk_overhead_is_small() -> None:
     raw = os.urandom(64)  # incompressible: the overhead alone
     chunk = walspool.seal(raw, 0, SEALING, BINDING)
     overhead = len(chunk) - len(raw)
-    assert overhead < 400, overhead  # header 16 + mac 32 + zstd frame ~10 + age ~200-330 (grease)
+    # header 16 + mac 32 + zstd frame ~10 + age's header ~200, plus the grease stanza rage adds with a
+    # random length (measured 297-416 bytes in all): well under the 4 KiB page each fsync rewrites
+    assert overhead < 700, overhead
     plain = walspool.seal(raw, 0, Sealing(None, [], None), BINDING)
     assert len(plain) - len(raw) < 70
