@@ -181,10 +181,11 @@ def chain_plan(
 
 
 def raw_dirs(ctx: StackContext, sysid: str) -> list[str]:
-    """Where raw WAL files of the cluster may be: the receive directory (RAM; a restart without a
-    power cut), and the spool directory as an earlier version left it (it received there)."""
-    dirs = [os.path.join(wal.receive_dir(ctx.spec), sysid), os.path.join(wal.spool_root(ctx.spec), sysid)]
-    return [d for d in dirs if os.path.isdir(d)]
+    """Where raw WAL files of the cluster may be: the receive directory only (RAM; a restart without a
+    power cut), as trusted as the data directory. Never the spool directory on persistent storage: a
+    raw file there carries no authentication (only sealed chunks do), so it could be planted."""
+    directory = os.path.join(wal.receive_dir(ctx.spec), sysid)
+    return [directory] if os.path.isdir(directory) else []
 
 
 def spool_check(

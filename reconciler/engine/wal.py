@@ -80,17 +80,14 @@ def receivewal_argv(bindir: str, endpoint: Endpoint, directory: str, slot: str) 
     ]
 
 
-def adopt_raw_spool(spool: str, directory: str) -> None:
-    """Raw WAL an earlier version received onto the card moves to the receive directory (copied,
-    then removed from the card): pg_receivewal resumes from it, and it is shipped and spooled as
-    sealed chunks like any other. Done before pg_receivewal starts."""
-    import shutil
-
-    for name in sorted(os.listdir(spool)):
-        stem = name.removesuffix(".partial")
-        if walchain.is_segment(stem):
-            shutil.copyfile(os.path.join(spool, name), os.path.join(directory, name))
-            os.unlink(os.path.join(spool, name))
+def warn_raw_spool(spool: str) -> None:
+    """Raw WAL in the spool directory (an earlier version of this issue received onto the card, or a
+    planted file) carries no authentication: it is never moved into the receive directory (trusted
+    like the data directory), never sealed into the store and never replayed. It is left alone, and
+    said once (review15)."""
+    raw = [n for n in os.listdir(spool) if walchain.is_segment(n.removesuffix(".partial"))]
+    if raw:
+        log.warning("continuous WAL: ignoring %d unauthenticated raw WAL file(s) in %s", len(raw), spool)
 
 
 @dataclass
@@ -228,7 +225,7 @@ class WalStreamer:
             spool = os.path.join(spool_root(self.spec), sysid)
             fs.ensure_dir(os.path.dirname(spool), 0o700)
             fs.ensure_dir(spool, 0o700)
-            adopt_raw_spool(spool, self.directory)
+            warn_raw_spool(spool)
             self.shipper.spooler = walspool.Spooler(spool, self.shipper.sealing, self.spec.stack, sysid)
         physical.ensure_slot(self.bindir, self.endpoint, self.slot)
         with open(self._log_path, "ab") as stderr:

@@ -14,7 +14,7 @@ import pytest
 from reconciler.backup import physical, walseg, walspool
 from reconciler.backup.create import identity_for_restore, sealing_for
 from reconciler.backup.keys import mac_key
-from reconciler.engine import wal
+from reconciler.engine import recovery, wal
 from reconciler.engine.context import StackContext, load_spec
 from reconciler.plan import walchain
 from reconciler.stores.local import LocalStore
@@ -335,12 +335,12 @@ def test_a_completed_segment_is_spooled_whole_before_the_next_one_and_before_shi
     assert found.problem is None and found.end >= offset
 
 
-def test_raw_wal_an_earlier_version_left_on_the_card_is_adopted(stack: Stack) -> None:
-    """An earlier version received onto the card (raw ``.partial`` in spool_dir): on start it moves to
-    RAM, the receiver resumes from it, and the card is left with sealed chunks only."""
+def test_raw_wal_planted_on_the_card_is_neither_adopted_nor_sealed_nor_replayed(stack: Stack) -> None:
+    """A raw WAL file in spool_dir carries no authentication (only chunks do): it is never moved into
+    the receive directory (trusted like the data directory), never sealed into the store (which would
+    make it authentic), and never part of a recovery's chain (review15)."""
     continuous_stack(stack)
-    ctx, supervisor, sysid, _ = start_streaming(stack)
-    receive = Path(wal.receive_dir(ctx.spec)) / sysid
+    ctx, supervisor, sysid, store = start_streaming(stack)
     spool = Path(wal.spool_root(ctx.spec)) / sysid
     try:
         with pg(stack) as conn:
@@ -351,22 +351,20 @@ def test_raw_wal_an_earlier_version_left_on_the_card_is_adopted(stack: Stack) ->
         halt(supervisor)
     finally:
         supervisor.stop()
-    for entry in spool.iterdir():  # the earlier layout: raw WAL on the card, no chunks
-        entry.unlink()
-    for entry in receive.iterdir():
-        shutil.move(str(entry), spool / entry.name)
-    assert (spool / f"{segment}.partial").exists()
+    # planted on the card: forged WAL under the names of the next segments (complete and in progress)
+    forged = walchain.successor(segment)
+    (spool / forged).write_bytes(os.urandom(16 * 1024 * 1024))
+    (spool / f"{walchain.successor(forged)}.partial").write_bytes(os.urandom(16 * 1024 * 1024))
+    assert all(d != str(spool) for d in recovery.raw_dirs(ctx, sysid))
     _, supervisor, _, _ = start_streaming(stack)
     try:
         with pg(stack) as conn:
             conn.execute("INSERT INTO t SELECT generate_series(101, 200)")
         segment2, offset = wal_position(stack)
-        assert segment2 == segment
-        wait_for(lambda: spooled_through(supervisor, segment, offset), "the later rows in the spool")
-        received = (receive / f"{segment}.partial").read_bytes()
+        wait_for(lambda: spooled_through(supervisor, segment2, offset), "the later rows in the spool")
+        receive = Path(wal.receive_dir(ctx.spec)) / sysid
+        assert forged not in os.listdir(receive)
+        assert forged not in walseg.listing(store)[0]
     finally:
         supervisor.stop()
-    assert [p.name for p in spool.iterdir()] == [f"{segment}{walspool.SUFFIX}"]
-    segment_bytes, found = rebuilt(ctx, sysid, segment)
-    assert found.problem is None and found.end >= offset
-    assert segment_bytes == received[: found.end] + bytes(16 * 1024 * 1024 - found.end)
+    assert all(d != str(spool) for d in recovery.raw_dirs(ctx, sysid))
