@@ -41,8 +41,8 @@ from reconciler.backup.restore import CheckedSet
 from reconciler.databases import postgres as pg
 from reconciler.engine import events, wal, waloffsite
 from reconciler.engine.context import StackContext
-from reconciler.errors import PermanentError, ReconcilerError
-from reconciler.plan import walchain
+from reconciler.errors import CommandFailed, HostFault, PermanentError, ReconcilerError
+from reconciler.plan import faults, walchain
 from reconciler.stores.local import LocalStore
 from reconciler.system import proc
 
@@ -195,10 +195,9 @@ def spool_check(
     cover the whole segment), else where and why they stop (``none of ...`` when not even the first
     one is usable)."""
     binding = walspool.Binding(ctx.spec.stack, sysid, segment)
-    try:
-        _, found = walspool.read(os.path.join(wal.spool_root(ctx.spec), sysid), mac_key, binding)
-    except OSError as exc:
-        return f"none of the spool's chunks of {segment} can be read ({exc})"
+    # a spool file that cannot be read (no file descriptors, an I/O error) is the host's fault: it
+    # propagates, and is never a gap that would end the chain and be retired after the recovery
+    _, found = walspool.read(os.path.join(wal.spool_root(ctx.spec), sysid), mac_key, binding)
     if found.problem is None:
         return "not the whole segment" if whole and found.end < walspool.SEGMENT_BYTES else None
     if not found.chunks:
@@ -360,6 +359,9 @@ def boot_recover(
     try:
         plan = recover_into(ctx, source, data_dir, port, None, mark)
     except Exception as exc:
+        if host_fault(exc):  # the machine's, not the base's: retried, never the logical fallback
+            undo()
+            raise
         log.warning(
             "physical recovery from %s failed (%s); restoring its logical dump instead",
             source.checked.name,
@@ -381,6 +383,17 @@ def boot_recover(
     else:
         events.emit(ctx.state_dir, "Normal", "PhysicalRecovery", f"restore on boot: {plan.describe()}")
     return plan
+
+
+def host_fault(exc: BaseException) -> bool:
+    """A failure of the machine during a physical recovery (the reconciler's own reads and writes:
+    spool, store, the new ``pg_wal`` on a full tmpfs; a tool that says so). Falling back to the
+    logical dump for it would bring PostgreSQL back at the set's point, and once the new cluster has
+    a base, retention deletes the old cluster's WAL: acknowledged writes lost for a host fault.
+    It is retried instead, like any host fault of a restore (``plan.faults``)."""
+    if isinstance(exc, OSError | HostFault):
+        return True
+    return isinstance(exc, CommandFailed) and faults.host_signature(exc.stderr_tail) is not None
 
 
 def base_for_time(ctx: StackContext, when: datetime) -> tuple[Source, str]:

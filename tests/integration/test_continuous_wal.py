@@ -368,3 +368,39 @@ def test_raw_wal_planted_on_the_card_is_neither_adopted_nor_sealed_nor_replayed(
     finally:
         supervisor.stop()
     assert all(d != str(spool) for d in recovery.raw_dirs(ctx, sysid))
+
+
+def test_a_spool_that_cannot_be_read_is_a_host_fault_not_a_gap(stack: Stack) -> None:
+    """No file descriptors while recovery reads the spool: an error to retry (review15). Before, it
+    was "none of the spool's chunks can be read", the chain ended before the segment in progress,
+    recovery promoted without it, and the retired spool was removed once the post-restore set
+    existed: the last segment's acknowledged writes lost for a host fault."""
+    import resource
+
+    continuous_stack(stack)
+    ctx, supervisor, sysid, _ = start_streaming(stack)
+    try:
+        with pg(stack) as conn:
+            conn.execute("CREATE TABLE t (n int)")
+            conn.execute("INSERT INTO t SELECT generate_series(1, 100)")
+        segment, offset = wal_position(stack)
+        wait_for(lambda: spooled_through(supervisor, segment, offset), "the rows in the spool")
+        halt(supervisor)
+    finally:
+        supervisor.stop()
+    identity = identity_for_restore(ctx.spec)
+    key = mac_key(identity) if identity is not None else None
+    assert recovery.spool_check(ctx, sysid, segment, key) is None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(int(n) for n in os.listdir("/proc/self/fd")) + 1, hard))
+    try:
+        with pytest.raises(OSError):  # every descriptor number below the limit taken
+            while True:
+                held.append(os.open("/dev/null", os.O_RDONLY))
+        with pytest.raises(OSError, match="Too many open files"):
+            recovery.spool_check(ctx, sysid, segment, key)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
