@@ -39,6 +39,7 @@ from typing import Any
 
 from reconciler.backup import physical, walseg, walspool
 from reconciler.backup.create import Sealing, sealing_for
+from reconciler.engine import walstatus
 from reconciler.engine.context import StackContext
 from reconciler.errors import CommandFailed, ReconcilerError
 from reconciler.plan import walchain
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 
 TICK = 0.5  # the spool's segment in progress gets a chunk this often (see the module docstring)
 _BACKOFF_MAX = 30.0
+_STEADY = 5.0  # a receiver up this long is streaming: its earlier error is cleared (engine/walstatus)
 
 
 def receive_dir(spec: StateSpec) -> str:
@@ -209,6 +211,8 @@ class WalStreamer:
         self._backoff = 1.0
         self._next_start = 0.0
         self._log_path = os.path.join(spec.state_path, "pg_receivewal.log")
+        self._fresh = False  # this tick noted an error (so it does not clear it)
+        self._started = 0.0  # when the receiver was last started (monotonic)
 
     # -- one tick ---------------------------------------------------------------------------------
 
@@ -240,6 +244,7 @@ class WalStreamer:
 
     def tick(self, now: float) -> None:
         """Keep the receiver running and ship what is due. Errors are remembered and retried."""
+        self._fresh = False
         try:
             if self.process is not None and self.process.poll() is not None:
                 self._note_error(
@@ -250,6 +255,7 @@ class WalStreamer:
                 self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
             if self.process is None and now >= self._next_start:
                 self._start_receiver()
+                self._started = now
             if self.shipper is not None:
                 ready = self.shipper.spool_completed()
                 if ready:
@@ -265,15 +271,23 @@ class WalStreamer:
                 if continuous.placement == "offsite" and now - self.shipper.last_partial >= interval:
                     self.shipper.ship_partial()
                     self.shipper.last_partial = now
-            self.last_error = None
+            # cleared once a receiver has stayed up (not in the back-off after an exit, nor in the
+            # second before a receiver that cannot stream exits again)
+            steady = self.process is not None and now - self._started >= _STEADY
+            if steady and not self._fresh and self.last_error is not None:
+                self.last_error = None
+                walstatus.note(self.spec.state_path, None)
         except (ReconcilerError, CommandFailed, OSError) as exc:
             self._note_error(str(exc))
             self._next_start = now + self._backoff
             self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
 
     def _note_error(self, message: str) -> None:
+        self._fresh = True
         if message != self.last_error:
             log.warning("continuous WAL: %s", message)
+            with contextlib.suppress(OSError):  # status shows it (engine/walstatus)
+                walstatus.note(self.spec.state_path, message)
         self.last_error = message
 
     def _log_tail(self) -> str:

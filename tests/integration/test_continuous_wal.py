@@ -404,3 +404,33 @@ def test_a_spool_that_cannot_be_read_is_a_host_fault_not_a_gap(stack: Stack) -> 
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_status_says_when_no_receiver_streams_and_why(stack: Stack) -> None:
+    """A receiver that cannot stream was a log line only, and its error was cleared by the next tick
+    that raised nothing; with no daemon at all, nothing said the recovery point grows. ``status`` shows
+    the receiver's error and the slot as the server sees it (review15)."""
+    continuous_stack(stack)
+    ctx, supervisor, sysid, _ = start_streaming(stack)
+    segment, _ = wal_position(stack)
+    supervisor.stop()
+    # the receiver cannot stream: WAL planted in RAM under a name far past the server's position
+    receive = Path(wal.receive_dir(ctx.spec)) / sysid
+    ahead = walchain.segment_name(1, walchain.parse(segment)[1] + 50)
+    (receive / f"{ahead}.partial").write_bytes(bytes(16 * 1024 * 1024))
+    supervisor.follow(ctx, ctx.observe())
+    try:
+
+        def failing() -> dict[str, object] | None:
+            shown = json.loads(stack.cli("status", "-o", "json").stdout)["continuousWal"]
+            receiver = shown["receiver"] or {}
+            return shown if receiver.get("state") == "failing" and shown["problem"] else None
+
+        shown = wait_for(failing, "status to say the receiver is failing")
+        assert "pg_receivewal exited" in str(shown["receiver"]), shown  # type: ignore[index]
+        assert "no receiver is streaming" in str(shown["problem"])  # type: ignore[index]
+    finally:
+        supervisor.stop()
+    (receive / f"{ahead}.partial").unlink()
+    text = stack.cli("status").stdout
+    assert "no receiver is streaming" in text and "the recovery point grows" in text
