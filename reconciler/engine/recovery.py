@@ -111,7 +111,7 @@ def chain_plan(
     spool_names = [name for directory in raw_dirs(ctx, sysid) for name in os.listdir(directory)]
     spool_complete = [n for n in spool_names if walchain.is_segment(n)]
     spool_partials = [n.removesuffix(".partial") for n in spool_names if n.endswith(".partial")]
-    chunked = walspool.segments(os.path.join(wal.spool_root(ctx.spec), sysid))
+    chunked = sorted({s for d in spool_dirs(ctx, sysid) for s in walspool.segments(d)})
     whole = [s for s in chunked if spool_check(ctx, sysid, s, mac_key, whole=True) is None]
     chunked = [s for s in chunked if s not in whole]
     from_chunks = [s for s in whole if s not in complete]
@@ -188,6 +188,29 @@ def raw_dirs(ctx: StackContext, sysid: str) -> list[str]:
     return [directory] if os.path.isdir(directory) else []
 
 
+def spool_dirs(ctx: StackContext, sysid: str) -> list[str]:
+    """The cluster's spool directories: the live one, then those a restore retired (``_retire_spool``).
+    A retired one is removed only once a post-restore set exists; until then it holds the segment in
+    progress of the timeline that set's predecessor replays (a second power cut before that set:
+    the live spool then holds the new timeline's chunks only). Chunks are bound to their segment's
+    name, which carries the timeline, so a retired file is used only for its own segment (review15)."""
+    root = wal.spool_root(ctx.spec)
+    retired = (
+        sorted(n for n in os.listdir(root) if n.startswith(f"{sysid}.retired-"))
+        if os.path.isdir(root)
+        else []
+    )
+    return [os.path.join(root, sysid), *(os.path.join(root, n) for n in retired)]
+
+
+def spool_dir_of(ctx: StackContext, sysid: str, segment: str) -> str:
+    """The spool directory holding the most of ``segment`` (the live one when none holds it)."""
+    have = [d for d in spool_dirs(ctx, sysid) if os.path.exists(walspool.path(d, segment))]
+    if not have:
+        return os.path.join(wal.spool_root(ctx.spec), sysid)
+    return max(have, key=lambda d: os.path.getsize(walspool.path(d, segment)))
+
+
 def spool_check(
     ctx: StackContext, sysid: str, segment: str, mac_key: bytes | None, whole: bool = False
 ) -> str | None:
@@ -197,7 +220,7 @@ def spool_check(
     binding = walspool.Binding(ctx.spec.stack, sysid, segment)
     # a spool file that cannot be read (no file descriptors, an I/O error) is the host's fault: it
     # propagates, and is never a gap that would end the chain and be retired after the recovery
-    _, found = walspool.read(os.path.join(wal.spool_root(ctx.spec), sysid), mac_key, binding)
+    _, found = walspool.read(spool_dir_of(ctx, sysid, segment), mac_key, binding)
     if found.problem is None:
         return "not the whole segment" if whole and found.end < walspool.SEGMENT_BYTES else None
     if not found.chunks:
@@ -257,7 +280,7 @@ def from_spool(
 ) -> None:
     """``segment`` rebuilt from the spool's chunks (up to the first torn or bad one), zero-padded."""
     binding = walspool.Binding(ctx.spec.stack, sysid, segment)
-    data, found = walspool.read(os.path.join(wal.spool_root(ctx.spec), sysid), mac_key, binding)
+    data, found = walspool.read(spool_dir_of(ctx, sysid, segment), mac_key, binding)
     with open(target, "wb") as out:
         out.write(walspool.rebuild(data, found, identity))
 
