@@ -255,8 +255,15 @@ class Spooler:
         created = not os.path.exists(target)
         fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, chunk)
+            view = memoryview(chunk)
+            while view:  # a full disk first writes part of a chunk, then raises ENOSPC
+                view = view[os.write(fd, view) :]
             os.fdatasync(fd)
+        except BaseException:
+            # part of this chunk may be in the file: the next call resumes from the last whole,
+            # authentic chunk (cutting the rest off) instead of appending after a torn one
+            self.segment = None
+            raise
         finally:
             os.close(fd)
         if created:

@@ -108,6 +108,9 @@ def status_text(document: dict[str, Any]) -> list[str]:
             f"{_escape(str(wal_offsite.get('error')))}; the recovery point grows until Drive takes the "
             f"{wal_offsite.get('waiting')} waiting segment(s)"
         )
+    continuous = document.get("continuousWal")
+    if continuous and continuous.get("problem"):
+        lines.append(f"  [red]continuous WAL: {_escape(str(continuous['problem']))}[/]")
     daemon = document.get("daemon")
     if daemon:
         if daemon.get("running"):

@@ -41,8 +41,8 @@ from reconciler.backup.restore import CheckedSet
 from reconciler.databases import postgres as pg
 from reconciler.engine import events, wal, waloffsite
 from reconciler.engine.context import StackContext
-from reconciler.errors import PermanentError, ReconcilerError
-from reconciler.plan import walchain
+from reconciler.errors import CommandFailed, HostFault, PermanentError, ReconcilerError
+from reconciler.plan import faults, walchain
 from reconciler.stores.local import LocalStore
 from reconciler.system import proc
 
@@ -111,7 +111,7 @@ def chain_plan(
     spool_names = [name for directory in raw_dirs(ctx, sysid) for name in os.listdir(directory)]
     spool_complete = [n for n in spool_names if walchain.is_segment(n)]
     spool_partials = [n.removesuffix(".partial") for n in spool_names if n.endswith(".partial")]
-    chunked = walspool.segments(os.path.join(wal.spool_root(ctx.spec), sysid))
+    chunked = sorted({s for d in spool_dirs(ctx, sysid) for s in walspool.segments(d)})
     whole = [s for s in chunked if spool_check(ctx, sysid, s, mac_key, whole=True) is None]
     chunked = [s for s in chunked if s not in whole]
     from_chunks = [s for s in whole if s not in complete]
@@ -181,10 +181,34 @@ def chain_plan(
 
 
 def raw_dirs(ctx: StackContext, sysid: str) -> list[str]:
-    """Where raw WAL files of the cluster may be: the receive directory (RAM; a restart without a
-    power cut), and the spool directory as an earlier version left it (it received there)."""
-    dirs = [os.path.join(wal.receive_dir(ctx.spec), sysid), os.path.join(wal.spool_root(ctx.spec), sysid)]
-    return [d for d in dirs if os.path.isdir(d)]
+    """Where raw WAL files of the cluster may be: the receive directory only (RAM; a restart without a
+    power cut), as trusted as the data directory. Never the spool directory on persistent storage: a
+    raw file there carries no authentication (only sealed chunks do), so it could be planted."""
+    directory = os.path.join(wal.receive_dir(ctx.spec), sysid)
+    return [directory] if os.path.isdir(directory) else []
+
+
+def spool_dirs(ctx: StackContext, sysid: str) -> list[str]:
+    """The cluster's spool directories: the live one, then those a restore retired (``_retire_spool``).
+    A retired one is removed only once a post-restore set exists; until then it holds the segment in
+    progress of the timeline that set's predecessor replays (a second power cut before that set:
+    the live spool then holds the new timeline's chunks only). Chunks are bound to their segment's
+    name, which carries the timeline, so a retired file is used only for its own segment (review15)."""
+    root = wal.spool_root(ctx.spec)
+    retired = (
+        sorted(n for n in os.listdir(root) if n.startswith(f"{sysid}.retired-"))
+        if os.path.isdir(root)
+        else []
+    )
+    return [os.path.join(root, sysid), *(os.path.join(root, n) for n in retired)]
+
+
+def spool_dir_of(ctx: StackContext, sysid: str, segment: str) -> str:
+    """The spool directory holding the most of ``segment`` (the live one when none holds it)."""
+    have = [d for d in spool_dirs(ctx, sysid) if os.path.exists(walspool.path(d, segment))]
+    if not have:
+        return os.path.join(wal.spool_root(ctx.spec), sysid)
+    return max(have, key=lambda d: os.path.getsize(walspool.path(d, segment)))
 
 
 def spool_check(
@@ -194,10 +218,9 @@ def spool_check(
     cover the whole segment), else where and why they stop (``none of ...`` when not even the first
     one is usable)."""
     binding = walspool.Binding(ctx.spec.stack, sysid, segment)
-    try:
-        _, found = walspool.read(os.path.join(wal.spool_root(ctx.spec), sysid), mac_key, binding)
-    except OSError as exc:
-        return f"none of the spool's chunks of {segment} can be read ({exc})"
+    # a spool file that cannot be read (no file descriptors, an I/O error) is the host's fault: it
+    # propagates, and is never a gap that would end the chain and be retired after the recovery
+    _, found = walspool.read(spool_dir_of(ctx, sysid, segment), mac_key, binding)
     if found.problem is None:
         return "not the whole segment" if whole and found.end < walspool.SEGMENT_BYTES else None
     if not found.chunks:
@@ -257,7 +280,7 @@ def from_spool(
 ) -> None:
     """``segment`` rebuilt from the spool's chunks (up to the first torn or bad one), zero-padded."""
     binding = walspool.Binding(ctx.spec.stack, sysid, segment)
-    data, found = walspool.read(os.path.join(wal.spool_root(ctx.spec), sysid), mac_key, binding)
+    data, found = walspool.read(spool_dir_of(ctx, sysid, segment), mac_key, binding)
     with open(target, "wb") as out:
         out.write(walspool.rebuild(data, found, identity))
 
@@ -359,6 +382,9 @@ def boot_recover(
     try:
         plan = recover_into(ctx, source, data_dir, port, None, mark)
     except Exception as exc:
+        if host_fault(exc):  # the machine's, not the base's: retried, never the logical fallback
+            undo()
+            raise
         log.warning(
             "physical recovery from %s failed (%s); restoring its logical dump instead",
             source.checked.name,
@@ -380,6 +406,17 @@ def boot_recover(
     else:
         events.emit(ctx.state_dir, "Normal", "PhysicalRecovery", f"restore on boot: {plan.describe()}")
     return plan
+
+
+def host_fault(exc: BaseException) -> bool:
+    """A failure of the machine during a physical recovery (the reconciler's own reads and writes:
+    spool, store, the new ``pg_wal`` on a full tmpfs; a tool that says so). Falling back to the
+    logical dump for it would bring PostgreSQL back at the set's point, and once the new cluster has
+    a base, retention deletes the old cluster's WAL: acknowledged writes lost for a host fault.
+    It is retried instead, like any host fault of a restore (``plan.faults``)."""
+    if isinstance(exc, OSError | HostFault):
+        return True
+    return isinstance(exc, CommandFailed) and faults.host_signature(exc.stderr_tail) is not None
 
 
 def base_for_time(ctx: StackContext, when: datetime) -> tuple[Source, str]:

@@ -17,7 +17,7 @@ import os
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from reconciler.engine import records, status, waloffsite
+from reconciler.engine import records, status, waloffsite, walstatus
 from reconciler.engine.apply import plan_observed
 from reconciler.engine.context import StackContext
 from reconciler.system import fs
@@ -52,6 +52,7 @@ def build(ctx: StackContext, invalid: SpecInvalid | None = None) -> dict[str, An
         "lastRestore": backup_records.get("last_restore"),
         "lastBackup": backup_records.get("last_success"),
         "walOffsite": waloffsite.status(ctx.state_dir),  # continuous WAL to Drive behind (engine/waloffsite)
+        "continuousWal": walstatus.build(ctx, observed),  # receiver and slot (engine/walstatus)
         "nextScheduledBackup": recorded.get("nextScheduledBackup"),
         "daemon": daemon_status(ctx, recorded.get("daemon")),
         "modeOverride": ctx.mode_override,

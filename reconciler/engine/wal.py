@@ -39,6 +39,7 @@ from typing import Any
 
 from reconciler.backup import physical, walseg, walspool
 from reconciler.backup.create import Sealing, sealing_for
+from reconciler.engine import walstatus
 from reconciler.engine.context import StackContext
 from reconciler.errors import CommandFailed, ReconcilerError
 from reconciler.plan import walchain
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 
 TICK = 0.5  # the spool's segment in progress gets a chunk this often (see the module docstring)
 _BACKOFF_MAX = 30.0
+_STEADY = 5.0  # a receiver up this long is streaming: its earlier error is cleared (engine/walstatus)
 
 
 def receive_dir(spec: StateSpec) -> str:
@@ -80,17 +82,14 @@ def receivewal_argv(bindir: str, endpoint: Endpoint, directory: str, slot: str) 
     ]
 
 
-def adopt_raw_spool(spool: str, directory: str) -> None:
-    """Raw WAL an earlier version received onto the card moves to the receive directory (copied,
-    then removed from the card): pg_receivewal resumes from it, and it is shipped and spooled as
-    sealed chunks like any other. Done before pg_receivewal starts."""
-    import shutil
-
-    for name in sorted(os.listdir(spool)):
-        stem = name.removesuffix(".partial")
-        if walchain.is_segment(stem):
-            shutil.copyfile(os.path.join(spool, name), os.path.join(directory, name))
-            os.unlink(os.path.join(spool, name))
+def warn_raw_spool(spool: str) -> None:
+    """Raw WAL in the spool directory (an earlier version of this issue received onto the card, or a
+    planted file) carries no authentication: it is never moved into the receive directory (trusted
+    like the data directory), never sealed into the store and never replayed. It is left alone, and
+    said once (review15)."""
+    raw = [n for n in os.listdir(spool) if walchain.is_segment(n.removesuffix(".partial"))]
+    if raw:
+        log.warning("continuous WAL: ignoring %d unauthenticated raw WAL file(s) in %s", len(raw), spool)
 
 
 @dataclass
@@ -212,6 +211,8 @@ class WalStreamer:
         self._backoff = 1.0
         self._next_start = 0.0
         self._log_path = os.path.join(spec.state_path, "pg_receivewal.log")
+        self._fresh = False  # this tick noted an error (so it does not clear it)
+        self._started = 0.0  # when the receiver was last started (monotonic)
 
     # -- one tick ---------------------------------------------------------------------------------
 
@@ -228,7 +229,7 @@ class WalStreamer:
             spool = os.path.join(spool_root(self.spec), sysid)
             fs.ensure_dir(os.path.dirname(spool), 0o700)
             fs.ensure_dir(spool, 0o700)
-            adopt_raw_spool(spool, self.directory)
+            warn_raw_spool(spool)
             self.shipper.spooler = walspool.Spooler(spool, self.shipper.sealing, self.spec.stack, sysid)
         physical.ensure_slot(self.bindir, self.endpoint, self.slot)
         with open(self._log_path, "ab") as stderr:
@@ -243,6 +244,7 @@ class WalStreamer:
 
     def tick(self, now: float) -> None:
         """Keep the receiver running and ship what is due. Errors are remembered and retried."""
+        self._fresh = False
         try:
             if self.process is not None and self.process.poll() is not None:
                 self._note_error(
@@ -253,6 +255,7 @@ class WalStreamer:
                 self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
             if self.process is None and now >= self._next_start:
                 self._start_receiver()
+                self._started = now
             if self.shipper is not None:
                 ready = self.shipper.spool_completed()
                 if ready:
@@ -268,15 +271,23 @@ class WalStreamer:
                 if continuous.placement == "offsite" and now - self.shipper.last_partial >= interval:
                     self.shipper.ship_partial()
                     self.shipper.last_partial = now
-            self.last_error = None
+            # cleared once a receiver has stayed up (not in the back-off after an exit, nor in the
+            # second before a receiver that cannot stream exits again)
+            steady = self.process is not None and now - self._started >= _STEADY
+            if steady and not self._fresh and self.last_error is not None:
+                self.last_error = None
+                walstatus.note(self.spec.state_path, None)
         except (ReconcilerError, CommandFailed, OSError) as exc:
             self._note_error(str(exc))
             self._next_start = now + self._backoff
             self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
 
     def _note_error(self, message: str) -> None:
+        self._fresh = True
         if message != self.last_error:
             log.warning("continuous WAL: %s", message)
+            with contextlib.suppress(OSError):  # status shows it (engine/walstatus)
+                walstatus.note(self.spec.state_path, message)
         self.last_error = message
 
     def _log_tail(self) -> str:

@@ -14,7 +14,7 @@ import pytest
 from reconciler.backup import physical, walseg, walspool
 from reconciler.backup.create import identity_for_restore, sealing_for
 from reconciler.backup.keys import mac_key
-from reconciler.engine import wal
+from reconciler.engine import recovery, wal
 from reconciler.engine.context import StackContext, load_spec
 from reconciler.plan import walchain
 from reconciler.stores.local import LocalStore
@@ -335,12 +335,12 @@ def test_a_completed_segment_is_spooled_whole_before_the_next_one_and_before_shi
     assert found.problem is None and found.end >= offset
 
 
-def test_raw_wal_an_earlier_version_left_on_the_card_is_adopted(stack: Stack) -> None:
-    """An earlier version received onto the card (raw ``.partial`` in spool_dir): on start it moves to
-    RAM, the receiver resumes from it, and the card is left with sealed chunks only."""
+def test_raw_wal_planted_on_the_card_is_neither_adopted_nor_sealed_nor_replayed(stack: Stack) -> None:
+    """A raw WAL file in spool_dir carries no authentication (only chunks do): it is never moved into
+    the receive directory (trusted like the data directory), never sealed into the store (which would
+    make it authentic), and never part of a recovery's chain (review15)."""
     continuous_stack(stack)
-    ctx, supervisor, sysid, _ = start_streaming(stack)
-    receive = Path(wal.receive_dir(ctx.spec)) / sysid
+    ctx, supervisor, sysid, store = start_streaming(stack)
     spool = Path(wal.spool_root(ctx.spec)) / sysid
     try:
         with pg(stack) as conn:
@@ -351,22 +351,86 @@ def test_raw_wal_an_earlier_version_left_on_the_card_is_adopted(stack: Stack) ->
         halt(supervisor)
     finally:
         supervisor.stop()
-    for entry in spool.iterdir():  # the earlier layout: raw WAL on the card, no chunks
-        entry.unlink()
-    for entry in receive.iterdir():
-        shutil.move(str(entry), spool / entry.name)
-    assert (spool / f"{segment}.partial").exists()
+    # planted on the card: forged WAL under the names of the next segments (complete and in progress)
+    forged = walchain.successor(segment)
+    (spool / forged).write_bytes(os.urandom(16 * 1024 * 1024))
+    (spool / f"{walchain.successor(forged)}.partial").write_bytes(os.urandom(16 * 1024 * 1024))
+    assert all(d != str(spool) for d in recovery.raw_dirs(ctx, sysid))
     _, supervisor, _, _ = start_streaming(stack)
     try:
         with pg(stack) as conn:
             conn.execute("INSERT INTO t SELECT generate_series(101, 200)")
         segment2, offset = wal_position(stack)
-        assert segment2 == segment
-        wait_for(lambda: spooled_through(supervisor, segment, offset), "the later rows in the spool")
-        received = (receive / f"{segment}.partial").read_bytes()
+        wait_for(lambda: spooled_through(supervisor, segment2, offset), "the later rows in the spool")
+        receive = Path(wal.receive_dir(ctx.spec)) / sysid
+        assert forged not in os.listdir(receive)
+        assert forged not in walseg.listing(store)[0]
     finally:
         supervisor.stop()
-    assert [p.name for p in spool.iterdir()] == [f"{segment}{walspool.SUFFIX}"]
-    segment_bytes, found = rebuilt(ctx, sysid, segment)
-    assert found.problem is None and found.end >= offset
-    assert segment_bytes == received[: found.end] + bytes(16 * 1024 * 1024 - found.end)
+    assert all(d != str(spool) for d in recovery.raw_dirs(ctx, sysid))
+
+
+def test_a_spool_that_cannot_be_read_is_a_host_fault_not_a_gap(stack: Stack) -> None:
+    """No file descriptors while recovery reads the spool: an error to retry (review15). Before, it
+    was "none of the spool's chunks can be read", the chain ended before the segment in progress,
+    recovery promoted without it, and the retired spool was removed once the post-restore set
+    existed: the last segment's acknowledged writes lost for a host fault."""
+    import resource
+
+    continuous_stack(stack)
+    ctx, supervisor, sysid, _ = start_streaming(stack)
+    try:
+        with pg(stack) as conn:
+            conn.execute("CREATE TABLE t (n int)")
+            conn.execute("INSERT INTO t SELECT generate_series(1, 100)")
+        segment, offset = wal_position(stack)
+        wait_for(lambda: spooled_through(supervisor, segment, offset), "the rows in the spool")
+        halt(supervisor)
+    finally:
+        supervisor.stop()
+    identity = identity_for_restore(ctx.spec)
+    key = mac_key(identity) if identity is not None else None
+    assert recovery.spool_check(ctx, sysid, segment, key) is None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(int(n) for n in os.listdir("/proc/self/fd")) + 1, hard))
+    try:
+        with pytest.raises(OSError):  # every descriptor number below the limit taken
+            while True:
+                held.append(os.open("/dev/null", os.O_RDONLY))
+        with pytest.raises(OSError, match="Too many open files"):
+            recovery.spool_check(ctx, sysid, segment, key)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_status_says_when_no_receiver_streams_and_why(stack: Stack) -> None:
+    """A receiver that cannot stream was a log line only, and its error was cleared by the next tick
+    that raised nothing; with no daemon at all, nothing said the recovery point grows. ``status`` shows
+    the receiver's error and the slot as the server sees it (review15)."""
+    continuous_stack(stack)
+    ctx, supervisor, sysid, _ = start_streaming(stack)
+    segment, _ = wal_position(stack)
+    supervisor.stop()
+    # the receiver cannot stream: WAL planted in RAM under a name far past the server's position
+    receive = Path(wal.receive_dir(ctx.spec)) / sysid
+    ahead = walchain.segment_name(1, walchain.parse(segment)[1] + 50)
+    (receive / f"{ahead}.partial").write_bytes(bytes(16 * 1024 * 1024))
+    supervisor.follow(ctx, ctx.observe())
+    try:
+
+        def failing() -> dict[str, object] | None:
+            shown = json.loads(stack.cli("status", "-o", "json").stdout)["continuousWal"]
+            receiver = shown["receiver"] or {}
+            return shown if receiver.get("state") == "failing" and shown["problem"] else None
+
+        shown = wait_for(failing, "status to say the receiver is failing")
+        assert "pg_receivewal exited" in str(shown["receiver"]), shown  # type: ignore[index]
+        assert "no receiver is streaming" in str(shown["problem"])  # type: ignore[index]
+    finally:
+        supervisor.stop()
+    (receive / f"{ahead}.partial").unlink()
+    text = stack.cli("status").stdout
+    assert "no receiver is streaming" in text and "the recovery point grows" in text
