@@ -344,6 +344,7 @@ class DockerRuntime:
                 "--enable-debug-command",
                 "local",
             ]
+        self._refuse_second_server(service, name, data_dir)
         try:
             self.client.images.get(image)
         except docker.errors.ImageNotFound:
@@ -369,6 +370,33 @@ class DockerRuntime:
             )
         log.info("created container %s for %s from %s", name, service, image)
         return self.client.containers.get(created["Id"])
+
+    def _refuse_second_server(self, service: str, name: str, data_dir: str) -> None:
+        """Refuse to create ``name`` while another container runs on ``data_dir`` or the socket directory.
+
+        The service's container is found by its name, so one renamed by hand (``docker rename``) is not
+        found and still runs its server on the data directory. A second container there would be two
+        servers on one data directory (PostgreSQL in containers does not notice: both are PID 1 in
+        their own namespaces, so the lock file looks stale) and the readiness check would be answered
+        by the old server through the shared socket directory: "started", while the new one is not.
+        """
+        mine = {os.path.normpath(data_dir)}
+        if service == "postgres" or service in self.recipes:
+            mine.add(os.path.normpath(self.socket_dir(service)))
+        for summary in self.reader.containers():
+            if str(summary.get("State")) not in ("running", "restarting", "paused"):
+                continue
+            shared = sorted(
+                {os.path.normpath(str(m.get("Source"))) for m in summary.get("Mounts") or []} & mine
+            )
+            if shared and name not in container_names(summary):
+                other = (container_names(summary) or [str(summary.get("Id", ""))[:12]])[0]
+                raise PermanentError(
+                    f"container {other} is running with {', '.join(shared)} mounted, the data of {service}: "
+                    f"a second container {name} there would run a second server on the same data. Stop it "
+                    f"(`docker stop {other}`), or, if it is {service}'s container renamed by hand, rename it "
+                    f"back (`docker rename {other} {name}`). Nothing was changed"
+                )
 
     def _recreate(self, service: str, old: Any, data_dir: str) -> Any:
         """A new container with the old one's configuration, the data mount and RAM_MODE changed."""
