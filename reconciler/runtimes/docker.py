@@ -50,7 +50,7 @@ import time
 from collections.abc import Mapping
 from typing import IO, Any
 
-from reconciler.errors import CommandFailed, PermanentError, TransientError
+from reconciler.errors import CommandFailed, HostFault, PermanentError, TransientError
 from reconciler.runtimes.base import Endpoint, ServerRecipe
 from reconciler.runtimes.engine import (
     DockerPyReader,
@@ -468,10 +468,13 @@ class DockerRuntime:
             ):
                 logs = container.logs(tail=15, since=started_at).decode(errors="replace").strip()
                 if "address already in use" in logs.lower():
-                    raise TransientError(
+                    # The host's fault, not the data's: host_fault (docs/FAILURES.md), retried. The log line
+                    # quoted is the one naming the cause (MariaDB's last line is only "Aborting").
+                    line = next(x for x in logs.splitlines() if "address already in use" in x.lower())
+                    raise HostFault(
                         f"{service} in container {container.name} could not listen on port {port}: it is taken by "
                         "another process (`ss -ltnp` shows which). Stop that process or choose another port in "
-                        f"state.yaml; retried. Its log: {logs.splitlines()[-1][:300]}"
+                        f"state.yaml; retried. Its log: {line.strip()[:300]}"
                     )
                 raise CommandFailed(
                     [f"container {container.name}"], int(container.attrs["State"].get("ExitCode", 1)), logs
