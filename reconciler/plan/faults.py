@@ -93,6 +93,9 @@ HOST_SIGNATURES = (
     "errcode: 24",  # EMFILE
     "errcode: 12",  # ENOMEM
     "errcode: 122",  # EDQUOT
+    # ... and as ``%M`` in its own messages: "(errno: 28 "No space left on device")", "Got error 28 "..."
+    # from storage engine": the quoted text is dropped (own_words), the number stays (a space after it)
+    *(f"{prefix} {errno} " for prefix in ("errno:", "got error") for errno in (28, 24, 12, 122)),
 )
 
 

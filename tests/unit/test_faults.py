@@ -177,3 +177,22 @@ def test_the_restore_layer_raises_what_the_policy_says() -> None:
     assert isinstance(classify_failure("s", RuntimeError("port 5432 is taken")), HostFault)
     already = SetRejected("s", "sha256 does not match")
     assert classify_failure("s", already, Stage.SERVER) is already
+
+
+def test_mariadb_errno_texts_in_its_own_words_are_host_faults() -> None:
+    """MariaDB quotes an errno's text after its number in ``%M`` (``errno: 28 "No space left on
+    device"``, ``Got error 28 "..." from storage engine``): the quoted text is dropped as possibly the
+    dump's, so the number must be the evidence, as for ``Errcode: 28``. A full tmpfs while a set is
+    loaded must never reject the set."""
+    for stderr in (
+        "ERROR 1005 (HY000) at line 22: Can't create table `shop__restoring`.`orders` "
+        '(errno: 28 "No space left on device")\n',
+        'ERROR 1030 (HY000) at line 57: Got error 28 "No space left on device" from storage engine InnoDB\n',
+        'ERROR 1005 (HY000) at line 22: Can\'t create table `shop`.`t` (errno: 24 "Too many open files")\n',
+        'ERROR 1030 (HY000) at line 9: Got error 12 "Cannot allocate memory" from storage engine Aria\n',
+        'ERROR 1030 (HY000) at line 9: Got error 122 "Disk quota exceeded" from storage engine InnoDB\n',
+    ):
+        assert verdict(Stage.LOAD, stderr) is Verdict.RETRY, stderr
+    # a content refusal with another errno stays a rejection
+    refused = 'ERROR 1005 (HY000) at line 3: Can\'t create table `shop`.`t` (errno: 150 "Foreign key constraint is incorrectly formed")\n'
+    assert verdict(Stage.LOAD, refused) is Verdict.REJECT
