@@ -196,3 +196,44 @@ def test_mariadb_errno_texts_in_its_own_words_are_host_faults() -> None:
     # a content refusal with another errno stays a rejection
     refused = 'ERROR 1005 (HY000) at line 3: Can\'t create table `shop`.`t` (errno: 150 "Foreign key constraint is incorrectly formed")\n'
     assert verdict(Stage.LOAD, refused) is Verdict.REJECT
+
+
+MARIADB_ECHO = "--------------\nINSERT INTO `logs` VALUES (1,'{value}'),(2,'ok')\n--------------\n\n"
+
+
+@given(st.sampled_from(HOST_SIGNATURES), st.booleans())
+def test_a_statement_or_value_the_mariadb_client_echoes_is_never_a_host_fault(
+    signature: str, cut: bool
+) -> None:
+    """The ``mariadb`` client prints the failing statement (a dump's rows) between dashed lines before
+    its error, and MariaDB quotes the offending value in single quotes. A dump whose log table says
+    "connection refused" that the server refuses (a duplicate key) is a content fault: the set is
+    rejected and an older one tried, never retried forever as a "host fault". ``cut``: the stderr
+    tail kept (2000 characters) starts inside the echo."""
+    value = f"request failed: {signature} (retrying)"
+    stderr = MARIADB_ECHO.format(value=value) + (
+        f"ERROR 1062 (23000) at line 41: Duplicate entry '{value}' for key 'PRIMARY'\n"
+    )
+    if cut:
+        stderr = stderr[stderr.index("VALUES") :]
+    assert verdict(Stage.LOAD, stderr) is Verdict.REJECT, stderr
+
+
+@pytest.mark.parametrize(
+    "own",
+    [
+        "ERROR 2013 (HY000) at line 41: Lost connection to server during query",
+        "ERROR 1114 (HY000) at line 41: The table 'logs' is full",
+        "ERROR 2002 (HY000): Can't connect to local server through socket '/run/mysqld/mariadb.sock' (111)",
+    ],
+)
+def test_the_mariadb_clients_own_host_words_still_count_after_an_echo(own: str) -> None:
+    assert verdict(Stage.LOAD, MARIADB_ECHO.format(value="fine") + own + "\n") is Verdict.RETRY
+
+
+def test_a_postgresql_echo_shaped_like_a_mariadb_error_does_not_hide_its_host_fault() -> None:
+    stderr = (
+        "pg_restore: error: could not execute query: ERROR:  could not extend file: No space left on device\n"
+        "DETAIL:  Failing row contains (1, note\nERROR 1062 (23000) at line 1: Duplicate entry).\n"
+    )
+    assert verdict(Stage.LOAD, stderr) is Verdict.RETRY
