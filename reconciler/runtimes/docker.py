@@ -380,15 +380,22 @@ class DockerRuntime:
         their own namespaces, so the lock file looks stale) and the readiness check would be answered
         by the old server through the shared socket directory: "started", while the new one is not.
         """
-        mine = {os.path.normpath(data_dir)}
-        if service == "postgres" or service in self.recipes:
-            mine.add(os.path.normpath(self.socket_dir(service)))
+        data = os.path.normpath(data_dir)
+        sockets = (
+            {os.path.normpath(self.socket_dir(service))}
+            if service == "postgres" or service in self.recipes
+            else set()
+        )
+        ours = {"io.reconciler.stack": self.stack, "io.reconciler.service": service}
         for summary in self.reader.containers():
             if str(summary.get("State")) not in ("running", "restarting", "paused"):
                 continue
-            shared = sorted(
-                {os.path.normpath(str(m.get("Source"))) for m in summary.get("Mounts") or []} & mine
-            )
+            sources = {os.path.normpath(str(m.get("Source"))) for m in summary.get("Mounts") or []}
+            labels = summary.get("Labels") or {}
+            # The socket directory counts for this service's own containers only (its labels survive a
+            # rename): an application may mount it to connect over the socket, which is not a server.
+            mine = {data} | (sockets if all(labels.get(k) == v for k, v in ours.items()) else set())
+            shared = sorted(sources & mine)
             if shared and name not in container_names(summary):
                 other = (container_names(summary) or [str(summary.get("Id", ""))[:12]])[0]
                 raise PermanentError(

@@ -46,3 +46,31 @@ def test_a_container_renamed_by_hand_is_never_joined_by_a_second_server_on_its_d
     stack.cli("apply")
     stack.cli("plan", check=0)
     assert (snapshot(stack), mariadb_content(stack)) == expected
+
+
+def test_an_application_container_sharing_the_socket_directory_does_not_block_the_server(
+    stack: Stack,
+) -> None:
+    """An app that mounts the server's socket directory to connect over the socket is not a server: the
+    server's container, removed by hand, is created again beside it."""
+    import docker
+
+    mixed_stack(stack, runtime="docker")
+    seed_mariadb(stack, 50)
+    expected = mariadb_content(stack)
+    name = f"{stack.document()['stack']}-mariadb"
+    client = docker.from_env()
+    client.containers.get(name).remove(force=True)
+    app = client.containers.run(
+        "reconciler/app:1",
+        ["sleep", "600"],
+        name=f"{stack.document()['stack']}-app-on-socket",
+        volumes={str(stack.dir / ".reconciler" / "run" / "mariadb"): {"bind": "/run/mysqld", "mode": "rw"}},
+        detach=True,
+    )
+    try:
+        stack.cli("apply")
+        stack.cli("plan", check=0)
+        assert mariadb_content(stack) == expected
+    finally:
+        app.remove(force=True)
