@@ -107,7 +107,7 @@ _QUOTED = re.compile(r'"[^"]*"')
 # failing statement (a dump's rows) between dashed lines, and the server quotes the offending value in
 # single quotes, unescaped (a value may hold quotes itself): everything from the first opening quote to
 # the last closing one is dropped. A quote inside a word (Can't) is an apostrophe, not a quote.
-_MARIADB_ERROR = re.compile(r"^ERROR \d+ \([0-9A-Z]{5}\)")
+_MARIADB_ERROR = re.compile(r"^ERROR(?: \d+ \([0-9A-Z]{5}\)| at line \d+:)")  # the server's, the client's
 _SINGLE_QUOTED = re.compile(r"(?<![A-Za-z0-9])'.*'(?![A-Za-z0-9])")
 
 

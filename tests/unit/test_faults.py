@@ -217,6 +217,9 @@ def test_a_statement_or_value_the_mariadb_client_echoes_is_never_a_host_fault(
     if cut:
         stderr = stderr[stderr.index("VALUES") :]
     assert verdict(Stage.LOAD, stderr) is Verdict.REJECT, stderr
+    # the client's own refusal (no server code) of a statement it echoed
+    client = MARIADB_ECHO.format(value=value) + "ERROR at line 41: Unknown command '\\q'.\n"
+    assert verdict(Stage.LOAD, client) is Verdict.REJECT, client
 
 
 @pytest.mark.parametrize(
