@@ -93,6 +93,9 @@ HOST_SIGNATURES = (
     "errcode: 24",  # EMFILE
     "errcode: 12",  # ENOMEM
     "errcode: 122",  # EDQUOT
+    # ... and as ``%M`` in its own messages: "(errno: 28 "No space left on device")", "Got error 28 "..."
+    # from storage engine": the quoted text is dropped (own_words), the number stays (a space after it)
+    *(f"{prefix} {errno} " for prefix in ("errno:", "got error") for errno in (28, 24, 12, 122)),
 )
 
 
@@ -100,13 +103,33 @@ HOST_SIGNATURES = (
 # statement): whatever they contain is data, never evidence about the machine.
 _ECHO_LINES = ("detail:", "context:", "hint:", "line ", "query:", "statement:", "command was:", "where:")
 _QUOTED = re.compile(r'"[^"]*"')
+# The ``mariadb`` client's own lines (``ERROR 1062 (23000) at line 41: ...``): before them it echoes the
+# failing statement (a dump's rows) between dashed lines, and the server quotes the offending value in
+# single quotes, unescaped (a value may hold quotes itself): everything from the first opening quote to
+# the last closing one is dropped. A quote inside a word (Can't) is an apostrophe, not a quote.
+_MARIADB_ERROR = re.compile(r"^ERROR(?: \d+ \([0-9A-Z]{5}\)| at line \d+:)")  # the server's, the client's
+_SINGLE_QUOTED = re.compile(r"(?<![A-Za-z0-9])'.*'(?![A-Za-z0-9])")
+
+
+def _mariadb_own_words(detail: str) -> str | None:
+    """The ``mariadb`` client's ERROR lines without the values they quote; None if it printed none."""
+    lines = [line for line in detail.split("\n") if _MARIADB_ERROR.match(line)]
+    if not lines or "pg_restore:" in detail:  # pg_restore's echo may hold such a line: not the client
+        return None
+    return "\n".join(
+        _SINGLE_QUOTED.sub("<quoted>", _QUOTED.sub("<quoted>", line.split(" near '", 1)[0])) for line in lines
+    )
 
 
 def own_words(detail: str) -> str:
     """The part of a loader's message that is its own and the server's words, not the dump's text.
 
     Each message (from a line starting with ``pg_restore:``) counts up to its first echo line; its
-    double-quoted text is dropped, and so is everything after a quote left open."""
+    double-quoted text is dropped, and so is everything after a quote left open. The ``mariadb``
+    client's output counts only by its ERROR lines, without their single-quoted values."""
+    mariadb = _mariadb_own_words(detail)
+    if mariadb is not None:
+        return mariadb
     messages: list[list[str]] = [[]]
     for line in detail.split("\n"):  # PostgreSQL ends lines with \n only
         if line.startswith("pg_restore:"):

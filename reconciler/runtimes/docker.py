@@ -50,7 +50,7 @@ import time
 from collections.abc import Mapping
 from typing import IO, Any
 
-from reconciler.errors import CommandFailed, PermanentError, TransientError
+from reconciler.errors import CommandFailed, HostFault, PermanentError, TransientError
 from reconciler.runtimes.base import Endpoint, ServerRecipe
 from reconciler.runtimes.engine import (
     DockerPyReader,
@@ -344,6 +344,7 @@ class DockerRuntime:
                 "--enable-debug-command",
                 "local",
             ]
+        self._refuse_second_server(service, name, data_dir)
         try:
             self.client.images.get(image)
         except docker.errors.ImageNotFound:
@@ -369,6 +370,40 @@ class DockerRuntime:
             )
         log.info("created container %s for %s from %s", name, service, image)
         return self.client.containers.get(created["Id"])
+
+    def _refuse_second_server(self, service: str, name: str, data_dir: str) -> None:
+        """Refuse to create ``name`` while another container runs on ``data_dir`` or the socket directory.
+
+        The service's container is found by its name, so one renamed by hand (``docker rename``) is not
+        found and still runs its server on the data directory. A second container there would be two
+        servers on one data directory (PostgreSQL in containers does not notice: both are PID 1 in
+        their own namespaces, so the lock file looks stale) and the readiness check would be answered
+        by the old server through the shared socket directory: "started", while the new one is not.
+        """
+        data = os.path.normpath(data_dir)
+        sockets = (
+            {os.path.normpath(self.socket_dir(service))}
+            if service == "postgres" or service in self.recipes
+            else set()
+        )
+        ours = {"io.reconciler.stack": self.stack, "io.reconciler.service": service}
+        for summary in self.reader.containers():
+            if str(summary.get("State")) not in ("running", "restarting", "paused"):
+                continue
+            sources = {os.path.normpath(str(m.get("Source"))) for m in summary.get("Mounts") or []}
+            labels = summary.get("Labels") or {}
+            # The socket directory counts for this service's own containers only (its labels survive a
+            # rename): an application may mount it to connect over the socket, which is not a server.
+            mine = {data} | (sockets if all(labels.get(k) == v for k, v in ours.items()) else set())
+            shared = sorted(sources & mine)
+            if shared and name not in container_names(summary):
+                other = (container_names(summary) or [str(summary.get("Id", ""))[:12]])[0]
+                raise PermanentError(
+                    f"container {other} is running with {', '.join(shared)} mounted, the data of {service}: "
+                    f"a second container {name} there would run a second server on the same data. Stop it "
+                    f"(`docker stop {other}`), or, if it is {service}'s container renamed by hand, rename it "
+                    f"back (`docker rename {other} {name}`). Nothing was changed"
+                )
 
     def _recreate(self, service: str, old: Any, data_dir: str) -> Any:
         """A new container with the old one's configuration, the data mount and RAM_MODE changed."""
@@ -440,10 +475,13 @@ class DockerRuntime:
             ):
                 logs = container.logs(tail=15, since=started_at).decode(errors="replace").strip()
                 if "address already in use" in logs.lower():
-                    raise TransientError(
+                    # The host's fault, not the data's: host_fault (docs/FAILURES.md), retried. The log line
+                    # quoted is the one naming the cause (MariaDB's last line is only "Aborting").
+                    line = next(x for x in logs.splitlines() if "address already in use" in x.lower())
+                    raise HostFault(
                         f"{service} in container {container.name} could not listen on port {port}: it is taken by "
                         "another process (`ss -ltnp` shows which). Stop that process or choose another port in "
-                        f"state.yaml; retried. Its log: {logs.splitlines()[-1][:300]}"
+                        f"state.yaml; retried. Its log: {line.strip()[:300]}"
                     )
                 raise CommandFailed(
                     [f"container {container.name}"], int(container.attrs["State"].get("ExitCode", 1)), logs

@@ -177,3 +177,66 @@ def test_the_restore_layer_raises_what_the_policy_says() -> None:
     assert isinstance(classify_failure("s", RuntimeError("port 5432 is taken")), HostFault)
     already = SetRejected("s", "sha256 does not match")
     assert classify_failure("s", already, Stage.SERVER) is already
+
+
+def test_mariadb_errno_texts_in_its_own_words_are_host_faults() -> None:
+    """MariaDB quotes an errno's text after its number in ``%M`` (``errno: 28 "No space left on
+    device"``, ``Got error 28 "..." from storage engine``): the quoted text is dropped as possibly the
+    dump's, so the number must be the evidence, as for ``Errcode: 28``. A full tmpfs while a set is
+    loaded must never reject the set."""
+    for stderr in (
+        "ERROR 1005 (HY000) at line 22: Can't create table `shop__restoring`.`orders` "
+        '(errno: 28 "No space left on device")\n',
+        'ERROR 1030 (HY000) at line 57: Got error 28 "No space left on device" from storage engine InnoDB\n',
+        'ERROR 1005 (HY000) at line 22: Can\'t create table `shop`.`t` (errno: 24 "Too many open files")\n',
+        'ERROR 1030 (HY000) at line 9: Got error 12 "Cannot allocate memory" from storage engine Aria\n',
+        'ERROR 1030 (HY000) at line 9: Got error 122 "Disk quota exceeded" from storage engine InnoDB\n',
+    ):
+        assert verdict(Stage.LOAD, stderr) is Verdict.RETRY, stderr
+    # a content refusal with another errno stays a rejection
+    refused = 'ERROR 1005 (HY000) at line 3: Can\'t create table `shop`.`t` (errno: 150 "Foreign key constraint is incorrectly formed")\n'
+    assert verdict(Stage.LOAD, refused) is Verdict.REJECT
+
+
+MARIADB_ECHO = "--------------\nINSERT INTO `logs` VALUES (1,'{value}'),(2,'ok')\n--------------\n\n"
+
+
+@given(st.sampled_from(HOST_SIGNATURES), st.booleans())
+def test_a_statement_or_value_the_mariadb_client_echoes_is_never_a_host_fault(
+    signature: str, cut: bool
+) -> None:
+    """The ``mariadb`` client prints the failing statement (a dump's rows) between dashed lines before
+    its error, and MariaDB quotes the offending value in single quotes. A dump whose log table says
+    "connection refused" that the server refuses (a duplicate key) is a content fault: the set is
+    rejected and an older one tried, never retried forever as a "host fault". ``cut``: the stderr
+    tail kept (2000 characters) starts inside the echo."""
+    value = f"request failed: {signature} (retrying)"
+    stderr = MARIADB_ECHO.format(value=value) + (
+        f"ERROR 1062 (23000) at line 41: Duplicate entry '{value}' for key 'PRIMARY'\n"
+    )
+    if cut:
+        stderr = stderr[stderr.index("VALUES") :]
+    assert verdict(Stage.LOAD, stderr) is Verdict.REJECT, stderr
+    # the client's own refusal (no server code) of a statement it echoed
+    client = MARIADB_ECHO.format(value=value) + "ERROR at line 41: Unknown command '\\q'.\n"
+    assert verdict(Stage.LOAD, client) is Verdict.REJECT, client
+
+
+@pytest.mark.parametrize(
+    "own",
+    [
+        "ERROR 2013 (HY000) at line 41: Lost connection to server during query",
+        "ERROR 1114 (HY000) at line 41: The table 'logs' is full",
+        "ERROR 2002 (HY000): Can't connect to local server through socket '/run/mysqld/mariadb.sock' (111)",
+    ],
+)
+def test_the_mariadb_clients_own_host_words_still_count_after_an_echo(own: str) -> None:
+    assert verdict(Stage.LOAD, MARIADB_ECHO.format(value="fine") + own + "\n") is Verdict.RETRY
+
+
+def test_a_postgresql_echo_shaped_like_a_mariadb_error_does_not_hide_its_host_fault() -> None:
+    stderr = (
+        "pg_restore: error: could not execute query: ERROR:  could not extend file: No space left on device\n"
+        "DETAIL:  Failing row contains (1, note\nERROR 1062 (23000) at line 1: Duplicate entry).\n"
+    )
+    assert verdict(Stage.LOAD, stderr) is Verdict.RETRY
