@@ -7,7 +7,10 @@ bytes written to persistent storage by this process and the receiver (must be ~0
 counts no tmpfs writes); and the latency of one shipment of the segment in progress (sealing in RAM,
 resumable upload, sidecar, deletion of the older copies).
 
-Usage: python bench/wal_offsite.py [--tps 10] [--seconds 180] [--interval 60]
+``--modes chunks,whole`` measures the delta chunks (engine/walchunks) and the previous whole
+re-upload of the segment in progress one after the other on the same stack.
+
+Usage: python bench/wal_offsite.py [--tps 10] [--seconds 180] [--interval 60] [--modes chunks,whole]
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from reconciler.engine.context import StackContext, load_spec
 from tests.support.gdrive_emulator import DriveEmulator
 
 
-def run(state: Path, emulator: DriveEmulator, tps: int, seconds: float, interval: int) -> dict[str, Any]:
+def run(
+    state: Path, emulator: DriveEmulator, tps: int, seconds: float, interval: int, mode: str = "chunks"
+) -> dict[str, Any]:
     yaml = YAML()
     document = yaml.load(state.read_text())
     folder = emulator.make_folder()
@@ -70,6 +75,7 @@ def run(state: Path, emulator: DriveEmulator, tps: int, seconds: float, interval
             time.sleep(2)
             assert streamer.shipper is not None and streamer.process is not None
             shipper = streamer.shipper
+            shipper.whole_partials = mode == "whole"  # the previous version: the whole segment each time
             original = shipper.ship_partial
 
             def timed() -> str | None:
@@ -90,6 +96,7 @@ def run(state: Path, emulator: DriveEmulator, tps: int, seconds: float, interval
         supervisor.stop()
     per_hour = 3600 / elapsed
     return {
+        "mode": mode,
         "tps": tps,
         "interval_s": interval,
         "seconds": round(elapsed, 1),
@@ -110,13 +117,17 @@ def main() -> None:
     parser.add_argument("--tps", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=180)
     parser.add_argument("--interval", type=int, default=60)
+    parser.add_argument(
+        "--modes", default="chunks,whole", help="chunks (delta chunks) and/or whole (the previous re-uploads)"
+    )
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(dir="/dev/shm") as drive_dir:
         emulator = DriveEmulator(drive_dir)
         try:
             with bench_stack("ram", encrypted=True) as state:
-                rows.append(run(state, emulator, args.tps, args.seconds, args.interval))
+                for mode in args.modes.split(","):
+                    rows.append(run(state, emulator, args.tps, args.seconds, args.interval, mode))
         finally:
             emulator.stop()
     columns = list(rows[0])

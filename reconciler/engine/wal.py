@@ -13,8 +13,8 @@ Design decisions:
   ``TICK`` (0.5 s) the bytes received since the last tick become one chunk appended to
   ``<spool_dir>/<system identifier>/<segment>.walspool`` and fsynced; an idle database writes
   nothing. Recovery point: the last tick plus the receiver's latency, under a second. ``offsite``
-  writes nothing to the card and ships the segment in progress every ``interval``: that interval is
-  the recovery point.
+  writes nothing to the card and ships the new bytes of the segment in progress every ``interval``
+  as one sealed chunk (``engine/walchunks``): that interval is the recovery point.
 - Shipping (``backup/walseg``): each completed segment is compressed, encrypted and authenticated
   into the WAL area of the local store, one directory per database cluster (its system identifier):
   a restore by initdb makes a new cluster whose segment names restart, and two histories must never
@@ -104,6 +104,8 @@ class Shipper:
     last_partial: float = 0.0
     spooler: walspool.Spooler | None = None  # placement ``spool``
     area: Any = None  # where segments go, chosen by placement (engine/waloffsite); None: not chosen yet
+    chunks: Any = None  # placement ``offsite``: the segment in progress as chunks (engine/walchunks)
+    whole_partials: bool = False  # the previous version's whole re-uploads instead (for measurements)
 
     def destination(self) -> Any:
         """Drive with placement ``offsite`` (nothing on persistent storage), else the local store."""
@@ -135,6 +137,8 @@ class Shipper:
                     os.unlink(os.path.join(self.directory, name))
                     if self.spooler is not None:
                         self.spooler.shipped(name)
+                    if self.chunks is not None:
+                        self.chunks.shipped(name)
                     shipped.append(name)
                     continue
                 except (ReconcilerError, OSError) as exc:
@@ -181,6 +185,15 @@ class Shipper:
         if not walchain.is_segment(name):
             return None
         store = self.destination()
+        if self.spec.backup.continuous.placement == "offsite" and not self.whole_partials:
+            from reconciler.engine import walchunks
+
+            if self.chunks is None:
+                self.chunks = walchunks.DriveSpooler.on(
+                    store, self.sealing, self.spec.stack, self.system_identifier
+                )
+            self.chunks.follow(os.path.join(self.directory, partials[-1]), name)
+            return name
         with contextlib.suppress(FileNotFoundError):  # completed and renamed while we looked
             walseg.ship(
                 store,

@@ -290,6 +290,7 @@ class Layered:
         self.remote = remote
         self.unreachable: str | None = None
         self._local_names: set[str] = set()
+        self.names: set[str] = set()  # of the last listing, both areas
 
     def list(self) -> builtins.list[StoredFile]:
         files = self.local.list()
@@ -300,6 +301,7 @@ class Layered:
             except ReconcilerError as exc:
                 self.unreachable = str(exc)
                 log.warning("WAL on Drive cannot be listed (%s); recovering from local WAL only", exc)
+        self.names = {f.name for f in files}
         return files
 
     def from_drive(self, segment: str, partial: bool = False) -> bool:

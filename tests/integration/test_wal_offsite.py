@@ -118,7 +118,7 @@ def test_offsite_ships_every_segment_to_drive_and_nothing_to_persistent_storage(
         with pg(stack) as conn:
             conn.execute("INSERT INTO t VALUES (0)")  # into the segment in progress
         wait_for(
-            lambda: any(n.endswith(".partial.wal.json") for n in drive_wal(emulator, folder, sysid)),
+            lambda: any(n.endswith(".walchunk") for n in drive_wal(emulator, folder, sysid)),
             "the segment in progress on Drive",
         )
         receive = Path(ctx.spec.ram_root) / "wal-receive" / sysid
@@ -207,20 +207,8 @@ def test_a_cut_between_a_partial_and_its_sidecar_leaves_the_older_consistent_pai
     tmp_path: Path, emulator: DriveEmulator
 ) -> None:
     from reconciler.backup.create import Sealing
-    from reconciler.engine import waloffsite
-    from reconciler.spec.model import GdriveStoreSpec
-    from reconciler.stores.gdrive import GdriveStore
 
-    folder = emulator.make_folder()
-    spec = GdriveStoreSpec(
-        enabled=True,
-        folder_id=folder,
-        credentials_file=authorized_user_file(tmp_path / "gdrive.json", emulator),
-        api_url=emulator.url,
-        sub_path="wal/1",
-    )
-    (tmp_path / "scratch").mkdir()
-    area = waloffsite.DriveArea(GdriveStore(spec, str(spec.credentials_file)), str(tmp_path / "scratch"))
+    area = drive_area_on(tmp_path, emulator)
     segment, key = "000000010000000000000003", os.urandom(32)
     sealing = Sealing(None, [], key)
     old, new = tmp_path / "old", tmp_path / "new"
@@ -239,6 +227,24 @@ def test_a_cut_between_a_partial_and_its_sidecar_leaves_the_older_consistent_pai
     assert len(area.store.ids_named(data_name)) == 1
     walseg.fetch(area, segment, str(out), None, key, "s", "1", partial=True)
     assert out.read_bytes() == new.read_bytes()
+
+
+def drive_area_on(tmp_path: Path, emulator: DriveEmulator) -> Any:
+    """A WAL area (``waloffsite.DriveArea``) in a fresh folder of the emulator."""
+    from reconciler.engine import waloffsite
+    from reconciler.spec.model import GdriveStoreSpec
+    from reconciler.stores.gdrive import GdriveStore
+
+    folder = emulator.make_folder()
+    spec = GdriveStoreSpec(
+        enabled=True,
+        folder_id=folder,
+        credentials_file=authorized_user_file(tmp_path / "gdrive.json", emulator),
+        api_url=emulator.url,
+        sub_path="wal/1",
+    )
+    (tmp_path / "scratch").mkdir()
+    return waloffsite.DriveArea(GdriveStore(spec, str(spec.credentials_file)), str(tmp_path / "scratch"))
 
 
 def walseg_bytes(path: Path) -> bytes:
