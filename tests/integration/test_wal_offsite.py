@@ -192,7 +192,13 @@ def test_the_spool_sync_sends_wal_after_the_sets_and_drive_retention_keeps_chain
         members = json.loads(newest.read_text())["members"]
         start = next(m["start_segment"] for m in members if m["content"] == "pg_basebackup-tar")
         wait_for(lambda: start in walseg.listing(local)[0], "the new base's first segment shipped")
+        from reconciler.engine import walchunks, waloffsite
+
+        # chunk files of an unneeded segment (a failed clean-up, a cluster given up): retention's too
+        stale = walchunks.name(names[0], 0, 100)
+        waloffsite.drive_area(ctx.spec, sysid).put_bytes(stale, b"chunk")
         stack.cli("sync")
+        assert stale not in drive_wal(emulator, folder, sysid), "unneeded chunk files stay on Drive"
         manifests = sorted(n for n in emulator.names_in(folder) if n.endswith(".manifest.json"))
         assert manifests == [newest.name]
         after = drive_segments(emulator, folder, sysid)

@@ -15,6 +15,7 @@ import pytest
 from reconciler.backup import walseg, walspool
 from reconciler.backup.create import Sealing
 from reconciler.engine import walchunks, waloffsite
+from reconciler.errors import ReconcilerError
 from tests.conftest import Stack
 from tests.e2e.test_wal_offsite import corrupt_on_drive
 from tests.integration.test_backups import pg
@@ -158,3 +159,30 @@ def test_a_whole_partial_of_the_previous_version_is_used_when_it_holds_more(
     walseg.ship(area, str(longer), SEGMENT, Sealing(None, [], key), "s", "1", partial=True)
     walchunks.stage(area, {f.name for f in area.list()}, binding, key, None, str(target))
     assert target.read_bytes() == data + bytes(walspool.SEGMENT_BYTES - len(data))
+
+
+def test_an_outage_ships_every_unacknowledged_byte_next_time_and_a_restart_continues_from_drive(
+    tmp_path: Path, emulator: DriveEmulator
+) -> None:
+    area, binding, key, data, _ = shipped_in_three_chunks(tmp_path, emulator)
+    sealing = Sealing(None, [], key)
+    received = tmp_path / f"{SEGMENT}.partial"
+    # a restart: the position is re-derived from Drive's listing, nothing is shipped twice
+    chunker = walchunks.DriveSpooler.on(area, sealing, "s", "1")
+    area.store.attempts = waloffsite.STREAM_ATTEMPTS  # as the streaming shipper's: short retries
+    emulator.inject("any", status=503, reason="backendError", times=10_000_000)
+    grown = data
+    for _ in range(2):  # two shipments during the outage: neither is acknowledged
+        grown += os.urandom(2000)
+        grow(received, grown)
+        with pytest.raises(ReconcilerError):
+            chunker.follow(str(received), SEGMENT)
+    emulator.state.faults.clear()  # Drive is back: one chunk carries both intervals' bytes
+    assert chunker.follow(str(received), SEGMENT) > 0
+    listed = {f.name for f in area.list()}
+    after = sorted(n for n in listed if n.endswith(".walchunk"))
+    assert len(after) == 4 and after[-1] == walchunks.name(SEGMENT, len(data), len(grown)), after
+    assert b"".join(walchunks.read(area, listed, binding, key, None).raw) == grown
+    # the segment completes and is shipped whole: its chunk files go
+    chunker.shipped(SEGMENT)
+    assert not [f.name for f in area.list() if f.name.endswith(".walchunk")]
