@@ -11,6 +11,7 @@ resumable upload, sidecar, deletion of the older copies).
 re-upload of the segment in progress one after the other on the same stack.
 
 Usage: python bench/wal_offsite.py [--tps 10] [--seconds 180] [--interval 60] [--modes chunks,whole]
+       [--fill-mb 8]
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ from tests.support.gdrive_emulator import DriveEmulator
 
 
 def run(
-    state: Path, emulator: DriveEmulator, tps: int, seconds: float, interval: int, mode: str = "chunks"
+    state: Path,
+    emulator: DriveEmulator,
+    tps: int,
+    seconds: float,
+    interval: int,
+    mode: str = "chunks",
+    fill_mb: float = 0,
 ) -> dict[str, Any]:
     yaml = YAML()
     document = yaml.load(state.read_text())
@@ -72,10 +79,20 @@ def run(
             )
             db.execute("CHECKPOINT")
             db.execute("SELECT pg_switch_wal()")
+            if fill_mb:  # start mid-segment: a whole re-upload costs more the fuller the segment is
+                rows = int(fill_mb * 1e6 / 700)
+                db.execute(
+                    "INSERT INTO posts (body, at) SELECT repeat(md5(g::text), 16), now() "
+                    "FROM generate_series(1, %s) g",
+                    (rows,),
+                )
             time.sleep(2)
             assert streamer.shipper is not None and streamer.process is not None
             shipper = streamer.shipper
             shipper.whole_partials = mode == "whole"  # the previous version: the whole segment each time
+            if fill_mb:  # the fill goes up before the window opens, in both modes
+                shipper.last_partial = 0.0
+                time.sleep(5)
             original = shipper.ship_partial
 
             def timed() -> str | None:
@@ -98,6 +115,7 @@ def run(
     return {
         "mode": mode,
         "tps": tps,
+        "fill_mb": fill_mb,
         "interval_s": interval,
         "seconds": round(elapsed, 1),
         "transactions": done,
@@ -120,6 +138,7 @@ def main() -> None:
     parser.add_argument(
         "--modes", default="chunks,whole", help="chunks (delta chunks) and/or whole (the previous re-uploads)"
     )
+    parser.add_argument("--fill-mb", type=float, default=0, help="WAL written into the segment first")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(dir="/dev/shm") as drive_dir:
@@ -127,7 +146,9 @@ def main() -> None:
         try:
             with bench_stack("ram", encrypted=True) as state:
                 for mode in args.modes.split(","):
-                    rows.append(run(state, emulator, args.tps, args.seconds, args.interval, mode))
+                    rows.append(
+                        run(state, emulator, args.tps, args.seconds, args.interval, mode, args.fill_mb)
+                    )
         finally:
             emulator.stop()
     columns = list(rows[0])

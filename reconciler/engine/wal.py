@@ -116,6 +116,19 @@ class Shipper:
             self.area = area if area is not None else store_area(self.spec, self.system_identifier)
         return self.area
 
+    def chunker(self) -> Any:
+        """Placement ``offsite``: the writer of the segment in progress as chunks (engine/walchunks)."""
+        if self.whole_partials or self.spec.backup.continuous.placement != "offsite":
+            return None
+        if self.chunks is None:
+            from reconciler.engine import walchunks
+
+            store = self.destination()
+            self.chunks = walchunks.DriveSpooler.on(
+                store, self.sealing, self.spec.stack, self.system_identifier
+            )
+        return self.chunks
+
     def ship_completed(self) -> list[str]:
         store = self.destination()
         shipped = []
@@ -137,7 +150,7 @@ class Shipper:
                     os.unlink(os.path.join(self.directory, name))
                     if self.spooler is not None:
                         self.spooler.shipped(name)
-                    if self.chunks is not None:
+                    if self.chunker() is not None:  # its chunk files, from before a restart too
                         self.chunks.shipped(name)
                     shipped.append(name)
                     continue
@@ -185,13 +198,7 @@ class Shipper:
         if not walchain.is_segment(name):
             return None
         store = self.destination()
-        if self.spec.backup.continuous.placement == "offsite" and not self.whole_partials:
-            from reconciler.engine import walchunks
-
-            if self.chunks is None:
-                self.chunks = walchunks.DriveSpooler.on(
-                    store, self.sealing, self.spec.stack, self.system_identifier
-                )
+        if self.chunker() is not None:
             self.chunks.follow(os.path.join(self.directory, partials[-1]), name)
             return name
         with contextlib.suppress(FileNotFoundError):  # completed and renamed while we looked
