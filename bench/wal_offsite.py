@@ -7,7 +7,11 @@ bytes written to persistent storage by this process and the receiver (must be ~0
 counts no tmpfs writes); and the latency of one shipment of the segment in progress (sealing in RAM,
 resumable upload, sidecar, deletion of the older copies).
 
-Usage: python bench/wal_offsite.py [--tps 10] [--seconds 180] [--interval 60]
+``--modes chunks,whole`` measures the delta chunks (engine/walchunks) and the previous whole
+re-upload of the segment in progress one after the other on the same stack.
+
+Usage: python bench/wal_offsite.py [--tps 10] [--seconds 180] [--interval 60] [--modes chunks,whole]
+       [--fill-mb 8]
 """
 
 from __future__ import annotations
@@ -33,7 +37,15 @@ from reconciler.engine.context import StackContext, load_spec
 from tests.support.gdrive_emulator import DriveEmulator
 
 
-def run(state: Path, emulator: DriveEmulator, tps: int, seconds: float, interval: int) -> dict[str, Any]:
+def run(
+    state: Path,
+    emulator: DriveEmulator,
+    tps: int,
+    seconds: float,
+    interval: int,
+    mode: str = "chunks",
+    fill_mb: float = 0,
+) -> dict[str, Any]:
     yaml = YAML()
     document = yaml.load(state.read_text())
     folder = emulator.make_folder()
@@ -67,9 +79,20 @@ def run(state: Path, emulator: DriveEmulator, tps: int, seconds: float, interval
             )
             db.execute("CHECKPOINT")
             db.execute("SELECT pg_switch_wal()")
+            if fill_mb:  # start mid-segment: a whole re-upload costs more the fuller the segment is
+                rows = int(fill_mb * 1e6 / 700)
+                db.execute(
+                    "INSERT INTO posts (body, at) SELECT repeat(md5(g::text), 16), now() "
+                    "FROM generate_series(1, %s) g",
+                    (rows,),
+                )
             time.sleep(2)
             assert streamer.shipper is not None and streamer.process is not None
             shipper = streamer.shipper
+            shipper.whole_partials = mode == "whole"  # the previous version: the whole segment each time
+            if fill_mb:  # the fill goes up before the window opens, in both modes
+                shipper.last_partial = 0.0
+                time.sleep(5)
             original = shipper.ship_partial
 
             def timed() -> str | None:
@@ -90,7 +113,9 @@ def run(state: Path, emulator: DriveEmulator, tps: int, seconds: float, interval
         supervisor.stop()
     per_hour = 3600 / elapsed
     return {
+        "mode": mode,
         "tps": tps,
+        "fill_mb": fill_mb,
         "interval_s": interval,
         "seconds": round(elapsed, 1),
         "transactions": done,
@@ -110,13 +135,20 @@ def main() -> None:
     parser.add_argument("--tps", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=180)
     parser.add_argument("--interval", type=int, default=60)
+    parser.add_argument(
+        "--modes", default="chunks,whole", help="chunks (delta chunks) and/or whole (the previous re-uploads)"
+    )
+    parser.add_argument("--fill-mb", type=float, default=0, help="WAL written into the segment first")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(dir="/dev/shm") as drive_dir:
         emulator = DriveEmulator(drive_dir)
         try:
             with bench_stack("ram", encrypted=True) as state:
-                rows.append(run(state, emulator, args.tps, args.seconds, args.interval))
+                for mode in args.modes.split(","):
+                    rows.append(
+                        run(state, emulator, args.tps, args.seconds, args.interval, mode, args.fill_mb)
+                    )
         finally:
             emulator.stop()
     columns = list(rows[0])

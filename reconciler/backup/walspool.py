@@ -125,9 +125,10 @@ class Scan:
     torn: bool = False  # the problem is a last chunk cut short (a power cut while it was appended)
 
 
-def scan(data: bytes, mac_key: bytes | None, binding: Binding) -> Scan:
-    """Check ``data`` (a spool file) chunk by chunk; stop at the first torn or bad one."""
-    result = Scan()
+def scan(data: bytes, mac_key: bytes | None, binding: Binding, start: int = 0) -> Scan:
+    """Check ``data`` (a spool file) chunk by chunk; stop at the first torn or bad one. ``start``:
+    the WAL offset the first chunk must have (a chunk file on Drive continues its predecessor)."""
+    result = Scan(end=start)
     position = 0
     while position < len(data):
         where = f"chunk at byte {position} of the spool file of {binding.segment}"
@@ -251,6 +252,13 @@ class Spooler:
         if not new:
             return 0
         chunk = seal(new, self.end, self.sealing, self.binding(segment))
+        self._store(segment, chunk, self.end, len(new))
+        self._advance(data, block_start, len(chunk), len(new))
+        return len(chunk)
+
+    def _store(self, segment: str, chunk: bytes, offset: int, length: int) -> None:
+        """Make ``chunk`` (WAL bytes ``[offset, offset + length)``) durable: appended and fsynced here;
+        uploaded as a file of its own with placement ``offsite`` (engine/walchunks)."""
         target = path(self.directory, segment)
         created = not os.path.exists(target)
         fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -268,8 +276,6 @@ class Spooler:
             os.close(fd)
         if created:
             fs.fsync_dir(self.directory)  # once per segment: the new file's name is durable too
-        self._advance(data, block_start, len(chunk), len(new))
-        return len(chunk)
 
     def _advance(self, data: bytes, block_start: int, written: int, raw: int) -> None:
         self.end += raw
@@ -297,6 +303,13 @@ class Spooler:
         with open(received_path, "rb") as handle:
             data = received(handle, 0)
         chunk = seal(data, 0, self.sealing, self.binding(segment))
+        self._replace(segment, chunk, len(data))
+        self.end = 0
+        self._advance(data, 0, len(chunk), len(data))
+        return len(chunk)
+
+    def _replace(self, segment: str, chunk: bytes, length: int) -> None:
+        """``chunk`` (from offset 0) replaces every chunk stored of ``segment``."""
         target = path(self.directory, segment)
         with open(f"{target}.tmp", "wb") as out:
             out.write(chunk)
@@ -304,9 +317,6 @@ class Spooler:
             os.fsync(out.fileno())
         os.replace(f"{target}.tmp", target)
         fs.fsync_dir(self.directory)
-        self.end = 0
-        self._advance(data, 0, len(chunk), len(data))
-        return len(chunk)
 
     def has(self, segment: str) -> bool:
         return os.path.exists(path(self.directory, segment))

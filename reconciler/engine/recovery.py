@@ -39,7 +39,7 @@ from typing import Any
 from reconciler.backup import physical, pipeline, walseg, walspool
 from reconciler.backup.restore import CheckedSet
 from reconciler.databases import postgres as pg
-from reconciler.engine import events, wal, waloffsite
+from reconciler.engine import events, wal, walchunks, waloffsite
 from reconciler.engine.context import StackContext
 from reconciler.errors import CommandFailed, HostFault, PermanentError, ReconcilerError
 from reconciler.plan import faults, walchain
@@ -115,12 +115,13 @@ def chain_plan(
     whole = [s for s in chunked if spool_check(ctx, sysid, s, mac_key, whole=True) is None]
     chunked = [s for s in chunked if s not in whole]
     from_chunks = [s for s in whole if s not in complete]
+    on_drive = walchunks.segments(store.names)  # placement ``offsite``: the segment in progress
     rejected: dict[str, str] = {}
     while True:
         chain = walchain.chain(
             start,
             {start, *complete, *spool_complete, *whole},
-            {*store_partials, *spool_partials, *chunked},
+            {*store_partials, *spool_partials, *chunked, *on_drive},
             rejected,
         )
         newly = False
@@ -140,15 +141,21 @@ def chain_plan(
                 break
         note = None
         if verify and not newly and chain.partial and chain.partial not in spool_partials:
-            if chain.partial in chunked:
-                note = spool_check(ctx, sysid, chain.partial, mac_key)
+            if chain.partial in chunked or chain.partial in on_drive:
+                if chain.partial in chunked:
+                    note = spool_check(ctx, sysid, chain.partial, mac_key)
+                else:
+                    binding = walspool.Binding(ctx.spec.stack, sysid, chain.partial)
+                    found = walchunks.read(store, store.names, binding, mac_key, None, decode=False)
+                    note = found.note(chain.partial)
                 if note is None or not note.startswith("none of"):
                     break
                 if chain.partial not in store_partials:
                     rejected[chain.partial] = note
                     newly = True
                     continue
-                chunked.remove(chain.partial)  # nothing usable in the spool: the store's copy
+                # nothing usable in the spool or the chunks: the store's copy
+                (chunked if chain.partial in chunked else on_drive).remove(chain.partial)
             try:
                 walseg.check(store, chain.partial, mac_key, ctx.spec.stack, sysid, partial=True)
             except walseg.SegmentRejected as exc:
@@ -160,6 +167,7 @@ def chain_plan(
     if chain.partial is not None:
         source = "receive directory" if chain.partial in spool_partials else "store"
         source = "spool" if source == "store" and chain.partial in chunked else source
+        source = walchunks.SOURCE if source == "store" and chain.partial in on_drive else source
     if source == "store" and chain.partial is not None and store.from_drive(chain.partial, partial=True):
         source = "store on Google Drive"
     drive_count = sum(1 for s in chain.segments if s in complete and store.from_drive(s))
@@ -173,7 +181,7 @@ def chain_plan(
         chain.after_gap,
         rejected,
         [s for s in chain.segments if s in spool_complete],
-        note if source == "spool" else None,
+        note if source in ("spool", walchunks.SOURCE) else None,
         [s for s in chain.segments if s in from_chunks and s not in spool_complete],
         drive_count,
         store.unreachable,
@@ -271,6 +279,9 @@ def stage_wal(
             shutil.copyfile(raw[f"{plan.partial}.partial"], target)
         elif plan.partial_source == "spool":
             from_spool(ctx, sysid, plan.partial, identity, mac_key, target)
+        elif plan.partial_source == walchunks.SOURCE:
+            binding = walspool.Binding(ctx.spec.stack, sysid, plan.partial)
+            walchunks.stage(store, store.names, binding, mac_key, identity, target)
         else:  # the store: local, or Google Drive
             walseg.fetch(store, plan.partial, target, identity, mac_key, ctx.spec.stack, sysid, partial=True)
 

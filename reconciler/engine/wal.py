@@ -13,8 +13,8 @@ Design decisions:
   ``TICK`` (0.5 s) the bytes received since the last tick become one chunk appended to
   ``<spool_dir>/<system identifier>/<segment>.walspool`` and fsynced; an idle database writes
   nothing. Recovery point: the last tick plus the receiver's latency, under a second. ``offsite``
-  writes nothing to the card and ships the segment in progress every ``interval``: that interval is
-  the recovery point.
+  writes nothing to the card and ships the new bytes of the segment in progress every ``interval``
+  as one sealed chunk (``engine/walchunks``): that interval is the recovery point.
 - Shipping (``backup/walseg``): each completed segment is compressed, encrypted and authenticated
   into the WAL area of the local store, one directory per database cluster (its system identifier):
   a restore by initdb makes a new cluster whose segment names restart, and two histories must never
@@ -103,6 +103,8 @@ class Shipper:
     last_partial: float = 0.0
     spooler: walspool.Spooler | None = None  # placement ``spool``
     area: Any = None  # where segments go, chosen by placement (engine/waloffsite); None: not chosen yet
+    chunks: Any = None  # placement ``offsite``: the segment in progress as chunks (engine/walchunks)
+    whole_partials: bool = False  # the previous version's whole re-uploads instead (for measurements)
 
     def destination(self) -> Any:
         """Drive with placement ``offsite`` (nothing on persistent storage), else the local store."""
@@ -112,6 +114,19 @@ class Shipper:
             area = waloffsite.destination(self.spec, self.system_identifier, self.directory)
             self.area = area if area is not None else store_area(self.spec, self.system_identifier)
         return self.area
+
+    def chunker(self) -> Any:
+        """Placement ``offsite``: the writer of the segment in progress as chunks (engine/walchunks)."""
+        if self.whole_partials or self.spec.backup.continuous.placement != "offsite":
+            return None
+        if self.chunks is None:
+            from reconciler.engine import walchunks
+
+            store = self.destination()
+            self.chunks = walchunks.DriveSpooler.on(
+                store, self.sealing, self.spec.stack, self.system_identifier
+            )
+        return self.chunks
 
     def ship_completed(self) -> list[str]:
         store = self.destination()
@@ -134,6 +149,8 @@ class Shipper:
                     os.unlink(os.path.join(self.directory, name))
                     if self.spooler is not None:
                         self.spooler.shipped(name)
+                    if self.chunker() is not None:  # its chunk files, from before a restart too
+                        self.chunks.shipped(name)
                     shipped.append(name)
                     continue
                 except (ReconcilerError, OSError) as exc:
@@ -180,6 +197,9 @@ class Shipper:
         if not walchain.is_segment(name):
             return None
         store = self.destination()
+        if self.chunker() is not None:
+            self.chunks.follow(os.path.join(self.directory, partials[-1]), name)
+            return name
         with contextlib.suppress(FileNotFoundError):  # completed and renamed while we looked
             walseg.ship(
                 store,

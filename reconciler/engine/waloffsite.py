@@ -290,6 +290,7 @@ class Layered:
         self.remote = remote
         self.unreachable: str | None = None
         self._local_names: set[str] = set()
+        self.names: set[str] = set()  # of the last listing, both areas
 
     def list(self) -> builtins.list[StoredFile]:
         files = self.local.list()
@@ -300,6 +301,7 @@ class Layered:
             except ReconcilerError as exc:
                 self.unreachable = str(exc)
                 log.warning("WAL on Drive cannot be listed (%s); recovering from local WAL only", exc)
+        self.names = {f.name for f in files}
         return files
 
     def from_drive(self, segment: str, partial: bool = False) -> bool:
@@ -415,6 +417,14 @@ def base_starts(manifests: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
     return starts
 
 
+def _chunk_files(area: DriveArea) -> dict[str, str]:
+    """Chunk file → its segment, from the area's last listing."""
+    from reconciler.engine import walchunks
+
+    parsed = {name: walchunks.parse(name) for name in area._names or ()}
+    return {name: found[0] for name, found in parsed.items() if found is not None}
+
+
 def prune_drive_wal(
     spec: StateSpec,
     sets_store: GdriveStore,
@@ -452,8 +462,12 @@ def prune_drive_wal(
     for sysid in clusters:
         area = drive_area(spec, sysid, attempts, deadline, create=False)
         complete, partial = walseg.listing(area)
-        for segment in walchain.unneeded_in_cluster([*complete, *partial], starts, sysid):
+        chunks = _chunk_files(area)  # the segment in progress as chunks (engine/walchunks)
+        in_chunks = sorted(set(chunks.values()) - {*complete, *partial})
+        for segment in walchain.unneeded_in_cluster([*complete, *partial, *in_chunks], starts, sysid):
             walseg.delete(area, segment)
+            for name in (n for n, of in chunks.items() if of == segment):
+                area.delete(name)
             deleted.append(segment)
     if deleted:
         log.info("Drive WAL retention deleted %d segment(s) no kept base can replay", len(deleted))

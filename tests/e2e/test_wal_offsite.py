@@ -81,6 +81,8 @@ def test_an_off_site_power_cut_that_takes_the_disk_too_recovers_base_and_wal_fro
     drive_names = sorted(m["name"] for m in emulator.state.files.values() if ".wal" in m["name"])
     plan = stack.cli("plan", check=2).stdout
     assert "WAL segment(s)" in plan and "from the store on Google Drive" in plan, plan
+    # the segment in progress went up as delta chunks, not as whole re-uploads (engine/walchunks)
+    assert "as chunks" in plan and not [n for n in drive_names if ".partial." in n], (plan, drive_names)
     stack.cli("apply")
     log = [(e["reason"], e["message"]) for e in events_with_any(stack)]
     present = rows(stack)

@@ -118,7 +118,7 @@ def test_offsite_ships_every_segment_to_drive_and_nothing_to_persistent_storage(
         with pg(stack) as conn:
             conn.execute("INSERT INTO t VALUES (0)")  # into the segment in progress
         wait_for(
-            lambda: any(n.endswith(".partial.wal.json") for n in drive_wal(emulator, folder, sysid)),
+            lambda: any(n.endswith(".walchunk") for n in drive_wal(emulator, folder, sysid)),
             "the segment in progress on Drive",
         )
         receive = Path(ctx.spec.ram_root) / "wal-receive" / sysid
@@ -192,7 +192,13 @@ def test_the_spool_sync_sends_wal_after_the_sets_and_drive_retention_keeps_chain
         members = json.loads(newest.read_text())["members"]
         start = next(m["start_segment"] for m in members if m["content"] == "pg_basebackup-tar")
         wait_for(lambda: start in walseg.listing(local)[0], "the new base's first segment shipped")
+        from reconciler.engine import walchunks, waloffsite
+
+        # chunk files of an unneeded segment (a failed clean-up, a cluster given up): retention's too
+        stale = walchunks.name(names[0], 0, 100)
+        waloffsite.drive_area(ctx.spec, sysid).put_bytes(stale, b"chunk")
         stack.cli("sync")
+        assert stale not in drive_wal(emulator, folder, sysid), "unneeded chunk files stay on Drive"
         manifests = sorted(n for n in emulator.names_in(folder) if n.endswith(".manifest.json"))
         assert manifests == [newest.name]
         after = drive_segments(emulator, folder, sysid)
@@ -207,20 +213,8 @@ def test_a_cut_between_a_partial_and_its_sidecar_leaves_the_older_consistent_pai
     tmp_path: Path, emulator: DriveEmulator
 ) -> None:
     from reconciler.backup.create import Sealing
-    from reconciler.engine import waloffsite
-    from reconciler.spec.model import GdriveStoreSpec
-    from reconciler.stores.gdrive import GdriveStore
 
-    folder = emulator.make_folder()
-    spec = GdriveStoreSpec(
-        enabled=True,
-        folder_id=folder,
-        credentials_file=authorized_user_file(tmp_path / "gdrive.json", emulator),
-        api_url=emulator.url,
-        sub_path="wal/1",
-    )
-    (tmp_path / "scratch").mkdir()
-    area = waloffsite.DriveArea(GdriveStore(spec, str(spec.credentials_file)), str(tmp_path / "scratch"))
+    area = drive_area_on(tmp_path, emulator)
     segment, key = "000000010000000000000003", os.urandom(32)
     sealing = Sealing(None, [], key)
     old, new = tmp_path / "old", tmp_path / "new"
@@ -239,6 +233,24 @@ def test_a_cut_between_a_partial_and_its_sidecar_leaves_the_older_consistent_pai
     assert len(area.store.ids_named(data_name)) == 1
     walseg.fetch(area, segment, str(out), None, key, "s", "1", partial=True)
     assert out.read_bytes() == new.read_bytes()
+
+
+def drive_area_on(tmp_path: Path, emulator: DriveEmulator) -> Any:
+    """A WAL area (``waloffsite.DriveArea``) in a fresh folder of the emulator."""
+    from reconciler.engine import waloffsite
+    from reconciler.spec.model import GdriveStoreSpec
+    from reconciler.stores.gdrive import GdriveStore
+
+    folder = emulator.make_folder()
+    spec = GdriveStoreSpec(
+        enabled=True,
+        folder_id=folder,
+        credentials_file=authorized_user_file(tmp_path / "gdrive.json", emulator),
+        api_url=emulator.url,
+        sub_path="wal/1",
+    )
+    (tmp_path / "scratch").mkdir()
+    return waloffsite.DriveArea(GdriveStore(spec, str(spec.credentials_file)), str(tmp_path / "scratch"))
 
 
 def walseg_bytes(path: Path) -> bytes:
