@@ -224,19 +224,10 @@ def test_off_site_placement_keeps_redis_snapshots_on_drive_and_writes_none_local
     daemons: list[RunningDaemon],  # noqa: F811
     emulator: Any,
 ) -> None:
-    from tests.integration.test_gdrive import authorized_user_file
+    from tests.e2e.test_wal_offsite import offsite_stack
 
-    document = continuous_stack(stack, "offsite")
+    _, document = offsite_stack(stack, emulator)  # offsite needs the Drive store from the start
     document["backup"]["continuous"]["redis_every"] = "5s"
-    document["backup"]["stores"] = {
-        "gdrive": {
-            "enabled": True,
-            "folder_id": emulator.make_folder(),
-            "credentials_file": authorized_user_file(stack.dir / "keys" / "gdrive.json", emulator),
-            "api_url": emulator.url,
-            "chunk_size": "256KiB",
-        }
-    }
     stack.write(document)
     daemon, _ = batch_snapshotted(stack, daemons, "after-set")
     kill_everything(stack, daemon)
