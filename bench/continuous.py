@@ -23,10 +23,16 @@ bytes           Bytes written to persistent storage per hour at 10 and 100 tps, 
                 in both modes (and writeback writes the folio). So disk mode's write() volume
                 (``wchar`` of the PostgreSQL tree, tmpfs writes included in RAM mode, so shown for
                 disk mode) is reported too, and the spool is also compared with it (conservative).
-uplink          Off-site placement at 10 tps: bytes shipped to the store per day (every version of
-                every file that appears in the store's WAL area during the window, so a segment in
-                progress shipped every interval counts each time) vs 24 logical dumps per day of the
-                same database (the pg_dump member of a set taken with ``reconciler backup``).
+uplink          Off-site placement at 10 tps: bytes shipped to Google Drive per day (the content of
+                every upload into the Drive WAL area during the window, as the emulator received it,
+                so a segment in progress shipped every interval counts each time) vs 24 logical dumps
+                per day of the same database (the pg_dump member of a set taken with ``reconciler
+                backup``).
+
+Placement ``offsite`` ships WAL to Google Drive only (the spec refuses it without an enabled gdrive
+store): those runs use the Drive emulator (tests/support/gdrive_emulator.py, a real HTTP server in
+this process, files in /dev/shm), with the gdrive store enabled while the placement is ``offsite`` and
+disabled otherwise (sets of the other sections stay local, as before).
 recovery        Recovery time after a power cut at ``--mb``: base + WAL vs the same set's logical
                 dump vs the legacy pipeline (start empty, Fernet + psql; bench/restore.py).
 pgbench         pgbench tps with continuous WAL on vs off (daemon running in both; the state.yaml
@@ -49,6 +55,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,9 +67,11 @@ import psycopg
 from _measure import _children, measure
 from _stack import bench_stack, cli, print_table, write_results
 from dataset import generate
+from gdrive import store_settings
 from restore import Legacy, power_cut, rows_in
 from ruamel.yaml import YAML
 
+from tests.support.gdrive_emulator import DriveEmulator
 from tests.support.ports import free_port
 
 PY = sys.executable
@@ -80,9 +89,23 @@ def daemon_settings() -> dict[str, Any]:
     return {"daemon": {"metrics_port": free_port(), "verify_new_sets": False, "final_backup": False}}
 
 
-def set_continuous(state: Path, enabled: bool, placement: str = "spool", interval: float = 60) -> None:
+def set_continuous(
+    state: Path,
+    enabled: bool,
+    placement: str = "spool",
+    interval: float = 60,
+    drive: dict[str, Any] | None = None,
+) -> None:
+    """``drive``: the gdrive store block, required for placement ``offsite`` (enabled with it); any
+    other placement disables a gdrive store the document has."""
     yaml = YAML()
     document = yaml.load(state.read_text())
+    stores = document["backup"].setdefault("stores", {})
+    if placement == "offsite":
+        assert drive is not None, "placement offsite ships to Google Drive: pass the emulator's store"
+        stores["gdrive"] = drive
+    elif "gdrive" in stores:
+        stores["gdrive"]["enabled"] = False
     document["backup"]["continuous"] = {
         "enabled": enabled,
         "placement": placement,
@@ -107,6 +130,8 @@ class Stack:
             "dbname": "bench",
         }
         self.store = state.parent / "data" / "backups"
+        self.emulator: DriveEmulator | None = None  # set when a section runs placement offsite
+        self.drive: dict[str, Any] | None = None
 
     def sql(self, query: str, *params: Any) -> Any:
         with psycopg.connect(**self.conn, autocommit=True) as db:
@@ -350,7 +375,7 @@ def recovery_point(
     create_numbers(stack)
     rows = []
     for placement in ("spool", "offsite"):
-        set_continuous(stack.state, True, placement, interval)
+        set_continuous(stack.state, True, placement, interval, stack.drive)
         cli(stack.state, "apply")
         for tps in tps_list:
             # spool: a few seconds of writing; offsite: the cut falls anywhere in an interval's cycle
@@ -509,38 +534,36 @@ def bytes_per_hour(ram: Stack, tps_list: list[int], seconds: float) -> list[dict
 # -- uplink -----------------------------------------------------------------------------------------
 
 
-def store_versions(area: Path) -> dict[tuple[str, int, int], int]:
-    found = {}
-    for directory, _, files in os.walk(area):
-        for name in files:
-            with contextlib.suppress(FileNotFoundError):
-                st = os.stat(os.path.join(directory, name))
-                found[(os.path.join(directory, name), st.st_size, st.st_mtime_ns)] = st.st_size
-    return found
+def wal_uploaded(emulator: DriveEmulator, folder: str) -> tuple[int, int]:
+    """(uploads, bytes) stored so far into the Drive WAL area below the sets ``folder``
+    (``wal/<system identifier>/``, engine/waloffsite.py): every upload, deleted versions included."""
+    files = list(emulator.state.files.values())
+    wal = {m["id"] for m in files if m["name"] == "wal" and folder in m.get("parents", [])}
+    clusters = {m["id"] for m in files if wal & set(m.get("parents", []))}
+    sizes = [size for _, parents, size in list(emulator.state.uploads) if clusters & set(parents)]
+    return len(sizes), sum(sizes)
 
 
 def uplink(stack: Stack, tps: int, seconds: float, interval: float) -> dict[str, Any]:
-    """Off-site placement: every version of every file stored in the WAL area, per day."""
+    """Off-site placement: every upload into the Drive WAL area, per day."""
+    assert stack.emulator is not None and stack.drive is not None
     create_numbers(stack)
-    set_continuous(stack.state, True, "offsite", interval)
+    set_continuous(stack.state, True, "offsite", interval, stack.drive)
     cli(stack.state, "apply")
-    area = stack.store / "wal"
     first = int(stack.sql("SELECT coalesce(max(n), 0) FROM numbers")) + 1
     with running_daemon(stack, streaming=True):
-        seen = set(store_versions(area))
-        shipped = 0
+        uploads_before, bytes_before = wal_uploaded(stack.emulator, stack.drive["folder_id"])
+        received_before = stack.emulator.state.bytes_received
         started = time.monotonic()
         writer = Writer(stack, tps, first)
         writer.start()
-        while time.monotonic() - started < seconds:
-            for version, size in store_versions(area).items():
-                if version not in seen:
-                    seen.add(version)
-                    shipped += size
-            time.sleep(0.25)
+        time.sleep(seconds)
         writer.stop.set()
         writer.join(30)
         elapsed = time.monotonic() - started
+        uploads_after, bytes_after = wal_uploaded(stack.emulator, stack.drive["folder_id"])
+        received = stack.emulator.state.bytes_received - received_before
+    shipped, uploads = bytes_after - bytes_before, uploads_after - uploads_before
     set_continuous(stack.state, True, "spool", interval)
     cli(stack.state, "apply")
     cli(stack.state, "backup")
@@ -552,17 +575,21 @@ def uplink(stack: Stack, tps: int, seconds: float, interval: float) -> dict[str,
         "interval_s": interval,
         "seconds": round(elapsed, 1),
         "database_bytes": int(stack.sql("SELECT pg_database_size('bench')")),
+        "wal_uploads": uploads,
         "wal_shipped_mb_per_day": round(shipped * 86400 / elapsed / 1e6, 1),
+        # everything the emulator received (request bodies: metadata, any set, retried chunks)
+        "drive_received_mb_per_day": round(received * 86400 / elapsed / 1e6, 1),
         "dump_mb": round(dump / 1e6, 1),
         "hourly_dumps_mb_per_day": round(dump * 24 / 1e6, 1),
     }
     row["x_dumps"] = round(row["wal_shipped_mb_per_day"] / row["hourly_dumps_mb_per_day"], 3)
     print_table(
         f"uplink per day at {tps} tps: off-site WAL (interval {interval:g} s) vs hourly logical dumps",
-        ["database MB", "WAL shipped MB/day", "one dump MB", "24 dumps MB/day", "x dumps"],
+        ["database MB", "uploads", "WAL shipped MB/day", "one dump MB", "24 dumps MB/day", "x dumps"],
         [
             [
                 f"{row['database_bytes'] / 1e6:.0f}",
+                str(row["wal_uploads"]),
                 f"{row['wal_shipped_mb_per_day']:.1f}",
                 f"{row['dump_mb']:.1f}",
                 f"{row['hourly_dumps_mb_per_day']:.1f}",
@@ -792,8 +819,16 @@ def main() -> None:
             loads[name] = [round(x, 2) for x in os.getloadavg()]
             print(f"{name}: {timings[name]:.0f} s, load average {loads[name]}")
 
-    with bench_stack(encrypted=True, extra=daemon_settings()) as state:
+    with contextlib.ExitStack() as resources:
+        emulator, drive = None, None
+        if {"recovery-point", "uplink"} & set(only):  # the stack stops before the emulator
+            drive_dir = resources.enter_context(tempfile.TemporaryDirectory(dir="/dev/shm"))
+            emulator = DriveEmulator(str(Path(drive_dir) / "drive"))
+            resources.callback(emulator.stop)
+            drive = store_settings(Path(drive_dir), emulator)
+        state = resources.enter_context(bench_stack(encrypted=True, extra=daemon_settings()))
         stack = Stack(state)
+        stack.emulator, stack.drive = emulator, drive
         set_continuous(state, True)
         cli(state, "apply")
         cli(state, "backup")

@@ -46,6 +46,17 @@ def credentials(path: Path, emulator: DriveEmulator) -> str:
     return str(path)
 
 
+def store_settings(directory: Path, emulator: DriveEmulator) -> dict[str, Any]:
+    """The state.yaml ``backup.stores.gdrive`` block of a stack backed by the emulator: a fresh
+    folder and credentials (in ``directory``) that the emulator's token endpoint accepts."""
+    return {
+        "enabled": True,
+        "folder_id": emulator.make_folder(),
+        "credentials_file": credentials(directory / "gdrive.json", emulator),
+        "api_url": emulator.url,
+    }
+
+
 def plain_put_get(emulator: DriveEmulator, data_path: Path) -> tuple[float, float]:
     """One resumable session with a single PUT of everything, then one GET of the file: the floor."""
     size = data_path.stat().st_size

@@ -28,13 +28,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psycopg
 from _measure import commit_posts
 from _stack import bench_stack, cli, pg_conn, print_table, write_results
-from continuous import _written
-from gdrive import credentials
+from continuous import write_bytes
+from gdrive import store_settings
 from ruamel.yaml import YAML
 
 from reconciler.engine import wal
 from reconciler.engine.context import StackContext, load_spec
 from tests.support.gdrive_emulator import DriveEmulator
+
+
+def written(pid: int | str) -> int:
+    value = write_bytes(pid)
+    assert value is not None, f"/proc/{pid}/io is unreadable (the process exited?)"
+    return value
 
 
 def run(
@@ -48,15 +54,7 @@ def run(
 ) -> dict[str, Any]:
     yaml = YAML()
     document = yaml.load(state.read_text())
-    folder = emulator.make_folder()
-    document["backup"]["stores"] = {
-        "gdrive": {
-            "enabled": True,
-            "folder_id": folder,
-            "credentials_file": credentials(state.parent / "gdrive.json", emulator),
-            "api_url": emulator.url,
-        }
-    }
+    document["backup"]["stores"] = {"gdrive": store_settings(state.parent, emulator)}
     document["backup"]["continuous"] = {"enabled": True, "placement": "offsite", "interval": f"{interval}s"}
     with state.open("w") as handle:
         yaml.dump(document, handle)
@@ -103,12 +101,12 @@ def run(
 
             shipper.ship_partial = timed  # type: ignore[method-assign]
             received_before = emulator.state.bytes_received
-            disk_before = _written("self") + _written(streamer.process.pid)
+            disk_before = written("self") + written(streamer.process.pid)
             start_lsn = db.execute("SELECT pg_current_wal_lsn()").fetchone()[0]  # type: ignore[index]
             done, elapsed = commit_posts(db, tps, seconds)
             raw = db.execute("SELECT pg_current_wal_lsn() - %s::pg_lsn", (start_lsn,)).fetchone()[0]  # type: ignore[index]
             uplink = emulator.state.bytes_received - received_before
-            disk = _written("self") + _written(streamer.process.pid) - disk_before
+            disk = written("self") + written(streamer.process.pid) - disk_before
     finally:
         supervisor.stop()
     per_hour = 3600 / elapsed

@@ -56,6 +56,9 @@ class State:
     faults: list[Fault] = field(default_factory=list)
     quota_limit: int = 15 * 1024**3
     bytes_received: int = 0
+    # every file content stored, in order (name, parents, size): what was uploaded where, including
+    # versions deleted since (a bench counts the uplink of one folder with it)
+    uploads: list[tuple[str, list[str], int]] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -422,6 +425,7 @@ class _Handler(BaseHTTPRequestHandler):
             with open(self.state.blob(file_id), "wb") as handle:
                 handle.write(content)
             meta.update(size=str(len(content)), md5Checksum=hashlib.md5(content).hexdigest())
+            self.state.uploads.append((str(meta["name"]), list(meta["parents"]), len(content)))
         self.state.files[file_id] = meta
         return self._public(meta)
 
