@@ -139,9 +139,12 @@ class Stack:
         """`down` stops containers and keeps them, as a user expects; a test's are removed too: with
         the vfs storage driver each one is a full copy of its image (~375 MB), and a suite leaves
         dozens, enough to fill the disk under the tests that follow."""
-        if not self.state_file.exists() or not os.path.exists("/var/run/docker.sock"):
+        if not os.path.exists("/var/run/docker.sock"):
             return
         with contextlib.suppress(Exception):
+            # hostile-input tests leave state files of any size or kind (a sparse terabyte, /dev/zero)
+            if not self.state_file.is_file() or self.state_file.stat().st_size > 1 << 20:
+                return
             stack_name = str(self.document().get("stack"))
             import docker
 
