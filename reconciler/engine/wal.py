@@ -374,7 +374,8 @@ def prune_segments(ctx: StackContext) -> list[str]:
     WAL unless another cluster has one (then it is the history a restore by initdb abandoned)."""
     import json
 
-    from reconciler.engine import backups
+    from reconciler.engine import backups, waloffsite
+    from reconciler.plan import walkeep
     from reconciler.plan.backupsets import MANIFEST_SUFFIX
 
     store = backups.local_store(ctx)
@@ -391,12 +392,15 @@ def prune_segments(ctx: StackContext) -> list[str]:
     deleted: list[str] = []
     if not starts or not os.path.isdir(root):
         return deleted
+    drive = waloffsite.holdings(ctx.spec)  # Drive keeps its own sets: what it needs and lacks stays
     for sysid in os.listdir(root):
         area = store_area(ctx.spec, sysid)
         complete, partial = walseg.listing(area)
         # a cluster without a kept base, while another has one: everything of it is unneeded
         bases = starts.get(sysid) or ["FFFFFFFF" + "0" * 16]
-        for segment in walchain.unneeded([*complete, *partial], bases):
+        unneeded = walchain.unneeded([*complete, *partial], bases)
+        held = None if drive is None else drive[0].get(sysid, [])
+        for segment in walkeep.locally_deletable(unneeded, sysid, held, drive[1] if drive else {}):
             walseg.delete(area, segment)
             deleted.append(segment)
     if deleted:

@@ -429,8 +429,9 @@ def prune_drive_wal(
     try:  # first: without WAL on Drive there is nothing to read the manifests for
         clusters = drive(spec, FOLDER, attempts=attempts, deadline=deadline, create=False).subfolders()
     except FolderMissing:
-        return []
+        clusters = []
     if not clusters:
+        note_holdings(spec.state_path, {}, {})
         return []
     documents = []
     scratch = _scratch(scratch_dir(spec), "manifests-")
@@ -447,14 +448,38 @@ def prune_drive_wal(
         shutil.rmtree(scratch, ignore_errors=True)
     starts = base_starts(documents)
     deleted: list[str] = []
-    if not starts:
-        return deleted  # no kept base: never retention's job to decide a chain is moot
+    held: dict[str, list[str]] = {}
     for sysid in clusters:
         area = drive_area(spec, sysid, attempts, deadline, create=False)
         complete, partial = walseg.listing(area)
-        for segment in walchain.unneeded_in_cluster([*complete, *partial], starts, sysid):
+        # no kept base anywhere: never retention's job to decide a chain is moot (deletes nothing)
+        gone = walchain.unneeded_in_cluster([*complete, *partial], starts, sysid)
+        for segment in gone:
             walseg.delete(area, segment)
             deleted.append(segment)
+        held[sysid] = sorted(set(complete) - set(gone))
+    note_holdings(spec.state_path, held, starts)
     if deleted:
         log.info("Drive WAL retention deleted %d segment(s) no kept base can replay", len(deleted))
     return deleted
+
+
+HOLDINGS_FILE = "wal-drive.json"
+
+
+def note_holdings(state_dir: str, held: dict[str, list[str]], starts: dict[str, list[str]]) -> None:
+    """What the sync leaves on Drive (complete segments per cluster, the kept bases' first segments):
+    local WAL retention reads it to keep what Drive still needs and lacks (``plan/walkeep``)."""
+    fs.atomic_write_json(os.path.join(state_dir, HOLDINGS_FILE), {"held": held, "starts": starts})
+
+
+def holdings(spec: StateSpec) -> tuple[dict[str, list[str]], dict[str, list[str]]] | None:
+    """(held, starts) as the last sync recorded them; ({}, {}) before the first sync (keep what Drive
+    lacks); None without a Drive store (the local rule alone decides)."""
+    if not enabled(spec):
+        return None
+    document = fs.read_json(os.path.join(spec.state_path, HOLDINGS_FILE))
+    if not isinstance(document, dict):
+        return {}, {}
+    held, starts = document.get("held"), document.get("starts")
+    return (held if isinstance(held, dict) else {}), (starts if isinstance(starts, dict) else {})

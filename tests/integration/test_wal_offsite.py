@@ -251,3 +251,38 @@ def walseg_bytes(path: Path) -> bytes:
     with path.open("rb") as handle:
         pipeline.compress_encrypt(handle, buffer, None)
     return buffer.getvalue()
+
+
+def test_local_retention_keeps_the_wal_a_drive_set_needs_until_the_sync_uploaded_it(
+    stack: Stack, emulator: DriveEmulator
+) -> None:
+    """Drive keeps more sets than the local store: local retention must not delete WAL between an
+    older base only Drive keeps and the next one before the sync copied it (review15)."""
+    folder = drive_stack(stack, emulator, "spool", retention={"keep_last": 1})
+    document = json.loads(json.dumps(stack.document()))
+    document["backup"]["stores"]["gdrive"]["retention"] = {"keep_last": 5}
+    stack.write(document)
+    stack.cli("apply")
+    ctx, supervisor, sysid = streaming(stack)
+    try:
+        stack.cli("backup")
+        first = sorted((stack.dir / "data" / "backups").glob("*.manifest.json"))[-1]
+        members = json.loads(first.read_text())["members"]
+        start = next(m["start_segment"] for m in members if m["content"] == "pg_basebackup-tar")
+        local = wal.store_area(ctx.spec, sysid)
+        wait_for(lambda: start in walseg.listing(local)[0], "the base's first segment shipped")
+        stack.cli("sync")  # Drive holds the first set and its WAL so far
+        names = switch_segments(stack, 3)
+        wait_for(lambda: set(names) <= set(walseg.listing(local)[0]), "segments in the local store")
+        emulator.inject("any", status=503, reason="backendError", times=10_000_000)
+        stack.cli("backup", check=None)  # the set stays local: its upload fails (Drive is down)
+        stack.cli("prune")  # local keep_last 1: the first set goes, before any sync copied its WAL
+        emulator.state.faults.clear()  # Drive is back
+        stack.cli("sync")
+    finally:
+        supervisor.stop()
+    manifests = sorted(n for n in emulator.names_in(folder) if n.endswith(".manifest.json"))
+    assert first.name in manifests, "the test needs Drive to keep the set the local store deleted"
+    on_drive = drive_segments(emulator, folder, sysid)
+    found = walchain.chain(start, on_drive)
+    assert set(names) <= set(found.segments), f"Drive's chain from {start} has a gap at {found.gap}"
