@@ -286,3 +286,27 @@ def test_local_retention_keeps_the_wal_a_drive_set_needs_until_the_sync_uploaded
     on_drive = drive_segments(emulator, folder, sysid)
     found = walchain.chain(start, on_drive)
     assert set(names) <= set(found.segments), f"Drive's chain from {start} has a gap at {found.gap}"
+
+
+def test_a_second_sync_reads_no_local_wal_data_drive_already_holds(
+    stack: Stack, emulator: DriveEmulator
+) -> None:
+    """A sync compares Drive's listing (sizes, the sidecars' md5) with the local store: the data of a
+    segment Drive holds is never read again (review15: a week of WAL read from the SD card per sync).
+    Proof: a local data file rewritten with other bytes of the same size goes unnoticed."""
+    folder = drive_stack(stack, emulator, "spool")
+    ctx, supervisor, sysid = streaming(stack)
+    try:
+        names = switch_segments(stack, 2)
+        local = wal.store_area(ctx.spec, sysid)
+        wait_for(lambda: set(names) <= set(walseg.listing(local)[0]), "segments in the local store")
+    finally:
+        supervisor.stop()
+    from reconciler.engine import waloffsite
+
+    root = str(Path(local.path).parent)
+    assert waloffsite.upload_local_wal(ctx.spec, root, 3, 60) > 0
+    assert set(names) <= set(drive_segments(emulator, folder, sysid))
+    data = next(p for p in Path(local.path).iterdir() if p.name.startswith(f"{names[0]}.wal.zst"))
+    data.write_bytes(b"\0" * data.stat().st_size)  # read back, it would differ from Drive's copy
+    assert waloffsite.upload_local_wal(ctx.spec, root, 3, 60) == 0, "the second sync read and re-sent WAL"
