@@ -34,12 +34,12 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.backup import physical, walseg, walspool
 from reconciler.backup.create import Sealing, sealing_for
-from reconciler.engine import walstatus
+from reconciler.engine import walhistory, walstatus
 from reconciler.engine.context import StackContext
 from reconciler.errors import CommandFailed, ReconcilerError
 from reconciler.plan import walchain
@@ -103,6 +103,7 @@ class Shipper:
     last_partial: float = 0.0
     spooler: walspool.Spooler | None = None  # placement ``spool``
     area: Any = None  # where segments go, chosen by placement (engine/waloffsite); None: not chosen yet
+    histories: set[str] = field(default_factory=set)  # timeline history files shipped (engine/walhistory)
 
     def destination(self) -> Any:
         """Drive with placement ``offsite`` (nothing on persistent storage), else the local store."""
@@ -115,6 +116,9 @@ class Shipper:
 
     def ship_completed(self) -> list[str]:
         store = self.destination()
+        walhistory.ship_new(
+            store, self.directory, self.sealing, self.spec.stack, self.system_identifier, self.histories
+        )
         shipped = []
         failure: Exception | None = None
         for name in sorted(os.listdir(self.directory)):
