@@ -54,6 +54,12 @@ def ship_new(
         shipped.add(name)
 
 
+def stored(store: walseg.Area) -> list[str]:
+    """The history files in ``store`` that have their sidecar (unchecked: ``walseg.fetch`` checks)."""
+    names = {f.name.removesuffix(_SIDECAR) for f in store.list() if f.name.endswith(_SIDECAR)}
+    return sorted(n for n in names if is_history(n))
+
+
 def stage(
     store: walseg.Area,
     raw_dirs: list[str],
@@ -65,8 +71,7 @@ def stage(
 ) -> list[str]:
     """Write every authentic history file of the cluster into ``pg_wal``; returns their names."""
     staged = []
-    names = {f.name.removesuffix(_SIDECAR) for f in store.list() if f.name.endswith(_SIDECAR)}
-    for name in sorted(n for n in names if is_history(n)):
+    for name in stored(store):
         try:
             walseg.fetch(store, name, os.path.join(pg_wal, name), identity, mac_key, stack, sysid)
         except walseg.SegmentRejected as exc:

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 
 from reconciler.backup import physical, walseg
-from reconciler.engine import events
+from reconciler.engine import events, walhistory
 from reconciler.errors import PermanentError, ReconcilerError
 from reconciler.plan import walchain
 from reconciler.plan.backupsets import StoredFile
@@ -379,13 +379,15 @@ def fetch_set_before(ctx: Any, when: Any) -> str | None:
 
 
 def upload_local_wal(spec: StateSpec, local_root: str, attempts: int, deadline: float) -> int:
-    """Copy every complete local segment (data, then sidecar) that Drive lacks; returns bytes sent."""
+    """Copy every complete local segment and timeline history (data, then sidecar) that Drive lacks;
+    returns bytes sent."""
     if not os.path.isdir(local_root):
         return 0
     sent = 0
     for sysid in sorted(os.listdir(local_root)):
         local = LocalStore(os.path.join(local_root, sysid))
         complete, _ = walseg.listing(local)
+        complete += walhistory.stored(local)  # timeline numbers taken (engine/walhistory)
         if not complete:
             continue
         area = drive_area(spec, sysid, attempts, deadline)

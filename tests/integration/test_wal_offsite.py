@@ -310,3 +310,22 @@ def test_a_second_sync_reads_no_local_wal_data_drive_already_holds(
     data = next(p for p in Path(local.path).iterdir() if p.name.startswith(f"{names[0]}.wal.zst"))
     data.write_bytes(b"\0" * data.stat().st_size)  # read back, it would differ from Drive's copy
     assert waloffsite.upload_local_wal(ctx.spec, root, 3, 60) == 0, "the second sync read and re-sent WAL"
+
+
+def test_the_sync_copies_the_timeline_histories_to_drive(stack: Stack, emulator: DriveEmulator) -> None:
+    """A recovery from Drive alone must also find the timelines taken before (engine/walhistory)."""
+    from reconciler.backup.create import sealing_for
+    from reconciler.engine import walhistory, waloffsite
+
+    folder = drive_stack(stack, emulator, "spool")
+    ctx = StackContext.build(load_spec(str(stack.state_file)), str(stack.state_file))
+    sysid = "7000000000000000001"
+    received = stack.ram_root / "received"
+    received.mkdir()
+    (received / "00000002.history").write_text("1\t0/3000000\tno recovery target specified\n")
+    local = wal.store_area(ctx.spec, sysid)
+    walhistory.ship_new(local, str(received), sealing_for(ctx.spec), ctx.spec.stack, sysid, set())
+    assert walhistory.stored(local) == ["00000002.history"]
+    waloffsite.upload_local_wal(ctx.spec, str(Path(local.path).parent), 3, 60)
+    assert "00000002.history.wal.json" in drive_wal(emulator, folder, sysid)
+    assert walhistory.stored(waloffsite.drive_area(ctx.spec, sysid)) == ["00000002.history"]
