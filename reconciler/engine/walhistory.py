@@ -49,7 +49,8 @@ def ship_new(
         try:
             walseg.ship(store, os.path.join(directory, name), name, sealing, stack, sysid)
         except (ReconcilerError, OSError) as exc:
-            log.warning("continuous WAL: timeline history %s not shipped yet: %s", name, exc)
+            # retried every tick: the store's outage is reported by the segments' shipping, once
+            log.debug("continuous WAL: timeline history %s not shipped yet: %s", name, exc)
             return
         shipped.add(name)
 
