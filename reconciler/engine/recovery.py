@@ -39,7 +39,7 @@ from typing import Any
 from reconciler.backup import physical, pipeline, walseg, walspool
 from reconciler.backup.restore import CheckedSet
 from reconciler.databases import postgres as pg
-from reconciler.engine import events, wal, walchunks, waloffsite
+from reconciler.engine import events, wal, walchunks, walhistory, waloffsite
 from reconciler.engine.context import StackContext
 from reconciler.errors import CommandFailed, HostFault, PermanentError, ReconcilerError
 from reconciler.plan import faults, walchain
@@ -50,7 +50,12 @@ log = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 16 * 1024 * 1024
 _PROMOTE_TIMEOUT = 900.0
-_RECOVERY_SETTINGS = ("restore_command", "recovery_target_time", "recovery_target_action")
+_RECOVERY_SETTINGS = (
+    "restore_command",
+    "recovery_target_time",
+    "recovery_target_action",
+    "recovery_target_timeline",
+)
 
 
 @dataclass
@@ -264,6 +269,8 @@ def stage_wal(
     store = waloffsite.recovery_area(ctx.spec, wal.store_area(ctx.spec, sysid), sysid)
     raw = {name: os.path.join(d, name) for d in reversed(raw_dirs(ctx, sysid)) for name in os.listdir(d)}
     pg_wal = os.path.join(data_dir, "pg_wal")
+    # the timelines taken before (an abandoned recovery's too): the promotion picks a fresh number
+    walhistory.stage(store, raw_dirs(ctx, sysid), pg_wal, identity, mac_key, ctx.spec.stack, sysid)
     complete, _ = walseg.listing(store)
     for segment in plan.segments:
         target = os.path.join(pg_wal, segment)
@@ -297,7 +304,12 @@ def from_spool(
 
 
 def write_recovery_settings(data_dir: str, target: datetime | None) -> None:
-    lines = ["restore_command = '/bin/false'", "recovery_target_action = 'promote'"]
+    # the base's own timeline only: the chain stages no other (engine/walhistory)
+    lines = [
+        "restore_command = '/bin/false'",
+        "recovery_target_action = 'promote'",
+        "recovery_target_timeline = 'current'",
+    ]
     if target is not None:
         lines.append(f"recovery_target_time = '{target.isoformat()}'")
     with open(os.path.join(data_dir, "postgresql.auto.conf"), "a") as handle:

@@ -34,12 +34,12 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.backup import physical, walseg, walspool
 from reconciler.backup.create import Sealing, sealing_for
-from reconciler.engine import walstatus
+from reconciler.engine import walhistory, walstatus
 from reconciler.engine.context import StackContext
 from reconciler.errors import CommandFailed, ReconcilerError
 from reconciler.plan import walchain
@@ -105,6 +105,7 @@ class Shipper:
     area: Any = None  # where segments go, chosen by placement (engine/waloffsite); None: not chosen yet
     chunks: Any = None  # placement ``offsite``: the segment in progress as chunks (engine/walchunks)
     whole_partials: bool = False  # the previous version's whole re-uploads instead (for measurements)
+    histories: set[str] = field(default_factory=set)  # timeline history files shipped (engine/walhistory)
 
     def destination(self) -> Any:
         """Drive with placement ``offsite`` (nothing on persistent storage), else the local store."""
@@ -130,6 +131,9 @@ class Shipper:
 
     def ship_completed(self) -> list[str]:
         store = self.destination()
+        walhistory.ship_new(
+            store, self.directory, self.sealing, self.spec.stack, self.system_identifier, self.histories
+        )
         shipped = []
         failure: Exception | None = None
         for name in sorted(os.listdir(self.directory)):
@@ -394,7 +398,8 @@ def prune_segments(ctx: StackContext) -> list[str]:
     WAL unless another cluster has one (then it is the history a restore by initdb abandoned)."""
     import json
 
-    from reconciler.engine import backups
+    from reconciler.engine import backups, waloffsite
+    from reconciler.plan import walkeep
     from reconciler.plan.backupsets import MANIFEST_SUFFIX
 
     store = backups.local_store(ctx)
@@ -411,12 +416,15 @@ def prune_segments(ctx: StackContext) -> list[str]:
     deleted: list[str] = []
     if not starts or not os.path.isdir(root):
         return deleted
+    drive = waloffsite.holdings(ctx.spec)  # Drive keeps its own sets: what it needs and lacks stays
     for sysid in os.listdir(root):
         area = store_area(ctx.spec, sysid)
         complete, partial = walseg.listing(area)
         # a cluster without a kept base, while another has one: everything of it is unneeded
         bases = starts.get(sysid) or ["FFFFFFFF" + "0" * 16]
-        for segment in walchain.unneeded([*complete, *partial], bases):
+        unneeded = walchain.unneeded([*complete, *partial], bases)
+        held = None if drive is None else drive[0].get(sysid, [])
+        for segment in walkeep.locally_deletable(unneeded, sysid, held, drive[1] if drive else {}):
             walseg.delete(area, segment)
             deleted.append(segment)
     if deleted:

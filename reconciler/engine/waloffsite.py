@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 
 from reconciler.backup import physical, walseg
-from reconciler.engine import events
+from reconciler.engine import events, walhistory
 from reconciler.errors import PermanentError, ReconcilerError
 from reconciler.plan import walchain
 from reconciler.plan.backupsets import StoredFile
@@ -381,13 +381,15 @@ def fetch_set_before(ctx: Any, when: Any) -> str | None:
 
 
 def upload_local_wal(spec: StateSpec, local_root: str, attempts: int, deadline: float) -> int:
-    """Copy every complete local segment (data, then sidecar) that Drive lacks; returns bytes sent."""
+    """Copy every complete local segment and timeline history (data, then sidecar) that Drive lacks;
+    returns bytes sent."""
     if not os.path.isdir(local_root):
         return 0
     sent = 0
     for sysid in sorted(os.listdir(local_root)):
         local = LocalStore(os.path.join(local_root, sysid))
         complete, _ = walseg.listing(local)
+        complete += walhistory.stored(local)  # timeline numbers taken (engine/walhistory)
         if not complete:
             continue
         area = drive_area(spec, sysid, attempts, deadline)
@@ -396,6 +398,8 @@ def upload_local_wal(spec: StateSpec, local_root: str, attempts: int, deadline: 
         for segment in complete:
             files = sorted(n for n in names if n.startswith(f"{segment}.wal"))
             files.sort(key=lambda n: n.endswith(".wal.json"))  # the sidecar last
+            if _on_drive(area, local.path, files, names, remote):
+                continue
             for name in files:
                 path = os.path.join(local.path, name)
                 if remote.get(name) == names[name] and area.store.remote_md5(name) == file_md5(path):
@@ -405,6 +409,19 @@ def upload_local_wal(spec: StateSpec, local_root: str, attempts: int, deadline: 
     if sent:
         log.info("uploaded %d bytes of WAL to Drive", sent)
     return sent
+
+
+def _on_drive(
+    area: DriveArea, local: str, files: builtins.list[str], sizes: dict[str, int], remote: dict[str, int]
+) -> bool:
+    """Drive holds this segment as stored locally: every file at its local size, and the sidecar (a
+    few hundred bytes, naming the data's sha256) identical by md5. Only the sidecar is read: a week
+    of WAL is not read back from the SD card on every sync (review15); the data's md5 was checked
+    by its upload, and a restore authenticates it against the sidecar anyway."""
+    sidecars = [n for n in files if n.endswith(_SIDECAR)]
+    if len(sidecars) != 1 or any(remote.get(n) != sizes[n] for n in files):
+        return False
+    return area.store.remote_md5(sidecars[0]) == file_md5(os.path.join(local, sidecars[0]))
 
 
 def base_starts(manifests: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
@@ -439,8 +456,9 @@ def prune_drive_wal(
     try:  # first: without WAL on Drive there is nothing to read the manifests for
         clusters = drive(spec, FOLDER, attempts=attempts, deadline=deadline, create=False).subfolders()
     except FolderMissing:
-        return []
+        clusters = []
     if not clusters:
+        note_holdings(spec.state_path, {}, {})
         return []
     documents = []
     scratch = _scratch(scratch_dir(spec), "manifests-")
@@ -457,18 +475,42 @@ def prune_drive_wal(
         shutil.rmtree(scratch, ignore_errors=True)
     starts = base_starts(documents)
     deleted: list[str] = []
-    if not starts:
-        return deleted  # no kept base: never retention's job to decide a chain is moot
+    held: dict[str, list[str]] = {}
     for sysid in clusters:
         area = drive_area(spec, sysid, attempts, deadline, create=False)
         complete, partial = walseg.listing(area)
         chunks = _chunk_files(area)  # the segment in progress as chunks (engine/walchunks)
         in_chunks = sorted(set(chunks.values()) - {*complete, *partial})
-        for segment in walchain.unneeded_in_cluster([*complete, *partial, *in_chunks], starts, sysid):
+        # no kept base anywhere: never retention's job to decide a chain is moot (deletes nothing)
+        gone = walchain.unneeded_in_cluster([*complete, *partial, *in_chunks], starts, sysid)
+        for segment in gone:
             walseg.delete(area, segment)
             for name in (n for n, of in chunks.items() if of == segment):
                 area.delete(name)
             deleted.append(segment)
+        held[sysid] = sorted(set(complete) - set(gone))
+    note_holdings(spec.state_path, held, starts)
     if deleted:
         log.info("Drive WAL retention deleted %d segment(s) no kept base can replay", len(deleted))
     return deleted
+
+
+HOLDINGS_FILE = "wal-drive.json"
+
+
+def note_holdings(state_dir: str, held: dict[str, list[str]], starts: dict[str, list[str]]) -> None:
+    """What the sync leaves on Drive (complete segments per cluster, the kept bases' first segments):
+    local WAL retention reads it to keep what Drive still needs and lacks (``plan/walkeep``)."""
+    fs.atomic_write_json(os.path.join(state_dir, HOLDINGS_FILE), {"held": held, "starts": starts})
+
+
+def holdings(spec: StateSpec) -> tuple[dict[str, list[str]], dict[str, list[str]]] | None:
+    """(held, starts) as the last sync recorded them; ({}, {}) before the first sync (keep what Drive
+    lacks); None without a Drive store (the local rule alone decides)."""
+    if not enabled(spec):
+        return None
+    document = fs.read_json(os.path.join(spec.state_path, HOLDINGS_FILE))
+    if not isinstance(document, dict):
+        return {}, {}
+    held, starts = document.get("held"), document.get("starts")
+    return (held if isinstance(held, dict) else {}), (starts if isinstance(starts, dict) else {})

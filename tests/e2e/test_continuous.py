@@ -386,3 +386,43 @@ def test_a_second_power_cut_before_the_post_restore_set_keeps_what_the_first_rec
     kill_everything(stack, daemon)  # the second cut
     stack.cli("apply")
     assert rows(stack)[: len(recovered)] == recovered, "rows the first recovery brought back are lost"
+
+
+def timeline(stack: Stack) -> int:
+    with pg(stack, "postgres") as conn:
+        row = conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_second_recovery_from_the_same_base_takes_a_fresh_timeline(
+    stack: Stack,
+    daemons: list[RunningDaemon],  # noqa: F811
+) -> None:
+    """PostgreSQL numbers the new timeline one above the newest history file it finds. A recovery
+    whose post-restore set failed is abandoned by the next cut: the second recovery from the same
+    base reused its timeline number, and the store then held the abandoned history's authenticated
+    segments under the names the new timeline writes (review15). The history files pg_receivewal
+    receives are shipped sealed and staged into pg_wal before recovery."""
+    continuous_stack(stack)
+    daemon = start_streaming(stack, daemons)
+    kill_everything(stack, daemon)
+    stack.cli("apply", env={"RECONCILER_FAILPOINTS": "backup.before-base=error"})
+    assert events_with(stack, "PostRestoreBackupFailed"), "the post-restore set was meant to fail"
+    first = timeline(stack)
+    assert first >= 2, "the first recovery did not promote onto a new timeline"
+    daemon = start_streaming(stack, daemons)  # streams the new timeline, and receives its history
+    with pg(stack) as conn:  # complete a segment of the new timeline: shipped after its history
+        conn.execute("INSERT INTO numbers VALUES (1)")
+        conn.execute("SELECT pg_switch_wal()")
+    daemon.wait_for(
+        "a segment of the new timeline in the store",
+        lambda: any(
+            p.name.startswith(f"{first:08X}") and len(p.name) == len("0" * 24 + ".wal.json")
+            for p in (stack.dir / "data" / "backups" / "wal").rglob("*.wal.json")
+        ),
+    )
+    kill_everything(stack, daemon)  # the second cut: the recovery starts again from the same base
+    stack.cli("apply")
+    assert len(events_with(stack, "PhysicalRecovery")) == 2
+    assert timeline(stack) > first, "the second recovery reused the abandoned recovery's timeline"

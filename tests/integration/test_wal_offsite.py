@@ -263,3 +263,81 @@ def walseg_bytes(path: Path) -> bytes:
     with path.open("rb") as handle:
         pipeline.compress_encrypt(handle, buffer, None)
     return buffer.getvalue()
+
+
+def test_local_retention_keeps_the_wal_a_drive_set_needs_until_the_sync_uploaded_it(
+    stack: Stack, emulator: DriveEmulator
+) -> None:
+    """Drive keeps more sets than the local store: local retention must not delete WAL between an
+    older base only Drive keeps and the next one before the sync copied it (review15)."""
+    folder = drive_stack(stack, emulator, "spool", retention={"keep_last": 1})
+    document = json.loads(json.dumps(stack.document()))
+    document["backup"]["stores"]["gdrive"]["retention"] = {"keep_last": 5}
+    stack.write(document)
+    stack.cli("apply")
+    ctx, supervisor, sysid = streaming(stack)
+    try:
+        stack.cli("backup")
+        first = sorted((stack.dir / "data" / "backups").glob("*.manifest.json"))[-1]
+        members = json.loads(first.read_text())["members"]
+        start = next(m["start_segment"] for m in members if m["content"] == "pg_basebackup-tar")
+        local = wal.store_area(ctx.spec, sysid)
+        wait_for(lambda: start in walseg.listing(local)[0], "the base's first segment shipped")
+        stack.cli("sync")  # Drive holds the first set and its WAL so far
+        names = switch_segments(stack, 3)
+        wait_for(lambda: set(names) <= set(walseg.listing(local)[0]), "segments in the local store")
+        emulator.inject("any", status=503, reason="backendError", times=10_000_000)
+        stack.cli("backup", check=None)  # the set stays local: its upload fails (Drive is down)
+        stack.cli("prune")  # local keep_last 1: the first set goes, before any sync copied its WAL
+        emulator.state.faults.clear()  # Drive is back
+        stack.cli("sync")
+    finally:
+        supervisor.stop()
+    manifests = sorted(n for n in emulator.names_in(folder) if n.endswith(".manifest.json"))
+    assert first.name in manifests, "the test needs Drive to keep the set the local store deleted"
+    on_drive = drive_segments(emulator, folder, sysid)
+    found = walchain.chain(start, on_drive)
+    assert set(names) <= set(found.segments), f"Drive's chain from {start} has a gap at {found.gap}"
+
+
+def test_a_second_sync_reads_no_local_wal_data_drive_already_holds(
+    stack: Stack, emulator: DriveEmulator
+) -> None:
+    """A sync compares Drive's listing (sizes, the sidecars' md5) with the local store: the data of a
+    segment Drive holds is never read again (review15: a week of WAL read from the SD card per sync).
+    Proof: a local data file rewritten with other bytes of the same size goes unnoticed."""
+    folder = drive_stack(stack, emulator, "spool")
+    ctx, supervisor, sysid = streaming(stack)
+    try:
+        names = switch_segments(stack, 2)
+        local = wal.store_area(ctx.spec, sysid)
+        wait_for(lambda: set(names) <= set(walseg.listing(local)[0]), "segments in the local store")
+    finally:
+        supervisor.stop()
+    from reconciler.engine import waloffsite
+
+    root = str(Path(local.path).parent)
+    assert waloffsite.upload_local_wal(ctx.spec, root, 3, 60) > 0
+    assert set(names) <= set(drive_segments(emulator, folder, sysid))
+    data = next(p for p in Path(local.path).iterdir() if p.name.startswith(f"{names[0]}.wal.zst"))
+    data.write_bytes(b"\0" * data.stat().st_size)  # read back, it would differ from Drive's copy
+    assert waloffsite.upload_local_wal(ctx.spec, root, 3, 60) == 0, "the second sync read and re-sent WAL"
+
+
+def test_the_sync_copies_the_timeline_histories_to_drive(stack: Stack, emulator: DriveEmulator) -> None:
+    """A recovery from Drive alone must also find the timelines taken before (engine/walhistory)."""
+    from reconciler.backup.create import sealing_for
+    from reconciler.engine import walhistory, waloffsite
+
+    folder = drive_stack(stack, emulator, "spool")
+    ctx = StackContext.build(load_spec(str(stack.state_file)), str(stack.state_file))
+    sysid = "7000000000000000001"
+    received = stack.ram_root / "received"
+    received.mkdir()
+    (received / "00000002.history").write_text("1\t0/3000000\tno recovery target specified\n")
+    local = wal.store_area(ctx.spec, sysid)
+    walhistory.ship_new(local, str(received), sealing_for(ctx.spec), ctx.spec.stack, sysid, set())
+    assert walhistory.stored(local) == ["00000002.history"]
+    waloffsite.upload_local_wal(ctx.spec, str(Path(local.path).parent), 3, 60)
+    assert "00000002.history.wal.json" in drive_wal(emulator, folder, sysid)
+    assert walhistory.stored(waloffsite.drive_area(ctx.spec, sysid)) == ["00000002.history"]
