@@ -71,7 +71,7 @@ def matches(store: LocalStore, document: dict[str, Any]) -> bool:
 
 
 def unseal(
-    store: LocalStore,
+    store: Any,  # a LocalStore, or anything with its ``open`` (walseg's Drive area)
     document: dict[str, Any],
     dest: str,
     identity: x25519.Identity | None,

@@ -18,7 +18,6 @@ Design decisions:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -27,7 +26,7 @@ from typing import Any, BinaryIO, Protocol
 
 from pyrage import x25519
 
-from reconciler.backup import manifest, pipeline
+from reconciler.backup import manifest, pipeline, sealed
 from reconciler.backup.create import Sealing
 from reconciler.errors import PermanentError
 from reconciler.plan import walchain
@@ -183,19 +182,10 @@ def fetch(
 ) -> None:
     """Check ``segment``, then write its WAL bytes to ``dest`` (atomically)."""
     document = check(store, segment, mac_key, stack, system_identifier, partial)
-    tmp = f"{dest}.fetching"
     try:
-        with store.open(str(document["file"])) as source, open(tmp, "wb") as out:
-            pipeline.decrypt_decompress(source, out, identity)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except Exception as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise
-        raise SegmentRejected(segment, f"it does not decrypt ({type(exc).__name__}: {exc})") from None
+        sealed.unseal(store, document, dest, identity)
+    except sealed.Unreadable as exc:
+        raise SegmentRejected(segment, f"it does not decrypt ({exc})") from None
 
 
 def delete(store: Area, segment: str) -> None:
